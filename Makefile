@@ -1,0 +1,74 @@
+# Elliptics - plain Makefile. Outputs go under build/ (or build/asan with SAN=1).
+#   make              release build (-O2 -g)
+#   make SAN=1        AddressSanitizer + UndefinedBehaviorSanitizer build in build/asan
+#   make WERROR=1     warnings are errors (CI)
+#   make unit         build and run the cmocka unit tests
+#   make test         unit tests, then the pytest integration suite
+CC ?= cc
+BUILD ?= build
+ifeq ($(SAN),1)
+BUILD := build/asan
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes -Wmissing-prototypes \
+	-Wno-unused-parameter -Wpointer-arith -Wvla
+ifeq ($(WERROR),1)
+WARN += -Werror
+endif
+OPT ?= -O2
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -g $(OPT) -pthread -MMD -MP $(WARN) $(SANFLAGS) \
+	-Iinclude -Isrc $(CFLAGS)
+LDFLAGS_ALL := -pthread $(SANFLAGS) $(LDFLAGS)
+LIBS := -lcrypto -lxxhash
+SERVER_LIBS := $(LIBS)
+
+COMMON_SRC := $(wildcard src/common/*.c)
+CLIENT_SRC := $(wildcard src/client/*.c)
+STORAGE_SRC := $(wildcard src/storage/*.c)
+SERVER_SRC := $(filter-out src/server/main.c,$(wildcard src/server/*.c))
+TOOLS_SRC := $(wildcard tools/*.c)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+LIBCLIENT := $(BUILD)/libelliptics.a
+BINS := $(BUILD)/ellipticsd $(BUILD)/elliptics
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+
+.PHONY: all unit test clean fmt
+all: $(BINS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(LIBCLIENT): $(call obj,$(COMMON_SRC) $(CLIENT_SRC))
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/ellipticsd: $(call obj,src/server/main.c $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC))
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
+
+$(BUILD)/elliptics: $(call obj,$(TOOLS_SRC)) $(LIBCLIENT)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) -lm
+
+# Each unit test links every non-main object, so any module can be tested.
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS) -lcmocka -lm
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+
+test: all unit
+	ELLIPTICS_BUILD=$(BUILD) /usr/bin/python3 -m pytest -q tests/integration
+
+fmt:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

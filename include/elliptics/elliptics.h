@@ -1,0 +1,127 @@
+/* elliptics.h - the public C API of the Elliptics client library.
+ *
+ * Conventions (after lmdb.h):
+ *  - Every function that can fail returns an int status: 0 on success, a negative
+ *    DNET_E* code otherwise; dnet_strerror() turns it into text.
+ *  - A dnet_client handle is not thread-safe: use one handle per thread (handles are
+ *    cheap; each owns its own connections). Handles never share state.
+ *  - Keys are arbitrary byte strings of 1..DNET_MAX_KEY_SIZE bytes; the object ID
+ *    is SHA-512(key). Functions with an _id suffix take the raw 64-byte ID instead.
+ *  - Every request has a timeout (default 30 s, dnet_client_set_timeout). A broken
+ *    connection is re-established on the next request; a request that was in
+ *    flight when it broke fails with DNET_ECONNRESET (idempotent reads are retried
+ *    once on a fresh connection).
+ *  - Large objects are streamed in chunks (DNET_CHUNK_SIZE): neither side ever holds
+ *    a whole large object in memory.
+ */
+#ifndef ELLIPTICS_H
+#define ELLIPTICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Status codes (the same values travel on the wire). */
+#include "elliptics/errors.h"
+
+#define DNET_KEY_MAX 4096
+#define DNET_DEFAULT_PORT 1025
+#define DNET_DEFAULT_REMOTE "127.0.0.1:1025"
+
+typedef struct dnet_client dnet_client;
+
+/* What a node says about a stored object. */
+struct dnet_object_info {
+	uint64_t size;
+	uint64_t timestamp; /* ns since epoch of the last write */
+	uint64_t version;
+	uint8_t csum[16];   /* XXH3-128 of the whole object, canonical (big-endian) bytes */
+	char node[64];      /* "HOST:PORT" of the node that answered */
+};
+
+/* --- handles ------------------------------------------------------------- */
+
+/* Create a handle with no remotes. */
+int dnet_client_new(dnet_client **out);
+/* Add a node address "HOST:PORT" (may be called several times; the first that
+ * answers is used). Does not connect yet. DNET_EADDR if it cannot be parsed. */
+int dnet_client_add_remote(dnet_client *c, const char *hostport);
+/* Per-request timeout in milliseconds (default 30000). */
+void dnet_client_set_timeout(dnet_client *c, int timeout_ms);
+/* Number of connections the handle spreads asynchronous requests over (default 1). */
+int dnet_client_set_conns(dnet_client *c, int nconns);
+/* Closes connections, fails pending async requests with DNET_ESHUTDOWN (callbacks
+ * run), frees the handle. NULL is a no-op. */
+void dnet_client_free(dnet_client *c);
+
+/* --- blocking calls ------------------------------------------------------ */
+
+/* Store data[0..len) as the whole object `key`, replacing any previous one atomically. */
+int dnet_write(dnet_client *c, const void *key, size_t klen, const void *data, size_t len,
+	       struct dnet_object_info *info /* may be NULL */);
+int dnet_write_id(dnet_client *c, const uint8_t id[64], const void *data, size_t len,
+		  struct dnet_object_info *info);
+/* Store `size` bytes read from fd (at its current position; regular files are sent
+ * with sendfile(2), pipes are read in chunks) as the whole object `key`. size
+ * UINT64_MAX = until EOF (required for pipes of unknown length). */
+int dnet_write_fd(dnet_client *c, const void *key, size_t klen, int fd, uint64_t size,
+		  struct dnet_object_info *info);
+
+/* Read `size` bytes at `offset` of object `key` (size 0 = to the end) into a
+ * malloc()ed buffer the caller frees. For objects that may be large, prefer
+ * dnet_read_stream. */
+int dnet_read(dnet_client *c, const void *key, size_t klen, uint64_t offset, uint64_t size,
+	      void **data, size_t *len, struct dnet_object_info *info);
+int dnet_read_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
+		 void **data, size_t *len, struct dnet_object_info *info);
+/* Streamed read: sink is called with consecutive pieces; a non-zero return from
+ * sink aborts the read and is returned. */
+typedef int (*dnet_sink_fn)(void *arg, const void *data, size_t len);
+int dnet_read_stream(dnet_client *c, const void *key, size_t klen, uint64_t offset,
+		     uint64_t size, dnet_sink_fn sink, void *arg, struct dnet_object_info *info);
+/* Streamed read into a file descriptor (file, pipe or socket). */
+int dnet_read_fd(dnet_client *c, const void *key, size_t klen, int fd,
+		 struct dnet_object_info *info);
+
+/* Remove an object. DNET_ENOENT if it did not exist. */
+int dnet_remove(dnet_client *c, const void *key, size_t klen);
+int dnet_remove_id(dnet_client *c, const uint8_t id[64]);
+/* Size, timestamp and checksum of an object, and which node holds it. */
+int dnet_lookup(dnet_client *c, const void *key, size_t klen, struct dnet_object_info *info);
+int dnet_lookup_id(dnet_client *c, const uint8_t id[64], struct dnet_object_info *info);
+/* Counters of the node(s) this handle talks to, as "name value\n" lines, in a
+ * malloc()ed NUL-terminated string. node receives "HOST:PORT" (64 bytes). */
+int dnet_stat(dnet_client *c, char **text, char node[64]);
+
+/* --- asynchronous calls -------------------------------------------------- */
+/* Submit requests without waiting; callbacks run inside dnet_poll() on the calling
+ * thread. Many requests may be in flight on each connection (pipelining).
+ * A read's data pointer is valid only during its callback. */
+typedef void (*dnet_done_fn)(void *arg, int status, const void *data, size_t len,
+			     const struct dnet_object_info *info);
+/* data must stay valid until the callback has run. */
+int dnet_submit_write_id(dnet_client *c, const uint8_t id[64], const void *data, size_t len,
+			 dnet_done_fn done, void *arg);
+int dnet_submit_read_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
+			dnet_done_fn done, void *arg);
+int dnet_submit_remove_id(dnet_client *c, const uint8_t id[64], dnet_done_fn done, void *arg);
+/* Drive IO for up to timeout_ms (0 = don't block, -1 = until at least one completes
+ * or nothing is in flight). Returns the number of callbacks run, or DNET_E*. */
+int dnet_poll(dnet_client *c, int timeout_ms);
+/* Requests submitted and not yet completed. */
+size_t dnet_inflight(const dnet_client *c);
+
+/* --- helpers ------------------------------------------------------------- */
+
+/* id = SHA-512(key). */
+void dnet_key_to_id(const void *key, size_t klen, uint8_t id[64]);
+/* Lowercase hex of a checksum (33 bytes out). */
+void dnet_csum_to_hex(const uint8_t csum[16], char out[33]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

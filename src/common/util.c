@@ -1,0 +1,184 @@
+/* util.c - time, address parsing, socket options, sizes, full reads/writes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <arpa/inet.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "errors.h"
+#include "util.h"
+
+uint64_t dnet_now_mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t dnet_now_real_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int dnet_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,
+		    socklen_t *len)
+{
+	char host[256];
+	char port[16];
+	const char *colon;
+
+	if (!s || !*s)
+		return DNET_EADDR;
+	if (s[0] == '[') {
+		const char *end = strchr(s, ']');
+		if (!end || (size_t)(end - s - 1) >= sizeof(host))
+			return DNET_EADDR;
+		memcpy(host, s + 1, (size_t)(end - s - 1));
+		host[end - s - 1] = '\0';
+		colon = end[1] == ':' ? end + 1 : NULL;
+		if (end[1] && !colon)
+			return DNET_EADDR;
+	} else {
+		colon = strrchr(s, ':');
+		size_t hl = colon ? (size_t)(colon - s) : strlen(s);
+		if (hl >= sizeof(host))
+			return DNET_EADDR;
+		memcpy(host, s, hl);
+		host[hl] = '\0';
+	}
+	if (colon) {
+		char *endp;
+		long p = strtol(colon + 1, &endp, 10);
+		if (*endp || p <= 0 || p > 65535)
+			return DNET_EADDR;
+		snprintf(port, sizeof(port), "%ld", p);
+	} else {
+		if (default_port <= 0)
+			return DNET_EADDR;
+		snprintf(port, sizeof(port), "%d", default_port);
+	}
+	struct addrinfo hints, *res = NULL;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(host[0] ? host : "0.0.0.0", port, &hints, &res) != 0 || !res)
+		return DNET_EADDR;
+	memcpy(ss, res->ai_addr, res->ai_addrlen);
+	*len = res->ai_addrlen;
+	freeaddrinfo(res);
+	return 0;
+}
+
+void dnet_addr_str(const struct sockaddr *sa, char *out, size_t outlen)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		port = ntohs(in->sin_port);
+		snprintf(out, outlen, "%s:%d", host, port);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		port = ntohs(in6->sin6_port);
+		snprintf(out, outlen, "[%s]:%d", host, port);
+	} else {
+		snprintf(out, outlen, "?");
+	}
+}
+
+int dnet_set_nonblock(int fd, int on)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -1;
+	fl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
+	return fcntl(fd, F_SETFL, fl);
+}
+
+int dnet_set_nodelay(int fd)
+{
+	int one = 1;
+	return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+int dnet_parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -1;
+	uint64_t mul = 1;
+	switch (*end) {
+	case '\0':
+		break;
+	case 'k': case 'K':
+		mul = 1ull << 10;
+		end++;
+		break;
+	case 'm': case 'M':
+		mul = 1ull << 20;
+		end++;
+		break;
+	case 'g': case 'G':
+		mul = 1ull << 30;
+		end++;
+		break;
+	default:
+		return -1;
+	}
+	if (*end == 'i' || *end == 'B' || *end == 'b') /* accept KiB, MB, ... */
+		end++;
+	if (*end == 'B')
+		end++;
+	if (*end)
+		return -1;
+	if (v > UINT64_MAX / mul)
+		return -1;
+	*out = (uint64_t)v * mul;
+	return 0;
+}
+
+int dnet_write_full(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len) {
+		ssize_t n = write(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return dnet_from_errno(errno);
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int dnet_read_full(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len) {
+		ssize_t n = read(fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return dnet_from_errno(errno);
+		}
+		if (n == 0)
+			return DNET_ECONNRESET;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}

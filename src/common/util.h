@@ -1,0 +1,31 @@
+/* util.h - small helpers shared by server, client and tools: time, sockets, sizes. */
+#ifndef DNET_UTIL_H
+#define DNET_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Monotonic and wall clocks in nanoseconds. */
+uint64_t dnet_now_mono_ns(void);
+uint64_t dnet_now_real_ns(void);
+
+/* Parse "HOST:PORT", "[V6]:PORT" or "HOST" (port = default_port) into a socket
+ * address, resolving names. Returns 0 or DNET_EADDR. */
+int dnet_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,
+		    socklen_t *len);
+/* "HOST:PORT" text of a socket address. */
+void dnet_addr_str(const struct sockaddr *sa, char *out, size_t outlen);
+
+int dnet_set_nonblock(int fd, int on);
+int dnet_set_nodelay(int fd);
+
+/* Parse sizes like "1024", "10k", "4M", "1G" (powers of 1024). Returns 0 or -1. */
+int dnet_parse_size(const char *s, uint64_t *out);
+
+/* write()/read() whole buffers on blocking fds, retrying EINTR and short counts.
+ * Return 0 or a DNET_E* code (read_full: DNET_ECONNRESET on early EOF). */
+int dnet_write_full(int fd, const void *buf, size_t len);
+int dnet_read_full(int fd, void *buf, size_t len);
+
+#endif

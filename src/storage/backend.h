@@ -1,0 +1,106 @@
+/* backend.h - the storage engine contract: a table of functions every engine
+ * (file, blob, lmdb, bdb, ...) implements, in the manner of SQLite's VFS.
+ *
+ * Threading: the server calls an engine from several IO threads at once, but never
+ * with two concurrent operations on the same object ID (requests are sharded by ID
+ * to IO threads), except that iterate() and stat() may run concurrently with
+ * anything. Engines must therefore be safe for concurrent calls on distinct IDs. */
+#ifndef DNET_BACKEND_H
+#define DNET_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/proto.h"
+
+enum dnet_fsync_policy {
+	DNET_FSYNC_NEVER = 0,  /* leave it to the kernel; acked writes survive a process crash */
+	DNET_FSYNC_ALWAYS = 1, /* sync every write before acking it */
+	DNET_FSYNC_BATCH = 2,  /* group commit: writes share one sync; each ack after it */
+};
+int dnet_fsync_policy_parse(const char *s); /* "never|always|batch" -> policy or -1 */
+const char *dnet_fsync_policy_name(int policy);
+
+struct dnet_backend_config {
+	const char *path;           /* directory owned by this engine (created if missing) */
+	int fsync;                  /* enum dnet_fsync_policy */
+	uint32_t batch_max_delay_us; /* group commit: longest a write waits for company (default 2000) */
+	uint32_t batch_max_ops;      /* group commit: sync early after this many writes (default 1024) */
+	uint64_t upload_timeout_s;   /* abandoned chunked uploads are removed after this (default 3600) */
+};
+
+struct dnet_backend; /* engine-private state */
+
+/* A write. `data` (io.size bytes) is valid only during the write() call: an engine
+ * that completes later must have consumed it before returning.
+ * io.timestamp is always filled in by the server (never 0 here). */
+struct dnet_write_req {
+	const uint8_t *id; /* DNET_ID_SIZE bytes */
+	struct dnet_io_attr io;
+	const void *data;
+};
+
+/* Completion of a write: status 0 or DNET_E*; info (on success) describes the
+ * object as now stored (whole-object size, timestamp, checksum). Called exactly once,
+ * either inside write() or later from an engine thread (group commit). */
+typedef void (*dnet_write_done_fn)(void *arg, int status, const struct dnet_obj_info *info);
+
+/* Result of a read: the requested bytes, either as a range of an open file (so the
+ * server can sendfile() it) or as a malloc()ed buffer. The caller owns what is
+ * returned: it closes fd (when >= 0) and free()s buf (when non-NULL). */
+struct dnet_read_res {
+	int fd;               /* >= 0: data is [file_offset, file_offset+len) of fd */
+	uint64_t file_offset;
+	void *buf;            /* else: data is buf[0..len) */
+	uint64_t len;         /* bytes returned (may be 0) */
+	struct dnet_obj_info info; /* the whole object's size, timestamp, checksum */
+};
+
+struct dnet_backend_stat {
+	uint64_t objects;     /* live objects */
+	uint64_t bytes;       /* logical bytes of live objects */
+	uint64_t disk_bytes;  /* bytes used on disk, including overhead and dead space */
+	uint64_t disk_free;   /* free bytes on the engine's filesystem */
+	uint64_t syncs;       /* sync calls made (group commit effectiveness) */
+	uint64_t synced_writes; /* writes made durable by those syncs */
+	uint64_t corrupt;     /* checksum mismatches detected */
+};
+
+/* Called by iterate() once per live object; return non-zero to stop early
+ * (iterate then returns that value). */
+typedef int (*dnet_iterate_fn)(void *arg, const uint8_t *id, const struct dnet_obj_info *info);
+
+struct dnet_backend_ops {
+	const char *name;
+	int (*open)(const struct dnet_backend_config *cfg, struct dnet_backend **out);
+	/* Completes or fails every pending write (calling its done), then frees. */
+	void (*close)(struct dnet_backend *b);
+	void (*write)(struct dnet_backend *b, const struct dnet_write_req *req,
+		      dnet_write_done_fn done, void *arg);
+	/* size 0 = to the end. offset > object size -> DNET_ERANGE. Verifies checksums of
+	 * the bytes returned unless `flags` has DNET_FLAG_NOCSUM: -> DNET_ECORRUPT. */
+	int (*read)(struct dnet_backend *b, const uint8_t *id, uint64_t offset, uint64_t size,
+		    uint32_t flags, struct dnet_read_res *res);
+	/* Durable per the fsync policy when it returns. DNET_ENOENT if absent. */
+	int (*del)(struct dnet_backend *b, const uint8_t *id);
+	int (*lookup)(struct dnet_backend *b, const uint8_t *id, struct dnet_obj_info *info);
+	int (*iterate)(struct dnet_backend *b, dnet_iterate_fn fn, void *arg);
+	/* Make everything written so far durable. */
+	int (*sync)(struct dnet_backend *b);
+	int (*stat)(struct dnet_backend *b, struct dnet_backend_stat *st);
+};
+
+/* The registry of engines compiled in (backend.c); NULL if unknown. */
+const struct dnet_backend_ops *dnet_backend_find(const char *name);
+/* Comma-separated names of all engines, for --help. */
+const char *dnet_backend_names(void);
+/* The engine used when --backend is not given. */
+#define DNET_DEFAULT_BACKEND "file"
+
+/* Fill cfg with defaults (path and fsync must still be set). */
+void dnet_backend_config_defaults(struct dnet_backend_config *cfg);
+
+/* XXH3-128 helpers shared by engines: canonical 16-byte form. */
+void dnet_csum(const void *data, size_t len, uint8_t out[16]);
+
+#endif
