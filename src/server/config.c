@@ -1,0 +1,261 @@
+/* config.c - ellipticsd options: one table gives the command-line flags, their
+ * config-file names (the same, without dashes) and the --help text. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "server.h"
+
+enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_LATER, O_CONFIG, O_HELP };
+
+struct opt {
+	const char *name;
+	enum opt_kind kind;
+	const char *arg;
+	const char *help;
+	size_t off; /* offset in struct dnet_config */
+	size_t len; /* O_STR buffer size */
+	long min, max;
+};
+
+#define OFF(f) offsetof(struct dnet_config, f)
+#define LEN(f) sizeof(((struct dnet_config *)0)->f)
+
+static const struct opt opts[] = {
+	{"listen", O_STR, "HOST:PORT", "address to listen on (default 127.0.0.1:1025)", OFF(listen), LEN(listen), 0, 0},
+	{"data", O_STR, "DIR", "data directory (required); keeps the node ID and objects", OFF(data), LEN(data), 0, 0},
+	{"backend", O_BACKEND, "NAME", "storage engine", OFF(backend), LEN(backend), 0, 0},
+	{"fsync", O_FSYNC, "POLICY", "never|always|batch (default never; batch = group commit)", OFF(fsync), 0, 0, 0},
+	{"io-threads", O_INT, "N", "IO worker threads executing requests (default 4)", OFF(io_threads), 0, 1, 1024},
+	{"net-threads", O_INT, "N", "network event loops (default 1)", OFF(net_threads), 0, 1, 64},
+	{"max-payload", O_SIZE, "BYTES", "largest request payload accepted (default 64M)", OFF(max_payload), 0, 4096, (long)DNET_HARD_MAX_PAYLOAD},
+	{"max-conns", O_INT, "N", "concurrent client connections (default 10000)", OFF(max_conns), 0, 1, 1000000},
+	{"batch-delay-us", O_INT, "US", "group commit: longest a write waits for company (default 2000)", OFF(batch_delay_us), 0, 0, 1000000},
+	{"log-level", O_LOG, "LEVEL", "error|warn|info|debug (default info)", OFF(log_level), 0, 0, 0},
+	{"config", O_CONFIG, "FILE", "read options from FILE: 'name = value' lines, # comments", 0, 0, 0, 0},
+	{"join", O_LATER, "HOST:PORT", "join the ring through this node (not in this build)", 0, 0, 0, 0},
+	{"copies", O_LATER, "N", "copies forced by transformation functions (not in this build)", 0, 0, 0, 0},
+	{"zone", O_LATER, "NAME", "zone label for copy placement (not in this build)", 0, 0, 0, 0},
+	{"http", O_LATER, "HOST:PORT", "S3 gateway and /metrics (not in this build)", 0, 0, 0, 0},
+	{"keys", O_LATER, "FILE", "client keys (not in this build)", 0, 0, 0, 0},
+	{"cluster-key", O_LATER, "FILE", "cluster secret (not in this build)", 0, 0, 0, 0},
+	{"tls-cert", O_LATER, "FILE", "TLS certificate (not in this build)", 0, 0, 0, 0},
+	{"tls-key", O_LATER, "FILE", "TLS key (not in this build)", 0, 0, 0, 0},
+	{"tls-ca", O_LATER, "FILE", "TLS CA (not in this build)", 0, 0, 0, 0},
+	{"help", O_HELP, NULL, "this text", 0, 0, 0, 0},
+};
+
+void dnet_config_defaults(struct dnet_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	snprintf(cfg->listen, sizeof(cfg->listen), "127.0.0.1:1025");
+	snprintf(cfg->backend, sizeof(cfg->backend), "%s", DNET_DEFAULT_BACKEND);
+	cfg->fsync = DNET_FSYNC_NEVER;
+	cfg->io_threads = 4;
+	cfg->net_threads = 1;
+	cfg->max_payload = DNET_DEFAULT_MAX_PAYLOAD;
+	cfg->max_conns = 10000;
+	cfg->log_level = DNET_LOG_INFO;
+	cfg->batch_delay_us = 2000;
+	cfg->out_high = 16u << 20;
+	cfg->max_inflight = 1024;
+	cfg->max_inflight_bytes = 256u << 20;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: ellipticsd --data DIR [options]\n\n"
+		   "Elliptics storage node: stores objects and serves them over the Elliptics protocol.\n"
+		   "Runs in the foreground, logs to stderr, stops cleanly on SIGTERM/SIGINT.\n\n");
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		char left[64];
+		snprintf(left, sizeof(left), "--%s%s%s", opts[i].name, opts[i].arg ? " " : "",
+			 opts[i].arg ? opts[i].arg : "");
+		fprintf(f, "  %-26s %s", left, opts[i].help);
+		if (opts[i].kind == O_BACKEND)
+			fprintf(f, ": %s (default %s)", dnet_backend_names(), DNET_DEFAULT_BACKEND);
+		fputc('\n', f);
+	}
+	fprintf(f, "\nEvery option can also be set in the --config file by its name without the dashes.\n");
+}
+
+static int set_opt(struct dnet_config *cfg, const struct opt *o, const char *val, const char *where,
+		   int depth);
+
+static int load_config(struct dnet_config *cfg, const char *path, int depth)
+{
+	if (depth > 4) {
+		fprintf(stderr, "ellipticsd: %s: config files nest too deeply\n", path);
+		return 2;
+	}
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		fprintf(stderr, "ellipticsd: cannot open config file %s: %s\n", path, strerror(errno));
+		return 2;
+	}
+	char line[8192];
+	int lineno = 0, rc = 0;
+	while (!rc && fgets(line, sizeof(line), f)) {
+		lineno++;
+		char *p = line;
+		char *hash = strchr(p, '#');
+		if (hash)
+			*hash = '\0';
+		while (isspace((unsigned char)*p))
+			p++;
+		size_t l = strlen(p);
+		while (l && isspace((unsigned char)p[l - 1]))
+			p[--l] = '\0';
+		if (!*p)
+			continue;
+		char *name = p;
+		while (*p && !isspace((unsigned char)*p) && *p != '=')
+			p++;
+		char *name_end = p;
+		while (isspace((unsigned char)*p))
+			p++;
+		if (*p == '=')
+			p++;
+		while (isspace((unsigned char)*p))
+			p++;
+		*name_end = '\0';
+		char where[4200];
+		snprintf(where, sizeof(where), "%s:%d", path, lineno);
+		const struct opt *o = NULL;
+		for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++)
+			if (strcmp(opts[i].name, name) == 0)
+				o = &opts[i];
+		if (!o || o->kind == O_HELP) {
+			fprintf(stderr, "ellipticsd: %s: unknown option '%s'\n", where, name);
+			rc = 2;
+			break;
+		}
+		rc = set_opt(cfg, o, p, where, depth + 1);
+	}
+	fclose(f);
+	return rc;
+}
+
+static int set_opt(struct dnet_config *cfg, const struct opt *o, const char *val, const char *where,
+		   int depth)
+{
+	char *base = (char *)cfg;
+	if (o->arg && (!val || !*val)) {
+		fprintf(stderr, "ellipticsd: %s: --%s needs a value (%s)\n", where, o->name, o->arg);
+		return 2;
+	}
+	switch (o->kind) {
+	case O_STR:
+	case O_BACKEND:
+		if (strlen(val) >= o->len) {
+			fprintf(stderr, "ellipticsd: %s: --%s value too long\n", where, o->name);
+			return 2;
+		}
+		if (o->kind == O_BACKEND && !dnet_backend_find(val)) {
+			fprintf(stderr, "ellipticsd: %s: unknown backend '%s' (available: %s)\n", where, val,
+				dnet_backend_names());
+			return 2;
+		}
+		snprintf(base + o->off, o->len, "%s", val);
+		return 0;
+	case O_INT: {
+		char *end;
+		errno = 0;
+		long v = strtol(val, &end, 10);
+		if (errno || *end || v < o->min || v > o->max) {
+			fprintf(stderr, "ellipticsd: %s: --%s wants an integer in %ld..%ld, got '%s'\n",
+				where, o->name, o->min, o->max, val);
+			return 2;
+		}
+		if (o->off == OFF(batch_delay_us))
+			cfg->batch_delay_us = (uint32_t)v;
+		else
+			*(int *)(void *)(base + o->off) = (int)v;
+		return 0;
+	}
+	case O_SIZE: {
+		uint64_t v;
+		if (dnet_parse_size(val, &v) != 0 || v < (uint64_t)o->min || v > (uint64_t)o->max) {
+			fprintf(stderr, "ellipticsd: %s: --%s wants a size in %ld..%ld bytes, got '%s'\n",
+				where, o->name, o->min, o->max, val);
+			return 2;
+		}
+		*(uint64_t *)(void *)(base + o->off) = v;
+		return 0;
+	}
+	case O_FSYNC: {
+		int p = dnet_fsync_policy_parse(val);
+		if (p < 0) {
+			fprintf(stderr, "ellipticsd: %s: --fsync wants never|always|batch, got '%s'\n",
+				where, val);
+			return 2;
+		}
+		cfg->fsync = p;
+		return 0;
+	}
+	case O_LOG: {
+		int l = dnet_log_level_parse(val);
+		if (l < 0) {
+			fprintf(stderr, "ellipticsd: %s: --log-level wants error|warn|info|debug, got '%s'\n",
+				where, val);
+			return 2;
+		}
+		cfg->log_level = l;
+		return 0;
+	}
+	case O_CONFIG:
+		return load_config(cfg, val, depth);
+	case O_LATER:
+		fprintf(stderr, "ellipticsd: %s: --%s is not supported by this build yet\n", where,
+			o->name);
+		return 2;
+	case O_HELP:
+		usage(stdout);
+		return 1;
+	}
+	return 2;
+}
+
+int dnet_config_parse(struct dnet_config *cfg, int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "-h") == 0)
+			a = "--help";
+		if (strncmp(a, "--", 2) != 0) {
+			fprintf(stderr, "ellipticsd: unexpected argument '%s' (try --help)\n", a);
+			return 2;
+		}
+		const char *name = a + 2;
+		const char *eq = strchr(name, '=');
+		size_t nl = eq ? (size_t)(eq - name) : strlen(name);
+		const struct opt *o = NULL;
+		for (size_t k = 0; k < sizeof(opts) / sizeof(opts[0]); k++)
+			if (strlen(opts[k].name) == nl && strncmp(opts[k].name, name, nl) == 0)
+				o = &opts[k];
+		if (!o) {
+			fprintf(stderr, "ellipticsd: unknown option '%s' (try --help)\n", a);
+			return 2;
+		}
+		const char *val = NULL;
+		if (o->arg) {
+			if (eq)
+				val = eq + 1;
+			else if (i + 1 < argc)
+				val = argv[++i];
+		}
+		int rc = set_opt(cfg, o, val, "command line", 0);
+		if (rc)
+			return rc;
+	}
+	if (!cfg->data[0]) {
+		fprintf(stderr, "ellipticsd: --data DIR is required (try --help)\n");
+		return 2;
+	}
+	return 0;
+}

@@ -1,0 +1,233 @@
+/* dispatch.c - executes one transaction on an IO worker: decodes the command's
+ * payload, calls the storage engine, and queues the reply on the connection. */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/errors.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "server.h"
+
+struct dnet_server *dnet_srv;
+
+struct dnet_out *dnet_out_new(void)
+{
+	struct dnet_out *o = malloc(sizeof(*o));
+	if (!o)
+		return NULL;
+	o->next = NULL;
+	o->inl_len = o->inl_off = 0;
+	o->buf = NULL;
+	o->buf_len = o->buf_off = 0;
+	o->fd = -1;
+	o->file_off = o->file_len = 0;
+	return o;
+}
+
+void dnet_out_free(struct dnet_out *o)
+{
+	if (o->fd >= 0)
+		close(o->fd);
+	free(o->buf);
+	free(o);
+}
+
+void dnet_trans_free(struct dnet_trans *t)
+{
+	if (t->conn)
+		dnet_conn_put(t->conn);
+	free(t);
+}
+
+/* Reply header for t with `status` and `payload` bytes to follow, into o->inl. */
+static void reply_hdr(struct dnet_out *o, const struct dnet_trans *t, int status,
+		      uint64_t payload)
+{
+	struct dnet_cmd_hdr r = {.magic = DNET_MAGIC,
+				 .version = DNET_PROTO_VERSION,
+				 .cmd = t->hdr.cmd,
+				 .flags = DNET_FLAG_REPLY,
+				 .status = status,
+				 .trans = t->hdr.trans,
+				 .size = payload};
+	memcpy(r.id, t->hdr.id, DNET_ID_SIZE);
+	dnet_hdr_encode(o->inl, &r);
+	o->inl_len = DNET_HDR_SIZE;
+}
+
+/* Account for, answer (o may be NULL: no reply) and free a transaction. */
+static void finish(struct dnet_trans *t, struct dnet_out *o, int status)
+{
+	struct dnet_server *s = dnet_srv;
+	struct dnet_conn *c = t->conn;
+	unsigned cmd = t->hdr.cmd < DNET_CMD_MAX_ ? t->hdr.cmd : 0;
+	atomic_fetch_add(&s->stats.cmds[cmd], 1);
+	if (status < 0 && status != DNET_ENOENT)
+		atomic_fetch_add(&s->stats.errors[cmd], 1);
+	atomic_fetch_add(&s->stats.lat_ns[cmd], dnet_now_mono_ns() - t->recv_ns);
+	if (status < 0 && status != DNET_ENOENT && status != DNET_ERANGE)
+		dnet_log_debug("%s: %s failed: %s", c->peer, dnet_cmd_name(cmd),
+			       dnet_strerror(status));
+	if (o)
+		dnet_conn_send(c, o);
+	dnet_conn_trans_done(c, t->size);
+	dnet_trans_free(t);
+}
+
+/* A bare reply: header only. Sent for errors always, for success when asked. */
+static void finish_status(struct dnet_trans *t, int status)
+{
+	struct dnet_out *o = NULL;
+	if (status < 0 || (t->hdr.flags & DNET_FLAG_NEED_ACK) || t->hdr.cmd == DNET_CMD_PING) {
+		o = dnet_out_new();
+		if (o)
+			reply_hdr(o, t, status, 0);
+	}
+	finish(t, o, status);
+}
+
+static void write_done(void *arg, int status, const struct dnet_obj_info *info)
+{
+	struct dnet_trans *t = arg;
+	if (status < 0 || !(t->hdr.flags & DNET_FLAG_NEED_ACK) || !info) {
+		finish_status(t, status);
+		return;
+	}
+	struct dnet_out *o = dnet_out_new();
+	if (o) {
+		reply_hdr(o, t, 0, DNET_OBJ_INFO_SIZE);
+		dnet_obj_info_encode(o->inl + DNET_HDR_SIZE, info);
+		o->inl_len += DNET_OBJ_INFO_SIZE;
+	}
+	finish(t, o, status);
+}
+
+static void do_write(struct dnet_server *s, struct dnet_trans *t)
+{
+	struct dnet_io_attr io;
+	if (dnet_io_attr_decode(t->payload, t->size, &io) != 0 ||
+	    io.size != t->size - DNET_IO_ATTR_SIZE || (io.ioflags & ~DNET_IO_FLAGS_KNOWN) ||
+	    io.reserved != 0 || io.offset > UINT64_MAX - io.size) {
+		finish_status(t, DNET_EPROTO);
+		return;
+	}
+	if (io.timestamp == 0)
+		io.timestamp = dnet_now_real_ns();
+	struct dnet_write_req req = {.id = t->hdr.id, .io = io, .data = t->payload + DNET_IO_ATTR_SIZE};
+	/* write_done may run inside this call or later on an engine thread; either
+	 * way it frees t, so t is not touched after this line. */
+	s->bops->write(s->backend, &req, write_done, t);
+}
+
+static void do_read(struct dnet_server *s, struct dnet_trans *t)
+{
+	struct dnet_io_attr io;
+	if (dnet_io_attr_decode(t->payload, t->size, &io) != 0 || io.reserved != 0) {
+		finish_status(t, DNET_EPROTO);
+		return;
+	}
+	struct dnet_read_res res = {.fd = -1};
+	int err = s->bops->read(s->backend, t->hdr.id, io.offset, io.size,
+				t->hdr.flags & DNET_FLAG_NOCSUM, &res);
+	if (err) {
+		finish_status(t, err);
+		return;
+	}
+	struct dnet_out *o = dnet_out_new();
+	if (!o) {
+		if (res.fd >= 0)
+			close(res.fd);
+		free(res.buf);
+		finish_status(t, DNET_ENOMEM);
+		return;
+	}
+	reply_hdr(o, t, 0, DNET_IO_ATTR_SIZE + res.len);
+	struct dnet_io_attr rio = {.offset = io.offset,
+				   .size = res.len,
+				   .total_size = res.info.size,
+				   .timestamp = res.info.timestamp};
+	dnet_io_attr_encode(o->inl + DNET_HDR_SIZE, &rio);
+	o->inl_len += DNET_IO_ATTR_SIZE;
+	if (res.fd >= 0) {
+		o->fd = res.fd;
+		o->file_off = res.file_offset;
+		o->file_len = res.len;
+		free(res.buf);
+	} else {
+		o->buf = res.buf;
+		o->buf_len = res.len;
+	}
+	finish(t, o, 0);
+}
+
+static void do_lookup(struct dnet_server *s, struct dnet_trans *t)
+{
+	struct dnet_obj_info info;
+	int err = s->bops->lookup(s->backend, t->hdr.id, &info);
+	if (err) {
+		finish_status(t, err);
+		return;
+	}
+	struct dnet_out *o = dnet_out_new();
+	if (o) {
+		reply_hdr(o, t, 0, DNET_OBJ_INFO_SIZE + DNET_ADDR_WIRE_SIZE);
+		dnet_obj_info_encode(o->inl + DNET_HDR_SIZE, &info);
+		dnet_addr_encode(o->inl + DNET_HDR_SIZE + DNET_OBJ_INFO_SIZE, &t->conn->self_addr);
+		o->inl_len += DNET_OBJ_INFO_SIZE + DNET_ADDR_WIRE_SIZE;
+	}
+	finish(t, o, 0);
+}
+
+static void do_stat(struct dnet_server *s, struct dnet_trans *t)
+{
+	size_t len = 0;
+	char *text = dnet_stats_text(s, &len);
+	struct dnet_out *o = text ? dnet_out_new() : NULL;
+	if (!o) {
+		free(text);
+		finish_status(t, DNET_ENOMEM);
+		return;
+	}
+	reply_hdr(o, t, 0, len);
+	o->buf = (uint8_t *)text;
+	o->buf_len = len;
+	finish(t, o, 0);
+}
+
+void dnet_dispatch(void *ctx, struct dnet_trans *t)
+{
+	struct dnet_server *s = ctx;
+	uint64_t t0 = dnet_now_mono_ns();
+	if (atomic_load(&s->stopping) > 1) {
+		finish_status(t, DNET_ESHUTDOWN);
+		return;
+	}
+	switch (t->hdr.cmd) {
+	case DNET_CMD_PING:
+		finish_status(t, t->size ? DNET_EPROTO : 0);
+		break;
+	case DNET_CMD_WRITE:
+		do_write(s, t);
+		break;
+	case DNET_CMD_READ:
+		do_read(s, t);
+		break;
+	case DNET_CMD_DEL:
+		if (t->size)
+			finish_status(t, DNET_EPROTO);
+		else
+			finish_status(t, s->bops->del(s->backend, t->hdr.id));
+		break;
+	case DNET_CMD_LOOKUP:
+		do_lookup(s, t);
+		break;
+	case DNET_CMD_STAT:
+		do_stat(s, t);
+		break;
+	default:
+		finish_status(t, DNET_EUNSUPP);
+		break;
+	}
+	atomic_fetch_add(&s->stats.busy_ns, dnet_now_mono_ns() - t0);
+}

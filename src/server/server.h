@@ -1,0 +1,166 @@
+/* server.h - ellipticsd internals: configuration, connections, transactions, the
+ * network loops and the IO worker pool, and how they hand work to each other.
+ *
+ * Threads (the seed's design): one or more network loops read WHOLE transactions
+ * (header + payload) from their connections and queue them to the IO pool; IO
+ * workers execute them against the storage engine and append replies to the
+ * connection's output queue. A network loop never blocks on sending: output goes out
+ * when the socket is writable, and reading continues while output is pending (up to
+ * bounded limits), so two nodes sending to each other can never livelock. */
+#ifndef DNET_SERVER_H
+#define DNET_SERVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "common/proto.h"
+#include "storage/backend.h"
+
+struct dnet_server;
+struct dnet_loop;
+
+struct dnet_config {
+	char listen[256];
+	char data[4000];
+	char backend[32];
+	int fsync;
+	int io_threads;
+	int net_threads;
+	uint64_t max_payload;
+	int max_conns;
+	int log_level;
+	uint32_t batch_delay_us;
+	/* Per-connection flow control: stop reading a connection while its queued output
+	 * (in memory) exceeds out_high bytes or its requests in the IO pool exceed
+	 * max_inflight; resume below half of that. */
+	uint64_t out_high;
+	int max_inflight;
+	uint64_t max_inflight_bytes;
+};
+
+/* One request read whole from the network, on its way through the IO pool. */
+struct dnet_trans {
+	struct dnet_trans *next;
+	struct dnet_conn *conn; /* holds a reference */
+	struct dnet_cmd_hdr hdr;
+	uint64_t recv_ns; /* monotonic time the header arrived */
+	uint64_t size;    /* payload bytes (== hdr.size) */
+	uint8_t *payload; /* points just past this struct */
+};
+
+/* One queued reply (or part of one): inline bytes, then a heap buffer, then a file
+ * range sent with sendfile(). Sent in that order. */
+struct dnet_out {
+	struct dnet_out *next;
+	uint32_t inl_len, inl_off;
+	uint8_t inl[DNET_HDR_SIZE + DNET_IO_ATTR_SIZE + DNET_OBJ_INFO_SIZE + DNET_ADDR_WIRE_SIZE];
+	uint8_t *buf;
+	uint64_t buf_len, buf_off;
+	int fd;
+	uint64_t file_off, file_len; /* file_off advances as bytes go out */
+};
+
+struct dnet_conn {
+	int fd;
+	struct dnet_loop *loop;
+	struct dnet_conn *prev, *next; /* the loop's list; loop thread only */
+	atomic_int refs;
+	char peer[64];
+	struct dnet_addr_wire self_addr; /* our address as this peer reached it */
+
+	/* Receive state: only the owning loop thread touches these. Bytes are read
+	 * into the loop's shared buffer; only a partial header is kept per connection,
+	 * and a partial payload is read straight into its transaction, so an idle
+	 * connection costs a few hundred bytes. */
+	uint8_t hpart[DNET_HDR_SIZE];
+	uint32_t hpart_len;
+	struct dnet_trans *cur; /* transaction whose payload is being read */
+	uint64_t cur_have;
+
+	/* Output and flow control, under lock. */
+	pthread_mutex_t lock;
+	struct dnet_out *out_head, *out_tail;
+	uint64_t out_mem;    /* bytes of queued inline+heap output */
+	uint32_t out_items;
+	int inflight;        /* transactions handed to the pool, not yet replied */
+	uint64_t inflight_bytes; /* their payload bytes */
+	int read_closed;     /* EOF, protocol error or shutdown: read nothing more */
+	uint32_t events;     /* epoll events currently armed */
+	int dead;            /* socket failed or closed: drop all output */
+	int close_after_flush;
+};
+
+struct dnet_stats {
+	atomic_uint_fast64_t cmds[DNET_CMD_MAX_];
+	atomic_uint_fast64_t errors[DNET_CMD_MAX_];
+	atomic_uint_fast64_t lat_ns[DNET_CMD_MAX_];
+	atomic_uint_fast64_t bytes_in, bytes_out;
+	atomic_uint_fast64_t conns_total, conns_cur, conns_rejected;
+	atomic_uint_fast64_t proto_errors;
+	atomic_uint_fast64_t queued;      /* transactions waiting in IO queues */
+	atomic_uint_fast64_t busy_ns;     /* time IO workers spent executing */
+};
+
+/* IO pool: one FIFO per worker; transactions are sharded by object ID so the
+ * requests for one object execute in arrival order on one worker. */
+struct dnet_pool;
+typedef void (*dnet_pool_fn)(void *ctx, struct dnet_trans *t);
+int dnet_pool_start(struct dnet_pool **out, int nthreads, dnet_pool_fn fn, void *ctx,
+		    atomic_uint_fast64_t *queued);
+void dnet_pool_push(struct dnet_pool *p, struct dnet_trans *t);
+/* Finish every queued transaction, then join the workers and free. */
+void dnet_pool_stop(struct dnet_pool *p);
+int dnet_pool_threads(const struct dnet_pool *p);
+
+/* Connections (net.c). */
+void dnet_conn_get(struct dnet_conn *c);
+void dnet_conn_put(struct dnet_conn *c);
+/* Queue a reply built by a worker (takes ownership of o) and try to send it. */
+void dnet_conn_send(struct dnet_conn *c, struct dnet_out *o);
+/* A transaction handed to the pool has been answered (or needs no answer). */
+void dnet_conn_trans_done(struct dnet_conn *c, uint64_t bytes);
+
+/* Replies (dispatch.c). */
+struct dnet_out *dnet_out_new(void);
+void dnet_out_free(struct dnet_out *o);
+void dnet_dispatch(void *ctx, struct dnet_trans *t);
+/* Free a transaction and drop its connection reference. */
+void dnet_trans_free(struct dnet_trans *t);
+
+struct dnet_server {
+	struct dnet_config cfg;
+	const struct dnet_backend_ops *bops;
+	struct dnet_backend *backend;
+	struct dnet_pool *pool;
+	struct dnet_loop **loops;
+	int nloops;
+	int listen_fd;
+	char listen_str[64];
+	uint8_t node_id[DNET_ID_SIZE];
+	uint64_t start_ns;
+	atomic_int stopping;
+	struct dnet_stats stats;
+};
+
+/* The one server of this process (set by main). */
+extern struct dnet_server *dnet_srv;
+
+/* net.c */
+int dnet_net_start(struct dnet_server *s);
+/* Stop accepting and reading; returns when loops have exited after flushing output
+ * (bounded by timeout_ms). */
+void dnet_net_stop(struct dnet_server *s, int timeout_ms);
+void dnet_net_stop_reading(struct dnet_server *s);
+
+/* stats.c: "name value\n" lines in a malloc()ed buffer. */
+char *dnet_stats_text(struct dnet_server *s, size_t *len);
+
+/* config.c */
+void dnet_config_defaults(struct dnet_config *cfg);
+/* Parse argv (and any --config file). Returns 0, or 2 after printing a usage error,
+ * or 1 after printing help (exit 0 then). */
+int dnet_config_parse(struct dnet_config *cfg, int argc, char **argv);
+
+#endif

@@ -1,0 +1,85 @@
+/* stats.c - the node's counters as "name value" text lines (STAT command). */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/id.h"
+#include "common/util.h"
+#include "server.h"
+
+struct sbuf {
+	char *p;
+	size_t len, cap;
+};
+
+static void add(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(struct sbuf *b, const char *fmt, ...)
+{
+	if (!b->p)
+		return;
+	for (;;) {
+		va_list ap;
+		va_start(ap, fmt);
+		int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if ((size_t)n < b->cap - b->len) {
+			b->len += (size_t)n;
+			return;
+		}
+		char *np = realloc(b->p, b->cap * 2);
+		if (!np) {
+			free(b->p);
+			b->p = NULL;
+			return;
+		}
+		b->p = np;
+		b->cap *= 2;
+	}
+}
+
+char *dnet_stats_text(struct dnet_server *s, size_t *len)
+{
+	struct sbuf b = {.p = malloc(4096), .cap = 4096};
+	struct dnet_stats *st = &s->stats;
+	char hex[2 * DNET_ID_SIZE + 1];
+
+	dnet_id_to_hex(hex, s->node_id, DNET_ID_SIZE);
+	add(&b, "node_id %s\n", hex);
+	add(&b, "listen %s\n", s->listen_str);
+	add(&b, "uptime_s %.3f\n", (double)(dnet_now_mono_ns() - s->start_ns) / 1e9);
+	add(&b, "backend %s\n", s->bops->name);
+	add(&b, "fsync %s\n", dnet_fsync_policy_name(s->cfg.fsync));
+	add(&b, "io_threads %d\n", s->cfg.io_threads);
+	add(&b, "net_threads %d\n", s->cfg.net_threads);
+	add(&b, "conns_current %llu\n", (unsigned long long)atomic_load(&st->conns_cur));
+	add(&b, "conns_total %llu\n", (unsigned long long)atomic_load(&st->conns_total));
+	add(&b, "conns_rejected %llu\n", (unsigned long long)atomic_load(&st->conns_rejected));
+	add(&b, "proto_errors %llu\n", (unsigned long long)atomic_load(&st->proto_errors));
+	add(&b, "bytes_in %llu\n", (unsigned long long)atomic_load(&st->bytes_in));
+	add(&b, "bytes_out %llu\n", (unsigned long long)atomic_load(&st->bytes_out));
+	add(&b, "io_queue_depth %llu\n", (unsigned long long)atomic_load(&st->queued));
+	add(&b, "io_busy_s %.3f\n", (double)atomic_load(&st->busy_ns) / 1e9);
+	for (int c = 1; c < DNET_CMD_MAX_; c++) {
+		uint64_t n = atomic_load(&st->cmds[c]);
+		add(&b, "cmd_%s %llu\n", dnet_cmd_name(c), (unsigned long long)n);
+		add(&b, "cmd_%s_errors %llu\n", dnet_cmd_name(c),
+		    (unsigned long long)atomic_load(&st->errors[c]));
+		add(&b, "cmd_%s_avg_us %.1f\n", dnet_cmd_name(c),
+		    n ? (double)atomic_load(&st->lat_ns[c]) / (double)n / 1e3 : 0.0);
+	}
+	struct dnet_backend_stat bs = {0};
+	if (s->bops->stat(s->backend, &bs) == 0) {
+		add(&b, "objects %llu\n", (unsigned long long)bs.objects);
+		add(&b, "object_bytes %llu\n", (unsigned long long)bs.bytes);
+		add(&b, "disk_bytes %llu\n", (unsigned long long)bs.disk_bytes);
+		add(&b, "disk_free %llu\n", (unsigned long long)bs.disk_free);
+		add(&b, "syncs %llu\n", (unsigned long long)bs.syncs);
+		add(&b, "synced_writes %llu\n", (unsigned long long)bs.synced_writes);
+		add(&b, "corrupt_objects %llu\n", (unsigned long long)bs.corrupt);
+	}
+	if (b.p)
+		*len = b.len;
+	return b.p;
+}
