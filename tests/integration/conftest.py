@@ -89,7 +89,8 @@ def rss(pid):
 
 
 class RssSampler:
-    """Samples a process's RSS in a background thread; .peak is the maximum seen."""
+    """Samples a process's RSS in a background thread; .peak is the maximum of
+    VmRSS and VmHWM seen (VmHWM catches peaks between samples)."""
 
     def __init__(self, pid, interval=0.02):
         import threading
@@ -106,7 +107,7 @@ class RssSampler:
             r = read_rss(self.pid)
             if r is None:
                 return
-            self.peak = max(self.peak, r[0])
+            self.peak = max(self.peak, r[0], r[1])
             self.samples += 1
             self._stop.wait(self.interval)
 

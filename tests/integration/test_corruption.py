@@ -1,0 +1,107 @@
+"""A corrupted object file on disk is reported as an error, never served."""
+import hashlib
+import os
+
+import pytest
+
+from conftest import wait_for
+
+
+def object_file(data_dir, key):
+    """Path of the file backend's file for key: 256 dirs by first ID byte, file named
+    by the 128-hex ID (searched for, so the exact nesting under DATA may vary)."""
+    hexid = hashlib.sha512(key.encode()).hexdigest()
+    found = []
+    for root, dirs, files in os.walk(data_dir):
+        for f in files:
+            if f == hexid or (f.startswith(hexid) and not f.endswith((".tmp", ".part"))):
+                found.append(os.path.join(root, f))
+    assert len(found) == 1, "expected one file named by the ID %s... under %s, found %r" % (
+        hexid[:16], data_dir, found)
+    assert os.path.basename(os.path.dirname(found[0])) == hexid[:2], \
+        "object file should sit in the directory named by the first ID byte: %s" % found[0]
+    return found[0]
+
+
+def flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x5A]))
+
+
+def corrupt_mentioned(err):
+    e = err.lower()
+    return "corrupt" in e or "checksum" in e
+
+
+@pytest.mark.parametrize("size", [1 << 20, 65536 + 3])
+def test_corrupted_object_is_not_served(node, tmp_path, size):
+    key = "victim-%d" % size
+    data = os.urandom(size)
+    assert node.cli("put", key, input=data).rc == 0
+    assert node.cli("put", "bystander", input=b"fine").rc == 0
+    node.stop_clean()
+    path = object_file(node.data, key)
+    fsize = os.path.getsize(path)
+    assert fsize >= size, "the object file is smaller than the object"
+    flip(path, fsize // 2)
+    node.start()
+
+    r = node.cli("get", key)
+    assert r.rc not in (0, 1), "a corrupted object was served (rc %d)" % r.rc
+    assert corrupt_mentioned(r.err), "the error must say the object is corrupt: %r" % r.err
+    assert len([l for l in r.err.splitlines() if l.strip()]) == 1, r.err
+    assert r.out == b"", "%d bytes of a corrupted object went to stdout" % len(r.out)
+
+    dst = tmp_path / "out"
+    r = node.cli("get", key, str(dst))
+    assert r.rc not in (0, 1), r
+    assert not dst.exists() or dst.stat().st_size == 0, \
+        "%d bytes of a corrupted object were written to the output file" % dst.stat().st_size
+
+    # The rest of the store is untouched and the server is fine.
+    r = node.cli("get", "bystander")
+    assert r.rc == 0 and r.out == b"fine"
+    # Overwriting repairs it.
+    assert node.cli("put", key, input=data).rc == 0
+    r = node.cli("get", key)
+    assert r.rc == 0 and r.out == data
+
+
+def test_corruption_at_end_of_data(node):
+    """Flip the last data byte (just before any footer): found by flipping bytes from
+    the end until the object no longer reads back, which must then be an error."""
+    key = "tail"
+    data = os.urandom(200000)
+    assert node.cli("put", key, input=data).rc == 0
+    node.stop_clean()
+    path = object_file(node.data, key)
+    fsize = os.path.getsize(path)
+    overhead = fsize - len(data)
+    assert overhead >= 0
+    # Data ends at most `overhead` bytes before the end of the file; flip every byte
+    # of that possible footer range plus the last data byte.
+    for off in range(fsize - overhead - 1, fsize):
+        flip(path, off)
+    node.start()
+    r = node.cli("get", key)
+    assert r.rc not in (0, 1), "corrupted tail served"
+    assert corrupt_mentioned(r.err), r.err
+    assert r.out == b""
+
+
+def test_truncated_object_file_is_an_error(node):
+    key = "short"
+    data = os.urandom(100000)
+    assert node.cli("put", key, input=data).rc == 0
+    node.stop_clean()
+    path = object_file(node.data, key)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 5000)
+    node.start()
+    r = node.cli("get", key)
+    assert r.rc not in (0, 1), "a truncated object file was served"
+    assert r.out == b""
+    assert node.alive()
