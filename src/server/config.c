@@ -63,7 +63,7 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->log_level = DNET_LOG_INFO;
 	cfg->batch_delay_us = 2000;
 	cfg->out_high = 16u << 20;
-	cfg->max_inflight = 1024;
+	cfg->max_inflight = 128;
 	cfg->max_inflight_bytes = 256u << 20;
 }
 

@@ -475,7 +475,19 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 				}
 			}
 		} else {
-			n = read(c->fd, l->rbuf, LOOP_RBUF_SIZE);
+			/* Every request is at least a header long, so reading no more than
+			 * budget * header bytes can start at most `budget` transactions: the
+			 * per-connection bound on queued work (and so on reply memory) holds
+			 * even for a client that pipelines without reading replies. */
+			pthread_mutex_lock(&c->lock);
+			int budget = l->s->cfg.max_inflight - c->inflight;
+			pthread_mutex_unlock(&c->lock);
+			if (budget < 1)
+				budget = 1;
+			size_t want = (size_t)budget * DNET_HDR_SIZE;
+			if (want > LOOP_RBUF_SIZE)
+				want = LOOP_RBUF_SIZE;
+			n = read(c->fd, l->rbuf, want);
 			if (n > 0 && parse_buf(c, l->rbuf, (size_t)n) < 0)
 				return 0; /* protocol error: reply queued, close after flush */
 		}
@@ -500,8 +512,8 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 		pthread_mutex_unlock(&c->lock);
 		if (paused)
 			break;
-		if ((size_t)n < LOOP_RBUF_SIZE && !c->cur)
-			break; /* drained the socket */
+		if (n < 4096 && !c->cur)
+			break; /* most likely drained the socket */
 	}
 	return 0;
 }
