@@ -53,6 +53,12 @@ int dnet_client_add_remote(dnet_client *c, const char *hostport);
 void dnet_client_set_timeout(dnet_client *c, int timeout_ms);
 /* Number of connections the handle spreads asynchronous requests over (default 1). */
 int dnet_client_set_conns(dnet_client *c, int nconns);
+/* Progress of streamed transfers (uploads per acked chunk, streamed reads per piece):
+ * bytes done and total (0 if unknown). Called on the calling thread. */
+typedef void (*dnet_progress_fn)(void *arg, uint64_t done, uint64_t total);
+void dnet_client_set_progress(dnet_client *c, dnet_progress_fn fn, void *arg);
+/* "HOST:PORT" of a node the handle is connected to now, or NULL. */
+const char *dnet_client_node(const dnet_client *c);
 /* Closes connections, fails pending async requests with DNET_ESHUTDOWN (callbacks
  * run), frees the handle. NULL is a no-op. */
 void dnet_client_free(dnet_client *c);
@@ -70,6 +76,17 @@ int dnet_write_id(dnet_client *c, const uint8_t id[64], const void *data, size_t
 int dnet_write_fd(dnet_client *c, const void *key, size_t klen, int fd, uint64_t size,
 		  struct dnet_object_info *info);
 
+int dnet_write_fd_id(dnet_client *c, const uint8_t id[64], int fd, uint64_t size,
+		     struct dnet_object_info *info);
+/* Store `size` bytes (UINT64_MAX = until the source ends) pulled from a source: it
+ * fills buf with up to len bytes and sets *got (0 = end of data); a non-zero return
+ * aborts the write and is returned. Memory use is a few chunks whatever the size. */
+typedef int (*dnet_source_fn)(void *arg, void *buf, size_t len, size_t *got);
+int dnet_write_stream(dnet_client *c, const void *key, size_t klen, uint64_t size,
+		      dnet_source_fn src, void *arg, struct dnet_object_info *info);
+int dnet_write_stream_id(dnet_client *c, const uint8_t id[64], uint64_t size, dnet_source_fn src,
+			 void *arg, struct dnet_object_info *info);
+
 /* Read `size` bytes at `offset` of object `key` (size 0 = to the end) into a
  * malloc()ed buffer the caller frees. For objects that may be large, prefer
  * dnet_read_stream. */
@@ -82,9 +99,12 @@ int dnet_read_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t
 typedef int (*dnet_sink_fn)(void *arg, const void *data, size_t len);
 int dnet_read_stream(dnet_client *c, const void *key, size_t klen, uint64_t offset,
 		     uint64_t size, dnet_sink_fn sink, void *arg, struct dnet_object_info *info);
+int dnet_read_stream_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
+			dnet_sink_fn sink, void *arg, struct dnet_object_info *info);
 /* Streamed read into a file descriptor (file, pipe or socket). */
 int dnet_read_fd(dnet_client *c, const void *key, size_t klen, int fd,
 		 struct dnet_object_info *info);
+int dnet_read_fd_id(dnet_client *c, const uint8_t id[64], int fd, struct dnet_object_info *info);
 
 /* Remove an object. DNET_ENOENT if it did not exist. */
 int dnet_remove(dnet_client *c, const void *key, size_t klen);
@@ -95,6 +115,8 @@ int dnet_lookup_id(dnet_client *c, const uint8_t id[64], struct dnet_object_info
 /* Counters of the node(s) this handle talks to, as "name value\n" lines, in a
  * malloc()ed NUL-terminated string. node receives "HOST:PORT" (64 bytes). */
 int dnet_stat(dnet_client *c, char **text, char node[64]);
+/* Round trip to a node; node receives its "HOST:PORT". */
+int dnet_ping(dnet_client *c, char node[64]);
 
 /* --- asynchronous calls -------------------------------------------------- */
 /* Submit requests without waiting; callbacks run inside dnet_poll() on the calling
@@ -108,6 +130,10 @@ int dnet_submit_write_id(dnet_client *c, const uint8_t id[64], const void *data,
 int dnet_submit_read_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
 			dnet_done_fn done, void *arg);
 int dnet_submit_remove_id(dnet_client *c, const uint8_t id[64], dnet_done_fn done, void *arg);
+/* info in the callback describes the object (size, timestamp, csum, node). */
+int dnet_submit_lookup_id(dnet_client *c, const uint8_t id[64], dnet_done_fn done, void *arg);
+/* A submit that returns 0 runs its callback exactly once; one that fails never does.
+ * Writes larger than DNET_CHUNK_SIZE go as a chunked upload, still one callback. */
 /* Drive IO for up to timeout_ms (0 = don't block, -1 = until at least one completes
  * or nothing is in flight). Returns the number of callbacks run, or DNET_E*. */
 int dnet_poll(dnet_client *c, int timeout_ms);

@@ -1,0 +1,919 @@
+/* client.c - the public client API (elliptics.h): handles, blocking calls with retries,
+ * chunked uploads (memory, sendfile from files, streamed sources) and async calls. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+
+#include "client_int.h"
+#include "common/errors.h"
+#include "common/id.h"
+#include "common/util.h"
+
+/* --- handles ------------------------------------------------------------- */
+
+int dnet_client_new(dnet_client **out)
+{
+	dnet_client *c = calloc(1, sizeof(*c));
+	if (!c)
+		return DNET_ENOMEM;
+	c->timeout_ms = 30000;
+	c->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (c->epfd < 0) {
+		free(c);
+		return dnet_from_errno(errno);
+	}
+	*out = c;
+	return 0;
+}
+
+int dnet_client_add_remote(dnet_client *c, const char *hostport)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	if (!hostport || strlen(hostport) > 255)
+		return DNET_EADDR;
+	int err = dnet_parse_addr(hostport, DNET_DEFAULT_PORT, &ss, &len);
+	if (err)
+		return err;
+	char **nr = realloc(c->remotes, (size_t)(c->nremotes + 1) * sizeof(*nr));
+	if (!nr)
+		return DNET_ENOMEM;
+	c->remotes = nr;
+	nr[c->nremotes] = strdup(hostport);
+	if (!nr[c->nremotes])
+		return DNET_ENOMEM;
+	c->nremotes++;
+	return 0;
+}
+
+void dnet_client_set_timeout(dnet_client *c, int timeout_ms)
+{
+	c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
+}
+
+int dnet_client_set_conns(dnet_client *c, int nconns)
+{
+	if (nconns < 1 || nconns > 65536)
+		return DNET_EINVAL;
+	if (c->inflight || c->user_inflight)
+		return DNET_EBUSY;
+	if (c->nconns == nconns)
+		return 0;
+	dnet__conns_free(c);
+	return dnet__conns_init(c, nconns);
+}
+
+void dnet_client_set_progress(dnet_client *c, dnet_progress_fn fn, void *arg)
+{
+	c->progress = fn;
+	c->progress_arg = arg;
+}
+
+const char *dnet_client_node(const dnet_client *c)
+{
+	for (int i = 0; i < c->nconns; i++)
+		if (c->conns[i].fd >= 0)
+			return c->conns[i].node;
+	return NULL;
+}
+
+void dnet_client_free(dnet_client *c)
+{
+	if (!c)
+		return;
+	dnet__conns_free(c);
+	dnet__run_callbacks(c);
+	while (c->req_cache) {
+		struct dnet_req *r = c->req_cache;
+		c->req_cache = r->out_next;
+		free(r);
+	}
+	for (int i = 0; i < c->nremotes; i++)
+		free(c->remotes[i]);
+	free(c->remotes);
+	free(c->slots);
+	free(c->free_slots);
+	free(c->id_hash);
+	free(c->sbuf);
+	close(c->epfd);
+	free(c);
+}
+
+void dnet_key_to_id(const void *key, size_t klen, uint8_t id[64])
+{
+	dnet_id_from_key(id, key, klen);
+}
+
+void dnet_csum_to_hex(const uint8_t csum[16], char out[33])
+{
+	dnet_id_to_hex(out, csum, 16);
+}
+
+static int key_id(const void *key, size_t klen, uint8_t id[DNET_ID_SIZE])
+{
+	if (!key || !klen || klen > DNET_KEY_MAX)
+		return DNET_EINVAL;
+	dnet_id_from_key(id, key, klen);
+	return 0;
+}
+
+/* --- blocking plumbing --------------------------------------------------- */
+
+static struct dnet_req *req_make(dnet_client *c, int cmd, const uint8_t *id)
+{
+	struct dnet_req *r = dnet__req_new(c);
+	if (!r)
+		return NULL;
+	r->cmd = (uint8_t)cmd;
+	memcpy(r->id, id, DNET_ID_SIZE);
+	return r;
+}
+
+static void req_set_io(struct dnet_req *r, const struct dnet_io_attr *io)
+{
+	dnet_io_attr_encode(r->obuf + DNET_HDR_SIZE, io);
+	r->olen = DNET_IO_ATTR_SIZE;
+}
+
+/* Submit r (marked sync) and wait for it. Returns its status; r stays the caller's. */
+static int run_sync(dnet_client *c, struct dnet_req *r)
+{
+	int err;
+	struct dnet_conn *conn = dnet__pick_conn(c, r->id, &err);
+	if (!conn)
+		return err;
+	r->flags |= DNET_REQ_SYNC;
+	err = dnet__submit(c, conn, r, DNET_FLAG_NEED_ACK);
+	if (err)
+		return err;
+	dnet__wait(c, r);
+	return r->status;
+}
+
+static void copy_info(struct dnet_object_info *info, const struct dnet_req *r)
+{
+	if (!info)
+		return;
+	if (r->have_info)
+		*info = r->info;
+	else
+		memset(info, 0, sizeof(*info));
+	if (!info->node[0] && r->conn)
+		memcpy(info->node, r->conn->node, sizeof(info->node));
+}
+
+/* --- writes -------------------------------------------------------------- */
+
+enum { SRC_MEM, SRC_FILE, SRC_STREAM };
+#define UPLOAD_BUFS 3
+
+struct upload {
+	dnet_client *c;
+	struct dnet_conn *conn;
+	uint8_t id[DNET_ID_SIZE];
+	uint64_t cookie;
+	int kind;
+	const uint8_t *mem;
+	int fd;
+	uint64_t fd_off;
+	dnet_source_fn src;
+	void *src_arg;
+	uint64_t total; /* UINT64_MAX: unknown until the source ends */
+	uint64_t off;   /* next chunk's offset */
+	uint64_t acked;
+	int inflight, window, last_submitted, status, finished;
+	uint8_t *buf[UPLOAD_BUFS];
+	int busy[UPLOAD_BUFS];
+	int cur, nxt;
+	size_t cur_len, nxt_len;
+	int eof;
+	struct dnet_object_info info;
+	int have_info;
+	struct dnet_req *parent; /* async: completed when the upload is */
+};
+
+static int stream_fill(struct upload *u, uint8_t *buf, size_t *len)
+{
+	size_t got = 0;
+	while (got < DNET_CHUNK_SIZE) {
+		size_t n = 0;
+		int err = u->src(u->src_arg, buf + got, DNET_CHUNK_SIZE - got, &n);
+		if (err)
+			return err;
+		if (!n || n > DNET_CHUNK_SIZE - got) {
+			u->eof = 1;
+			break;
+		}
+		got += n;
+	}
+	*len = got;
+	return 0;
+}
+
+static int free_buf(struct upload *u)
+{
+	for (int i = 0; i < UPLOAD_BUFS; i++)
+		if (!u->busy[i] && i != u->cur && i != u->nxt)
+			return i;
+	return -1;
+}
+
+static void upload_pump(struct upload *u);
+
+static void upload_finish(struct upload *u)
+{
+	u->finished = 1;
+	if (u->parent) {
+		struct dnet_req *p = u->parent;
+		if (u->have_info)
+			p->info = u->info, p->have_info = 1;
+		dnet__req_finish(u->c, p, u->status);
+		free(u);
+	}
+}
+
+static void chunk_done(struct dnet_req *r)
+{
+	struct upload *u = r->hook_arg;
+	dnet_client *c = u->c;
+	u->inflight--;
+	if (r->status && !u->status)
+		u->status = r->status;
+	if (!r->status) {
+		u->acked += r->data_len;
+		if (r->have_info && r->hook_val & 0x100) {
+			u->info = r->info;
+			u->have_info = 1;
+		}
+		if (c->progress)
+			c->progress(c->progress_arg, u->acked, u->total == UINT64_MAX ? 0 : u->total);
+	}
+	if (u->kind == SRC_STREAM)
+		u->busy[r->hook_val & 0xff] = 0;
+	dnet__req_free(c, r);
+	upload_pump(u);
+}
+
+static int upload_submit_chunk(struct upload *u)
+{
+	dnet_client *c = u->c;
+	uint64_t len;
+	int last, bi = 0;
+	if (u->kind == SRC_STREAM) {
+		if (!u->eof && u->nxt < 0) {
+			int b = free_buf(u);
+			if (b < 0)
+				return DNET_EINVAL; /* cannot happen: window < UPLOAD_BUFS - 1 */
+			if (!u->buf[b] && !(u->buf[b] = malloc(DNET_CHUNK_SIZE)))
+				return DNET_ENOMEM;
+			int err = stream_fill(u, u->buf[b], &u->nxt_len);
+			if (err)
+				return err;
+			u->nxt = b;
+		}
+		bi = u->cur;
+		len = u->cur_len;
+		last = u->nxt < 0 || !u->nxt_len;
+	} else {
+		len = u->total - u->off;
+		if (len > DNET_CHUNK_SIZE)
+			len = DNET_CHUNK_SIZE;
+		last = u->off + len == u->total;
+	}
+	if (u->conn->fd < 0)
+		return DNET_ECONNRESET;
+	struct dnet_req *r = req_make(c, DNET_CMD_WRITE, u->id);
+	if (!r)
+		return DNET_ENOMEM;
+	struct dnet_io_attr io = {
+		.offset = u->off,
+		.size = len,
+		.total_size = last ? u->off + len : (u->total == UINT64_MAX ? 0 : u->total),
+		.cookie = u->cookie,
+		.ioflags = u->off == 0 ? DNET_IO_PREPARE : (last ? DNET_IO_COMMIT : DNET_IO_PLAIN),
+	};
+	req_set_io(r, &io);
+	r->data_len = len;
+	if (u->kind == SRC_MEM) {
+		r->data = u->mem + u->off;
+	} else if (u->kind == SRC_FILE) {
+		r->file_fd = u->fd;
+		r->file_off = u->fd_off + u->off;
+	} else {
+		r->data = u->buf[bi];
+		u->busy[bi] = 1;
+		u->cur = u->nxt;
+		u->cur_len = u->nxt_len;
+		u->nxt = -1;
+		u->nxt_len = 0;
+	}
+	r->hook = chunk_done;
+	r->hook_arg = u;
+	r->hook_val = (uint64_t)bi | (last ? 0x100u : 0u);
+	int err = dnet__submit(c, u->conn, r, DNET_FLAG_NEED_ACK);
+	if (err) {
+		if (u->kind == SRC_STREAM)
+			u->busy[bi] = 0;
+		dnet__req_free(c, r);
+		return err;
+	}
+	u->inflight++;
+	u->off += len;
+	if (last)
+		u->last_submitted = 1;
+	return 0;
+}
+
+static void upload_pump(struct upload *u)
+{
+	while (!u->status && !u->last_submitted && u->inflight < u->window) {
+		int err = upload_submit_chunk(u);
+		if (err)
+			u->status = err;
+	}
+	if (!u->inflight && !u->finished)
+		upload_finish(u);
+}
+
+static uint64_t new_cookie(void)
+{
+	uint64_t v = 0;
+	if (getrandom(&v, sizeof(v), 0) != (ssize_t)sizeof(v))
+		v = dnet_now_mono_ns() ^ ((uint64_t)getpid() << 32);
+	return v ? v : 1;
+}
+
+static int upload_init(dnet_client *c, struct upload *u, const uint8_t *id)
+{
+	int err;
+	memset(u, 0, sizeof(*u));
+	u->c = c;
+	memcpy(u->id, id, DNET_ID_SIZE);
+	u->cookie = new_cookie();
+	u->window = 4;
+	u->cur = u->nxt = -1;
+	u->fd = -1;
+	u->conn = dnet__pick_conn(c, id, &err);
+	return u->conn ? 0 : err;
+}
+
+static void upload_wait(dnet_client *c, struct upload *u)
+{
+	while (!u->finished)
+		if (dnet__loop_once(c, -1) < 0) {
+			for (int i = 0; i < c->nconns; i++)
+				dnet__conn_drop(c, &c->conns[i], DNET_ESYS);
+		}
+}
+
+/* One WRITE of the whole object (<= DNET_CHUNK_SIZE): atomic replace. */
+static int write_single(dnet_client *c, const uint8_t *id, const void *data, int fd,
+			uint64_t fd_off, uint64_t len, struct dnet_object_info *info)
+{
+	struct dnet_req *r = req_make(c, DNET_CMD_WRITE, id);
+	if (!r)
+		return DNET_ENOMEM;
+	struct dnet_io_attr io = {.size = len, .total_size = len};
+	req_set_io(r, &io);
+	r->data_len = len;
+	if (fd >= 0) {
+		r->file_fd = fd;
+		r->file_off = fd_off;
+	} else {
+		r->data = data;
+	}
+	int err = run_sync(c, r);
+	if (!err) {
+		copy_info(info, r);
+		if (info && !r->have_info)
+			info->size = len;
+	}
+	dnet__req_free(c, r);
+	return err;
+}
+
+static void upload_free_bufs(struct upload *u)
+{
+	for (int i = 0; i < UPLOAD_BUFS; i++)
+		free(u->buf[i]);
+}
+
+static int upload_result(struct upload *u, struct dnet_object_info *info)
+{
+	if (!u->status && info) {
+		if (u->have_info)
+			*info = u->info;
+		else {
+			memset(info, 0, sizeof(*info));
+			info->size = u->off;
+		}
+		if (!info->node[0])
+			memcpy(info->node, u->conn->node, sizeof(info->node));
+	}
+	upload_free_bufs(u);
+	return u->status;
+}
+
+int dnet_write_id(dnet_client *c, const uint8_t id[64], const void *data, size_t len,
+		  struct dnet_object_info *info)
+{
+	if (len && !data)
+		return DNET_EINVAL;
+	if (len <= DNET_CHUNK_SIZE)
+		return write_single(c, id, data, -1, 0, len, info);
+	struct upload u;
+	int err = upload_init(c, &u, id);
+	if (err)
+		return err;
+	u.kind = SRC_MEM;
+	u.mem = data;
+	u.total = len;
+	upload_pump(&u);
+	upload_wait(c, &u);
+	return upload_result(&u, info);
+}
+
+int dnet_write(dnet_client *c, const void *key, size_t klen, const void *data, size_t len,
+	       struct dnet_object_info *info)
+{
+	uint8_t id[DNET_ID_SIZE];
+	int err = key_id(key, klen, id);
+	return err ? err : dnet_write_id(c, id, data, len, info);
+}
+
+int dnet_write_stream_id(dnet_client *c, const uint8_t id[64], uint64_t size, dnet_source_fn src,
+			 void *arg, struct dnet_object_info *info)
+{
+	struct upload u;
+	int err = upload_init(c, &u, id);
+	if (err)
+		return err;
+	u.kind = SRC_STREAM;
+	u.src = src;
+	u.src_arg = arg;
+	u.total = size;
+	u.window = UPLOAD_BUFS - 1;
+	/* Fill one chunk, and the next one unless the source ended: an object that
+	 * fits one chunk goes as a single atomic write. */
+	if (!(u.buf[0] = malloc(DNET_CHUNK_SIZE)))
+		return DNET_ENOMEM;
+	err = stream_fill(&u, u.buf[0], &u.cur_len);
+	if (err)
+		goto out_free;
+	u.cur = 0;
+	if (!u.eof) {
+		if (!(u.buf[1] = malloc(DNET_CHUNK_SIZE))) {
+			err = DNET_ENOMEM;
+			goto out_free;
+		}
+		err = stream_fill(&u, u.buf[1], &u.nxt_len);
+		if (err)
+			goto out_free;
+		u.nxt = 1;
+	}
+	if (u.nxt < 0 || !u.nxt_len) {
+		err = write_single(c, id, u.buf[0], -1, 0, u.cur_len, info);
+		goto out_free;
+	}
+	upload_pump(&u);
+	upload_wait(c, &u);
+	return upload_result(&u, info);
+
+out_free:
+	upload_free_bufs(&u);
+	return err;
+}
+
+int dnet_write_stream(dnet_client *c, const void *key, size_t klen, uint64_t size,
+		      dnet_source_fn src, void *arg, struct dnet_object_info *info)
+{
+	uint8_t id[DNET_ID_SIZE];
+	int err = key_id(key, klen, id);
+	return err ? err : dnet_write_stream_id(c, id, size, src, arg, info);
+}
+
+struct fd_source {
+	int fd;
+	uint64_t left; /* UINT64_MAX: until EOF */
+};
+
+static int fd_source(void *arg, void *buf, size_t len, size_t *got)
+{
+	struct fd_source *s = arg;
+	if (s->left != UINT64_MAX && len > s->left)
+		len = (size_t)s->left;
+	if (!len) {
+		*got = 0;
+		return 0;
+	}
+	for (;;) {
+		ssize_t n = read(s->fd, buf, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return dnet_from_errno(errno);
+		}
+		*got = (size_t)n;
+		if (s->left != UINT64_MAX)
+			s->left -= (uint64_t)n;
+		return 0;
+	}
+}
+
+int dnet_write_fd_id(dnet_client *c, const uint8_t id[64], int fd, uint64_t size,
+		     struct dnet_object_info *info)
+{
+	struct stat st;
+	if (fstat(fd, &st) < 0)
+		return dnet_from_errno(errno);
+	if (!S_ISREG(st.st_mode)) {
+		struct fd_source s = {.fd = fd, .left = size};
+		int err = dnet_write_stream_id(c, id, size, fd_source, &s, info);
+		if (!err && size != UINT64_MAX && s.left)
+			err = DNET_ERANGE; /* the stream ended early */
+		return err;
+	}
+	off_t pos = lseek(fd, 0, SEEK_CUR);
+	if (pos < 0)
+		pos = 0;
+	uint64_t avail = (uint64_t)st.st_size > (uint64_t)pos ? (uint64_t)st.st_size - (uint64_t)pos
+							      : 0;
+	if (size == UINT64_MAX)
+		size = avail;
+	else if (size > avail)
+		return DNET_ERANGE;
+	int err;
+	if (size <= DNET_CHUNK_SIZE) {
+		err = write_single(c, id, NULL, fd, (uint64_t)pos, size, info);
+	} else {
+		struct upload u;
+		err = upload_init(c, &u, id);
+		if (err)
+			return err;
+		u.kind = SRC_FILE;
+		u.fd = fd;
+		u.fd_off = (uint64_t)pos;
+		u.total = size;
+		upload_pump(&u);
+		upload_wait(c, &u);
+		err = upload_result(&u, info);
+	}
+	if (!err)
+		lseek(fd, pos + (off_t)size, SEEK_SET);
+	return err;
+}
+
+int dnet_write_fd(dnet_client *c, const void *key, size_t klen, int fd, uint64_t size,
+		  struct dnet_object_info *info)
+{
+	uint8_t id[DNET_ID_SIZE];
+	int err = key_id(key, klen, id);
+	return err ? err : dnet_write_fd_id(c, id, fd, size, info);
+}
+
+/* --- reads --------------------------------------------------------------- */
+
+static void read_info(struct dnet_object_info *info, const struct dnet_req *r)
+{
+	if (!info)
+		return;
+	memset(info, 0, sizeof(*info));
+	info->size = r->rio.total_size;
+	info->timestamp = r->rio.timestamp;
+	if (r->conn)
+		memcpy(info->node, r->conn->node, sizeof(info->node));
+}
+
+int dnet_read_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
+		 void **data, size_t *len, struct dnet_object_info *info)
+{
+	int err = DNET_ECONNRESET;
+	for (int attempt = 0; attempt < 2 && err == DNET_ECONNRESET; attempt++) {
+		struct dnet_req *r = req_make(c, DNET_CMD_READ, id);
+		if (!r)
+			return DNET_ENOMEM;
+		struct dnet_io_attr io = {.offset = offset, .size = size};
+		req_set_io(r, &io);
+		r->rd_size = size;
+		err = run_sync(c, r);
+		if (!err) {
+			*data = r->rbuf;
+			*len = r->rgot;
+			r->rbuf = NULL;
+			read_info(info, r);
+		}
+		dnet__req_free(c, r);
+	}
+	return err;
+}
+
+int dnet_read(dnet_client *c, const void *key, size_t klen, uint64_t offset, uint64_t size,
+	      void **data, size_t *len, struct dnet_object_info *info)
+{
+	uint8_t id[DNET_ID_SIZE];
+	int err = key_id(key, klen, id);
+	return err ? err : dnet_read_id(c, id, offset, size, data, len, info);
+}
+
+struct stream_ctx {
+	dnet_client *c;
+	struct dnet_req *r;
+	dnet_sink_fn sink;
+	void *arg;
+	uint64_t delivered;
+	uint64_t total;
+	uint64_t timestamp; /* of the first attempt: a retry must see the same object */
+	int attempt, started;
+};
+
+static int stream_sink(void *arg, const void *data, size_t len)
+{
+	struct stream_ctx *s = arg;
+	if (!s->started) {
+		s->started = 1;
+		if (s->attempt && s->r->rio.timestamp != s->timestamp)
+			return DNET_EAGAIN; /* the object changed between attempts */
+		s->timestamp = s->r->rio.timestamp;
+		s->total = s->r->rio.size + s->delivered;
+	}
+	int err = s->sink(s->arg, data, len);
+	if (err)
+		return err;
+	s->delivered += len;
+	if (s->c->progress)
+		s->c->progress(s->c->progress_arg, s->delivered, s->total);
+	return 0;
+}
+
+int dnet_read_stream_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
+			dnet_sink_fn sink, void *arg, struct dnet_object_info *info)
+{
+	struct stream_ctx s = {.c = c, .sink = sink, .arg = arg};
+	int err = DNET_ECONNRESET;
+	if (!sink)
+		return DNET_EINVAL;
+	if (!c->sbuf && !(c->sbuf = malloc(DNET_CLIENT_SBUF)))
+		return DNET_ENOMEM;
+	for (s.attempt = 0; s.attempt < 2 && err == DNET_ECONNRESET; s.attempt++) {
+		if (size && s.delivered >= size)
+			break;
+		struct dnet_req *r = req_make(c, DNET_CMD_READ, id);
+		if (!r)
+			return DNET_ENOMEM;
+		/* A retry resumes where the broken reply stopped. */
+		struct dnet_io_attr io = {.offset = offset + s.delivered,
+					  .size = size ? size - s.delivered : 0};
+		req_set_io(r, &io);
+		r->rd_size = io.size;
+		r->sink = stream_sink;
+		r->sink_arg = &s;
+		s.r = r;
+		s.started = 0;
+		err = run_sync(c, r);
+		if (!err && r->have_rio) {
+			if (s.attempt && r->rio.timestamp != s.timestamp)
+				err = DNET_EAGAIN;
+			else
+				read_info(info, r);
+		}
+		dnet__req_free(c, r);
+	}
+	return err;
+}
+
+int dnet_read_stream(dnet_client *c, const void *key, size_t klen, uint64_t offset,
+		     uint64_t size, dnet_sink_fn sink, void *arg, struct dnet_object_info *info)
+{
+	uint8_t id[DNET_ID_SIZE];
+	int err = key_id(key, klen, id);
+	return err ? err : dnet_read_stream_id(c, id, offset, size, sink, arg, info);
+}
+
+static int fd_sink(void *arg, const void *data, size_t len)
+{
+	int fd = *(int *)arg;
+	int err = dnet_write_full(fd, data, len);
+	/* The output side failing is not a network problem: don't let it look like
+	 * one (and trigger a retry). */
+	if (err == DNET_ECONNRESET)
+		err = DNET_EIO;
+	return err;
+}
+
+int dnet_read_fd_id(dnet_client *c, const uint8_t id[64], int fd, struct dnet_object_info *info)
+{
+	return dnet_read_stream_id(c, id, 0, 0, fd_sink, &fd, info);
+}
+
+int dnet_read_fd(dnet_client *c, const void *key, size_t klen, int fd,
+		 struct dnet_object_info *info)
+{
+	uint8_t id[DNET_ID_SIZE];
+	int err = key_id(key, klen, id);
+	return err ? err : dnet_read_fd_id(c, id, fd, info);
+}
+
+/* --- remove, lookup, stat, ping ------------------------------------------ */
+
+int dnet_remove_id(dnet_client *c, const uint8_t id[64])
+{
+	struct dnet_req *r = req_make(c, DNET_CMD_DEL, id);
+	if (!r)
+		return DNET_ENOMEM;
+	int err = run_sync(c, r);
+	dnet__req_free(c, r);
+	return err;
+}
+
+int dnet_remove(dnet_client *c, const void *key, size_t klen)
+{
+	uint8_t id[DNET_ID_SIZE];
+	int err = key_id(key, klen, id);
+	return err ? err : dnet_remove_id(c, id);
+}
+
+/* Idempotent no-payload request, retried once on a broken connection. */
+static int simple_retry(dnet_client *c, int cmd, const uint8_t *id, struct dnet_req **out)
+{
+	int err = DNET_ECONNRESET;
+	for (int attempt = 0; attempt < 2 && err == DNET_ECONNRESET; attempt++) {
+		if (*out)
+			dnet__req_free(c, *out);
+		*out = req_make(c, cmd, id);
+		if (!*out)
+			return DNET_ENOMEM;
+		err = run_sync(c, *out);
+	}
+	return err;
+}
+
+int dnet_lookup_id(dnet_client *c, const uint8_t id[64], struct dnet_object_info *info)
+{
+	struct dnet_req *r = NULL;
+	int err = simple_retry(c, DNET_CMD_LOOKUP, id, &r);
+	if (!err && !r->have_info)
+		err = DNET_EPROTO;
+	if (!err)
+		copy_info(info, r);
+	dnet__req_free(c, r);
+	return err;
+}
+
+int dnet_lookup(dnet_client *c, const void *key, size_t klen, struct dnet_object_info *info)
+{
+	uint8_t id[DNET_ID_SIZE];
+	int err = key_id(key, klen, id);
+	return err ? err : dnet_lookup_id(c, id, info);
+}
+
+static const uint8_t zero_id[DNET_ID_SIZE];
+
+int dnet_stat(dnet_client *c, char **text, char node[64])
+{
+	struct dnet_req *r = NULL;
+	int err = simple_retry(c, DNET_CMD_STAT, zero_id, &r);
+	if (!err) {
+		if (r->rbuf) {
+			*text = (char *)r->rbuf;
+			r->rbuf = NULL;
+		} else if (!(*text = strdup(""))) {
+			err = DNET_ENOMEM;
+		}
+		if (node)
+			memcpy(node, r->conn->node, 64);
+	}
+	if (r)
+		dnet__req_free(c, r);
+	return err;
+}
+
+int dnet_ping(dnet_client *c, char node[64])
+{
+	struct dnet_req *r = NULL;
+	int err = simple_retry(c, DNET_CMD_PING, zero_id, &r);
+	if (!err && node)
+		memcpy(node, r->conn->node, 64);
+	if (r)
+		dnet__req_free(c, r);
+	return err;
+}
+
+/* --- async --------------------------------------------------------------- */
+
+static int submit_async(dnet_client *c, struct dnet_req *r, dnet_done_fn done, void *arg)
+{
+	int err;
+	struct dnet_conn *conn = dnet__pick_conn(c, r->id, &err);
+	if (!conn)
+		goto out_free;
+	r->done = done;
+	r->done_arg = arg;
+	err = dnet__submit(c, conn, r, DNET_FLAG_NEED_ACK);
+	if (err)
+		goto out_free;
+	c->user_inflight++;
+	return 0;
+
+out_free:
+	dnet__req_free(c, r);
+	return err;
+}
+
+int dnet_submit_write_id(dnet_client *c, const uint8_t id[64], const void *data, size_t len,
+			 dnet_done_fn done, void *arg)
+{
+	if (len && !data)
+		return DNET_EINVAL;
+	struct dnet_req *r = req_make(c, DNET_CMD_WRITE, id);
+	if (!r)
+		return DNET_ENOMEM;
+	if (len <= DNET_CHUNK_SIZE) {
+		struct dnet_io_attr io = {.size = len, .total_size = len};
+		req_set_io(r, &io);
+		r->data = data;
+		r->data_len = len;
+		return submit_async(c, r, done, arg);
+	}
+	/* Larger: a chunked upload whose completion completes r. */
+	struct upload *u = malloc(sizeof(*u));
+	int err = u ? upload_init(c, u, id) : DNET_ENOMEM;
+	if (err) {
+		free(u);
+		dnet__req_free(c, r);
+		return err;
+	}
+	r->done = done;
+	r->done_arg = arg;
+	u->kind = SRC_MEM;
+	u->mem = data;
+	u->total = len;
+	u->parent = r;
+	c->user_inflight++;
+	upload_pump(u); /* may finish (and free u) at once on error */
+	return 0;
+}
+
+int dnet_submit_read_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
+			dnet_done_fn done, void *arg)
+{
+	struct dnet_req *r = req_make(c, DNET_CMD_READ, id);
+	if (!r)
+		return DNET_ENOMEM;
+	struct dnet_io_attr io = {.offset = offset, .size = size};
+	req_set_io(r, &io);
+	r->rd_size = size;
+	return submit_async(c, r, done, arg);
+}
+
+int dnet_submit_remove_id(dnet_client *c, const uint8_t id[64], dnet_done_fn done, void *arg)
+{
+	struct dnet_req *r = req_make(c, DNET_CMD_DEL, id);
+	if (!r)
+		return DNET_ENOMEM;
+	return submit_async(c, r, done, arg);
+}
+
+int dnet_submit_lookup_id(dnet_client *c, const uint8_t id[64], dnet_done_fn done, void *arg)
+{
+	struct dnet_req *r = req_make(c, DNET_CMD_LOOKUP, id);
+	if (!r)
+		return DNET_ENOMEM;
+	return submit_async(c, r, done, arg);
+}
+
+int dnet_poll(dnet_client *c, int timeout_ms)
+{
+	uint64_t end = timeout_ms > 0 ? dnet_now_mono_ns() + (uint64_t)timeout_ms * 1000000ull : 0;
+	for (;;) {
+		int n = dnet__run_callbacks(c);
+		if (n)
+			return n;
+		if (!c->inflight)
+			return 0;
+		int wait = timeout_ms;
+		if (timeout_ms > 0) {
+			uint64_t now = dnet_now_mono_ns();
+			if (now >= end)
+				wait = 0;
+			else
+				wait = (int)((end - now + 999999) / 1000000);
+		}
+		int err = dnet__loop_once(c, wait);
+		if (err)
+			return err;
+		n = dnet__run_callbacks(c);
+		if (n || !timeout_ms || (timeout_ms > 0 && dnet_now_mono_ns() >= end))
+			return n;
+	}
+}
+
+size_t dnet_inflight(const dnet_client *c)
+{
+	return c->user_inflight;
+}

@@ -1,0 +1,976 @@
+/* conn.c - the client engine: connections, request output queues (writev + sendfile),
+ * the reply parser (streamed READ replies, bounded others), timeouts and epoll. */
+#include <errno.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client_int.h"
+#include "common/errors.h"
+#include "common/util.h"
+
+#define DNET_IOV_MAX 64
+#define DNET_REQ_CACHE_MAX 1024
+
+/* --- requests ------------------------------------------------------------ */
+
+struct dnet_req *dnet__req_new(dnet_client *c)
+{
+	struct dnet_req *r = c->req_cache;
+	if (r) {
+		c->req_cache = r->out_next;
+		c->req_cache_n--;
+	} else {
+		r = malloc(sizeof(*r));
+		if (!r)
+			return NULL;
+	}
+	memset(r, 0, sizeof(*r));
+	r->file_fd = -1;
+	return r;
+}
+
+void dnet__req_free(dnet_client *c, struct dnet_req *r)
+{
+	if (!r)
+		return;
+	free(r->rbuf);
+	r->rbuf = NULL;
+	if (c->req_cache_n < DNET_REQ_CACHE_MAX) {
+		r->out_next = c->req_cache;
+		c->req_cache = r;
+		c->req_cache_n++;
+	} else {
+		free(r);
+	}
+}
+
+static size_t id_bucket(const dnet_client *c, const uint8_t *id)
+{
+	uint64_t h;
+	memcpy(&h, id, sizeof(h));
+	return (size_t)(h & (c->id_hash_size - 1));
+}
+
+static int id_hash_grow(dnet_client *c)
+{
+	size_t nsize = c->id_hash_size ? c->id_hash_size * 2 : 256;
+	struct dnet_req **nh = calloc(nsize, sizeof(*nh));
+	if (!nh)
+		return DNET_ENOMEM;
+	struct dnet_req **old = c->id_hash;
+	size_t osize = c->id_hash_size;
+	c->id_hash = nh;
+	c->id_hash_size = nsize;
+	for (size_t i = 0; i < osize; i++) {
+		struct dnet_req *r = old[i];
+		while (r) {
+			struct dnet_req *n = r->id_next;
+			size_t b = id_bucket(c, r->id);
+			r->id_next = nh[b];
+			nh[b] = r;
+			r = n;
+		}
+	}
+	free(old);
+	return 0;
+}
+
+static void id_hash_del(dnet_client *c, struct dnet_req *r)
+{
+	struct dnet_req **pp = &c->id_hash[id_bucket(c, r->id)];
+	while (*pp && *pp != r)
+		pp = &(*pp)->id_next;
+	if (*pp)
+		*pp = r->id_next;
+	r->id_next = NULL;
+}
+
+static int slot_alloc(dnet_client *c, struct dnet_req *r)
+{
+	if (!c->nfree) {
+		uint32_t n = c->nslots ? c->nslots * 2 : 64;
+		struct dnet_req **ns = realloc(c->slots, n * sizeof(*ns));
+		if (!ns)
+			return DNET_ENOMEM;
+		c->slots = ns;
+		uint32_t *nf = realloc(c->free_slots, n * sizeof(*nf));
+		if (!nf)
+			return DNET_ENOMEM;
+		c->free_slots = nf;
+		for (uint32_t i = n; i > c->nslots; i--) {
+			c->slots[i - 1] = NULL;
+			c->free_slots[c->nfree++] = i - 1;
+		}
+		c->nslots = n;
+	}
+	r->slot = c->free_slots[--c->nfree];
+	c->slots[r->slot] = r;
+	c->gen++;
+	r->trans = ((uint64_t)c->gen << 32) | r->slot;
+	return 0;
+}
+
+/* Unlink r from everything that indexes it: slot, id hash, connection. */
+static void req_detach(dnet_client *c, struct dnet_req *r)
+{
+	struct dnet_conn *conn = r->conn;
+	if (c->slots[r->slot] == r) {
+		c->slots[r->slot] = NULL;
+		c->free_slots[c->nfree++] = r->slot;
+	}
+	id_hash_del(c, r);
+	if (conn) {
+		if (r->prev)
+			r->prev->next = r->next;
+		else
+			conn->reqs = r->next;
+		if (r->next)
+			r->next->prev = r->prev;
+		r->prev = r->next = NULL;
+		conn->inflight--;
+	}
+	c->inflight--;
+}
+
+static void req_complete(dnet_client *c, struct dnet_req *r, int status)
+{
+	if (r->flags & DNET_REQ_DONE)
+		return;
+	if (!r->status)
+		r->status = status;
+	r->flags |= DNET_REQ_DONE;
+	req_detach(c, r);
+	if (r->hook) {
+		r->hook(r);
+		return;
+	}
+	if (r->flags & DNET_REQ_SYNC)
+		return;
+	r->done_next = NULL;
+	if (c->done_tail)
+		c->done_tail->done_next = r;
+	else
+		c->done_head = r;
+	c->done_tail = r;
+}
+
+void dnet__req_finish(dnet_client *c, struct dnet_req *r, int status)
+{
+	r->status = status;
+	r->flags |= DNET_REQ_DONE;
+	r->done_next = NULL;
+	if (c->done_tail)
+		c->done_tail->done_next = r;
+	else
+		c->done_head = r;
+	c->done_tail = r;
+}
+
+int dnet__run_callbacks(dnet_client *c)
+{
+	int n = 0;
+	while (c->done_head) {
+		struct dnet_req *r = c->done_head;
+		c->done_head = r->done_next;
+		if (!c->done_head)
+			c->done_tail = NULL;
+		if (r->done) {
+			const void *data = NULL;
+			size_t len = 0;
+			if (r->cmd == DNET_CMD_READ && !r->status) {
+				data = r->rbuf;
+				len = r->rgot;
+			}
+			r->done(r->done_arg, r->status, data, len, r->have_info ? &r->info : NULL);
+		}
+		dnet__req_free(c, r);
+		c->user_inflight--;
+		n++;
+	}
+	return n;
+}
+
+/* --- connections --------------------------------------------------------- */
+
+int dnet__conns_init(dnet_client *c, int n)
+{
+	struct dnet_conn *nc = calloc((size_t)n, sizeof(*nc));
+	int *fl = calloc((size_t)n, sizeof(*fl));
+	if (!nc || !fl) {
+		free(nc);
+		free(fl);
+		return DNET_ENOMEM;
+	}
+	for (int i = 0; i < n; i++) {
+		nc[i].fd = -1;
+		nc[i].idx = i;
+	}
+	c->conns = nc;
+	c->nconns = n;
+	c->flush_list = fl;
+	c->nflush = 0;
+	return 0;
+}
+
+void dnet__conns_free(dnet_client *c)
+{
+	for (int i = 0; i < c->nconns; i++) {
+		if (c->conns[i].fd >= 0 || c->conns[i].reqs)
+			dnet__conn_drop(c, &c->conns[i], DNET_ESHUTDOWN);
+		free(c->conns[i].ibuf);
+	}
+	free(c->conns);
+	free(c->flush_list);
+	c->conns = NULL;
+	c->flush_list = NULL;
+	c->nconns = 0;
+	c->nflush = 0;
+}
+
+static void in_reset(struct dnet_conn *conn)
+{
+	conn->istart = conn->iend = 0;
+	conn->in_state = DNET_IN_HDR;
+	conn->in_req = NULL;
+	conn->in_left = 0;
+	conn->in_io_got = 0;
+}
+
+/* Close the socket and fail every request on it. `culprit` (may be NULL) gets
+ * DNET_ETIMEDOUT; the others get `status`. */
+static void conn_drop2(dnet_client *c, struct dnet_conn *conn, int status, struct dnet_req *culprit)
+{
+	if (conn->fd >= 0) {
+		epoll_ctl(c->epfd, EPOLL_CTL_DEL, conn->fd, NULL);
+		close(conn->fd);
+		conn->fd = -1;
+	}
+	conn->pollout = 0;
+	in_reset(conn);
+	struct dnet_req *r = conn->out_head;
+	while (r) {
+		struct dnet_req *n = r->out_next;
+		r->out_next = NULL;
+		r->flags &= ~(uint32_t)DNET_REQ_QUEUED;
+		r = n;
+	}
+	conn->out_head = conn->out_tail = NULL;
+	while (conn->reqs) {
+		r = conn->reqs;
+		/* A status already known (error reply, sink abort) is kept. */
+		req_complete(c, r, r == culprit ? DNET_ETIMEDOUT : status);
+	}
+}
+
+void dnet__conn_drop(dnet_client *c, struct dnet_conn *conn, int status)
+{
+	conn_drop2(c, conn, status, NULL);
+}
+
+static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *conn)
+{
+	struct sockaddr_storage ss;
+	socklen_t slen;
+	int err = dnet_parse_addr(remote, DNET_DEFAULT_PORT, &ss, &slen);
+	if (err)
+		return err;
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return dnet_from_errno(errno);
+	if (connect(fd, (struct sockaddr *)&ss, slen) < 0) {
+		if (errno != EINPROGRESS) {
+			err = dnet_from_errno(errno);
+			goto out_close;
+		}
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		int pr;
+		do {
+			pr = poll(&pfd, 1, c->timeout_ms);
+		} while (pr < 0 && errno == EINTR);
+		if (pr == 0) {
+			err = DNET_ETIMEDOUT;
+			goto out_close;
+		}
+		int soerr = 0;
+		socklen_t sl = sizeof(soerr);
+		if (pr < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0) {
+			err = dnet_from_errno(errno);
+			goto out_close;
+		}
+		if (soerr) {
+			err = dnet_from_errno(soerr);
+			goto out_close;
+		}
+	}
+	dnet_set_nodelay(fd);
+	struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)conn->idx};
+	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		err = dnet_from_errno(errno);
+		goto out_close;
+	}
+	if (!conn->ibuf) {
+		conn->ibuf = malloc(DNET_CLIENT_IBUF);
+		if (!conn->ibuf) {
+			epoll_ctl(c->epfd, EPOLL_CTL_DEL, fd, NULL);
+			err = DNET_ENOMEM;
+			goto out_close;
+		}
+	}
+	conn->fd = fd;
+	dnet_addr_str((struct sockaddr *)&ss, conn->node, sizeof(conn->node));
+	in_reset(conn);
+	conn->last_active = dnet_now_mono_ns();
+	return 0;
+
+out_close:
+	close(fd);
+	return err;
+}
+
+static int conn_connect(dnet_client *c, struct dnet_conn *conn)
+{
+	if (!c->nremotes)
+		return DNET_ENOTCONN;
+	int err = DNET_ENOTCONN;
+	for (int k = 0; k < c->nremotes; k++) {
+		int i = (c->cur_remote + k) % c->nremotes;
+		err = connect_one(c, c->remotes[i], conn);
+		if (!err) {
+			c->cur_remote = i;
+			return 0;
+		}
+	}
+	return err;
+}
+
+/* An idle connection may have been closed by the peer (restart): notice before
+ * handing it a non-idempotent request. */
+static int conn_stale(struct dnet_conn *conn)
+{
+	char b;
+	ssize_t n = recv(conn->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n == 0)
+		return 1;
+	if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+		return 1;
+	return 0;
+}
+
+struct dnet_conn *dnet__pick_conn(dnet_client *c, const uint8_t *id, int *err)
+{
+	struct dnet_conn *conn = NULL;
+	if (!c->nconns) {
+		*err = dnet__conns_init(c, 1);
+		if (*err)
+			return NULL;
+	}
+	if (c->nconns == 1) {
+		conn = &c->conns[0];
+	} else {
+		/* Requests for one id stay on one connection: the server runs them in order. */
+		if (c->id_hash_size) {
+			for (struct dnet_req *r = c->id_hash[id_bucket(c, id)]; r; r = r->id_next)
+				if (r->conn && !memcmp(r->id, id, DNET_ID_SIZE)) {
+					conn = r->conn;
+					break;
+				}
+		}
+		if (!conn) {
+			/* Least loaded, ties broken round-robin. */
+			int best = -1;
+			size_t bl = SIZE_MAX;
+			for (int k = 0; k < c->nconns; k++) {
+				int i = (c->rr + k) % c->nconns;
+				size_t l = c->conns[i].inflight;
+				if (l < bl) {
+					bl = l;
+					best = i;
+					if (!l)
+						break;
+				}
+			}
+			c->rr = (best + 1) % c->nconns;
+			conn = &c->conns[best];
+		}
+	}
+	if (conn->fd >= 0 && !conn->inflight &&
+	    dnet_now_mono_ns() - conn->last_active > 1000000000ull && conn_stale(conn))
+		dnet__conn_drop(c, conn, DNET_ECONNRESET);
+	if (conn->fd < 0) {
+		*err = conn_connect(c, conn);
+		if (*err)
+			return NULL;
+	}
+	*err = 0;
+	return conn;
+}
+
+static void deadline_note(dnet_client *c, uint64_t d)
+{
+	if (!c->next_deadline || d < c->next_deadline)
+		c->next_deadline = d;
+}
+
+static uint64_t timeout_ns(const dnet_client *c)
+{
+	return (uint64_t)c->timeout_ms * 1000000ull;
+}
+
+int dnet__submit(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r, uint16_t flags)
+{
+	struct dnet_cmd_hdr h;
+	memset(&h, 0, sizeof(h));
+	if (c->inflight + 1 > c->id_hash_size && id_hash_grow(c))
+		return DNET_ENOMEM;
+	if (slot_alloc(c, r))
+		return DNET_ENOMEM;
+	r->conn = conn;
+	h.magic = DNET_MAGIC;
+	h.version = DNET_PROTO_VERSION;
+	h.cmd = r->cmd;
+	h.flags = flags;
+	h.trans = r->trans;
+	h.size = r->olen + r->data_len;
+	memcpy(h.id, r->id, DNET_ID_SIZE);
+	dnet_hdr_encode(r->obuf, &h);
+	r->olen += DNET_HDR_SIZE;
+	r->out_done = 0;
+
+	size_t b = id_bucket(c, r->id);
+	r->id_next = c->id_hash[b];
+	c->id_hash[b] = r;
+	r->prev = NULL;
+	r->next = conn->reqs;
+	if (conn->reqs)
+		conn->reqs->prev = r;
+	conn->reqs = r;
+	conn->inflight++;
+	c->inflight++;
+
+	r->out_next = NULL;
+	r->flags |= DNET_REQ_QUEUED;
+	if (conn->out_tail)
+		conn->out_tail->out_next = r;
+	else
+		conn->out_head = r;
+	conn->out_tail = r;
+	if (!conn->flushing) {
+		conn->flushing = 1;
+		c->flush_list[c->nflush++] = conn->idx;
+	}
+	r->deadline = dnet_now_mono_ns() + timeout_ns(c);
+	deadline_note(c, r->deadline);
+	return 0;
+}
+
+/* --- output -------------------------------------------------------------- */
+
+static void set_pollout(dnet_client *c, struct dnet_conn *conn, int on)
+{
+	if (conn->pollout == on || conn->fd < 0)
+		return;
+	struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0u),
+				 .data.u32 = (uint32_t)conn->idx};
+	epoll_ctl(c->epfd, EPOLL_CTL_MOD, conn->fd, &ev);
+	conn->pollout = on;
+}
+
+static void req_sent(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r)
+{
+	conn->out_head = r->out_next;
+	if (!conn->out_head)
+		conn->out_tail = NULL;
+	r->out_next = NULL;
+	r->flags &= ~(uint32_t)DNET_REQ_QUEUED;
+	r->flags |= DNET_REQ_SENT;
+	if (r->flags & DNET_REQ_REPLIED)
+		req_complete(c, r, r->status);
+}
+
+/* sendfile() to a socket raises SIGPIPE on a closed peer and has no MSG_NOSIGNAL:
+ * block the signal around it and swallow one we caused. */
+static ssize_t sendfile_nosig(int out, int in, off_t *off, size_t len)
+{
+	sigset_t pipe_set, old, pending;
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	sigpending(&pending);
+	int was_pending = sigismember(&pending, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+	ssize_t n = sendfile(out, in, off, len);
+	int e = errno;
+	if (n < 0 && e == EPIPE && !was_pending) {
+		struct timespec zero = {0, 0};
+		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+			;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	errno = e;
+	return n;
+}
+
+/* Returns 0 (all sent or would block) or an error after which the conn is dropped. */
+static int conn_flush(dnet_client *c, struct dnet_conn *conn)
+{
+	while (conn->out_head) {
+		struct iovec iov[DNET_IOV_MAX];
+		int n = 0;
+		struct dnet_req *r = conn->out_head;
+		/* A file-backed head whose header is out: its bytes go by sendfile. */
+		if (r->file_fd >= 0 && r->out_done >= r->olen) {
+			uint64_t left = r->olen + r->data_len - r->out_done;
+			off_t off = (off_t)r->file_off;
+			size_t want = left > (1u << 30) ? (1u << 30) : (size_t)left;
+			ssize_t s = sendfile_nosig(conn->fd, r->file_fd, &off, want);
+			if (s < 0) {
+				if (errno == EINTR)
+					continue;
+				if (errno == EAGAIN || errno == EWOULDBLOCK) {
+					set_pollout(c, conn, 1);
+					return 0;
+				}
+				return errno == EPIPE || errno == ECONNRESET ? DNET_ECONNRESET
+									     : dnet_from_errno(errno);
+			}
+			if (s == 0) /* the file shrank under us */
+				return DNET_EIO;
+			r->file_off += (uint64_t)s;
+			r->out_done += (uint64_t)s;
+			r->deadline = dnet_now_mono_ns() + timeout_ns(c);
+			if (r->out_done == r->olen + r->data_len)
+				req_sent(c, conn, r);
+			continue;
+		}
+		for (; r && n < DNET_IOV_MAX - 1; r = r->out_next) {
+			uint64_t d = r->out_done;
+			if (d < r->olen) {
+				iov[n].iov_base = r->obuf + d;
+				iov[n].iov_len = r->olen - d;
+				n++;
+				d = r->olen;
+			}
+			if (r->file_fd >= 0)
+				break;
+			if (r->data_len && d < r->olen + r->data_len) {
+				iov[n].iov_base = (void *)(uintptr_t)(r->data + (d - r->olen));
+				iov[n].iov_len = (size_t)(r->olen + r->data_len - d);
+				n++;
+			}
+		}
+		if (!n)
+			break;
+		struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+		ssize_t s = sendmsg(conn->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (s < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				set_pollout(c, conn, 1);
+				return 0;
+			}
+			return errno == EPIPE || errno == ECONNRESET ? DNET_ECONNRESET
+								     : dnet_from_errno(errno);
+		}
+		uint64_t left = (uint64_t)s;
+		uint64_t now = dnet_now_mono_ns();
+		while (left && conn->out_head) {
+			r = conn->out_head;
+			uint64_t total = r->olen + r->data_len;
+			uint64_t need = (r->file_fd >= 0 ? r->olen : total) - r->out_done;
+			uint64_t take = left < need ? left : need;
+			r->out_done += take;
+			left -= take;
+			if (r->data_len > 4096)
+				r->deadline = now + timeout_ns(c);
+			if (r->out_done == total)
+				req_sent(c, conn, r);
+			else
+				break;
+		}
+	}
+	conn->last_active = dnet_now_mono_ns();
+	set_pollout(c, conn, 0);
+	return 0;
+}
+
+static void flush_all(dnet_client *c)
+{
+	for (int i = 0; i < c->nflush; i++) {
+		struct dnet_conn *conn = &c->conns[c->flush_list[i]];
+		conn->flushing = 0;
+		if (conn->fd < 0 || conn->pollout)
+			continue;
+		int err = conn_flush(c, conn);
+		if (err)
+			dnet__conn_drop(c, conn, err);
+	}
+	c->nflush = 0;
+}
+
+/* --- input --------------------------------------------------------------- */
+
+static int reply_header(dnet_client *c, struct dnet_conn *conn, const struct dnet_cmd_hdr *h)
+{
+	if (h->magic != DNET_MAGIC || h->version != DNET_PROTO_VERSION || h->reserved ||
+	    (h->flags & ~DNET_FLAGS_KNOWN) || !(h->flags & DNET_FLAG_REPLY))
+		return DNET_EPROTO;
+	uint32_t slot = (uint32_t)h->trans;
+	struct dnet_req *r = slot < c->nslots ? c->slots[slot] : NULL;
+	if (!r || r->trans != h->trans || r->conn != conn || r->cmd != h->cmd ||
+	    (r->flags & (DNET_REQ_DONE | DNET_REQ_REPLIED)))
+		return DNET_EPROTO;
+	conn->in_req = r;
+	conn->in_left = h->size;
+	r->deadline = dnet_now_mono_ns() + timeout_ns(c);
+	if (h->status) {
+		if (h->status > 0 || h->size > DNET_CLIENT_MAX_REPLY)
+			return DNET_EPROTO;
+		r->status = h->status;
+		conn->in_state = DNET_IN_DISCARD;
+		return 0;
+	}
+	if (h->cmd == DNET_CMD_READ) {
+		if (h->size < DNET_IO_ATTR_SIZE)
+			return DNET_EPROTO;
+		conn->in_state = DNET_IN_READ_IO;
+		conn->in_io_got = 0;
+		return 0;
+	}
+	if (h->size > DNET_CLIENT_MAX_REPLY)
+		return DNET_EPROTO;
+	if (h->size) {
+		r->rbuf = malloc(h->size + 1); /* +1: stat text gets a NUL */
+		if (!r->rbuf)
+			return DNET_ENOMEM;
+		r->rlen = (size_t)h->size;
+		r->rgot = 0;
+	}
+	conn->in_state = DNET_IN_BUF;
+	return 0;
+}
+
+/* "HOST:PORT" of a node's advertised listen address; a wildcard address is replaced
+ * by the host we reached it at. */
+static void addr_wire_str(const struct dnet_addr_wire *a, const char *via, char *out, size_t len)
+{
+	static const uint8_t zero[16];
+	char host[INET6_ADDRSTRLEN];
+	if (!memcmp(a->addr, zero, a->family == 4 ? 4 : 16)) {
+		const char *colon = strrchr(via, ':');
+		int hl = colon ? (int)(colon - via) : (int)strlen(via);
+		snprintf(out, len, "%.*s:%u", hl, via, a->port);
+		return;
+	}
+	if (a->family == 4) {
+		inet_ntop(AF_INET, a->addr, host, sizeof(host));
+		snprintf(out, len, "%s:%u", host, a->port);
+	} else {
+		inet_ntop(AF_INET6, a->addr, host, sizeof(host));
+		snprintf(out, len, "[%s]:%u", host, a->port);
+	}
+}
+
+static void reply_info(struct dnet_conn *conn, struct dnet_req *r)
+{
+	struct dnet_obj_info oi;
+	struct dnet_addr_wire aw;
+	if (dnet_obj_info_decode(r->rbuf, r->rgot, &oi))
+		return;
+	r->info.size = oi.size;
+	r->info.timestamp = oi.timestamp;
+	r->info.version = oi.version;
+	memcpy(r->info.csum, oi.csum, sizeof(oi.csum));
+	if (r->rgot >= DNET_OBJ_INFO_SIZE + DNET_ADDR_WIRE_SIZE &&
+	    !dnet_addr_decode(r->rbuf + DNET_OBJ_INFO_SIZE, r->rgot - DNET_OBJ_INFO_SIZE, &aw))
+		addr_wire_str(&aw, conn->node, r->info.node, sizeof(r->info.node));
+	else
+		memcpy(r->info.node, conn->node, sizeof(r->info.node));
+	r->have_info = 1;
+}
+
+/* The whole reply of conn->in_req has been read. */
+static void reply_done(dnet_client *c, struct dnet_conn *conn)
+{
+	struct dnet_req *r = conn->in_req;
+	conn->in_req = NULL;
+	conn->in_state = DNET_IN_HDR;
+	conn->last_active = dnet_now_mono_ns();
+	if (!r->status && r->rbuf && r->cmd != DNET_CMD_READ)
+		r->rbuf[r->rlen] = '\0';
+	if (!r->status && (r->cmd == DNET_CMD_WRITE || r->cmd == DNET_CMD_LOOKUP))
+		reply_info(conn, r);
+	if (r->flags & DNET_REQ_SENT) {
+		req_complete(c, r, r->status);
+	} else {
+		/* Replied before we finished sending (an early error): finish sending first,
+		 * the caller's buffer must outlive our use of it. */
+		r->flags |= DNET_REQ_REPLIED;
+	}
+}
+
+static int read_io_done(struct dnet_conn *conn)
+{
+	struct dnet_req *r = conn->in_req;
+	struct dnet_io_attr io;
+	dnet_io_attr_decode(conn->in_io, DNET_IO_ATTR_SIZE, &io);
+	if (io.size != conn->in_left)
+		return DNET_EPROTO;
+	if (r->rd_size && io.size > r->rd_size)
+		return DNET_EPROTO;
+	if (r->delivered && r->have_rio && io.total_size != r->rio.total_size)
+		return DNET_EPROTO;
+	r->rio = io;
+	r->have_rio = 1;
+	r->info.size = io.total_size;
+	r->info.timestamp = io.timestamp;
+	memcpy(r->info.node, conn->node, sizeof(r->info.node));
+	r->have_info = 1;
+	if (!r->sink) {
+		if (io.size > SIZE_MAX - 1)
+			return DNET_ENOMEM;
+		r->rbuf = malloc(io.size ? (size_t)io.size : 1);
+		if (!r->rbuf)
+			return DNET_ENOMEM;
+		r->rlen = (size_t)io.size;
+		r->rgot = 0;
+	}
+	conn->in_state = DNET_IN_READ_DATA;
+	return 0;
+}
+
+/* Consume bytes from p[0..len) into the current reply. Returns bytes used or an error. */
+static long long consume(dnet_client *c, struct dnet_conn *conn, const uint8_t *p, size_t len)
+{
+	size_t used = 0;
+	while (used < len) {
+		struct dnet_req *r = conn->in_req;
+		size_t avail = len - used;
+		switch (conn->in_state) {
+		case DNET_IN_HDR: {
+			if (avail < DNET_HDR_SIZE)
+				return (long long)used;
+			struct dnet_cmd_hdr h;
+			dnet_hdr_decode(p + used, DNET_HDR_SIZE, &h);
+			used += DNET_HDR_SIZE;
+			int err = reply_header(c, conn, &h);
+			if (err)
+				return err;
+			if (!conn->in_left && conn->in_state != DNET_IN_READ_IO)
+				reply_done(c, conn);
+			break;
+		}
+		case DNET_IN_BUF: {
+			size_t n = avail < conn->in_left ? avail : (size_t)conn->in_left;
+			memcpy(r->rbuf + r->rgot, p + used, n);
+			r->rgot += n;
+			used += n;
+			conn->in_left -= n;
+			if (!conn->in_left)
+				reply_done(c, conn);
+			break;
+		}
+		case DNET_IN_DISCARD: {
+			size_t n = avail < conn->in_left ? avail : (size_t)conn->in_left;
+			used += n;
+			conn->in_left -= n;
+			if (!conn->in_left)
+				reply_done(c, conn);
+			break;
+		}
+		case DNET_IN_READ_IO: {
+			size_t n = DNET_IO_ATTR_SIZE - conn->in_io_got;
+			if (n > avail)
+				n = avail;
+			memcpy(conn->in_io + conn->in_io_got, p + used, n);
+			conn->in_io_got += n;
+			used += n;
+			conn->in_left -= n;
+			if (conn->in_io_got < DNET_IO_ATTR_SIZE)
+				return (long long)used;
+			int err = read_io_done(conn);
+			if (err)
+				return err;
+			if (!conn->in_left)
+				reply_done(c, conn);
+			break;
+		}
+		case DNET_IN_READ_DATA: {
+			size_t n = avail < conn->in_left ? avail : (size_t)conn->in_left;
+			if (r->sink) {
+				if (n) {
+					int err = r->sink(r->sink_arg, p + used, n);
+					if (err) {
+						r->status = err;
+						return DNET_ECONNRESET;
+					}
+				}
+			} else {
+				memcpy(r->rbuf + r->rgot, p + used, n);
+				r->rgot += n;
+			}
+			r->delivered += n;
+			used += n;
+			conn->in_left -= n;
+			if (n > 4096)
+				r->deadline = dnet_now_mono_ns() + timeout_ns(c);
+			if (!conn->in_left)
+				reply_done(c, conn);
+			break;
+		}
+		}
+	}
+	return (long long)used;
+}
+
+/* Where to recv() into: straight into the destination for big bodies. */
+static int conn_read(dnet_client *c, struct dnet_conn *conn)
+{
+	for (int rounds = 0; rounds < 16; rounds++) {
+		uint8_t *dst;
+		size_t room;
+		int direct = 0;
+		struct dnet_req *r = conn->in_req;
+		if (conn->istart == conn->iend)
+			conn->istart = conn->iend = 0;
+		if (conn->istart == conn->iend && r && conn->in_left >= 16384 &&
+		    (conn->in_state == DNET_IN_BUF ||
+		     (conn->in_state == DNET_IN_READ_DATA && !r->sink))) {
+			dst = r->rbuf + r->rgot;
+			room = conn->in_left;
+			direct = 1;
+		} else if (conn->istart == conn->iend && r && conn->in_left >= 16384 &&
+			   conn->in_state == DNET_IN_READ_DATA && c->sbuf) {
+			dst = c->sbuf;
+			room = conn->in_left < DNET_CLIENT_SBUF ? (size_t)conn->in_left
+								 : DNET_CLIENT_SBUF;
+			direct = 2;
+		} else {
+			if (conn->istart && DNET_CLIENT_IBUF - conn->iend < DNET_HDR_SIZE * 2) {
+				memmove(conn->ibuf, conn->ibuf + conn->istart,
+					conn->iend - conn->istart);
+				conn->iend -= conn->istart;
+				conn->istart = 0;
+			}
+			dst = conn->ibuf + conn->iend;
+			room = DNET_CLIENT_IBUF - conn->iend;
+		}
+		ssize_t n = recv(conn->fd, dst, room, MSG_DONTWAIT);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return 0;
+			return DNET_ECONNRESET;
+		}
+		if (n == 0)
+			return DNET_ECONNRESET;
+		conn->last_active = dnet_now_mono_ns();
+		if (direct == 1) {
+			r->rgot += (size_t)n;
+			conn->in_left -= (uint64_t)n;
+			if (conn->in_state == DNET_IN_READ_DATA)
+				r->delivered += (uint64_t)n;
+			r->deadline = conn->last_active + timeout_ns(c);
+			if (!conn->in_left)
+				reply_done(c, conn);
+			continue;
+		}
+		if (direct == 2) {
+			long long u = consume(c, conn, dst, (size_t)n);
+			if (u < 0)
+				return (int)u;
+			continue;
+		}
+		conn->iend += (size_t)n;
+		long long u = consume(c, conn, conn->ibuf + conn->istart, conn->iend - conn->istart);
+		if (u < 0)
+			return (int)u;
+		conn->istart += (size_t)u;
+		if ((size_t)n < room)
+			return 0;
+	}
+	return 0;
+}
+
+/* --- the loop ------------------------------------------------------------ */
+
+static void expire(dnet_client *c, uint64_t now)
+{
+	for (int i = 0; i < c->nconns; i++) {
+		struct dnet_conn *conn = &c->conns[i];
+		for (struct dnet_req *r = conn->reqs; r; r = r->next)
+			if (r->deadline <= now) {
+				conn_drop2(c, conn, DNET_ECONNRESET, r);
+				break;
+			}
+	}
+	c->next_deadline = 0;
+	for (int i = 0; i < c->nconns; i++)
+		for (struct dnet_req *r = c->conns[i].reqs; r; r = r->next)
+			deadline_note(c, r->deadline);
+}
+
+int dnet__loop_once(dnet_client *c, int timeout_ms)
+{
+	struct epoll_event evs[64];
+	flush_all(c);
+	if (c->done_head)
+		timeout_ms = 0;
+	uint64_t now = dnet_now_mono_ns();
+	if (c->next_deadline) {
+		int64_t left = (int64_t)(c->next_deadline - now);
+		int lm = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+		if (timeout_ms < 0 || lm < timeout_ms)
+			timeout_ms = lm;
+	} else if (timeout_ms < 0) {
+		timeout_ms = c->inflight ? c->timeout_ms : 0;
+	}
+	int n = epoll_wait(c->epfd, evs, 64, timeout_ms);
+	if (n < 0) {
+		if (errno == EINTR)
+			return 0;
+		return DNET_ESYS;
+	}
+	for (int i = 0; i < n; i++) {
+		uint32_t idx = evs[i].data.u32;
+		if (idx >= (uint32_t)c->nconns)
+			continue;
+		struct dnet_conn *conn = &c->conns[idx];
+		if (conn->fd < 0)
+			continue;
+		int err = 0;
+		if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+			err = conn_read(c, conn);
+		if (!err && conn->fd >= 0 && (evs[i].events & EPOLLOUT))
+			err = conn_flush(c, conn);
+		if (err)
+			dnet__conn_drop(c, conn, err);
+	}
+	now = dnet_now_mono_ns();
+	if (c->next_deadline && now >= c->next_deadline)
+		expire(c, now);
+	return 0;
+}
+
+void dnet__wait(dnet_client *c, struct dnet_req *r)
+{
+	while (!(r->flags & DNET_REQ_DONE)) {
+		if (dnet__loop_once(c, -1) < 0) {
+			/* epoll itself failed: nothing more can move on this handle. */
+			for (int i = 0; i < c->nconns; i++)
+				dnet__conn_drop(c, &c->conns[i], DNET_ESYS);
+		}
+	}
+}
