@@ -36,7 +36,7 @@ LIBCLIENT := $(BUILD)/libelliptics.a
 BINS := $(BUILD)/ellipticsd $(BUILD)/elliptics
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
-.PHONY: all unit test clean fmt
+.PHONY: all unit test clean fmt fuzz
 all: $(BINS)
 
 $(BUILD)/obj/%.o: %.c
@@ -59,8 +59,24 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,$(SERVER_SRC) $(STORAGE
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS) -lcmocka -lm
 
-unit: $(UNIT_BINS)
+FUZZ_BIN := $(BUILD)/tests/fuzz_server
+$(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o: tests/fuzz/fuzz_server.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -DDNET_FUZZ_STANDALONE -c $< -o $@
+$(FUZZ_BIN): $(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
+
+# Unit tests, then a bounded structured-random run of the server's receive path.
+unit: $(UNIT_BINS) $(FUZZ_BIN)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+	@echo "== $(FUZZ_BIN) -n 20000"; cd $(BUILD)/tests && ./fuzz_server -n 20000
+
+# libFuzzer build (clang): make fuzz && build/fuzz/fuzz_server -max_total_time=60 CORPUS_DIR
+fuzz: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) tests/fuzz/fuzz_server.c
+	@mkdir -p build/fuzz
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -pthread -fsanitize=fuzzer,address,undefined \
+		-Iinclude -Isrc -o build/fuzz/fuzz_server $^ $(SERVER_LIBS)
 
 test: all unit
 	ELLIPTICS_BUILD=$(BUILD) /usr/bin/python3 -m pytest -q tests/integration

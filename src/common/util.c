@@ -57,7 +57,7 @@ int dnet_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss
 	if (colon) {
 		char *endp;
 		long p = strtol(colon + 1, &endp, 10);
-		if (*endp || p <= 0 || p > 65535)
+		if (*endp || endp == colon + 1 || p < 0 || p > 65535)
 			return DNET_EADDR;
 		snprintf(port, sizeof(port), "%ld", p);
 	} else {

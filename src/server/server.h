@@ -137,6 +137,7 @@ struct dnet_server {
 	struct dnet_loop **loops;
 	int nloops;
 	int listen_fd;
+	int lock_fd;
 	char listen_str[64];
 	uint8_t node_id[DNET_ID_SIZE];
 	uint64_t start_ns;
@@ -146,6 +147,10 @@ struct dnet_server {
 
 /* The one server of this process (set by main). */
 extern struct dnet_server *dnet_srv;
+
+/* server.c: returns 0 or an exit status (3) after logging why. */
+int dnet_server_start(struct dnet_server *s);
+void dnet_server_stop(struct dnet_server *s);
 
 /* net.c */
 int dnet_net_start(struct dnet_server *s);
