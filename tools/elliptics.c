@@ -1,0 +1,754 @@
+/* elliptics.c - the `elliptics` command-line client: put/get/del/lookup/stat/routes,
+ * and the dispatch to check and bench. The CLI contract is in PRODUCT.md. */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "common/id.h"
+#include "common/util.h"
+
+/* --- shared helpers ------------------------------------------------------ */
+
+void cli_error(const char *fmt, ...)
+{
+	char buf[16384];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "elliptics: %s\n", buf);
+}
+
+static void usage_main(FILE *f)
+{
+	fprintf(f,
+		"usage: elliptics [-r HOST:PORT]... [-k NAME:SECRET] [--timeout SEC] COMMAND [ARGS]\n"
+		"\n"
+		"commands:\n"
+		"  put KEY [FILE|-]        store FILE (default or '-': stdin) as object KEY\n"
+		"  get KEY [FILE|-]        fetch object KEY into FILE (default or '-': stdout)\n"
+		"  del KEY                 remove object KEY\n"
+		"  lookup KEY              which nodes hold KEY: HOST:PORT size= csum= timestamp=\n"
+		"  stat [--json] [--all]   per-node counters\n"
+		"  routes                  the ring: START_ID END_ID HOST:PORT per range\n"
+		"  check [options]         integrity run: store, read back and verify many objects\n"
+		"  bench [options]         throughput and latency: ops/s, MB/s, p50/p99/p999\n"
+		"\n"
+		"  put/get/del/lookup take --id HEX128 (a raw 64-byte object id) instead of KEY.\n"
+		"\n"
+		"options:\n"
+		"  -r, --remote HOST:PORT  node to talk to (repeatable; default $ELLIPTICS_REMOTE\n"
+		"                          or " DNET_DEFAULT_REMOTE ")\n"
+		"  -k, --key NAME:SECRET   client credentials (default $ELLIPTICS_KEY)\n"
+		"  --timeout SEC           per-request timeout (default 30)\n"
+		"  -h, --help              this text; `elliptics COMMAND --help` for a command\n"
+		"\n"
+		"exit status: 0 ok, 1 not found, 2 usage error, 3 other failure\n");
+}
+
+static void usage_cmd(const char *cmd)
+{
+	if (!strcmp(cmd, "put"))
+		printf("usage: elliptics put KEY [FILE|-]\n"
+		       "       elliptics put --id HEX128 [FILE|-]\n"
+		       "Store FILE (no FILE or '-': standard input) as the object, replacing it.\n");
+	else if (!strcmp(cmd, "get"))
+		printf("usage: elliptics get KEY [FILE|-]\n"
+		       "       elliptics get --id HEX128 [FILE|-]\n"
+		       "Write the object to FILE (no FILE or '-': standard output). FILE appears\n"
+		       "only when the whole object has arrived.\n");
+	else if (!strcmp(cmd, "del"))
+		printf("usage: elliptics del KEY | --id HEX128\nRemove the object.\n");
+	else if (!strcmp(cmd, "lookup"))
+		printf("usage: elliptics lookup KEY | --id HEX128\n"
+		       "One line per copy: HOST:PORT size=N csum=HEX32 timestamp=ISO8601 (NS)\n");
+	else if (!strcmp(cmd, "stat"))
+		printf("usage: elliptics stat [--json] [--all]\n"
+		       "Counters of every -r node: lines `HOST:PORT name value`, or with --json one\n"
+		       "object {\"HOST:PORT\": {name: value, ...}}. --all: every node of the ring.\n");
+	else if (!strcmp(cmd, "routes"))
+		printf("usage: elliptics routes\n"
+		       "One line per ring range: START_HEX END_HEX HOST:PORT\n");
+	else if (!strcmp(cmd, "check"))
+		usage_check();
+	else if (!strcmp(cmd, "bench"))
+		usage_bench();
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (cmd)
+		fprintf(stderr, "elliptics: %s: %s (see `elliptics %s --help`)\n", cmd, buf, cmd);
+	else
+		fprintf(stderr, "elliptics: %s (see `elliptics --help`)\n", buf);
+	return CLI_EXIT_USAGE;
+}
+
+int cli_exit_code(int err)
+{
+	if (!err)
+		return CLI_EXIT_OK;
+	if (err == DNET_ENOENT)
+		return CLI_EXIT_NOTFOUND;
+	return CLI_EXIT_FAIL;
+}
+
+int cli_nproc(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : (int)n;
+}
+
+/* Length of a valid UTF-8 sequence at p (>= 2), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t left)
+{
+	size_t n;
+	if (p[0] >= 0xc2 && p[0] <= 0xdf)
+		n = 2;
+	else if (p[0] >= 0xe0 && p[0] <= 0xef)
+		n = 3;
+	else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+		n = 4;
+	else
+		return 0;
+	if (n > left)
+		return 0;
+	for (size_t i = 1; i < n; i++)
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+	return n;
+}
+
+char *cli_escape(const void *key, size_t len)
+{
+	const unsigned char *p = key;
+	char *out = malloc(len * 4 + 3);
+	if (!out) {
+		fprintf(stderr, "elliptics: out of memory\n");
+		exit(CLI_EXIT_FAIL);
+	}
+	size_t o = 0;
+	out[o++] = '"';
+	for (size_t i = 0; i < len;) {
+		unsigned char ch = p[i];
+		size_t u = ch >= 0x80 ? utf8_len(p + i, len - i) : 0;
+		if (u) {
+			memcpy(out + o, p + i, u);
+			o += u;
+			i += u;
+			continue;
+		}
+		if (ch == '"' || ch == '\\') {
+			out[o++] = '\\';
+			out[o++] = (char)ch;
+		} else if (ch == '\n') {
+			out[o++] = '\\';
+			out[o++] = 'n';
+		} else if (ch == '\t') {
+			out[o++] = '\\';
+			out[o++] = 't';
+		} else if (ch < 0x20 || ch >= 0x7f) {
+			o += (size_t)snprintf(out + o, 5, "\\x%02x", ch);
+		} else {
+			out[o++] = (char)ch;
+		}
+		i++;
+	}
+	out[o++] = '"';
+	out[o] = '\0';
+	return out;
+}
+
+int cli_client_one(const struct cli *g, const char *remote, dnet_client **out)
+{
+	dnet_client *c;
+	int err = dnet_client_new(&c);
+	if (err)
+		return err;
+	dnet_client_set_timeout(c, g->timeout_ms);
+	if (remote) {
+		err = dnet_client_add_remote(c, remote);
+		if (err) {
+			cli_error("bad remote address \"%s\": %s", remote, dnet_strerror(err));
+			dnet_client_free(c);
+			return err;
+		}
+	}
+	*out = c;
+	return 0;
+}
+
+int cli_client(const struct cli *g, dnet_client **out)
+{
+	int err = cli_client_one(g, NULL, out);
+	if (err)
+		return err;
+	for (int i = 0; i < g->nremotes; i++) {
+		err = dnet_client_add_remote(*out, g->remotes[i]);
+		if (err) {
+			cli_error("bad remote address \"%s\": %s", g->remotes[i],
+				  dnet_strerror(err));
+			dnet_client_free(*out);
+			*out = NULL;
+			return err;
+		}
+	}
+	return 0;
+}
+
+const char *cli_node(const struct cli *g, const dnet_client *c)
+{
+	static char buf[1024];
+	const char *n = c ? dnet_client_node(c) : NULL;
+	if (n)
+		return n;
+	size_t o = 0;
+	buf[0] = '\0';
+	for (int i = 0; i < g->nremotes && o < sizeof(buf) - 1; i++)
+		o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%s%s", i ? "," : "", g->remotes[i]);
+	return buf;
+}
+
+/* --- object commands ----------------------------------------------------- */
+
+struct objarg {
+	const char *key;
+	size_t klen;
+	uint8_t id[64];
+	int by_id;
+	char *shown; /* escaped key or the hex id, for messages */
+	const char *file;
+};
+
+/* KEY|--id HEX [FILE]; nfiles: how many optional trailing args are allowed. */
+static int parse_obj_args(const char *cmd, int argc, char **argv, int nfiles, struct objarg *a)
+{
+	const char *pos[3];
+	int npos = 0, only_pos = 0;
+	const char *idhex = NULL;
+	memset(a, 0, sizeof(*a));
+	for (int i = 0; i < argc; i++) {
+		const char *s = argv[i];
+		if (!only_pos && !strcmp(s, "--")) {
+			only_pos = 1;
+		} else if (!only_pos && (!strcmp(s, "--help") || !strcmp(s, "-h"))) {
+			usage_cmd(cmd);
+			exit(CLI_EXIT_OK);
+		} else if (!only_pos && !strcmp(s, "--id")) {
+			if (i + 1 >= argc)
+				return cli_usage_error(cmd, "--id needs a 128-digit hex id");
+			idhex = argv[++i];
+		} else if (!only_pos && !strncmp(s, "--id=", 5)) {
+			idhex = s + 5;
+		} else if (!only_pos && s[0] == '-' && s[1] == '-' && s[2]) {
+			return cli_usage_error(cmd, "unknown option %s", s);
+		} else {
+			if (npos >= 3)
+				return cli_usage_error(cmd, "too many arguments");
+			pos[npos++] = s;
+		}
+	}
+	int want_key = idhex ? 0 : 1;
+	if (npos < want_key)
+		return cli_usage_error(cmd, "missing KEY");
+	if (npos > want_key + nfiles)
+		return cli_usage_error(cmd, "too many arguments");
+	if (idhex) {
+		if (dnet_id_from_hex(a->id, idhex))
+			return cli_usage_error(cmd, "--id wants exactly 128 hex digits");
+		a->by_id = 1;
+		a->shown = strdup(idhex);
+	} else {
+		a->key = pos[0];
+		a->klen = strlen(pos[0]);
+		if (!a->klen || a->klen > DNET_KEY_MAX)
+			return cli_usage_error(cmd, "KEY must be 1..%d bytes", DNET_KEY_MAX);
+		dnet_key_to_id(a->key, a->klen, a->id);
+		a->shown = cli_escape(a->key, a->klen);
+	}
+	if (npos > want_key)
+		a->file = pos[want_key];
+	return 0;
+}
+
+static int obj_fail(const struct cli *g, dnet_client *c, const char *cmd, const struct objarg *a,
+		    int err)
+{
+	cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), cli_node(g, c));
+	return cli_exit_code(err);
+}
+
+/* Progress line on a terminal for big transfers. */
+struct progress {
+	const char *what;
+	uint64_t start, last;
+	int shown;
+};
+
+static void fmt_bytes(char *out, size_t len, double b)
+{
+	const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	int i = 0;
+	while (b >= 1024 && i < 4) {
+		b /= 1024;
+		i++;
+	}
+	snprintf(out, len, "%.1f %s", b, u[i]);
+}
+
+static void progress_cb(void *arg, uint64_t done, uint64_t total)
+{
+	struct progress *p = arg;
+	uint64_t now = dnet_now_mono_ns();
+	if (done < (16u << 20) && total < (16u << 20))
+		return;
+	if (done != total && now - p->last < 200000000ull)
+		return;
+	p->last = now;
+	double secs = (double)(now - p->start) / 1e9;
+	char d[32], t[32];
+	fmt_bytes(d, sizeof(d), (double)done);
+	fmt_bytes(t, sizeof(t), (double)total);
+	if (total)
+		fprintf(stderr, "\r%s: %s / %s (%3.0f%%) %.1f MB/s   ", p->what, d, t,
+			100.0 * (double)done / (double)total,
+			secs > 0 ? (double)done / secs / 1e6 : 0.0);
+	else
+		fprintf(stderr, "\r%s: %s %.1f MB/s   ", p->what, d,
+			secs > 0 ? (double)done / secs / 1e6 : 0.0);
+	p->shown = 1;
+}
+
+static void progress_start(dnet_client *c, struct progress *p, const char *what)
+{
+	memset(p, 0, sizeof(*p));
+	p->what = what;
+	p->start = dnet_now_mono_ns();
+	if (isatty(2))
+		dnet_client_set_progress(c, progress_cb, p);
+}
+
+static void progress_end(struct progress *p)
+{
+	if (p->shown)
+		fprintf(stderr, "\n");
+}
+
+static int cmd_put(const struct cli *g, int argc, char **argv)
+{
+	struct objarg a;
+	int rc = parse_obj_args("put", argc, argv, 1, &a);
+	if (rc)
+		return rc;
+	int fd = 0;
+	if (a.file && strcmp(a.file, "-")) {
+		fd = open(a.file, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			cli_error("put %s: cannot open \"%s\": %s", a.shown, a.file, strerror(errno));
+			free(a.shown);
+			return CLI_EXIT_FAIL;
+		}
+	}
+	dnet_client *c;
+	int err = cli_client(g, &c);
+	if (err) {
+		free(a.shown);
+		return CLI_EXIT_FAIL;
+	}
+	struct progress p;
+	progress_start(c, &p, "put");
+	struct dnet_object_info info;
+	err = dnet_write_fd_id(c, a.id, fd, UINT64_MAX, &info);
+	progress_end(&p);
+	rc = err ? obj_fail(g, c, "put", &a, err) : 0;
+	if (fd > 0)
+		close(fd);
+	dnet_client_free(c);
+	free(a.shown);
+	return rc;
+}
+
+static int cmd_get(const struct cli *g, int argc, char **argv)
+{
+	struct objarg a;
+	int rc = parse_obj_args("get", argc, argv, 1, &a);
+	if (rc)
+		return rc;
+	dnet_client *c;
+	int err = cli_client(g, &c);
+	if (err) {
+		free(a.shown);
+		return CLI_EXIT_FAIL;
+	}
+	struct progress p;
+	progress_start(c, &p, "get");
+	if (!a.file || !strcmp(a.file, "-")) {
+		err = dnet_read_fd_id(c, a.id, 1, NULL);
+		progress_end(&p);
+		rc = err ? obj_fail(g, c, "get", &a, err) : 0;
+		goto out;
+	}
+	/* Temp file next to FILE, renamed into place only when complete. */
+	char *d1 = strdup(a.file), *d2 = strdup(a.file);
+	size_t tl = strlen(a.file) + 32;
+	char *tmp = malloc(tl);
+	if (!d1 || !d2 || !tmp) {
+		cli_error("out of memory");
+		rc = CLI_EXIT_FAIL;
+		goto out_free;
+	}
+	snprintf(tmp, tl, "%s/.%s.XXXXXX", dirname(d1), basename(d2));
+	int fd = mkstemp(tmp);
+	if (fd < 0) {
+		cli_error("get %s: cannot create a temporary file next to \"%s\": %s", a.shown,
+			  a.file, strerror(errno));
+		rc = CLI_EXIT_FAIL;
+		goto out_free;
+	}
+	mode_t um = umask(0);
+	umask(um);
+	fchmod(fd, 0666 & ~um);
+	err = dnet_read_fd_id(c, a.id, fd, NULL);
+	progress_end(&p);
+	if (close(fd) < 0 && !err)
+		err = dnet_from_errno(errno);
+	if (!err && rename(tmp, a.file) < 0) {
+		cli_error("get %s: cannot rename into \"%s\": %s", a.shown, a.file, strerror(errno));
+		unlink(tmp);
+		rc = CLI_EXIT_FAIL;
+		goto out_free;
+	}
+	if (err) {
+		unlink(tmp);
+		rc = obj_fail(g, c, "get", &a, err);
+	}
+out_free:
+	free(d1);
+	free(d2);
+	free(tmp);
+out:
+	dnet_client_free(c);
+	free(a.shown);
+	return rc;
+}
+
+static int cmd_del(const struct cli *g, int argc, char **argv)
+{
+	struct objarg a;
+	int rc = parse_obj_args("del", argc, argv, 0, &a);
+	if (rc)
+		return rc;
+	dnet_client *c;
+	int err = cli_client(g, &c);
+	if (err) {
+		free(a.shown);
+		return CLI_EXIT_FAIL;
+	}
+	err = dnet_remove_id(c, a.id);
+	rc = err ? obj_fail(g, c, "del", &a, err) : 0;
+	dnet_client_free(c);
+	free(a.shown);
+	return rc;
+}
+
+static void fmt_time(uint64_t ns, char *out, size_t len)
+{
+	time_t s = (time_t)(ns / 1000000000ull);
+	struct tm tm;
+	gmtime_r(&s, &tm);
+	char b[32];
+	strftime(b, sizeof(b), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out, len, "%s.%09lluZ", b, (unsigned long long)(ns % 1000000000ull));
+}
+
+static int cmd_lookup(const struct cli *g, int argc, char **argv)
+{
+	struct objarg a;
+	int rc = parse_obj_args("lookup", argc, argv, 0, &a);
+	if (rc)
+		return rc;
+	dnet_client *c;
+	int err = cli_client(g, &c);
+	if (err) {
+		free(a.shown);
+		return CLI_EXIT_FAIL;
+	}
+	struct dnet_object_info info;
+	err = dnet_lookup_id(c, a.id, &info);
+	if (err) {
+		rc = obj_fail(g, c, "lookup", &a, err);
+	} else {
+		char cs[33], ts[64];
+		dnet_csum_to_hex(info.csum, cs);
+		fmt_time(info.timestamp, ts, sizeof(ts));
+		printf("%s size=%llu csum=%s timestamp=%s (%llu)\n", info.node,
+		       (unsigned long long)info.size, cs, ts, (unsigned long long)info.timestamp);
+	}
+	dnet_client_free(c);
+	free(a.shown);
+	return rc;
+}
+
+/* --- node commands ------------------------------------------------------- */
+
+void cli_json_str(FILE *f, const void *data, size_t n)
+{
+	const unsigned char *s = data;
+	fputc('"', f);
+	for (size_t i = 0; i < n;) {
+		unsigned char ch = s[i];
+		size_t u = ch >= 0x80 ? utf8_len(s + i, n - i) : 0;
+		if (u) {
+			fwrite(s + i, 1, u, f);
+			i += u;
+			continue;
+		}
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch < 0x20 || ch >= 0x7f)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+		i++;
+	}
+	fputc('"', f);
+}
+
+static int is_json_number(const char *s, size_t n)
+{
+	if (!n || n > 40)
+		return 0;
+	char buf[48];
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	char *end;
+	strtod(buf, &end);
+	if (*end)
+		return 0;
+	/* JSON forbids leading '+', '.5', 'inf', 'nan', hex. */
+	size_t i = buf[0] == '-';
+	if (buf[i] < '0' || buf[i] > '9')
+		return 0;
+	if (buf[i] == '0' && buf[i + 1] >= '0' && buf[i + 1] <= '9')
+		return 0;
+	for (; buf[i]; i++)
+		if (!strchr("0123456789.eE+-", buf[i]))
+			return 0;
+	return 1;
+}
+
+static int cmd_stat(const struct cli *g, int argc, char **argv)
+{
+	int json = 0;
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--json"))
+			json = 1;
+		else if (!strcmp(argv[i], "--all"))
+			; /* every -r node is asked; the whole ring once routes exist */
+		else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage_cmd("stat");
+			return 0;
+		} else
+			return cli_usage_error("stat", "unknown argument %s", argv[i]);
+	}
+	int failed = 0, first = 1;
+	if (json)
+		printf("{");
+	for (int i = 0; i < g->nremotes; i++) {
+		dnet_client *c;
+		if (cli_client_one(g, g->remotes[i], &c)) {
+			failed = 1;
+			continue;
+		}
+		char *text = NULL, node[64];
+		int err = dnet_stat(c, &text, node);
+		if (err) {
+			cli_error("stat: %s (%s)", dnet_strerror(err), g->remotes[i]);
+			failed = 1;
+			dnet_client_free(c);
+			continue;
+		}
+		if (json) {
+			printf("%s\n  ", first ? "" : ",");
+			cli_json_str(stdout, node, strlen(node));
+			printf(": {");
+		}
+		int firstkv = 1;
+		for (char *line = text; *line;) {
+			char *nl = strchr(line, '\n');
+			size_t ll = nl ? (size_t)(nl - line) : strlen(line);
+			char *sp = memchr(line, ' ', ll);
+			if (ll) {
+				size_t nlen = sp ? (size_t)(sp - line) : ll;
+				const char *val = sp ? sp + 1 : "";
+				size_t vlen = sp ? ll - nlen - 1 : 0;
+				if (json) {
+					printf("%s\n    ", firstkv ? "" : ",");
+					cli_json_str(stdout, line, nlen);
+					printf(": ");
+					if (is_json_number(val, vlen))
+						fwrite(val, 1, vlen, stdout);
+					else
+						cli_json_str(stdout, val, vlen);
+				} else {
+					printf("%s %.*s %.*s\n", node, (int)nlen, line, (int)vlen,
+					       val);
+				}
+				firstkv = 0;
+			}
+			line += ll + (nl ? 1 : 0);
+		}
+		if (json)
+			printf("%s}", firstkv ? "" : "\n  ");
+		first = 0;
+		free(text);
+		dnet_client_free(c);
+	}
+	if (json)
+		printf("%s}\n", first ? "" : "\n");
+	return failed ? CLI_EXIT_FAIL : 0;
+}
+
+static int cmd_routes(const struct cli *g, int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage_cmd("routes");
+			return 0;
+		}
+		return cli_usage_error("routes", "unknown argument %s", argv[i]);
+	}
+	/* Until the ring exists every node owns all of it: the first that answers. */
+	int err = DNET_ENOTCONN;
+	for (int i = 0; i < g->nremotes; i++) {
+		dnet_client *c;
+		if (cli_client_one(g, g->remotes[i], &c))
+			continue;
+		char node[64];
+		err = dnet_ping(c, node);
+		dnet_client_free(c);
+		if (!err) {
+			char lo[129], hi[129];
+			memset(lo, '0', 128);
+			memset(hi, 'f', 128);
+			lo[128] = hi[128] = '\0';
+			printf("%s %s %s\n", lo, hi, node);
+			return 0;
+		}
+	}
+	cli_error("routes: %s (%s)", dnet_strerror(err), cli_node(g, NULL));
+	return CLI_EXIT_FAIL;
+}
+
+/* --- main ---------------------------------------------------------------- */
+
+int main(int argc, char **argv)
+{
+	struct cli g = {.timeout_ms = 30000};
+	const char **remotes = calloc((size_t)argc + 1, sizeof(*remotes));
+	if (!remotes)
+		return CLI_EXIT_FAIL;
+	g.remotes = remotes;
+	signal(SIGPIPE, SIG_IGN);
+
+	int i = 1;
+	for (; i < argc; i++) {
+		const char *s = argv[i];
+		const char *val = NULL;
+		if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
+			usage_main(stdout);
+			return 0;
+		}
+		if (!strcmp(s, "-r") || !strcmp(s, "--remote") || !strcmp(s, "-k") ||
+		    !strcmp(s, "--key") || !strcmp(s, "--timeout")) {
+			if (i + 1 >= argc)
+				return cli_usage_error(NULL, "%s needs a value", s);
+			val = argv[++i];
+		} else if (!strncmp(s, "--remote=", 9) || !strncmp(s, "--key=", 6) ||
+			   !strncmp(s, "--timeout=", 10)) {
+			val = strchr(s, '=') + 1;
+		} else if (s[0] == '-' && s[1] == 'r' && s[2]) {
+			val = s + 2;
+		} else if (s[0] == '-' && s[1]) {
+			return cli_usage_error(NULL, "unknown option %s", s);
+		} else {
+			break;
+		}
+		if (s[1] == 'r' || !strncmp(s, "--remote", 8)) {
+			g.remotes[g.nremotes++] = val;
+		} else if (s[1] == 'k' || !strncmp(s, "--key", 5)) {
+			if (!strchr(val, ':'))
+				return cli_usage_error(NULL, "-k wants NAME:SECRET");
+			g.auth = val;
+		} else {
+			char *end;
+			double t = strtod(val, &end);
+			if (*end || !(t > 0) || t > 86400 * 365)
+				return cli_usage_error(NULL, "--timeout wants seconds > 0, got \"%s\"",
+						       val);
+			g.timeout_ms = t * 1000 < 1 ? 1 : (int)(t * 1000);
+		}
+	}
+	if (!g.nremotes) {
+		const char *env = getenv("ELLIPTICS_REMOTE");
+		g.remotes[g.nremotes++] = env && *env ? env : DNET_DEFAULT_REMOTE;
+	}
+	if (!g.auth) {
+		const char *env = getenv("ELLIPTICS_KEY");
+		if (env && *env)
+			g.auth = env;
+	}
+	if (i >= argc) {
+		usage_main(stderr);
+		return CLI_EXIT_USAGE;
+	}
+	const char *cmd = argv[i++];
+	int cargc = argc - i;
+	char **cargv = argv + i;
+	int rc;
+	if (!strcmp(cmd, "put"))
+		rc = cmd_put(&g, cargc, cargv);
+	else if (!strcmp(cmd, "get"))
+		rc = cmd_get(&g, cargc, cargv);
+	else if (!strcmp(cmd, "del") || !strcmp(cmd, "rm") || !strcmp(cmd, "delete"))
+		rc = cmd_del(&g, cargc, cargv);
+	else if (!strcmp(cmd, "lookup"))
+		rc = cmd_lookup(&g, cargc, cargv);
+	else if (!strcmp(cmd, "stat"))
+		rc = cmd_stat(&g, cargc, cargv);
+	else if (!strcmp(cmd, "routes"))
+		rc = cmd_routes(&g, cargc, cargv);
+	else if (!strcmp(cmd, "check"))
+		rc = cmd_check(&g, cargc, cargv);
+	else if (!strcmp(cmd, "bench"))
+		rc = cmd_bench(&g, cargc, cargv);
+	else if (!strcmp(cmd, "help")) {
+		if (cargc)
+			usage_cmd(cargv[0]);
+		else
+			usage_main(stdout);
+		rc = 0;
+	} else
+		rc = cli_usage_error(NULL, "unknown command \"%s\"", cmd);
+	if (fflush(stdout) != 0 && !rc) {
+		cli_error("writing standard output: %s", strerror(errno));
+		rc = CLI_EXIT_FAIL;
+	}
+	free(remotes);
+	return rc;
+}
