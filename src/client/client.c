@@ -2,6 +2,7 @@
  * chunked uploads (memory, sendfile from files, streamed sources) and async calls. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -447,6 +448,46 @@ int dnet_write(dnet_client *c, const void *key, size_t klen, const void *data, s
 	return err ? err : dnet_write_id(c, id, data, len, info);
 }
 
+static int upload_file(dnet_client *c, const uint8_t *id, int fd, uint64_t off, uint64_t size,
+		       struct dnet_object_info *info);
+
+/* A chunked upload announces its total size in PREPARE, which an endless source
+ * cannot: spool it to an unlinked temporary file (disk, not memory), then send that
+ * with sendfile. */
+static int spool_upload(dnet_client *c, struct upload *u, struct dnet_object_info *info)
+{
+	const char *dir = getenv("TMPDIR");
+	if (!dir || !*dir)
+		dir = "/tmp";
+	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/elliptics-spool-XXXXXX", dir);
+		fd = mkostemp(path, O_CLOEXEC);
+		if (fd < 0)
+			return dnet_from_errno(errno);
+		unlink(path);
+	}
+	uint64_t total = 0;
+	int err = dnet_write_full(fd, u->buf[u->cur], u->cur_len);
+	total += u->cur_len;
+	if (!err) {
+		err = dnet_write_full(fd, u->buf[u->nxt], u->nxt_len);
+		total += u->nxt_len;
+	}
+	while (!err && !u->eof) {
+		size_t n = 0;
+		err = stream_fill(u, u->buf[u->cur], &n);
+		if (!err)
+			err = dnet_write_full(fd, u->buf[u->cur], n);
+		total += n;
+	}
+	if (!err)
+		err = upload_file(c, u->id, fd, 0, total, info);
+	close(fd);
+	return err;
+}
+
 int dnet_write_stream_id(dnet_client *c, const uint8_t id[64], uint64_t size, dnet_source_fn src,
 			 void *arg, struct dnet_object_info *info)
 {
@@ -481,6 +522,10 @@ int dnet_write_stream_id(dnet_client *c, const uint8_t id[64], uint64_t size, dn
 		err = write_single(c, id, u.buf[0], -1, 0, u.cur_len, info);
 		goto out_free;
 	}
+	if (size == UINT64_MAX) {
+		err = spool_upload(c, &u, info);
+		goto out_free;
+	}
 	upload_pump(&u);
 	upload_wait(c, &u);
 	return upload_result(&u, info);
@@ -496,6 +541,24 @@ int dnet_write_stream(dnet_client *c, const void *key, size_t klen, uint64_t siz
 	uint8_t id[DNET_ID_SIZE];
 	int err = key_id(key, klen, id);
 	return err ? err : dnet_write_stream_id(c, id, size, src, arg, info);
+}
+
+static int upload_file(dnet_client *c, const uint8_t *id, int fd, uint64_t off, uint64_t size,
+		       struct dnet_object_info *info)
+{
+	if (size <= DNET_CHUNK_SIZE)
+		return write_single(c, id, NULL, fd, off, size, info);
+	struct upload u;
+	int err = upload_init(c, &u, id);
+	if (err)
+		return err;
+	u.kind = SRC_FILE;
+	u.fd = fd;
+	u.fd_off = off;
+	u.total = size;
+	upload_pump(&u);
+	upload_wait(c, &u);
+	return upload_result(&u, info);
 }
 
 struct fd_source {
@@ -548,22 +611,7 @@ int dnet_write_fd_id(dnet_client *c, const uint8_t id[64], int fd, uint64_t size
 		size = avail;
 	else if (size > avail)
 		return DNET_ERANGE;
-	int err;
-	if (size <= DNET_CHUNK_SIZE) {
-		err = write_single(c, id, NULL, fd, (uint64_t)pos, size, info);
-	} else {
-		struct upload u;
-		err = upload_init(c, &u, id);
-		if (err)
-			return err;
-		u.kind = SRC_FILE;
-		u.fd = fd;
-		u.fd_off = (uint64_t)pos;
-		u.total = size;
-		upload_pump(&u);
-		upload_wait(c, &u);
-		err = upload_result(&u, info);
-	}
+	int err = upload_file(c, id, fd, (uint64_t)pos, size, info);
 	if (!err)
 		lseek(fd, pos + (off_t)size, SEEK_SET);
 	return err;
