@@ -12,6 +12,9 @@ def counters(node):
     out = {}
     for line in r.out.decode().splitlines():
         parts = line.split()
+        # `elliptics stat` prefixes each "name value" line with the node's HOST:PORT.
+        if parts and parts[0] == node.addr:
+            parts = parts[1:]
         if len(parts) >= 2:
             try:
                 out[parts[0]] = int(parts[1])
