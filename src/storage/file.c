@@ -37,6 +37,9 @@
  *   place after the rename (range updates copy to a new temp). Temp files are
  *   removed on open, since only the process that created them (holding LOCK) could
  *   finish them.
+ *   Write modes: offset 0 without upload flags replaces the object; offset > 0
+ *   rewrites a range into a new temp copy (see fb_write_update); chunked uploads
+ *   build "<id>.<cookie>.up" in tmp/ and COMMIT renames it like any other write.
  *   Durability: ALWAYS = fdatasync(temp) -> rename -> fsync(dir) -> ack. BATCH = the
  *   temp files of many writes -> syncfs() once (all their data durable) -> rename
  *   them all -> syncfs() again (all renames durable) -> ack each. The first sync
@@ -545,7 +548,12 @@ static uint32_t fb_pend_bucket(const uint8_t *id)
 }
 
 /* Runs one batch. Order matters: all data durable, then all renames/unlinks in
- * arrival order (two writes of one ID: the later wins), then the names durable. */
+ * arrival order (two writes of one ID: the later wins), then the names durable.
+ * syncfs() rather than fdatasync() per file: sequential fdatasyncs each wait for
+ * their own journal commit (measured on ext4 here: ~0.3 ms per file, 2-4k writes/s
+ * whatever the batch), while one syncfs covers the batch in one commit (up to
+ * ~12k writes/s at 32 per batch). Its cost: it also flushes other dirty data on the
+ * same filesystem, so give the data directory its own filesystem. */
 static void fb_commit_batch(struct dnet_backend *b, struct fb_bent *batch)
 {
 	int need_sync = 0, applied = 0;
