@@ -1,0 +1,533 @@
+/* test_client.c - the client library against a scripted fake node in a thread:
+ * malformed replies, out-of-order replies, timeouts, resumed reads after a broken
+ * connection, early error replies, reconnects and failover. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/errors.h"
+#include "common/proto.h"
+#include "common/util.h"
+#include "elliptics/elliptics.h"
+
+/* --- the fake node ------------------------------------------------------- */
+
+struct fake;
+typedef void (*script_fn)(struct fake *f);
+
+struct fake {
+	int lfd;
+	int port;
+	char addr[64];
+	pthread_t tid;
+	script_fn script;
+	int fd; /* current accepted connection */
+	int failures;
+};
+
+struct msg {
+	struct dnet_cmd_hdr h;
+	uint8_t *payload;
+};
+
+static int fake_accept(struct fake *f)
+{
+	if (f->fd >= 0)
+		close(f->fd);
+	f->fd = accept(f->lfd, NULL, NULL);
+	return f->fd;
+}
+
+static int fake_recv(struct fake *f, struct msg *m)
+{
+	uint8_t hb[DNET_HDR_SIZE];
+	free(m->payload);
+	m->payload = NULL;
+	if (dnet_read_full(f->fd, hb, sizeof(hb)))
+		return -1;
+	dnet_hdr_decode(hb, sizeof(hb), &m->h);
+	if (m->h.size) {
+		m->payload = malloc(m->h.size);
+		if (!m->payload || dnet_read_full(f->fd, m->payload, m->h.size))
+			return -1;
+	}
+	return 0;
+}
+
+static void fake_send_hdr(struct fake *f, const struct msg *req, int status, uint64_t size,
+			  uint32_t magic, uint64_t trans)
+{
+	struct dnet_cmd_hdr h = req->h;
+	uint8_t hb[DNET_HDR_SIZE];
+	h.magic = magic;
+	h.flags = DNET_FLAG_REPLY;
+	h.status = status;
+	h.trans = trans;
+	h.size = size;
+	dnet_hdr_encode(hb, &h);
+	dnet_write_full(f->fd, hb, sizeof(hb));
+}
+
+static void fake_reply(struct fake *f, const struct msg *req, int status, const void *p, size_t len)
+{
+	fake_send_hdr(f, req, status, len, DNET_MAGIC, req->h.trans);
+	if (len)
+		dnet_write_full(f->fd, p, len);
+}
+
+/* READ reply for [off, off+n) of `obj` (total size `total`), optionally truncated
+ * after `cut` data bytes (connection then closed by the caller). */
+static void fake_read_reply(struct fake *f, const struct msg *req, const uint8_t *obj,
+			    uint64_t total, uint64_t off, uint64_t n, uint64_t claimed)
+{
+	uint8_t io[DNET_IO_ATTR_SIZE];
+	struct dnet_io_attr a = {.offset = off, .size = claimed, .total_size = total,
+				 .timestamp = 42};
+	dnet_io_attr_encode(io, &a);
+	fake_send_hdr(f, req, 0, DNET_IO_ATTR_SIZE + claimed, DNET_MAGIC, req->h.trans);
+	dnet_write_full(f->fd, io, sizeof(io));
+	dnet_write_full(f->fd, obj + off, n);
+}
+
+static void *fake_main(void *arg)
+{
+	struct fake *f = arg;
+	f->script(f);
+	if (f->fd >= 0)
+		close(f->fd);
+	f->fd = -1;
+	return NULL;
+}
+
+static void fake_start(struct fake *f, script_fn script)
+{
+	memset(f, 0, sizeof(*f));
+	f->fd = -1;
+	f->script = script;
+	f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(f->lfd >= 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+	assert_int_equal(bind(f->lfd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	socklen_t sl = sizeof(sin);
+	getsockname(f->lfd, (struct sockaddr *)&sin, &sl);
+	f->port = ntohs(sin.sin_port);
+	snprintf(f->addr, sizeof(f->addr), "127.0.0.1:%d", f->port);
+	assert_int_equal(listen(f->lfd, 16), 0);
+	assert_int_equal(pthread_create(&f->tid, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(struct fake *f)
+{
+	pthread_join(f->tid, NULL);
+	close(f->lfd);
+}
+
+static dnet_client *client_for(const struct fake *f, int timeout_ms)
+{
+	dnet_client *c;
+	assert_int_equal(dnet_client_new(&c), 0);
+	assert_int_equal(dnet_client_add_remote(c, f->addr), 0);
+	dnet_client_set_timeout(c, timeout_ms);
+	return c;
+}
+
+static uint8_t object[1 << 20];
+
+static void fill_object(void)
+{
+	uint64_t s = 88172645463325252ull;
+	for (size_t i = 0; i < sizeof(object); i++) {
+		s ^= s << 13;
+		s ^= s >> 7;
+		s ^= s << 17;
+		object[i] = (uint8_t)s;
+	}
+}
+
+/* --- malformed replies --------------------------------------------------- */
+
+static int bad_kind;
+
+static void script_bad_reply(struct fake *f)
+{
+	struct msg m = {0};
+	fake_accept(f);
+	if (fake_recv(f, &m))
+		return;
+	uint8_t junk[64] = {0};
+	switch (bad_kind) {
+	case 0: /* bad magic */
+		fake_send_hdr(f, &m, 0, 48, 0x12345678, m.h.trans);
+		break;
+	case 1: /* unknown transaction */
+		fake_send_hdr(f, &m, 0, 48, DNET_MAGIC, m.h.trans ^ 0x5555);
+		break;
+	case 2: /* oversized non-READ reply */
+		fake_send_hdr(f, &m, 0, 64u << 20, DNET_MAGIC, m.h.trans);
+		break;
+	case 3: /* positive status */
+		fake_send_hdr(f, &m, 5, 0, DNET_MAGIC, m.h.trans);
+		break;
+	}
+	dnet_write_full(f->fd, junk, sizeof(junk));
+	/* The client must close: wait for EOF. */
+	while (read(f->fd, junk, sizeof(junk)) > 0)
+		;
+	free(m.payload);
+}
+
+static void test_malformed_replies(void **state)
+{
+	(void)state;
+	for (bad_kind = 0; bad_kind < 4; bad_kind++) {
+		struct fake f;
+		fake_start(&f, script_bad_reply);
+		dnet_client *c = client_for(&f, 5000);
+		struct dnet_object_info info;
+		assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_EPROTO);
+		dnet_client_free(c);
+		fake_stop(&f);
+	}
+}
+
+static int read_bad_kind;
+
+static void script_bad_read(struct fake *f)
+{
+	struct msg m = {0};
+	fake_accept(f);
+	if (fake_recv(f, &m))
+		return;
+	struct dnet_io_attr a;
+	dnet_io_attr_decode(m.payload, m.h.size, &a);
+	if (read_bad_kind == 0) {
+		/* io.size disagrees with the payload size */
+		uint8_t io[DNET_IO_ATTR_SIZE];
+		struct dnet_io_attr r = {.size = 100, .total_size = 100};
+		dnet_io_attr_encode(io, &r);
+		fake_send_hdr(f, &m, 0, DNET_IO_ATTR_SIZE + 50, DNET_MAGIC, m.h.trans);
+		dnet_write_full(f->fd, io, sizeof(io));
+		dnet_write_full(f->fd, object, 50);
+	} else if (read_bad_kind == 1) {
+		/* more than asked for */
+		fake_read_reply(f, &m, object, sizeof(object), 0, a.size + 10, a.size + 10);
+	} else {
+		/* READ reply shorter than an io_attr */
+		fake_send_hdr(f, &m, 0, 10, DNET_MAGIC, m.h.trans);
+		dnet_write_full(f->fd, object, 10);
+	}
+	uint8_t junk[64];
+	while (read(f->fd, junk, sizeof(junk)) > 0)
+		;
+	free(m.payload);
+}
+
+static void test_malformed_read_replies(void **state)
+{
+	(void)state;
+	for (read_bad_kind = 0; read_bad_kind < 3; read_bad_kind++) {
+		struct fake f;
+		fake_start(&f, script_bad_read);
+		dnet_client *c = client_for(&f, 5000);
+		void *data = NULL;
+		size_t len = 0;
+		assert_int_equal(dnet_read(c, "k", 1, 0, 100, &data, &len, NULL), DNET_EPROTO);
+		assert_null(data);
+		dnet_client_free(c);
+		fake_stop(&f);
+	}
+}
+
+/* --- out of order -------------------------------------------------------- */
+
+static void script_reverse(struct fake *f)
+{
+	struct msg m[3];
+	memset(m, 0, sizeof(m));
+	fake_accept(f);
+	for (int i = 0; i < 3; i++)
+		if (fake_recv(f, &m[i]))
+			return;
+	for (int i = 2; i >= 0; i--) {
+		struct dnet_io_attr a;
+		dnet_io_attr_decode(m[i].payload, m[i].h.size, &a);
+		fake_read_reply(f, &m[i], object, sizeof(object), a.offset, a.size, a.size);
+	}
+	struct msg x = {0};
+	fake_recv(f, &x); /* until the client closes */
+	for (int i = 0; i < 3; i++)
+		free(m[i].payload);
+}
+
+struct got {
+	int calls, status;
+	uint64_t off;
+	size_t len;
+	int same;
+};
+
+static void on_read(void *arg, int status, const void *data, size_t len,
+		    const struct dnet_object_info *info)
+{
+	struct got *g = arg;
+	g->calls++;
+	g->status = status;
+	g->len = len;
+	g->same = data && !memcmp(data, object + g->off, len);
+}
+
+static void test_out_of_order(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start(&f, script_reverse);
+	dnet_client *c = client_for(&f, 5000);
+	uint8_t id[64];
+	struct got g[3] = {{.off = 0}, {.off = 1000}, {.off = 300000}};
+	size_t lens[3] = {10, 200000, 5};
+	for (int i = 0; i < 3; i++) {
+		dnet_key_to_id(&i, sizeof(i), id);
+		assert_int_equal(dnet_submit_read_id(c, id, g[i].off, lens[i], on_read, &g[i]), 0);
+	}
+	assert_int_equal(dnet_inflight(c), 3);
+	while (dnet_inflight(c))
+		assert_true(dnet_poll(c, -1) >= 0);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(g[i].calls, 1);
+		assert_int_equal(g[i].status, 0);
+		assert_int_equal(g[i].len, lens[i]);
+		assert_true(g[i].same);
+	}
+	dnet_client_free(c);
+	fake_stop(&f);
+}
+
+/* --- timeouts ------------------------------------------------------------ */
+
+static void script_silent(struct fake *f)
+{
+	struct msg m = {0};
+	fake_accept(f);
+	fake_recv(f, &m);
+	uint8_t junk[64];
+	while (read(f->fd, junk, sizeof(junk)) > 0)
+		;
+	free(m.payload);
+}
+
+static void test_timeout(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start(&f, script_silent);
+	dnet_client *c = client_for(&f, 300);
+	uint64_t t = dnet_now_mono_ns();
+	struct dnet_object_info info;
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_ETIMEDOUT);
+	uint64_t ms = (dnet_now_mono_ns() - t) / 1000000;
+	assert_true(ms >= 250 && ms < 2000);
+	dnet_client_free(c);
+	fake_stop(&f);
+}
+
+/* --- a broken READ is resumed on a new connection ------------------------ */
+
+static void script_cut_read(struct fake *f)
+{
+	struct msg m = {0};
+	struct dnet_io_attr a;
+	fake_accept(f);
+	if (fake_recv(f, &m))
+		return;
+	dnet_io_attr_decode(m.payload, m.h.size, &a);
+	/* claim the whole object, send 300000 bytes, hang up */
+	fake_read_reply(f, &m, object, sizeof(object), 0, 300000, sizeof(object));
+	fake_accept(f);
+	if (fake_recv(f, &m))
+		return;
+	dnet_io_attr_decode(m.payload, m.h.size, &a);
+	if (a.offset != 300000 || a.size != 0)
+		f->failures++;
+	fake_read_reply(f, &m, object, sizeof(object), a.offset, sizeof(object) - a.offset,
+			sizeof(object) - a.offset);
+	fake_recv(f, &m);
+	free(m.payload);
+}
+
+struct sinkbuf {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+static int to_buf(void *arg, const void *data, size_t len)
+{
+	struct sinkbuf *s = arg;
+	if (s->len + len > s->cap)
+		return DNET_ETOOBIG;
+	memcpy(s->p + s->len, data, len);
+	s->len += len;
+	return 0;
+}
+
+static void test_read_resumes(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start(&f, script_cut_read);
+	dnet_client *c = client_for(&f, 5000);
+	struct sinkbuf s = {.p = malloc(sizeof(object)), .cap = sizeof(object)};
+	struct dnet_object_info info;
+	assert_int_equal(dnet_read_stream(c, "k", 1, 0, 0, to_buf, &s, &info), 0);
+	assert_int_equal(s.len, sizeof(object));
+	assert_memory_equal(s.p, object, sizeof(object));
+	assert_int_equal(info.size, sizeof(object));
+	dnet_client_free(c);
+	fake_stop(&f);
+	assert_int_equal(f.failures, 0);
+	free(s.p);
+}
+
+static void script_full_read(struct fake *f)
+{
+	struct msg m = {0};
+	fake_accept(f);
+	if (fake_recv(f, &m))
+		return;
+	fake_read_reply(f, &m, object, sizeof(object), 0, sizeof(object), sizeof(object));
+	fake_recv(f, &m);
+	free(m.payload);
+}
+
+/* A sink's error aborts the read and is what the caller gets. */
+static void test_sink_abort(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start(&f, script_full_read);
+	dnet_client *c = client_for(&f, 5000);
+	struct sinkbuf s = {.p = malloc(1000), .cap = 1000};
+	assert_int_equal(dnet_read_stream(c, "k", 1, 0, 0, to_buf, &s, NULL), DNET_ETOOBIG);
+	dnet_client_free(c);
+	fake_stop(&f);
+	free(s.p);
+}
+
+/* --- early error reply to a write; reconnect; failover ------------------- */
+
+static void script_early_error(struct fake *f)
+{
+	uint8_t hb[DNET_HDR_SIZE];
+	struct msg m = {0};
+	fake_accept(f);
+	if (dnet_read_full(f->fd, hb, sizeof(hb)))
+		return;
+	dnet_hdr_decode(hb, sizeof(hb), &m.h);
+	/* refuse before reading the payload, then drain it */
+	fake_reply(f, &m, DNET_ENOSPC, NULL, 0);
+	uint8_t *sink = malloc(m.h.size);
+	dnet_read_full(f->fd, sink, m.h.size);
+	free(sink);
+	/* next request on the same connection still works */
+	if (fake_recv(f, &m))
+		return;
+	uint8_t oi[DNET_OBJ_INFO_SIZE];
+	struct dnet_obj_info o = {.size = 7, .timestamp = 9};
+	dnet_obj_info_encode(oi, &o);
+	fake_reply(f, &m, 0, oi, sizeof(oi));
+	/* the peer closes the idle connection ... */
+	close(f->fd);
+	f->fd = -1;
+	/* ... and the client comes back on a new one */
+	fake_accept(f);
+	if (fake_recv(f, &m))
+		return;
+	fake_reply(f, &m, 0, oi, sizeof(oi));
+	fake_recv(f, &m);
+	free(m.payload);
+}
+
+static void test_early_error_and_reconnect(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start(&f, script_early_error);
+	dnet_client *c = client_for(&f, 5000);
+	struct dnet_object_info info;
+	assert_int_equal(dnet_write(c, "k", 1, object, 500000, &info), DNET_ENOSPC);
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), 0);
+	assert_int_equal(info.size, 7);
+	usleep(1200 * 1000); /* idle long enough to be probed before reuse */
+	assert_int_equal(dnet_write(c, "k", 1, object, 7, &info), 0);
+	assert_int_equal(info.size, 7);
+	dnet_client_free(c);
+	fake_stop(&f);
+}
+
+static void script_ping(struct fake *f)
+{
+	struct msg m = {0};
+	fake_accept(f);
+	if (fake_recv(f, &m))
+		return;
+	fake_reply(f, &m, 0, NULL, 0);
+	fake_recv(f, &m);
+	free(m.payload);
+}
+
+static void test_failover(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start(&f, script_ping);
+	/* a port nobody listens on (bound, not listening) comes first */
+	int dead = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+	bind(dead, (struct sockaddr *)&sin, sizeof(sin));
+	socklen_t sl = sizeof(sin);
+	getsockname(dead, (struct sockaddr *)&sin, &sl);
+	char daddr[64];
+	snprintf(daddr, sizeof(daddr), "127.0.0.1:%d", ntohs(sin.sin_port));
+	dnet_client *c;
+	assert_int_equal(dnet_client_new(&c), 0);
+	assert_int_equal(dnet_client_add_remote(c, daddr), 0);
+	assert_int_equal(dnet_client_add_remote(c, f.addr), 0);
+	char node[64];
+	assert_int_equal(dnet_ping(c, node), 0);
+	assert_string_equal(node, f.addr);
+	dnet_client_free(c);
+	fake_stop(&f);
+	close(dead);
+
+	assert_int_equal(dnet_client_new(&c), 0);
+	assert_int_equal(dnet_client_add_remote(c, "not a host:x"), DNET_EADDR);
+	assert_int_equal(dnet_ping(c, node), DNET_ENOTCONN);
+	dnet_client_free(c);
+}
+
+int main(void)
+{
+	fill_object();
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_malformed_replies),
+		cmocka_unit_test(test_malformed_read_replies),
+		cmocka_unit_test(test_out_of_order),
+		cmocka_unit_test(test_timeout),
+		cmocka_unit_test(test_read_resumes),
+		cmocka_unit_test(test_sink_abort),
+		cmocka_unit_test(test_early_error_and_reconnect),
+		cmocka_unit_test(test_failover),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
