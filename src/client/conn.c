@@ -492,6 +492,8 @@ static void req_sent(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r)
 	conn->out_head = r->out_next;
 	if (!conn->out_head)
 		conn->out_tail = NULL;
+	else /* its clock starts when it can move */
+		conn->out_head->deadline = dnet_now_mono_ns() + timeout_ns(c);
 	r->out_next = NULL;
 	r->flags &= ~(uint32_t)DNET_REQ_QUEUED;
 	r->flags |= DNET_REQ_SENT;
@@ -548,7 +550,8 @@ static int conn_flush(dnet_client *c, struct dnet_conn *conn)
 				return DNET_EIO;
 			r->file_off += (uint64_t)s;
 			r->out_done += (uint64_t)s;
-			r->deadline = dnet_now_mono_ns() + timeout_ns(c);
+			conn->last_active = dnet_now_mono_ns();
+			r->deadline = conn->last_active + timeout_ns(c);
 			if (r->out_done == r->olen + r->data_len)
 				req_sent(c, conn, r);
 			continue;
@@ -585,6 +588,7 @@ static int conn_flush(dnet_client *c, struct dnet_conn *conn)
 		}
 		uint64_t left = (uint64_t)s;
 		uint64_t now = dnet_now_mono_ns();
+		conn->last_active = now;
 		while (left && conn->out_head) {
 			r = conn->out_head;
 			uint64_t total = r->olen + r->data_len;
@@ -906,10 +910,21 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 
 /* --- the loop ------------------------------------------------------------ */
 
+/* A connection in the middle of moving a big message (a GiB READ reply, a chunk
+ * going out by sendfile) delays the replies queued behind it: while it keeps making
+ * progress, its requests are not expired. */
+static int conn_busy(const dnet_client *c, const struct dnet_conn *conn, uint64_t now)
+{
+	int mid = conn->in_req || (conn->out_head && conn->out_head->out_done);
+	return mid && now - conn->last_active < timeout_ns(c);
+}
+
 static void expire(dnet_client *c, uint64_t now)
 {
 	for (int i = 0; i < c->nconns; i++) {
 		struct dnet_conn *conn = &c->conns[i];
+		if (conn_busy(c, conn, now))
+			continue;
 		for (struct dnet_req *r = conn->reqs; r; r = r->next)
 			if (r->deadline <= now) {
 				conn_drop2(c, conn, DNET_ECONNRESET, r);
@@ -917,9 +932,16 @@ static void expire(dnet_client *c, uint64_t now)
 			}
 	}
 	c->next_deadline = 0;
-	for (int i = 0; i < c->nconns; i++)
-		for (struct dnet_req *r = c->conns[i].reqs; r; r = r->next)
-			deadline_note(c, r->deadline);
+	for (int i = 0; i < c->nconns; i++) {
+		struct dnet_conn *conn = &c->conns[i];
+		int busy = conn_busy(c, conn, now);
+		for (struct dnet_req *r = conn->reqs; r; r = r->next) {
+			uint64_t d = r->deadline;
+			if (busy && d <= now)
+				d = conn->last_active + timeout_ns(c);
+			deadline_note(c, d);
+		}
+	}
 }
 
 int dnet__loop_once(dnet_client *c, int timeout_ms)
