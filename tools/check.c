@@ -110,8 +110,8 @@ static char *make_key(const char *prefix, size_t idx, size_t *klen)
 		"with spaces %zu",
 		"a/b/c/slashes/%zu",
 		"../../etc/passwd-%zu",
-		"unicode-\xd0\xbf\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82-\xe6\x97\xa5\xe6\x9c\xac-"
-		"\xf0\x9f\x93\xa6-%zu",
+		("unicode-\xd0\xbf\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82-\xe6\x97\xa5\xe6\x9c\xac-"
+		 "\xf0\x9f\x93\xa6-%zu"),
 		"quote\"back\\slash'%zu",
 		"tab\tnewline\ncr\r%zu",
 		"%%percent%%s%%n-%zu",
