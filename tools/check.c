@@ -162,6 +162,8 @@ struct check_state {
 	int json;
 	size_t bad;
 	const struct item **bad_items; /* for --json */
+	const struct cli *g;
+	dnet_client *c;
 };
 
 static void bad(struct check_state *st, const struct item *it, const char *fmt, ...)
@@ -175,8 +177,8 @@ static void bad(struct check_state *st, const struct item *it, const char *fmt, 
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	char *k = cli_escape(it->key, it->klen);
-	fprintf(stderr, "%selliptics: check %s (size %llu): %s\n", isatty(2) ? "\r" : "", k,
-		(unsigned long long)it->size, msg);
+	fprintf(stderr, "%selliptics: check %s (size %llu): %s (%s)\n", isatty(2) ? "\r" : "", k,
+		(unsigned long long)it->size, msg, cli_node(st->g, st->c));
 	free(k);
 	const struct item **nb = realloc(st->bad_items, (st->bad + 1) * sizeof(*nb));
 	if (nb) {
@@ -385,6 +387,8 @@ int cmd_check(const struct cli *g, int argc, char **argv)
 	dnet_client *c;
 	if (cli_client(g, &c))
 		return CLI_EXIT_FAIL;
+	st.g = g;
+	st.c = c;
 	int tty = isatty(2);
 	uint64_t t0 = dnet_now_mono_ns(), bytes = 0;
 	size_t good = 0, deleted = 0;
