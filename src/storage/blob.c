@@ -1,0 +1,2652 @@
+/* blob.c - the "blob" storage engine: objects appended to large blob files, a
+ * compact in-memory index (16-byte ID prefix + packed location), per-blob index
+ * files so a restart reads indexes instead of data, group commit, and compaction.
+ * docs/storage-blob.md is the prose version of everything below.
+ *
+ * ON-DISK LAYOUT (under cfg->path; all integers little-endian)
+ *   LOCK                 flock()ed while open: one process per directory
+ *   blob-NNNNNN.data     blob files, appended to in number order
+ *   blob-NNNNNN.index    index of a blob, written when it is sealed (and, as a
+ *                        checkpoint, for the active blob at close)
+ *   *.tmp, *.compact     unfinished index/compaction output: removed at open
+ *
+ * BLOB FILE: a 64-byte file header, then records.
+ *    0 u32 magic "DBLF"   4 u16 version 1   6 u16 header size 64
+ *    8 u32 blob number   12 u32 0           16 u64 generation (+1 per compaction)
+ *   24 u64 created (ns)  32..55 zero        56 u64 XXH3-64 of [0, 56)
+ *
+ * RECORD: a 128-byte header, the data, then padding to 8 bytes. A record starts at
+ * an 8-byte boundary; chunked uploads start at a 4 KiB boundary (so the header,
+ * rewritten in place at COMMIT, lies inside one disk sector and that rewrite is
+ * atomic). The gap before such a record is zeros (never written).
+ *    0 u32 magic "DBRC"    4 u16 version 1   6 u16 flags (1 tombstone, 2 uncommitted)
+ *    8 u64 data size      16 u64 reserved (bytes after the header that belong to the
+ *                                          record; = size except for uploads)
+ *   24 u64 timestamp (ns) 32 u64 version (0)  40 u8 csum[16] XXH3-128 of the data
+ *   56 u8  id[64]        120 u64 XXH3-64 of header bytes [0, 120)
+ *   record length = align8(128 + reserved)
+ *
+ * INDEX FILE: 64-byte header, then 32-byte entries sorted by (prefix, offset).
+ *    0 u32 magic "DBIX"    4 u16 version 1   8 u32 blob number  16 u64 generation
+ *   24 u64 covered: the index describes blob bytes [0, covered); a longer blob has
+ *          a tail to scan (a checkpointed active blob that was appended to later)
+ *   32 u64 entry count    40 u64 XXH3-64 of all entries   56 u64 XXH3-64 of [0, 56)
+ *   entry: 0 u8 id prefix[16]  16 u64 offset | 1 (tombstone)  24 u64 data size
+ *   Entries: every tombstone of the blob and every live record that was current
+ *   (not overwritten or deleted) when the index was written.
+ *
+ * CRASH SAFETY (the argument in full is in docs/storage-blob.md)
+ *   - Small records (<= 64 KiB) are written whole, and every record header is
+ *     written, under the append lock, so headers reach the file in offset order:
+ *     any fdatasync that acknowledges a record also makes every earlier header
+ *     durable. A large record's data is written after its header, outside the lock;
+ *     if a crash tears it, its data checksum fails and the scan skips it.
+ *   - Restart loads index files, then scans what they do not cover: every header is
+ *     validated (magic, checksum, bounds) and every live record's data checksum
+ *     verified. A bad-data record is skipped (the older version stays visible); the
+ *     first invalid header ends the scan and the tail after the last good record is
+ *     truncated. Acknowledged records are before any torn part, so none is lost.
+ *   - Deletes append tombstones: a restart cannot resurrect a deleted object.
+ *   - Compaction writes a complete new file (generation + 1), syncs it and its index,
+ *     then renames both over the old names; an index whose generation differs from
+ *     its blob's is ignored (the blob is scanned), so any crash point is safe.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <xxhash.h>
+
+#include "../common/errors.h"
+#include "../common/log.h"
+#include "../common/util.h"
+#include "backend.h"
+#include "blob.h"
+
+#define BL_ENGINE_MAGIC 0x424c4f42u /* marks a blob engine handle for blob.h calls */
+#define BL_MAGIC_OBJ 0x43524244u    /* "DBRC" */
+#define BL_MAGIC_BLOB 0x464c4244u   /* "DBLF" */
+#define BL_MAGIC_IDX 0x58494244u    /* "DBIX" */
+#define BL_VERSION 1
+#define BL_RHDR 128u
+#define BL_BHDR 64u
+#define BL_IHDR 64u
+#define BL_IENT 32u
+#define BL_F_TOMB 0x1u
+#define BL_F_UNCOMMITTED 0x2u
+#define BL_F_KNOWN 0x3u
+#define BL_MAX_OBJECT (1ull << 44) /* 16 TiB: offset sums stay far from overflow */
+#define BL_MAX_OFFSET (1ull << 51) /* 48 bits of 8-byte units in a location */
+/* Records up to this size are written in one pwritev under the append lock, and
+ * returned from reads in a buffer (the verification already read them). */
+#define BL_SMALL 65536u
+#define BL_PREFIX 16
+#define BL_SHARDS 1024u
+#define BL_MAX_SLOTS 65536u /* slot 0 unused: loc 0 marks an empty table cell */
+#define BL_IO_CHUNK (1u << 20)
+#define BL_SCAN_BUF (4u << 20)
+#define BL_PREALLOC (64ull << 20)
+#define BL_UPLOAD_ALIGN 4096u
+#define BL_READ_FIRST 4096u /* first pread of a read: header + small data in one go */
+#define BL_UPDATE_MAX (256ull << 20) /* offset updates rebuild the object in memory */
+#define BL_UPLOAD_BUCKETS 64u
+#define BL_NAME_MAX 64
+
+/* ---- small helpers -------------------------------------------------------------- */
+
+static uint64_t align_up(uint64_t v, uint64_t a)
+{
+	return (v + a - 1) & ~(a - 1);
+}
+
+static uint64_t rec_len(uint64_t reserved)
+{
+	return align_up(BL_RHDR + reserved, 8);
+}
+
+static int bl_errno(void)
+{
+	return dnet_from_errno(errno);
+}
+
+/* Whole-buffer positional IO, retrying EINTR and short transfers. pread returns the
+ * bytes read (short only at end of file) or a negative DNET_E* code. */
+static int64_t bl_pread(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t r = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return bl_errno();
+		}
+		if (r == 0)
+			break;
+		done += (size_t)r;
+	}
+	return (int64_t)done;
+}
+
+static int bl_pwritev(int fd, struct iovec *iov, int cnt, uint64_t off)
+{
+	while (cnt > 0) {
+		ssize_t w = pwritev(fd, iov, cnt, (off_t)off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return bl_errno();
+		}
+		if (w == 0)
+			return DNET_EIO;
+		off += (uint64_t)w;
+		size_t left = (size_t)w;
+		while (cnt > 0 && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt > 0) {
+			iov->iov_base = (uint8_t *)iov->iov_base + left;
+			iov->iov_len -= left;
+		}
+	}
+	return 0;
+}
+
+static int bl_pwrite(int fd, const void *buf, size_t len, uint64_t off)
+{
+	struct iovec iov = {(void *)buf, len};
+	return len ? bl_pwritev(fd, &iov, 1, off) : 0;
+}
+
+static int bl_fdatasync(int fd)
+{
+	while (fdatasync(fd) < 0) {
+		if (errno != EINTR)
+			return bl_errno();
+	}
+	return 0;
+}
+
+/* ---- record header -------------------------------------------------------------- */
+
+struct bl_hdr {
+	uint32_t flags;
+	uint64_t size;
+	uint64_t reserved;
+	uint64_t timestamp;
+	uint64_t version;
+	uint8_t csum[16];
+	uint8_t id[DNET_ID_SIZE];
+};
+
+static void hdr_encode(uint8_t p[BL_RHDR], const struct bl_hdr *h)
+{
+	memset(p, 0, BL_RHDR);
+	dnet_put_u32(p, BL_MAGIC_OBJ);
+	dnet_put_u16(p + 4, BL_VERSION);
+	dnet_put_u16(p + 6, (uint16_t)h->flags);
+	dnet_put_u64(p + 8, h->size);
+	dnet_put_u64(p + 16, h->reserved);
+	dnet_put_u64(p + 24, h->timestamp);
+	dnet_put_u64(p + 32, h->version);
+	memcpy(p + 40, h->csum, 16);
+	memcpy(p + 56, h->id, DNET_ID_SIZE);
+	dnet_put_u64(p + 120, XXH3_64bits(p, 120));
+}
+
+/* Every field is checked before anyone uses it: a corrupt header can never make us
+ * allocate or read more than BL_MAX_OBJECT (and callers bound by file size too). */
+static int hdr_decode(const uint8_t p[BL_RHDR], struct bl_hdr *h)
+{
+	if (dnet_get_u32(p) != BL_MAGIC_OBJ || dnet_get_u16(p + 4) != BL_VERSION ||
+	    dnet_get_u64(p + 120) != XXH3_64bits(p, 120))
+		return -1;
+	h->flags = dnet_get_u16(p + 6);
+	h->size = dnet_get_u64(p + 8);
+	h->reserved = dnet_get_u64(p + 16);
+	h->timestamp = dnet_get_u64(p + 24);
+	h->version = dnet_get_u64(p + 32);
+	memcpy(h->csum, p + 40, 16);
+	memcpy(h->id, p + 56, DNET_ID_SIZE);
+	if ((h->flags & ~BL_F_KNOWN) || h->size > h->reserved || h->reserved > BL_MAX_OBJECT)
+		return -1;
+	if ((h->flags & BL_F_TOMB) && (h->size || h->reserved || (h->flags & BL_F_UNCOMMITTED)))
+		return -1;
+	return 0;
+}
+
+static void info_from_hdr(struct dnet_obj_info *info, const struct bl_hdr *h)
+{
+	memset(info, 0, sizeof(*info));
+	info->size = h->size;
+	info->timestamp = h->timestamp;
+	info->version = h->version;
+	memcpy(info->csum, h->csum, 16);
+}
+
+/* ---- blobs ---------------------------------------------------------------------- */
+
+/* One entry of a blob's pending index: what its index file will list. */
+struct bl_lrec {
+	uint8_t p[BL_PREFIX];
+	uint64_t off; /* | BL_F_TOMB */
+	uint64_t size;
+};
+
+struct blob {
+	uint32_t num;
+	uint16_t slot;
+	uint64_t gen;
+	int fd;
+	_Atomic uint64_t size;  /* append end; changed under alock */
+	uint64_t prealloc;      /* fallocate()d up to here (alock) */
+	atomic_int ref;         /* the blob list holds one */
+	atomic_int inflight;    /* reserved records not yet published */
+	atomic_int uploads;     /* chunked uploads reserved here, not finished */
+	_Atomic int64_t live;   /* bytes of current records */
+	_Atomic int64_t tomb;   /* bytes of tombstones */
+	atomic_int sealed;      /* has an index file covering all of it; read-only */
+	int retired;            /* replaced by compaction (llock) */
+	int seal_wanted;        /* rotated away, index file still to write (llock) */
+	struct bl_lrec *log;    /* pending index of an unsealed blob (alock) */
+	size_t nlog, caplog;
+	struct blob *next;      /* the list, by number (llock) */
+};
+
+/* ---- in-memory index ------------------------------------------------------------ */
+
+/* 24 bytes per cell: the first 16 ID bytes and a location (slot << 48 | offset / 8).
+ * Open addressing with linear probing, grown by 1.5x at 85% load, so a cell costs
+ * 24 / load bytes per object: 28..42, ~34 on average. The full ID is verified
+ * against the record header on every access, so equal prefixes (collisions) are
+ * simply several cells probed in turn. */
+struct bl_ent {
+	uint8_t p[BL_PREFIX];
+	uint64_t loc;
+};
+
+struct bl_shard {
+	pthread_mutex_t lock;
+	struct bl_ent *t;
+	uint32_t cap, n;
+} __attribute__((aligned(64)));
+
+#define LOC_SLOT(l) ((uint16_t)((l) >> 48))
+#define LOC_OFF(l) (((l) & ((1ull << 48) - 1)) << 3)
+static uint64_t mkloc(uint16_t slot, uint64_t off)
+{
+	return ((uint64_t)slot << 48) | (off >> 3);
+}
+
+/* ---- the engine ----------------------------------------------------------------- */
+
+struct bl_pend {
+	struct bl_pend *next;
+	struct blob *blob;
+	dnet_write_done_fn done;
+	void *arg;
+	struct dnet_obj_info info;
+	int has_info;
+};
+
+struct bl_upload {
+	struct bl_upload *next;
+	uint8_t id[DNET_ID_SIZE];
+	uint64_t cookie;
+	struct blob *blob;
+	uint64_t off, total, hwm, timestamp;
+	int busy;
+	uint64_t active_ns;
+};
+
+struct dnet_backend {
+	uint32_t magic;
+	struct dnet_backend_config cfg;
+	char *path;
+	int dirfd, lockfd;
+	uint64_t blob_limit;
+	double compact_ratio;
+	uint64_t compact_ns;
+	int no_falloc;
+
+	struct bl_shard *sh;
+
+	pthread_mutex_t alock; /* the active blob, appends, logs */
+	struct blob *active;
+
+	pthread_mutex_t llock; /* the blob list and slot table */
+	struct blob *blobs;
+	struct blob **slots;
+	uint32_t slot_hint;
+
+	pthread_mutex_t cmp_lock; /* one compaction at a time */
+
+	pthread_mutex_t clock; /* group commit */
+	pthread_cond_t ccond;
+	struct bl_pend *q, **qtail;
+	uint32_t qn;
+	uint64_t qfirst_ns;
+	int cstop, cthr_on;
+	pthread_t cthr;
+
+	pthread_mutex_t mlock; /* maintenance thread: sealing, sweeps, auto compaction */
+	pthread_cond_t mcond, msealed;
+	int mstop, mthr_on, mkick;
+	pthread_t mthr;
+
+	pthread_mutex_t ulock;
+	struct bl_upload *up[BL_UPLOAD_BUCKETS];
+
+	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt;
+	_Atomic uint64_t compactions, reclaimed;
+	uint64_t open_us, recovered, scanned, torn;
+};
+
+static struct bl_shard *shard_of(struct dnet_backend *b, const uint8_t *p)
+{
+	return &b->sh[(p[0] | ((uint32_t)p[1] << 8)) & (BL_SHARDS - 1)];
+}
+
+static uint32_t ix_home(const struct bl_shard *s, const uint8_t *p)
+{
+	return (uint32_t)(((uint64_t)dnet_get_u32(p + 4) * s->cap) >> 32);
+}
+
+static uint32_t ix_next(const struct bl_shard *s, uint32_t i)
+{
+	return i + 1 == s->cap ? 0 : i + 1;
+}
+
+static int ix_grow(struct bl_shard *s)
+{
+	uint32_t ncap = s->cap < 16 ? 16 : s->cap + s->cap / 2;
+	struct bl_ent *nt = calloc(ncap, sizeof(*nt));
+	if (!nt)
+		return DNET_ENOMEM;
+	struct bl_ent *ot = s->t;
+	uint32_t ocap = s->cap;
+	s->t = nt;
+	s->cap = ncap;
+	for (uint32_t i = 0; i < ocap; i++) {
+		if (!ot[i].loc)
+			continue;
+		uint32_t k = ix_home(s, ot[i].p);
+		while (nt[k].loc)
+			k = ix_next(s, k);
+		nt[k] = ot[i];
+	}
+	free(ot);
+	return 0;
+}
+
+static int ix_insert(struct bl_shard *s, const uint8_t *p, uint64_t loc)
+{
+	if ((uint64_t)(s->n + 1) * 20 > (uint64_t)s->cap * 17 && ix_grow(s) && s->n + 1 >= s->cap)
+		return DNET_ENOMEM;
+	uint32_t i = ix_home(s, p);
+	while (s->t[i].loc)
+		i = ix_next(s, i);
+	memcpy(s->t[i].p, p, BL_PREFIX);
+	s->t[i].loc = loc;
+	s->n++;
+	return 0;
+}
+
+/* Backward-shift deletion: no tombstones in the table, probe chains stay short. */
+static void ix_remove(struct bl_shard *s, uint32_t i)
+{
+	uint32_t j = i;
+	for (;;) {
+		j = ix_next(s, j);
+		if (!s->t[j].loc)
+			break;
+		uint32_t k = ix_home(s, s->t[j].p);
+		/* may the entry at j move to the hole at i? (k cyclically outside (i, j]) */
+		int movable = i <= j ? (k <= i || k > j) : (k <= i && k > j);
+		if (movable) {
+			s->t[i] = s->t[j];
+			i = j;
+		}
+	}
+	s->t[i].loc = 0;
+	s->n--;
+}
+
+static int64_t ix_find_loc(const struct bl_shard *s, const uint8_t *p, uint64_t loc)
+{
+	for (uint32_t i = ix_home(s, p); s->t[i].loc; i = ix_next(s, i))
+		if (s->t[i].loc == loc && memcmp(s->t[i].p, p, BL_PREFIX) == 0)
+			return i;
+	return -1;
+}
+
+static struct blob *slot_blob(struct dnet_backend *b, uint16_t slot)
+{
+	return __atomic_load_n(&b->slots[slot], __ATOMIC_ACQUIRE);
+}
+
+static void blob_get(struct blob *B)
+{
+	atomic_fetch_add(&B->ref, 1);
+}
+
+static void blob_put(struct dnet_backend *b, struct blob *B)
+{
+	if (atomic_fetch_sub(&B->ref, 1) != 1)
+		return;
+	pthread_mutex_lock(&b->llock);
+	__atomic_store_n(&b->slots[B->slot], NULL, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&b->llock);
+	if (B->fd >= 0)
+		close(B->fd);
+	free(B->log);
+	free(B);
+}
+
+static void report_corrupt(struct dnet_backend *b, const uint8_t *id, const struct blob *B,
+			   uint64_t off, const char *what)
+{
+	char hex[2 * 8 + 1];
+	for (int i = 0; i < 8; i++)
+		snprintf(hex + 2 * i, 3, "%02x", id ? id[i] : 0);
+	atomic_fetch_add(&b->corrupt, 1);
+	dnet_log_error("blob backend %s: %s: object %s... in blob %u at offset %llu", b->path,
+		       what, hex, B->num, (unsigned long long)off);
+}
+
+/* Under s->lock: the cell holding the full `id`. Every candidate sharing the prefix
+ * is confirmed by reading its record header (first `want` bytes of the record go to
+ * buf, at least BL_RHDR). Returns 0 (found: *pos, *h, *got), DNET_ENOENT, or
+ * DNET_ECORRUPT when a candidate's header is unreadable and none matched (*pos is
+ * that candidate: with a 16-byte prefix it is ours but for a 2^-128 chance). */
+static int ix_resolve(struct dnet_backend *b, struct bl_shard *s, const uint8_t *id,
+		      uint32_t *pos, uint8_t *buf, size_t want, size_t *got, struct bl_hdr *h)
+{
+	int corrupt = 0, ioerr = 0;
+	uint32_t cpos = 0;
+	for (uint32_t i = ix_home(s, id); s->t[i].loc; i = ix_next(s, i)) {
+		if (memcmp(s->t[i].p, id, BL_PREFIX) != 0)
+			continue;
+		struct blob *B = slot_blob(b, LOC_SLOT(s->t[i].loc));
+		uint64_t off = LOC_OFF(s->t[i].loc);
+		int64_t r = bl_pread(B->fd, buf, want, off);
+		if (r < 0) {
+			ioerr = (int)r;
+			continue;
+		}
+		if (r < BL_RHDR || hdr_decode(buf, h) != 0) {
+			if (!corrupt)
+				report_corrupt(b, id, B, off, "bad record header");
+			corrupt = 1;
+			cpos = i;
+			continue;
+		}
+		if (memcmp(h->id, id, DNET_ID_SIZE) == 0) {
+			*pos = i;
+			*got = (size_t)r;
+			return 0;
+		}
+	}
+	if (corrupt) {
+		*pos = cpos;
+		return DNET_ECORRUPT;
+	}
+	return ioerr ? ioerr : DNET_ENOENT;
+}
+
+/* ---- blob files ----------------------------------------------------------------- */
+
+static void blob_name(char *out, uint32_t num, const char *suffix)
+{
+	snprintf(out, BL_NAME_MAX, "blob-%06u.%s", num, suffix);
+}
+
+static int fsync_dir(struct dnet_backend *b)
+{
+	while (fsync(b->dirfd) < 0) {
+		if (errno != EINTR)
+			return bl_errno();
+	}
+	return 0;
+}
+
+static void bhdr_encode(uint8_t p[BL_BHDR], uint32_t num, uint64_t gen)
+{
+	memset(p, 0, BL_BHDR);
+	dnet_put_u32(p, BL_MAGIC_BLOB);
+	dnet_put_u16(p + 4, BL_VERSION);
+	dnet_put_u16(p + 6, BL_BHDR);
+	dnet_put_u32(p + 8, num);
+	dnet_put_u64(p + 16, gen);
+	dnet_put_u64(p + 24, dnet_now_real_ns());
+	dnet_put_u64(p + 56, XXH3_64bits(p, 56));
+}
+
+static struct blob *blob_alloc(uint32_t num, uint64_t gen, int fd, uint64_t size)
+{
+	struct blob *B = calloc(1, sizeof(*B));
+	if (!B)
+		return NULL;
+	B->num = num;
+	B->gen = gen;
+	B->fd = fd;
+	atomic_store(&B->size, size);
+	B->prealloc = size;
+	atomic_store(&B->ref, 1);
+	return B;
+}
+
+/* Gives B a slot and puts it in the list in number order (replacing `old` when
+ * given, for compaction). Takes llock. */
+static int blob_register(struct dnet_backend *b, struct blob *B, struct blob *old)
+{
+	pthread_mutex_lock(&b->llock);
+	uint32_t s = b->slot_hint;
+	for (uint32_t n = 0; n < BL_MAX_SLOTS; n++, s++) {
+		if (s == 0 || s >= BL_MAX_SLOTS)
+			s = 1;
+		if (!b->slots[s])
+			break;
+	}
+	if (s >= BL_MAX_SLOTS || b->slots[s]) {
+		pthread_mutex_unlock(&b->llock);
+		return DNET_EBUSY;
+	}
+	B->slot = (uint16_t)s;
+	b->slot_hint = s + 1;
+	__atomic_store_n(&b->slots[s], B, __ATOMIC_RELEASE);
+	struct blob **pp = &b->blobs;
+	if (old) {
+		while (*pp != old)
+			pp = &(*pp)->next;
+		B->next = old->next;
+		old->next = NULL;
+		old->retired = 1;
+		*pp = B;
+	} else {
+		while (*pp && (*pp)->num < B->num)
+			pp = &(*pp)->next;
+		B->next = *pp;
+		*pp = B;
+	}
+	pthread_mutex_unlock(&b->llock);
+	return 0;
+}
+
+/* Creates blob `num` (header written and, unless fsync=never, durable with its
+ * directory entry) and registers it. */
+static int blob_create(struct dnet_backend *b, uint32_t num, struct blob **out)
+{
+	char name[BL_NAME_MAX];
+	uint8_t hb[BL_BHDR];
+	blob_name(name, num, "data");
+	int fd = openat(b->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		int err = bl_errno();
+		dnet_log_error("blob backend %s: cannot create %s: %s", b->path, name,
+			       strerror(errno));
+		return err;
+	}
+	bhdr_encode(hb, num, 0);
+	int err = bl_pwrite(fd, hb, BL_BHDR, 0);
+	if (!err && b->cfg.fsync != DNET_FSYNC_NEVER && !(err = bl_fdatasync(fd)))
+		err = fsync_dir(b);
+	struct blob *B = err ? NULL : blob_alloc(num, 0, fd, BL_BHDR);
+	if (!err && !B)
+		err = DNET_ENOMEM;
+	if (!err && (err = blob_register(b, B, NULL))) {
+		free(B);
+		B = NULL;
+	}
+	if (err) {
+		close(fd);
+		unlinkat(b->dirfd, name, 0);
+		return err;
+	}
+	*out = B;
+	return 0;
+}
+
+static void maint_kick(struct dnet_backend *b)
+{
+	pthread_mutex_lock(&b->mlock);
+	b->mkick = 1;
+	pthread_cond_signal(&b->mcond);
+	pthread_mutex_unlock(&b->mlock);
+}
+
+/* Under alock: starts a new active blob; the old one waits to be sealed. */
+static int rotate_locked(struct dnet_backend *b)
+{
+	struct blob *nb, *old = b->active;
+	int err = blob_create(b, old->num + 1, &nb);
+	if (err)
+		return err;
+	b->active = nb;
+	pthread_mutex_lock(&b->llock);
+	old->seal_wanted = 1;
+	pthread_mutex_unlock(&b->llock);
+	maint_kick(b);
+	return 0;
+}
+
+/* Under alock: makes sure [.., end) of B is allocated, so writes there cannot hit
+ * ENOSPC. Allocates 64 MiB ahead, or exactly what is needed when the disk is nearly
+ * full. Filesystems without fallocate() are written optimistically. */
+static int prealloc_locked(struct dnet_backend *b, struct blob *B, uint64_t end)
+{
+	if (end <= B->prealloc || b->no_falloc)
+		return 0;
+	uint64_t want = end + BL_PREALLOC;
+	for (int exact = 0; exact < 2; exact++, want = end) {
+		if (fallocate(B->fd, FALLOC_FL_KEEP_SIZE, (off_t)B->prealloc,
+			      (off_t)(want - B->prealloc)) == 0) {
+			B->prealloc = want;
+			return 0;
+		}
+		if (errno == EOPNOTSUPP || errno == ENOSYS) {
+			b->no_falloc = 1;
+			return 0;
+		}
+		if (errno != ENOSPC && errno != EINTR)
+			return bl_errno();
+	}
+	return DNET_ENOSPC;
+}
+
+/* Under alock. */
+static int log_push(struct blob *B, const uint8_t *id, uint64_t off, uint64_t size, int tomb)
+{
+	if (B->nlog == B->caplog) {
+		size_t ncap = B->caplog ? B->caplog * 2 : 1024;
+		struct bl_lrec *n = realloc(B->log, ncap * sizeof(*n));
+		if (!n)
+			return DNET_ENOMEM;
+		B->log = n;
+		B->caplog = ncap;
+	}
+	struct bl_lrec *r = &B->log[B->nlog++];
+	memcpy(r->p, id, BL_PREFIX);
+	r->off = off | (tomb ? BL_F_TOMB : 0);
+	r->size = size;
+	return 0;
+}
+
+/* Reserves a record with `reserved` bytes after its header at the end of the active
+ * blob (start aligned to `align`), and writes the header `hb` plus `inl_len` bytes of
+ * inline data there, all under the append lock. Returns the blob with a reference,
+ * its inflight count raised (and its upload count, for uploads). */
+static int append(struct dnet_backend *b, const uint8_t *hb, const void *inl, size_t inl_len,
+		  uint64_t reserved, uint32_t align, int upload, struct blob **out, uint64_t *offp)
+{
+	int err;
+	pthread_mutex_lock(&b->alock);
+	struct blob *B = b->active;
+	if (atomic_load(&B->size) >= b->blob_limit && (err = rotate_locked(b))) {
+		pthread_mutex_unlock(&b->alock);
+		return err;
+	}
+	B = b->active;
+	uint64_t off = align_up(atomic_load(&B->size), align);
+	uint64_t end = off + BL_RHDR + reserved;
+	if (end > BL_MAX_OFFSET) {
+		pthread_mutex_unlock(&b->alock);
+		return DNET_ETOOBIG;
+	}
+	if ((err = prealloc_locked(b, B, end))) {
+		pthread_mutex_unlock(&b->alock);
+		return err;
+	}
+	struct iovec iov[2] = {{(void *)hb, BL_RHDR}, {(void *)inl, inl_len}};
+	if ((err = bl_pwritev(B->fd, iov, inl_len ? 2 : 1, off))) {
+		/* nothing after us yet: the next record simply overwrites this spot */
+		pthread_mutex_unlock(&b->alock);
+		return err;
+	}
+	atomic_store(&B->size, end);
+	atomic_fetch_add(&B->inflight, 1);
+	if (upload)
+		atomic_fetch_add(&B->uploads, 1);
+	blob_get(B);
+	pthread_mutex_unlock(&b->alock);
+	*out = B;
+	*offp = off;
+	return 0;
+}
+
+static void record_done(struct dnet_backend *b, struct blob *B)
+{
+	if (atomic_fetch_sub(&B->inflight, 1) == 1 && B != b->active)
+		maint_kick(b);
+}
+
+/* Accounting for the record a cell pointed to before it was replaced or removed. */
+static void unaccount(struct dnet_backend *b, uint64_t oldloc, const struct bl_hdr *oh)
+{
+	struct blob *O = slot_blob(b, LOC_SLOT(oldloc));
+	if (oh) {
+		atomic_fetch_sub(&O->live, (int64_t)rec_len(oh->reserved));
+		atomic_fetch_sub(&b->bytes, oh->size);
+	}
+}
+
+/* Makes a written record the current version of its ID (or, for a tombstone,
+ * removes the ID): adds it to its blob's pending index, then flips the index cell. */
+static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const struct bl_hdr *h)
+{
+	const int tomb = !!(h->flags & BL_F_TOMB);
+	pthread_mutex_lock(&b->alock);
+	int err = log_push(B, h->id, off, h->size, tomb);
+	pthread_mutex_unlock(&b->alock);
+	if (err)
+		return err;
+
+	struct bl_shard *s = shard_of(b, h->id);
+	uint8_t ob[BL_RHDR];
+	struct bl_hdr oh;
+	size_t got;
+	uint32_t pos;
+	uint64_t loc = mkloc(B->slot, off);
+	pthread_mutex_lock(&s->lock);
+	int r = ix_resolve(b, s, h->id, &pos, ob, BL_RHDR, &got, &oh);
+	if (r == 0 || r == DNET_ECORRUPT) {
+		unaccount(b, s->t[pos].loc, r == 0 ? &oh : NULL);
+		if (tomb) {
+			ix_remove(s, pos);
+			atomic_fetch_sub(&b->objects, 1);
+		} else {
+			s->t[pos].loc = loc;
+		}
+	} else if (r == DNET_ENOENT) {
+		if (!tomb && (err = ix_insert(s, h->id, loc)) == 0)
+			atomic_fetch_add(&b->objects, 1);
+	} else {
+		err = r;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (err)
+		return err;
+	if (tomb) {
+		atomic_fetch_add(&B->tomb, (int64_t)rec_len(0));
+	} else {
+		atomic_fetch_add(&B->live, (int64_t)rec_len(h->reserved));
+		atomic_fetch_add(&b->bytes, h->size);
+	}
+	return 0;
+}
+
+/* ---- durability: never / always / group commit ---------------------------------- */
+
+/* Acknowledges a published record per the fsync policy; consumes the blob ref. */
+static void durable(struct dnet_backend *b, struct blob *B, dnet_write_done_fn done, void *arg,
+		    const struct dnet_obj_info *info)
+{
+	if (b->cfg.fsync == DNET_FSYNC_BATCH) {
+		struct bl_pend *p = malloc(sizeof(*p));
+		if (p) {
+			p->next = NULL;
+			p->blob = B;
+			p->done = done;
+			p->arg = arg;
+			p->has_info = info != NULL;
+			if (info)
+				p->info = *info;
+			pthread_mutex_lock(&b->clock);
+			if (!b->q)
+				b->qfirst_ns = dnet_now_mono_ns();
+			*b->qtail = p;
+			b->qtail = &p->next;
+			if (++b->qn == 1 || b->qn >= b->cfg.batch_max_ops)
+				pthread_cond_signal(&b->ccond);
+			pthread_mutex_unlock(&b->clock);
+			return;
+		}
+		/* no memory for a queue entry: sync this one alone */
+	}
+	int err = 0;
+	if (b->cfg.fsync != DNET_FSYNC_NEVER) {
+		err = bl_fdatasync(B->fd);
+		atomic_fetch_add(&b->syncs, 1);
+		if (!err)
+			atomic_fetch_add(&b->synced_writes, 1);
+	}
+	blob_put(b, B);
+	done(arg, err, err ? NULL : info);
+}
+
+static void *committer(void *arg)
+{
+	struct dnet_backend *b = arg;
+	pthread_mutex_lock(&b->clock);
+	for (;;) {
+		while (!b->q && !b->cstop)
+			pthread_cond_wait(&b->ccond, &b->clock);
+		if (!b->q)
+			break;
+		/* wait for company, up to batch_max_delay_us after the first write */
+		uint64_t deadline = b->qfirst_ns + (uint64_t)b->cfg.batch_max_delay_us * 1000;
+		while (!b->cstop && b->qn < b->cfg.batch_max_ops) {
+			uint64_t now = dnet_now_mono_ns();
+			if (now >= deadline)
+				break;
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			uint64_t left = deadline - now;
+			ts.tv_sec += (time_t)(left / 1000000000ull);
+			ts.tv_nsec += (long)(left % 1000000000ull);
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&b->ccond, &b->clock, &ts);
+		}
+		struct bl_pend *batch = b->q;
+		uint32_t n = b->qn;
+		b->q = NULL;
+		b->qtail = &b->q;
+		b->qn = 0;
+		pthread_mutex_unlock(&b->clock);
+
+		/* one fdatasync per distinct blob in the batch (almost always one) */
+		struct blob *done_blobs[8];
+		int done_err[8], nd = 0;
+		for (struct bl_pend *p = batch; p; p = p->next) {
+			int k;
+			for (k = 0; k < nd && done_blobs[k] != p->blob; k++)
+				;
+			if (k < nd)
+				continue;
+			int err = bl_fdatasync(p->blob->fd);
+			atomic_fetch_add(&b->syncs, 1);
+			if (err)
+				dnet_log_error("blob backend %s: fdatasync of blob %u: %s", b->path,
+					       p->blob->num, dnet_strerror(err));
+			if (nd < 8) {
+				done_blobs[nd] = p->blob;
+				done_err[nd++] = err;
+			}
+		}
+		uint64_t ok = 0;
+		(void)n;
+		while (batch) {
+			struct bl_pend *p = batch;
+			batch = p->next;
+			int k, err = 0;
+			for (k = 0; k < nd && done_blobs[k] != p->blob; k++)
+				;
+			if (k < nd)
+				err = done_err[k];
+			else
+				err = bl_fdatasync(p->blob->fd); /* > 8 blobs in one batch */
+			ok += !err;
+			blob_put(b, p->blob);
+			p->done(p->arg, err, err || !p->has_info ? NULL : &p->info);
+			free(p);
+		}
+		atomic_fetch_add(&b->synced_writes, ok);
+		pthread_mutex_lock(&b->clock);
+	}
+	pthread_mutex_unlock(&b->clock);
+	return NULL;
+}
+
+/* A synchronous wait for durable() (deletes). */
+struct bl_waiter {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int finished, status;
+};
+
+static void waiter_done(void *arg, int status, const struct dnet_obj_info *info)
+{
+	struct bl_waiter *w = arg;
+	pthread_mutex_lock(&w->lock);
+	w->finished = 1;
+	w->status = status;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+static int durable_wait(struct dnet_backend *b, struct blob *B)
+{
+	struct bl_waiter w = {.finished = 0};
+	pthread_mutex_init(&w.lock, NULL);
+	pthread_cond_init(&w.cond, NULL);
+	durable(b, B, waiter_done, &w, NULL);
+	pthread_mutex_lock(&w.lock);
+	while (!w.finished)
+		pthread_cond_wait(&w.cond, &w.lock);
+	pthread_mutex_unlock(&w.lock);
+	pthread_mutex_destroy(&w.lock);
+	pthread_cond_destroy(&w.cond);
+	return w.status;
+}
+
+/* ---- writes --------------------------------------------------------------------- */
+
+/* Appends a whole object (header with its checksum, then the data) and publishes it. */
+static void write_record(struct dnet_backend *b, const uint8_t *id, const void *data, uint64_t size,
+			 uint64_t timestamp, dnet_write_done_fn done, void *arg)
+{
+	struct bl_hdr h;
+	uint8_t hb[BL_RHDR];
+	struct blob *B;
+	uint64_t off;
+	memset(&h, 0, sizeof(h));
+	h.size = h.reserved = size;
+	h.timestamp = timestamp ? timestamp : dnet_now_real_ns();
+	dnet_csum(data, (size_t)size, h.csum);
+	memcpy(h.id, id, DNET_ID_SIZE);
+	hdr_encode(hb, &h);
+	const int small = size <= BL_SMALL;
+	int err = append(b, hb, data, small ? (size_t)size : 0, size, 8, 0, &B, &off);
+	if (err) {
+		done(arg, err, NULL);
+		return;
+	}
+	if (!small)
+		err = bl_pwrite(B->fd, data, (size_t)size, off + BL_RHDR);
+	if (!err)
+		err = publish(b, B, off, &h);
+	record_done(b, B);
+	if (err) {
+		blob_put(b, B);
+		done(arg, err, NULL);
+		return;
+	}
+	struct dnet_obj_info info;
+	info_from_hdr(&info, &h);
+	durable(b, B, done, arg, &info);
+}
+
+/* Reads and verifies the whole data of the record at (B, off) into a new buffer. */
+static int read_verified(struct dnet_backend *b, struct blob *B, uint64_t off,
+			 const struct bl_hdr *h, uint8_t **out)
+{
+	uint8_t *d = malloc(h->size ? (size_t)h->size : 1);
+	if (!d)
+		return DNET_ENOMEM;
+	int64_t r = bl_pread(B->fd, d, (size_t)h->size, off + BL_RHDR);
+	uint8_t c[16];
+	if (r >= 0 && (uint64_t)r == h->size)
+		dnet_csum(d, (size_t)h->size, c);
+	if (r < 0 || (uint64_t)r != h->size || memcmp(c, h->csum, 16) != 0) {
+		free(d);
+		if (r < 0)
+			return (int)r;
+		report_corrupt(b, h->id, B, off, (uint64_t)r != h->size ? "truncated record"
+									   : "data checksum mismatch");
+		return DNET_ECORRUPT;
+	}
+	*out = d;
+	return 0;
+}
+
+/* offset > 0: the object rebuilt in memory with the new bytes laid over it, then
+ * appended whole - atomic by construction. The old data is verified first so a
+ * corrupt object is never laundered under a fresh checksum. */
+static void write_update(struct dnet_backend *b, const struct dnet_write_req *req,
+			 dnet_write_done_fn done, void *arg)
+{
+	struct bl_shard *s = shard_of(b, req->id);
+	uint8_t hb[BL_RHDR];
+	struct bl_hdr h;
+	size_t got;
+	uint32_t pos;
+	pthread_mutex_lock(&s->lock);
+	int err = ix_resolve(b, s, req->id, &pos, hb, BL_RHDR, &got, &h);
+	struct blob *B = NULL;
+	uint64_t off = 0;
+	if (!err) {
+		B = slot_blob(b, LOC_SLOT(s->t[pos].loc));
+		off = LOC_OFF(s->t[pos].loc);
+		blob_get(B);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (err) {
+		done(arg, err, NULL);
+		return;
+	}
+	const uint64_t o = req->io.offset, len = req->io.size;
+	uint8_t *d = NULL;
+	if (o > h.size)
+		err = DNET_ERANGE;
+	else if (len > BL_UPDATE_MAX || o + len > BL_UPDATE_MAX || h.size > BL_UPDATE_MAX)
+		err = DNET_ETOOBIG;
+	else
+		err = read_verified(b, B, off, &h, &d);
+	blob_put(b, B);
+	if (err) {
+		done(arg, err, NULL);
+		return;
+	}
+	uint64_t nsize = o + len > h.size ? o + len : h.size;
+	if (nsize > h.size) {
+		uint8_t *n = realloc(d, (size_t)nsize);
+		if (!n) {
+			free(d);
+			done(arg, DNET_ENOMEM, NULL);
+			return;
+		}
+		d = n;
+	}
+	if (len)
+		memcpy(d + o, req->data, (size_t)len);
+	write_record(b, req->id, d, nsize, req->io.timestamp, done, arg);
+	free(d);
+}
+
+/* ---- chunked uploads ------------------------------------------------------------ */
+/* PREPARE reserves the whole object in the active blob behind an "uncommitted"
+ * header; chunks are written in place; COMMIT reads the data back for its checksum
+ * and rewrites the header as live. Upload state is in memory only: after a restart
+ * the reservation is dead space and the next chunk gets DNET_ENOENT. A blob is not
+ * sealed while it holds an unfinished upload (its index would miss the commit). */
+
+static uint32_t up_bucket(const uint8_t *id, uint64_t cookie)
+{
+	return (uint32_t)((id[3] ^ cookie ^ (cookie >> 17)) % BL_UPLOAD_BUCKETS);
+}
+
+/* Under ulock. */
+static struct bl_upload **up_slot(struct dnet_backend *b, const uint8_t *id, uint64_t cookie)
+{
+	struct bl_upload **pp = &b->up[up_bucket(id, cookie)];
+	while (*pp && ((*pp)->cookie != cookie || memcmp((*pp)->id, id, DNET_ID_SIZE) != 0))
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void up_free(struct dnet_backend *b, struct bl_upload *u)
+{
+	struct blob *B = u->blob;
+	free(u);
+	if (atomic_fetch_sub(&B->uploads, 1) == 1 && B != b->active)
+		maint_kick(b);
+	blob_put(b, B);
+}
+
+/* Drops uploads idle for longer than upload_timeout_s: their space becomes dead. */
+static void up_sweep(struct dnet_backend *b, int all)
+{
+	uint64_t now = dnet_now_mono_ns(), limit = b->cfg.upload_timeout_s * 1000000000ull;
+	struct bl_upload *gone = NULL;
+	pthread_mutex_lock(&b->ulock);
+	for (uint32_t k = 0; k < BL_UPLOAD_BUCKETS; k++) {
+		struct bl_upload **pp = &b->up[k];
+		while (*pp) {
+			struct bl_upload *u = *pp;
+			if (!u->busy && (all || now - u->active_ns > limit)) {
+				*pp = u->next;
+				u->next = gone;
+				gone = u;
+			} else {
+				pp = &u->next;
+			}
+		}
+	}
+	pthread_mutex_unlock(&b->ulock);
+	while (gone) {
+		struct bl_upload *u = gone;
+		gone = u->next;
+		if (!all)
+			dnet_log_info("blob backend %s: dropping abandoned upload cookie %llx", b->path,
+				      (unsigned long long)u->cookie);
+		up_free(b, u);
+	}
+}
+
+static int up_prepare(struct dnet_backend *b, const struct dnet_write_req *req,
+		      struct bl_upload **out)
+{
+	const struct dnet_io_attr *io = &req->io;
+	if (io->total_size > BL_MAX_OBJECT)
+		return DNET_ETOOBIG;
+	/* a repeated PREPARE (client retry) restarts the upload */
+	pthread_mutex_lock(&b->ulock);
+	struct bl_upload **pp = up_slot(b, req->id, io->cookie), *old = NULL;
+	if (*pp && !(*pp)->busy) {
+		old = *pp;
+		*pp = old->next;
+	}
+	pthread_mutex_unlock(&b->ulock);
+	if (old)
+		up_free(b, old);
+
+	struct bl_upload *u = calloc(1, sizeof(*u));
+	if (!u)
+		return DNET_ENOMEM;
+	struct bl_hdr h;
+	uint8_t hb[BL_RHDR];
+	memset(&h, 0, sizeof(h));
+	h.flags = BL_F_UNCOMMITTED;
+	h.size = h.reserved = io->total_size;
+	h.timestamp = io->timestamp ? io->timestamp : dnet_now_real_ns();
+	memcpy(h.id, req->id, DNET_ID_SIZE);
+	hdr_encode(hb, &h);
+	int err = append(b, hb, NULL, 0, io->total_size, BL_UPLOAD_ALIGN, 1, &u->blob, &u->off);
+	if (err) {
+		free(u);
+		return err;
+	}
+	record_done(b, u->blob); /* the reservation itself is complete */
+	memcpy(u->id, req->id, DNET_ID_SIZE);
+	u->cookie = io->cookie;
+	u->total = io->total_size;
+	u->timestamp = h.timestamp;
+	u->busy = 1;
+	pthread_mutex_lock(&b->ulock);
+	pp = &b->up[up_bucket(u->id, u->cookie)];
+	u->next = *pp;
+	*pp = u;
+	pthread_mutex_unlock(&b->ulock);
+	*out = u;
+	return 0;
+}
+
+static void up_release(struct dnet_backend *b, struct bl_upload *u, int destroy)
+{
+	pthread_mutex_lock(&b->ulock);
+	u->busy = 0;
+	u->active_ns = dnet_now_mono_ns();
+	if (destroy) {
+		struct bl_upload **pp = up_slot(b, u->id, u->cookie);
+		while (*pp && *pp != u)
+			pp = &(*pp)->next;
+		if (*pp)
+			*pp = u->next;
+	}
+	pthread_mutex_unlock(&b->ulock);
+	if (destroy)
+		up_free(b, u);
+}
+
+static int up_checksum(struct bl_upload *u, uint8_t csum[16])
+{
+	XXH3_state_t *st = XXH3_createState();
+	uint8_t *buf = malloc(BL_IO_CHUNK);
+	int err = 0;
+	if (!st || !buf || XXH3_128bits_reset(st) != XXH_OK) {
+		err = DNET_ENOMEM;
+		goto out;
+	}
+	for (uint64_t pos = 0; pos < u->total;) {
+		size_t n = u->total - pos < BL_IO_CHUNK ? (size_t)(u->total - pos) : BL_IO_CHUNK;
+		int64_t r = bl_pread(u->blob->fd, buf, n, u->off + BL_RHDR + pos);
+		if (r < 0 || (size_t)r != n) {
+			err = r < 0 ? (int)r : DNET_EIO;
+			goto out;
+		}
+		XXH3_128bits_update(st, buf, n);
+		pos += n;
+	}
+	XXH128_canonical_t c;
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+	memcpy(csum, c.digest, 16);
+out:
+	free(buf);
+	XXH3_freeState(st);
+	return err;
+}
+
+/* Errors about the request (range, incomplete COMMIT) leave the upload alive; IO
+ * errors abort it. COMMIT with fewer than total_size bytes written is DNET_EINVAL. */
+static void write_upload(struct dnet_backend *b, const struct dnet_write_req *req,
+			 dnet_write_done_fn done, void *arg)
+{
+	const struct dnet_io_attr *io = &req->io;
+	struct bl_upload *u = NULL;
+	int err;
+	if (io->ioflags & DNET_IO_PREPARE) {
+		if ((err = up_prepare(b, req, &u))) {
+			done(arg, err, NULL);
+			return;
+		}
+	} else {
+		pthread_mutex_lock(&b->ulock);
+		u = *up_slot(b, req->id, io->cookie);
+		if (u && u->busy)
+			u = NULL;
+		if (u)
+			u->busy = 1;
+		pthread_mutex_unlock(&b->ulock);
+		if (!u) {
+			done(arg, DNET_ENOENT, NULL);
+			return;
+		}
+	}
+	if (io->offset > u->total || io->size > u->total - io->offset) {
+		up_release(b, u, 0);
+		done(arg, DNET_ERANGE, NULL);
+		return;
+	}
+	if (io->size) {
+		err = bl_pwrite(u->blob->fd, req->data, (size_t)io->size,
+				u->off + BL_RHDR + io->offset);
+		if (err) {
+			up_release(b, u, 1);
+			done(arg, err, NULL);
+			return;
+		}
+		if (io->offset + io->size > u->hwm)
+			u->hwm = io->offset + io->size;
+	}
+	if (!(io->ioflags & DNET_IO_COMMIT)) {
+		struct dnet_obj_info info;
+		memset(&info, 0, sizeof(info));
+		info.size = u->hwm;
+		info.timestamp = u->timestamp;
+		up_release(b, u, 0);
+		done(arg, 0, &info);
+		return;
+	}
+	if (u->hwm != u->total) {
+		up_release(b, u, 0);
+		done(arg, DNET_EINVAL, NULL);
+		return;
+	}
+	struct bl_hdr h;
+	uint8_t hb[BL_RHDR];
+	memset(&h, 0, sizeof(h));
+	h.size = h.reserved = u->total;
+	h.timestamp = u->timestamp;
+	memcpy(h.id, u->id, DNET_ID_SIZE);
+	if ((err = up_checksum(u, h.csum))) {
+		up_release(b, u, 1);
+		done(arg, err, NULL);
+		return;
+	}
+	hdr_encode(hb, &h);
+	struct blob *B = u->blob;
+	blob_get(B);
+	atomic_fetch_add(&B->inflight, 1);
+	/* 4 KiB-aligned: the 128-byte header lies in one sector, so this rewrite lands
+	 * whole or not at all. */
+	if (!(err = bl_pwrite(B->fd, hb, BL_RHDR, u->off)))
+		err = publish(b, B, u->off, &h);
+	record_done(b, B);
+	up_release(b, u, 1);
+	if (err) {
+		blob_put(b, B);
+		done(arg, err, NULL);
+		return;
+	}
+	struct dnet_obj_info info;
+	info_from_hdr(&info, &h);
+	durable(b, B, done, arg, &info);
+}
+
+static void bl_write(struct dnet_backend *b, const struct dnet_write_req *req,
+		     dnet_write_done_fn done, void *arg)
+{
+	const uint32_t fl = req->io.ioflags;
+	if ((fl & ~DNET_IO_FLAGS_KNOWN) || (req->io.size && !req->data)) {
+		done(arg, DNET_EINVAL, NULL);
+		return;
+	}
+	if (req->io.size > BL_MAX_OBJECT) {
+		done(arg, DNET_ETOOBIG, NULL);
+		return;
+	}
+	if (fl & (DNET_IO_PREPARE | DNET_IO_PLAIN | DNET_IO_COMMIT))
+		write_upload(b, req, done, arg);
+	else if (req->io.offset == 0)
+		write_record(b, req->id, req->data, req->io.size, req->io.timestamp, done, arg);
+	else
+		write_update(b, req, done, arg);
+}
+
+/* ---- reads, deletes, lookups ---------------------------------------------------- */
+
+static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, uint64_t size,
+		   uint32_t flags, struct dnet_read_res *res)
+{
+	uint8_t first[BL_READ_FIRST];
+	struct bl_shard *s = shard_of(b, id);
+	struct bl_hdr h;
+	size_t got;
+	uint32_t pos;
+	int err;
+
+	memset(res, 0, sizeof(*res));
+	res->fd = -1;
+	pthread_mutex_lock(&s->lock);
+	err = ix_resolve(b, s, id, &pos, first, sizeof(first), &got, &h);
+	struct blob *B = NULL;
+	uint64_t off = 0;
+	if (!err) {
+		B = slot_blob(b, LOC_SLOT(s->t[pos].loc));
+		off = LOC_OFF(s->t[pos].loc);
+		blob_get(B);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (err)
+		return err;
+	if (offset > h.size) {
+		err = DNET_ERANGE;
+		goto out;
+	}
+	uint64_t len = h.size - offset;
+	if (size && size < len)
+		len = size;
+	info_from_hdr(&res->info, &h);
+	const int verify = !(flags & DNET_FLAG_NOCSUM);
+
+	if (h.size <= BL_SMALL) {
+		/* one pread usually brought the whole record: verify and serve from memory */
+		uint8_t *d = NULL;
+		const uint8_t *data;
+		if (got - BL_RHDR >= h.size) {
+			data = first + BL_RHDR;
+		} else {
+			if (!(d = malloc((size_t)h.size))) {
+				err = DNET_ENOMEM;
+				goto out;
+			}
+			memcpy(d, first + BL_RHDR, got - BL_RHDR);
+			int64_t r = bl_pread(B->fd, d + (got - BL_RHDR), (size_t)(h.size - (got - BL_RHDR)),
+					     off + got);
+			if (r < 0 || (uint64_t)r != h.size - (got - BL_RHDR)) {
+				free(d);
+				if (r < 0) {
+					err = (int)r;
+				} else {
+					err = DNET_ECORRUPT;
+					report_corrupt(b, id, B, off, "truncated record");
+				}
+				goto out;
+			}
+			data = d;
+		}
+		if (verify) {
+			uint8_t c[16];
+			dnet_csum(data, (size_t)h.size, c);
+			if (memcmp(c, h.csum, 16) != 0) {
+				free(d);
+				report_corrupt(b, id, B, off, "data checksum mismatch");
+				err = DNET_ECORRUPT;
+				goto out;
+			}
+		}
+		if (len) {
+			if (d && offset == 0 && len == h.size) {
+				res->buf = d;
+				d = NULL;
+			} else if ((res->buf = malloc((size_t)len))) {
+				memcpy(res->buf, data + offset, (size_t)len);
+			} else {
+				err = DNET_ENOMEM;
+			}
+		}
+		free(d);
+		res->len = err ? 0 : len;
+		goto out;
+	}
+
+	/* large: verify the whole record by streaming it, then hand out a file range */
+	if (verify) {
+		XXH3_state_t *st = XXH3_createState();
+		uint8_t *buf = malloc(BL_IO_CHUNK);
+		if (!st || !buf || XXH3_128bits_reset(st) != XXH_OK) {
+			err = DNET_ENOMEM;
+		} else {
+			for (uint64_t p = 0; p < h.size && !err;) {
+				size_t n = h.size - p < BL_IO_CHUNK ? (size_t)(h.size - p) : BL_IO_CHUNK;
+				int64_t r = bl_pread(B->fd, buf, n, off + BL_RHDR + p);
+				if (r < 0)
+					err = (int)r;
+				else if ((size_t)r != n)
+					err = DNET_ECORRUPT;
+				else
+					XXH3_128bits_update(st, buf, n);
+				p += n;
+			}
+			if (!err) {
+				XXH128_canonical_t c;
+				XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+				if (memcmp(c.digest, h.csum, 16) != 0)
+					err = DNET_ECORRUPT;
+			}
+			if (err == DNET_ECORRUPT)
+				report_corrupt(b, id, B, off, "data checksum mismatch");
+		}
+		free(buf);
+		XXH3_freeState(st);
+		if (err)
+			goto out;
+	}
+	if (len) {
+		int fd = fcntl(B->fd, F_DUPFD_CLOEXEC, 0);
+		if (fd < 0) {
+			err = bl_errno();
+			goto out;
+		}
+		res->fd = fd;
+		res->file_offset = off + BL_RHDR + offset;
+	}
+	res->len = len;
+out:
+	blob_put(b, B);
+	return err;
+}
+
+static int bl_lookup(struct dnet_backend *b, const uint8_t *id, struct dnet_obj_info *info)
+{
+	struct bl_shard *s = shard_of(b, id);
+	uint8_t hb[BL_RHDR];
+	struct bl_hdr h;
+	size_t got;
+	uint32_t pos;
+	pthread_mutex_lock(&s->lock);
+	int err = ix_resolve(b, s, id, &pos, hb, BL_RHDR, &got, &h);
+	pthread_mutex_unlock(&s->lock);
+	if (!err)
+		info_from_hdr(info, &h);
+	return err;
+}
+
+static int bl_del(struct dnet_backend *b, const uint8_t *id)
+{
+	struct bl_shard *s = shard_of(b, id);
+	uint8_t hb[BL_RHDR];
+	struct bl_hdr h;
+	size_t got;
+	uint32_t pos;
+	pthread_mutex_lock(&s->lock);
+	int err = ix_resolve(b, s, id, &pos, hb, BL_RHDR, &got, &h);
+	pthread_mutex_unlock(&s->lock);
+	if (err && err != DNET_ECORRUPT)
+		return err;
+	memset(&h, 0, sizeof(h));
+	h.flags = BL_F_TOMB;
+	h.timestamp = dnet_now_real_ns();
+	dnet_csum("", 0, h.csum);
+	memcpy(h.id, id, DNET_ID_SIZE);
+	hdr_encode(hb, &h);
+	struct blob *B;
+	uint64_t off;
+	if ((err = append(b, hb, NULL, 0, 0, 8, 0, &B, &off)))
+		return err;
+	err = publish(b, B, off, &h);
+	record_done(b, B);
+	if (err) {
+		blob_put(b, B);
+		return err;
+	}
+	return durable_wait(b, B);
+}
+
+/* Snapshot of one shard at a time; each entry's header is read after the lock is
+ * dropped (the blob is held by a reference), so callbacks may call the engine. */
+static int bl_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
+{
+	struct bl_ent *snap = NULL;
+	size_t cap = 0;
+	int rc = 0;
+	for (uint32_t k = 0; k < BL_SHARDS && !rc; k++) {
+		struct bl_shard *s = &b->sh[k];
+		pthread_mutex_lock(&s->lock);
+		if (s->n > cap) {
+			struct bl_ent *n = realloc(snap, s->n * sizeof(*n));
+			if (!n) {
+				pthread_mutex_unlock(&s->lock);
+				free(snap);
+				return DNET_ENOMEM;
+			}
+			snap = n;
+			cap = s->n;
+		}
+		size_t n = 0;
+		for (uint32_t i = 0; i < s->cap; i++) {
+			if (s->t[i].loc) {
+				snap[n++] = s->t[i];
+				blob_get(slot_blob(b, LOC_SLOT(s->t[i].loc)));
+			}
+		}
+		pthread_mutex_unlock(&s->lock);
+		for (size_t i = 0; i < n; i++) {
+			struct blob *B = slot_blob(b, LOC_SLOT(snap[i].loc));
+			uint8_t hb[BL_RHDR];
+			struct bl_hdr h;
+			if (!rc && bl_pread(B->fd, hb, BL_RHDR, LOC_OFF(snap[i].loc)) == BL_RHDR &&
+			    hdr_decode(hb, &h) == 0 && memcmp(h.id, snap[i].p, BL_PREFIX) == 0) {
+				struct dnet_obj_info info;
+				info_from_hdr(&info, &h);
+				rc = fn(arg, h.id, &info);
+			}
+			blob_put(b, B);
+		}
+	}
+	free(snap);
+	return rc;
+}
+
+static int bl_sync(struct dnet_backend *b)
+{
+	struct blob *list[64];
+	int n = 0, err = 0;
+	pthread_mutex_lock(&b->llock);
+	for (struct blob *B = b->blobs; B && n < 64; B = B->next) {
+		if (!atomic_load(&B->sealed)) {
+			blob_get(B);
+			list[n++] = B;
+		}
+	}
+	pthread_mutex_unlock(&b->llock);
+	for (int i = 0; i < n; i++) {
+		int e = bl_fdatasync(list[i]->fd);
+		atomic_fetch_add(&b->syncs, 1);
+		if (e && !err)
+			err = e;
+		blob_put(b, list[i]);
+	}
+	return err;
+}
+
+static int bl_stat(struct dnet_backend *b, struct dnet_backend_stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->objects = atomic_load(&b->objects);
+	st->bytes = atomic_load(&b->bytes);
+	pthread_mutex_lock(&b->llock);
+	for (struct blob *B = b->blobs; B; B = B->next)
+		st->disk_bytes += atomic_load(&B->size);
+	pthread_mutex_unlock(&b->llock);
+	struct statvfs sv;
+	if (fstatvfs(b->dirfd, &sv) == 0)
+		st->disk_free = (uint64_t)sv.f_bavail * sv.f_frsize;
+	st->syncs = atomic_load(&b->syncs);
+	st->synced_writes = atomic_load(&b->synced_writes);
+	st->corrupt = atomic_load(&b->corrupt);
+	return 0;
+}
+
+/* ---- index files ---------------------------------------------------------------- */
+
+static int lrec_cmp(const void *a, const void *b)
+{
+	const struct bl_lrec *x = a, *y = b;
+	int c = memcmp(x->p, y->p, BL_PREFIX);
+	if (c)
+		return c;
+	uint64_t ox = x->off & ~7ull, oy = y->off & ~7ull;
+	return ox < oy ? -1 : ox > oy;
+}
+
+/* The entries B's index file lists: all tombstones, and live records still current.
+ * B must be quiescent (no inflight records, no uploads). */
+static int index_build(struct dnet_backend *b, struct blob *B, struct bl_lrec **out, size_t *nout)
+{
+	struct bl_lrec *e = malloc((B->nlog ? B->nlog : 1) * sizeof(*e));
+	if (!e)
+		return DNET_ENOMEM;
+	size_t n = 0;
+	for (size_t i = 0; i < B->nlog; i++) {
+		const struct bl_lrec *r = &B->log[i];
+		if (!(r->off & BL_F_TOMB)) {
+			struct bl_shard *s = shard_of(b, r->p);
+			pthread_mutex_lock(&s->lock);
+			int64_t pos = ix_find_loc(s, r->p, mkloc(B->slot, r->off));
+			pthread_mutex_unlock(&s->lock);
+			if (pos < 0)
+				continue;
+		}
+		e[n++] = *r;
+	}
+	qsort(e, n, sizeof(*e), lrec_cmp);
+	*out = e;
+	*nout = n;
+	return 0;
+}
+
+/* Writes the index of [0, covered) of blob (num, gen) as `name` (blob-N.index, or
+ * blob-N.index.compact during compaction): temp file, sync, rename. */
+static int index_write(struct dnet_backend *b, const char *name, uint32_t num, uint64_t gen,
+		       uint64_t covered, const struct bl_lrec *e, size_t n)
+{
+	char tmp[BL_NAME_MAX + 8];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", name);
+	int fd = openat(b->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return bl_errno();
+	uint8_t *buf = malloc(BL_IO_CHUNK);
+	XXH3_state_t *st = XXH3_createState();
+	int err = 0;
+	if (!buf || !st || XXH3_64bits_reset(st) != XXH_OK) {
+		err = DNET_ENOMEM;
+		goto out;
+	}
+	uint64_t pos = BL_IHDR;
+	size_t fill = 0;
+	for (size_t i = 0; i < n && !err; i++) {
+		uint8_t *p = buf + fill;
+		memcpy(p, e[i].p, BL_PREFIX);
+		dnet_put_u64(p + 16, e[i].off);
+		dnet_put_u64(p + 24, e[i].size);
+		fill += BL_IENT;
+		if (fill + BL_IENT > BL_IO_CHUNK || i + 1 == n) {
+			XXH3_64bits_update(st, buf, fill);
+			err = bl_pwrite(fd, buf, fill, pos);
+			pos += fill;
+			fill = 0;
+		}
+	}
+	if (err)
+		goto out;
+	uint8_t h[BL_IHDR];
+	memset(h, 0, sizeof(h));
+	dnet_put_u32(h, BL_MAGIC_IDX);
+	dnet_put_u16(h + 4, BL_VERSION);
+	dnet_put_u32(h + 8, num);
+	dnet_put_u64(h + 16, gen);
+	dnet_put_u64(h + 24, covered);
+	dnet_put_u64(h + 32, n);
+	dnet_put_u64(h + 40, XXH3_64bits_digest(st));
+	dnet_put_u64(h + 56, XXH3_64bits(h, 56));
+	if ((err = bl_pwrite(fd, h, BL_IHDR, 0)) || (err = bl_fdatasync(fd)))
+		goto out;
+	if (renameat(b->dirfd, tmp, b->dirfd, name) < 0) {
+		err = bl_errno();
+		goto out;
+	}
+	err = fsync_dir(b);
+out:
+	XXH3_freeState(st);
+	free(buf);
+	close(fd);
+	if (err) {
+		unlinkat(b->dirfd, tmp, 0);
+		dnet_log_error("blob backend %s: writing %s: %s", b->path, name, dnet_strerror(err));
+	}
+	return err;
+}
+
+/* Seals B: durable, preallocation trimmed, index file written. 1 = not yet
+ * (records or uploads in flight), 0 = done, < 0 error. */
+static int seal(struct dnet_backend *b, struct blob *B)
+{
+	pthread_mutex_lock(&b->alock);
+	int busy = atomic_load(&B->inflight) || atomic_load(&B->uploads);
+	pthread_mutex_unlock(&b->alock);
+	if (busy)
+		return 1;
+	struct bl_lrec *e;
+	size_t n;
+	uint64_t size = atomic_load(&B->size);
+	int err = bl_fdatasync(B->fd);
+	if (!err && ftruncate(B->fd, (off_t)size) < 0)
+		err = bl_errno();
+	if (!err)
+		err = index_build(b, B, &e, &n);
+	if (err)
+		return err;
+	char name[BL_NAME_MAX];
+	blob_name(name, B->num, "index");
+	err = index_write(b, name, B->num, B->gen, size, e, n);
+	free(e);
+	if (err)
+		return err;
+	pthread_mutex_lock(&b->alock);
+	free(B->log);
+	B->log = NULL;
+	B->nlog = B->caplog = 0;
+	pthread_mutex_unlock(&b->alock);
+	atomic_store(&B->sealed, 1);
+	return 0;
+}
+
+/* Seals every blob waiting for it; returns how many still wait. */
+static int seal_pending(struct dnet_backend *b)
+{
+	int left = 0;
+	for (;;) {
+		struct blob *B = NULL;
+		pthread_mutex_lock(&b->llock);
+		int skipped = 0;
+		for (struct blob *x = b->blobs; x; x = x->next) {
+			if (x->seal_wanted && !atomic_load(&x->sealed)) {
+				if (skipped++ < left)
+					continue;
+				B = x;
+				blob_get(B);
+				break;
+			}
+		}
+		pthread_mutex_unlock(&b->llock);
+		if (!B)
+			return left;
+		int r = seal(b, B);
+		if (r == 0) {
+			pthread_mutex_lock(&b->llock);
+			B->seal_wanted = 0;
+			pthread_mutex_unlock(&b->llock);
+		} else {
+			left++;
+		}
+		blob_put(b, B);
+	}
+}
+
+/* ---- loading at open ------------------------------------------------------------ */
+
+/* Applies one record found at (B, off) - from an index file (id = prefix only, full
+ * = NULL) or a scan (full ID known) - on top of what older records built. */
+static int apply(struct dnet_backend *b, struct blob *B, const uint8_t *p, const uint8_t *full,
+		 uint64_t off, uint64_t size, int tomb, int to_log)
+{
+	struct bl_shard *s = shard_of(b, p);
+	uint8_t hb[BL_RHDR], fid[DNET_ID_SIZE];
+	struct bl_hdr h;
+	size_t got;
+	uint32_t pos;
+	int err = 0;
+
+	if (to_log && (err = log_push(B, p, off, size, tomb)))
+		return err;
+	if (tomb)
+		atomic_fetch_add(&B->tomb, (int64_t)rec_len(0));
+	int cand = 0;
+	for (uint32_t i = ix_home(s, p); s->t[i].loc && !cand; i = ix_next(s, i))
+		cand = memcmp(s->t[i].p, p, BL_PREFIX) == 0;
+	if (cand) {
+		/* an older version, or (2^-128) a prefix twin: full IDs decide */
+		if (!full) {
+			if (bl_pread(B->fd, hb, BL_RHDR, off) != BL_RHDR || hdr_decode(hb, &h) != 0 ||
+			    memcmp(h.id, p, BL_PREFIX) != 0) {
+				report_corrupt(b, p, B, off, "index entry points at a bad header");
+				return 0;
+			}
+			memcpy(fid, h.id, DNET_ID_SIZE);
+			full = fid;
+		}
+		int r = ix_resolve(b, s, full, &pos, hb, BL_RHDR, &got, &h);
+		if (r == 0 || r == DNET_ECORRUPT) {
+			unaccount(b, s->t[pos].loc, r == 0 ? &h : NULL);
+			if (tomb) {
+				ix_remove(s, pos);
+				atomic_fetch_sub(&b->objects, 1);
+			} else {
+				s->t[pos].loc = mkloc(B->slot, off);
+				atomic_fetch_add(&B->live, (int64_t)rec_len(size));
+				atomic_fetch_add(&b->bytes, size);
+			}
+			return 0;
+		}
+	}
+	if (tomb)
+		return 0;
+	if ((err = ix_insert(s, p, mkloc(B->slot, off))))
+		return err;
+	atomic_fetch_add(&b->objects, 1);
+	atomic_fetch_add(&B->live, (int64_t)rec_len(size));
+	atomic_fetch_add(&b->bytes, size);
+	return 0;
+}
+
+/* Checks blob-N.index against blob B of `fsize` bytes and applies it. Returns the
+ * bytes it covers, or 0 when there is no usable index (then the blob is scanned). */
+static uint64_t index_load(struct dnet_backend *b, struct blob *B, uint64_t fsize, int last,
+			   int *sealed, int *err)
+{
+	char name[BL_NAME_MAX];
+	blob_name(name, B->num, "index");
+	*err = 0;
+	int fd = openat(b->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	uint8_t h[BL_IHDR];
+	uint8_t *buf = NULL;
+	struct stat sb;
+	uint64_t covered = 0, n = 0;
+	const char *why = NULL;
+	if (fstat(fd, &sb) < 0 || bl_pread(fd, h, BL_IHDR, 0) != BL_IHDR) {
+		why = "unreadable";
+		goto out;
+	}
+	covered = dnet_get_u64(h + 24);
+	n = dnet_get_u64(h + 32);
+	if (dnet_get_u32(h) != BL_MAGIC_IDX || dnet_get_u16(h + 4) != BL_VERSION ||
+	    dnet_get_u64(h + 56) != XXH3_64bits(h, 56) || dnet_get_u32(h + 8) != B->num) {
+		why = "bad header";
+		goto out;
+	}
+	if (dnet_get_u64(h + 16) != B->gen || covered > fsize || covered < BL_BHDR ||
+	    n > covered / BL_RHDR + 1 || (uint64_t)sb.st_size != BL_IHDR + n * BL_IENT) {
+		why = "does not match its blob";
+		goto out;
+	}
+	if (!(buf = malloc(BL_IO_CHUNK))) {
+		*err = DNET_ENOMEM;
+		goto out;
+	}
+	/* pass 1: checksum and bounds of every entry; pass 2: apply */
+	for (int pass = 0; pass < 2 && !why; pass++) {
+		XXH3_state_t *st = XXH3_createState();
+		if (!st || XXH3_64bits_reset(st) != XXH_OK) {
+			XXH3_freeState(st);
+			*err = DNET_ENOMEM;
+			goto out;
+		}
+		uint8_t prev[BL_PREFIX];
+		memset(prev, 0, sizeof(prev));
+		for (uint64_t i = 0; i < n && !why && !*err;) {
+			size_t k = n - i < BL_IO_CHUNK / BL_IENT ? (size_t)(n - i) : BL_IO_CHUNK / BL_IENT;
+			if (bl_pread(fd, buf, k * BL_IENT, BL_IHDR + i * BL_IENT) != (int64_t)(k * BL_IENT)) {
+				if (pass)
+					*err = DNET_EIO; /* half applied: cannot fall back to a scan */
+				else
+					why = "short read";
+				break;
+			}
+			XXH3_64bits_update(st, buf, k * BL_IENT);
+			for (size_t j = 0; j < k && !why && !*err; j++) {
+				const uint8_t *e = buf + j * BL_IENT;
+				uint64_t off = dnet_get_u64(e + 16) & ~7ull, size = dnet_get_u64(e + 24);
+				int tomb = (int)(dnet_get_u64(e + 16) & BL_F_TOMB);
+				if (pass == 0) {
+					if ((dnet_get_u64(e + 16) & 6) || off < BL_BHDR || size > BL_MAX_OBJECT ||
+					    off + rec_len(size) > align_up(covered, 8) || (tomb && size) ||
+					    memcmp(prev, e, BL_PREFIX) > 0)
+						why = "bad entry";
+					memcpy(prev, e, BL_PREFIX);
+				} else {
+					*err = apply(b, B, e, NULL, off, size, tomb, !*sealed);
+				}
+			}
+			i += k;
+		}
+		if (pass == 0 && !why && XXH3_64bits_digest(st) != dnet_get_u64(h + 40))
+			why = "checksum mismatch";
+		XXH3_freeState(st);
+		if (pass == 0 && !why)
+			*sealed = covered == fsize && !last;
+	}
+out:
+	free(buf);
+	close(fd);
+	if (why) {
+		dnet_log_warn("blob backend %s: ignoring %s (%s); scanning the blob", b->path, name, why);
+		return 0;
+	}
+	b->recovered += n;
+	return covered;
+}
+
+/* Sequential reader over a blob with a large buffer (restart scans, compaction). */
+struct reader {
+	int fd;
+	uint8_t *buf;
+	uint64_t boff, fsize;
+	size_t blen;
+};
+
+/* [off, off+len) of the file (len <= BL_SCAN_BUF), or NULL past the end / on error. */
+static const uint8_t *rd_get(struct reader *r, uint64_t off, size_t len)
+{
+	if (off >= r->boff && off + len <= r->boff + r->blen)
+		return r->buf + (off - r->boff);
+	if (off + len > r->fsize)
+		return NULL;
+	size_t n = r->fsize - off < BL_SCAN_BUF ? (size_t)(r->fsize - off) : BL_SCAN_BUF;
+	int64_t got = bl_pread(r->fd, r->buf, n, off);
+	if (got < (int64_t)len)
+		return NULL;
+	r->boff = off;
+	r->blen = (size_t)got;
+	return r->buf;
+}
+
+/* Verifies the data checksum of a record through the reader: 1 good, 0 bad. */
+static int rd_verify(struct reader *r, uint64_t off, const struct bl_hdr *h)
+{
+	XXH3_state_t *st = XXH3_createState();
+	int ok = st && XXH3_128bits_reset(st) == XXH_OK;
+	for (uint64_t p = 0; p < h->size && ok;) {
+		size_t n = h->size - p < BL_IO_CHUNK ? (size_t)(h->size - p) : BL_IO_CHUNK;
+		const uint8_t *d = rd_get(r, off + BL_RHDR + p, n);
+		if (!d)
+			ok = 0;
+		else
+			XXH3_128bits_update(st, d, n);
+		p += n;
+	}
+	if (ok) {
+		XXH128_canonical_t c;
+		XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+		ok = memcmp(c.digest, h->csum, 16) == 0;
+	}
+	XXH3_freeState(st);
+	return ok;
+}
+
+/* Walks the records of B from `start` to `fsize`. Returns the end of the last good
+ * record (where a torn tail starts) via *valid_end. For each record with a valid
+ * header, calls cb (data verified when `verify`; *good = 0 if it failed). */
+typedef int (*scan_fn)(struct dnet_backend *b, struct blob *B, struct reader *r, uint64_t off,
+		       const struct bl_hdr *h, int good, void *arg);
+
+static int scan(struct dnet_backend *b, struct blob *B, uint64_t start, uint64_t fsize, int verify,
+		scan_fn cb, void *arg, uint64_t *valid_end)
+{
+	struct reader r = {.fd = B->fd, .fsize = fsize};
+	if (!(r.buf = malloc(BL_SCAN_BUF)))
+		return DNET_ENOMEM;
+	uint64_t off = start, good_end = start;
+	int err = 0;
+	while (!err) {
+		off = align_up(off, 8);
+		struct bl_hdr h;
+		const uint8_t *p = rd_get(&r, off, BL_RHDR);
+		if (!p || hdr_decode(p, &h) != 0) {
+			/* an upload starts at the next 4 KiB boundary after a zero gap */
+			uint64_t a = align_up(off, BL_UPLOAD_ALIGN);
+			const uint8_t *z = a > off ? rd_get(&r, off, (size_t)(a - off)) : NULL;
+			size_t i = 0;
+			while (z && i < a - off && z[i] == 0)
+				i++;
+			if (z && i == a - off && a + BL_RHDR <= fsize) {
+				off = a;
+				continue;
+			}
+			break;
+		}
+		if (off + BL_RHDR + h.reserved > fsize)
+			break; /* torn: runs past the end */
+		int good = 1;
+		if (h.flags & BL_F_UNCOMMITTED) {
+			good = 0; /* an abandoned upload: dead space, not a reason to stop */
+		} else if (verify && !(h.flags & BL_F_TOMB) && !rd_verify(&r, off, &h)) {
+			good = 0;
+			report_corrupt(b, h.id, B, off, "skipping record with bad data checksum");
+		}
+		err = cb(b, B, &r, off, &h, good, arg);
+		off += BL_RHDR + h.reserved;
+		if (good)
+			good_end = off;
+	}
+	free(r.buf);
+	*valid_end = good_end;
+	return err;
+}
+
+static int scan_apply_cb(struct dnet_backend *b, struct blob *B, struct reader *r, uint64_t off,
+			 const struct bl_hdr *h, int good, void *arg)
+{
+	if (!good)
+		return 0;
+	b->scanned++;
+	b->recovered++;
+	return apply(b, B, h->id, h->id, off, h->size, !!(h->flags & BL_F_TOMB), 1);
+}
+
+/* Opens and loads blob `num`: its index file, then a scan of what it does not cover
+ * (the torn tail cut off). `last`: the newest blob, which may become active. */
+static int load_blob(struct dnet_backend *b, uint32_t num, int last, struct blob **out)
+{
+	char name[BL_NAME_MAX];
+	uint8_t hb[BL_BHDR];
+	struct stat sb;
+	blob_name(name, num, "data");
+	int fd = openat(b->dirfd, name, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return bl_errno();
+	if (fstat(fd, &sb) < 0) {
+		int err = bl_errno();
+		close(fd);
+		return err;
+	}
+	uint64_t fsize = (uint64_t)sb.st_size;
+	if (bl_pread(fd, hb, BL_BHDR, 0) != BL_BHDR || dnet_get_u32(hb) != BL_MAGIC_BLOB ||
+	    dnet_get_u64(hb + 56) != XXH3_64bits(hb, 56) || dnet_get_u32(hb + 8) != num) {
+		close(fd);
+		if (last && fsize <= BL_BHDR) {
+			/* crashed while creating it: nothing was ever acknowledged in it */
+			unlinkat(b->dirfd, name, 0);
+			return 1;
+		}
+		char bad[BL_NAME_MAX];
+		blob_name(bad, num, "data.bad");
+		dnet_log_error("blob backend %s: %s has a bad file header; moved to %s", b->path,
+			       name, bad);
+		renameat(b->dirfd, name, b->dirfd, bad);
+		return 1;
+	}
+	struct blob *B = blob_alloc(num, dnet_get_u64(hb + 16), fd, fsize);
+	int err;
+	if (!B) {
+		close(fd);
+		return DNET_ENOMEM;
+	}
+	if ((err = blob_register(b, B, NULL))) {
+		close(fd);
+		free(B);
+		return err;
+	}
+	int sealed = 0;
+	uint64_t covered = index_load(b, B, fsize, last, &sealed, &err);
+	if (err)
+		return err;
+	if (covered < fsize) {
+		uint64_t valid_end;
+		uint64_t start = covered ? covered : BL_BHDR;
+		if ((err = scan(b, B, start, fsize, 1, scan_apply_cb, NULL, &valid_end)))
+			return err;
+		if (valid_end < fsize) {
+			dnet_log_warn("blob backend %s: %s: dropping %llu bytes of torn tail at %llu",
+				      b->path, name, (unsigned long long)(fsize - valid_end),
+				      (unsigned long long)valid_end);
+			b->torn += fsize - valid_end;
+			if (ftruncate(fd, (off_t)valid_end) < 0)
+				return bl_errno();
+			fsize = valid_end;
+		}
+	}
+	atomic_store(&B->size, fsize);
+	B->prealloc = fsize;
+	if (sealed) {
+		atomic_store(&B->sealed, 1);
+		free(B->log);
+		B->log = NULL;
+		B->nlog = B->caplog = 0;
+	} else if (!last) {
+		B->seal_wanted = 1;
+	}
+	*out = B;
+	return 0;
+}
+
+static int num_cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int load_all(struct dnet_backend *b)
+{
+	DIR *d = fdopendir(dup(b->dirfd));
+	if (!d)
+		return bl_errno();
+	uint32_t *nums = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *de;
+	int err = 0;
+	while ((de = readdir(d))) {
+		const char *nm = de->d_name;
+		size_t l = strlen(nm);
+		unsigned num;
+		char tail[16];
+		if ((l > 4 && strcmp(nm + l - 4, ".tmp") == 0) ||
+		    (l > 8 && strcmp(nm + l - 8, ".compact") == 0)) {
+			unlinkat(b->dirfd, nm, 0);
+			continue;
+		}
+		if (sscanf(nm, "blob-%u.%15s", &num, tail) != 2 || strcmp(tail, "data") != 0 ||
+		    num == 0 || num >= UINT32_MAX)
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			uint32_t *x = realloc(nums, cap * sizeof(*x));
+			if (!x) {
+				err = DNET_ENOMEM;
+				break;
+			}
+			nums = x;
+		}
+		nums[n++] = num;
+	}
+	closedir(d);
+	if (!err)
+		qsort(nums, n, sizeof(*nums), num_cmp);
+	struct blob *lastb = NULL;
+	for (size_t i = 0; i < n && !err; i++) {
+		struct blob *B = NULL;
+		int r = load_blob(b, nums[i], i + 1 == n, &B);
+		if (r < 0)
+			err = r;
+		else if (r == 0)
+			lastb = B;
+	}
+	uint32_t maxnum = n ? nums[n - 1] : 0;
+	free(nums);
+	if (err)
+		return err;
+	if (lastb && !atomic_load(&lastb->sealed) && atomic_load(&lastb->size) < b->blob_limit &&
+	    lastb->num == maxnum) {
+		b->active = lastb;
+		return 0;
+	}
+	if (lastb && !atomic_load(&lastb->sealed))
+		lastb->seal_wanted = 1;
+	return blob_create(b, maxnum + 1, &b->active);
+}
+
+/* ---- compaction ----------------------------------------------------------------- */
+
+struct moved {
+	uint8_t p[BL_PREFIX];
+	uint64_t old_off, new_off, size;
+	int tomb;
+};
+
+struct compact_ctx {
+	int fd;          /* the new file */
+	uint64_t pos;    /* its append end */
+	int older;       /* a blob older than the one compacted exists */
+	struct moved *m;
+	size_t n, cap;
+	uint64_t live;
+	int err;
+};
+
+static int compact_cb(struct dnet_backend *b, struct blob *B, struct reader *r, uint64_t off,
+		      const struct bl_hdr *h, int good, void *arg)
+{
+	struct compact_ctx *c = arg;
+	const int tomb = !!(h->flags & BL_F_TOMB);
+	if (h->flags & BL_F_UNCOMMITTED)
+		return 0;
+	struct bl_shard *s = shard_of(b, h->id);
+	int keep;
+	pthread_mutex_lock(&s->lock);
+	if (tomb) {
+		/* needed only while an older blob may hold a version it hides */
+		uint8_t hb[BL_RHDR];
+		struct bl_hdr oh;
+		size_t got;
+		uint32_t pos;
+		keep = c->older && ix_resolve(b, s, h->id, &pos, hb, BL_RHDR, &got, &oh) == DNET_ENOENT;
+	} else {
+		keep = ix_find_loc(s, h->id, mkloc(B->slot, off)) >= 0;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (!keep)
+		return 0;
+	if (c->n == c->cap) {
+		size_t ncap = c->cap ? c->cap * 2 : 1024;
+		struct moved *x = realloc(c->m, ncap * sizeof(*x));
+		if (!x)
+			return DNET_ENOMEM;
+		c->m = x;
+		c->cap = ncap;
+	}
+	/* copy the record verbatim (a corrupt one stays detectably corrupt) */
+	uint64_t len = BL_RHDR + h->reserved;
+	for (uint64_t p = 0; p < len;) {
+		size_t k = len - p < BL_IO_CHUNK ? (size_t)(len - p) : BL_IO_CHUNK;
+		const uint8_t *d = rd_get(r, off + p, k);
+		if (!d)
+			return DNET_EIO;
+		int err = bl_pwrite(c->fd, d, k, c->pos + p);
+		if (err)
+			return err;
+		p += k;
+	}
+	struct moved *m = &c->m[c->n++];
+	memcpy(m->p, h->id, BL_PREFIX);
+	m->old_off = off;
+	m->new_off = c->pos;
+	m->size = h->size;
+	m->tomb = tomb;
+	if (!tomb)
+		c->live += rec_len(h->reserved);
+	c->pos = align_up(c->pos + len, 8);
+	return 0;
+}
+
+static int compact_blob(struct dnet_backend *b, struct blob *B)
+{
+	char tmp[BL_NAME_MAX], name[BL_NAME_MAX], itmp[BL_NAME_MAX], iname[BL_NAME_MAX];
+	struct compact_ctx c = {.fd = -1, .pos = BL_BHDR};
+	uint8_t hb[BL_BHDR];
+	uint64_t t0 = dnet_now_mono_ns(), old_size = atomic_load(&B->size);
+	int err;
+
+	pthread_mutex_lock(&b->llock);
+	c.older = b->blobs != B;
+	pthread_mutex_unlock(&b->llock);
+	blob_name(tmp, B->num, "data.compact");
+	blob_name(name, B->num, "data");
+	c.fd = openat(b->dirfd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (c.fd < 0)
+		return bl_errno();
+	bhdr_encode(hb, B->num, B->gen + 1);
+	uint64_t valid_end;
+	if ((err = bl_pwrite(c.fd, hb, BL_BHDR, 0)) ||
+	    (err = scan(b, B, BL_BHDR, old_size, 0, compact_cb, &c, &valid_end)) ||
+	    (err = bl_fdatasync(c.fd)))
+		goto out_unlink;
+	/* the new blob's index: moved entries are in offset order, sort them */
+	struct bl_lrec *e = malloc((c.n ? c.n : 1) * sizeof(*e));
+	if (!e) {
+		err = DNET_ENOMEM;
+		goto out_unlink;
+	}
+	for (size_t i = 0; i < c.n; i++) {
+		memcpy(e[i].p, c.m[i].p, BL_PREFIX);
+		e[i].off = c.m[i].new_off | (c.m[i].tomb ? BL_F_TOMB : 0);
+		e[i].size = c.m[i].size;
+	}
+	qsort(e, c.n, sizeof(*e), lrec_cmp);
+	/* written under a temp name first, then both renamed: a crash between the two
+	 * renames leaves generations that differ, so that blob is simply scanned */
+	blob_name(itmp, B->num, "index.compact");
+	blob_name(iname, B->num, "index");
+	err = index_write(b, itmp, B->num, B->gen + 1, c.pos, e, c.n);
+	free(e);
+	if (err)
+		goto out_unlink;
+
+	struct blob *NB = blob_alloc(B->num, B->gen + 1, c.fd, c.pos);
+	if (!NB) {
+		err = DNET_ENOMEM;
+		goto out_unlink_idx;
+	}
+	atomic_store(&NB->sealed, 1);
+	atomic_store(&NB->live, (int64_t)c.live);
+	atomic_store(&NB->tomb, atomic_load(&B->tomb));
+	if ((err = blob_register(b, NB, B))) {
+		free(NB);
+		goto out_unlink_idx;
+	}
+	c.fd = -1; /* NB owns it */
+	/* tombstone bytes of the new blob: the ones kept */
+	int64_t tb = 0;
+	for (size_t i = 0; i < c.n; i++)
+		tb += c.m[i].tomb ? (int64_t)rec_len(0) : 0;
+	atomic_store(&NB->tomb, tb);
+	/* flip every cell still pointing into the old blob */
+	for (size_t i = 0; i < c.n; i++) {
+		if (c.m[i].tomb)
+			continue;
+		struct bl_shard *s = shard_of(b, c.m[i].p);
+		pthread_mutex_lock(&s->lock);
+		int64_t pos = ix_find_loc(s, c.m[i].p, mkloc(B->slot, c.m[i].old_off));
+		if (pos >= 0)
+			s->t[pos].loc = mkloc(NB->slot, c.m[i].new_off);
+		else /* overwritten or deleted since: the copy is dead already */
+			atomic_fetch_sub(&NB->live, (int64_t)rec_len(c.m[i].size));
+		pthread_mutex_unlock(&s->lock);
+	}
+	if (renameat(b->dirfd, tmp, b->dirfd, name) < 0 ||
+	    renameat(b->dirfd, itmp, b->dirfd, iname) < 0) {
+		/* both files are complete; the next open scans if generations differ */
+		err = bl_errno();
+		dnet_log_error("blob backend %s: compaction rename of blob %u: %s", b->path, B->num,
+			       strerror(errno));
+	} else {
+		err = fsync_dir(b);
+	}
+	atomic_fetch_add(&b->compactions, 1);
+	atomic_fetch_add(&b->reclaimed, old_size > c.pos ? old_size - c.pos : 0);
+	dnet_log_info("blob backend %s: compacted blob %u: %llu -> %llu bytes, %zu records kept, "
+		      "%.1f ms",
+		      b->path, B->num, (unsigned long long)old_size, (unsigned long long)c.pos, c.n,
+		      (double)(dnet_now_mono_ns() - t0) / 1e6);
+	free(c.m);
+	blob_put(b, B); /* the list's reference: the old file closes with its last reader */
+	return err;
+
+out_unlink_idx:
+	unlinkat(b->dirfd, itmp, 0);
+out_unlink:
+	if (c.fd >= 0)
+		close(c.fd);
+	unlinkat(b->dirfd, tmp, 0);
+	free(c.m);
+	return err;
+}
+
+static double dead_ratio(const struct blob *B)
+{
+	uint64_t size = atomic_load(&B->size);
+	int64_t live = atomic_load(&B->live), tomb = atomic_load(&B->tomb);
+	if (size <= BL_BHDR)
+		return 0;
+	int64_t dead = (int64_t)(size - BL_BHDR) - live - tomb;
+	return dead <= 0 ? 0 : (double)dead / (double)(size - BL_BHDR);
+}
+
+static struct dnet_backend *blob_handle(struct dnet_backend *b)
+{
+	return b && b->magic == BL_ENGINE_MAGIC ? b : NULL;
+}
+
+int dnet_blob_compact(struct dnet_backend *b, double min_dead_ratio)
+{
+	if (!blob_handle(b))
+		return DNET_EINVAL;
+	int done = 0, err = 0;
+	uint32_t after = 0;
+	pthread_mutex_lock(&b->cmp_lock);
+	for (;;) {
+		struct blob *B = NULL;
+		pthread_mutex_lock(&b->llock);
+		for (struct blob *x = b->blobs; x; x = x->next) {
+			if (x->num > after && atomic_load(&x->sealed) && !x->retired &&
+			    dead_ratio(x) > 0 && dead_ratio(x) >= min_dead_ratio) {
+				B = x;
+				blob_get(B);
+				break;
+			}
+		}
+		pthread_mutex_unlock(&b->llock);
+		if (!B)
+			break;
+		after = B->num;
+		err = compact_blob(b, B);
+		blob_put(b, B);
+		if (err)
+			break;
+		done++;
+	}
+	pthread_mutex_unlock(&b->cmp_lock);
+	return err ? err : done;
+}
+
+int dnet_blob_rotate(struct dnet_backend *b)
+{
+	if (!blob_handle(b))
+		return DNET_EINVAL;
+	pthread_mutex_lock(&b->alock);
+	int err = atomic_load(&b->active->size) > BL_BHDR ? rotate_locked(b) : 0;
+	pthread_mutex_unlock(&b->alock);
+	if (err)
+		return err;
+	/* seal here rather than wait for the maintenance thread */
+	for (int i = 0; i < 10000 && seal_pending(b); i++) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	return seal_pending(b) ? DNET_EBUSY : 0;
+}
+
+int dnet_blob_stats(struct dnet_backend *b, struct dnet_blob_stats *st)
+{
+	if (!blob_handle(b))
+		return DNET_EINVAL;
+	memset(st, 0, sizeof(*st));
+	for (uint32_t k = 0; k < BL_SHARDS; k++) {
+		struct bl_shard *s = &b->sh[k];
+		pthread_mutex_lock(&s->lock);
+		st->objects += s->n;
+		st->index_bytes += (uint64_t)s->cap * sizeof(struct bl_ent);
+		pthread_mutex_unlock(&s->lock);
+	}
+	st->index_bytes += BL_SHARDS * sizeof(struct bl_shard);
+	st->index_bytes_per_object =
+		st->objects ? (double)st->index_bytes / (double)st->objects : 0;
+	pthread_mutex_lock(&b->alock);
+	pthread_mutex_lock(&b->llock);
+	for (struct blob *B = b->blobs; B; B = B->next) {
+		uint64_t size = atomic_load(&B->size);
+		st->blobs++;
+		st->sealed += atomic_load(&B->sealed) != 0;
+		st->log_bytes += B->caplog * sizeof(struct bl_lrec);
+		st->disk_bytes += size;
+		int64_t dead = (int64_t)(size - BL_BHDR) - atomic_load(&B->live);
+		st->dead_bytes += dead > 0 ? (uint64_t)dead : 0;
+		st->tomb_bytes += (uint64_t)atomic_load(&B->tomb);
+	}
+	pthread_mutex_unlock(&b->llock);
+	pthread_mutex_unlock(&b->alock);
+	st->compactions = atomic_load(&b->compactions);
+	st->reclaimed_bytes = atomic_load(&b->reclaimed);
+	st->open_us = b->open_us;
+	st->recovered = b->recovered;
+	st->scanned = b->scanned;
+	st->torn_bytes = b->torn;
+	return 0;
+}
+
+/* ---- maintenance thread, open, close -------------------------------------------- */
+
+static void *maint(void *arg)
+{
+	struct dnet_backend *b = arg;
+	uint64_t last_compact = dnet_now_mono_ns();
+	pthread_mutex_lock(&b->mlock);
+	while (!b->mstop) {
+		if (!b->mkick) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 200000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&b->mcond, &b->mlock, &ts);
+		}
+		b->mkick = 0;
+		if (b->mstop)
+			break;
+		pthread_mutex_unlock(&b->mlock);
+		seal_pending(b);
+		up_sweep(b, 0);
+		uint64_t now = dnet_now_mono_ns();
+		if (b->compact_ratio > 0 && now - last_compact >= b->compact_ns) {
+			int r = dnet_blob_compact(b, b->compact_ratio);
+			if (r < 0)
+				dnet_log_error("blob backend %s: compaction: %s", b->path, dnet_strerror(r));
+			last_compact = dnet_now_mono_ns();
+		}
+		pthread_mutex_lock(&b->mlock);
+	}
+	pthread_mutex_unlock(&b->mlock);
+	return NULL;
+}
+
+static void bl_free(struct dnet_backend *b)
+{
+	if (b->blobs || b->slots) {
+		struct blob *B = b->blobs;
+		while (B) {
+			struct blob *n = B->next;
+			if (B->fd >= 0)
+				close(B->fd);
+			free(B->log);
+			free(B);
+			B = n;
+		}
+	}
+	if (b->sh) {
+		for (uint32_t k = 0; k < BL_SHARDS; k++) {
+			free(b->sh[k].t);
+			pthread_mutex_destroy(&b->sh[k].lock);
+		}
+		free(b->sh);
+	}
+	free(b->slots);
+	if (b->lockfd >= 0)
+		close(b->lockfd);
+	if (b->dirfd >= 0)
+		close(b->dirfd);
+	pthread_mutex_destroy(&b->alock);
+	pthread_mutex_destroy(&b->llock);
+	pthread_mutex_destroy(&b->cmp_lock);
+	pthread_mutex_destroy(&b->clock);
+	pthread_cond_destroy(&b->ccond);
+	pthread_mutex_destroy(&b->mlock);
+	pthread_cond_destroy(&b->mcond);
+	pthread_cond_destroy(&b->msealed);
+	pthread_mutex_destroy(&b->ulock);
+	free(b->path);
+	free(b);
+}
+
+static void read_tunables(struct dnet_backend *b)
+{
+	const char *v;
+	b->blob_limit = DNET_BLOB_DEFAULT_SIZE;
+	b->compact_ratio = DNET_BLOB_DEFAULT_COMPACT_RATIO;
+	b->compact_ns = 10ull * 1000000000ull;
+	uint64_t x;
+	if ((v = getenv(DNET_BLOB_ENV_SIZE)) && dnet_parse_size(v, &x) == 0 && x >= 4096)
+		b->blob_limit = x;
+	if ((v = getenv(DNET_BLOB_ENV_COMPACT))) {
+		char *end;
+		double r = strtod(v, &end);
+		if (end != v && r >= 0 && r <= 1)
+			b->compact_ratio = r;
+	}
+	if ((v = getenv(DNET_BLOB_ENV_COMPACT_MS)) && dnet_parse_size(v, &x) == 0 && x > 0)
+		b->compact_ns = x * 1000000ull;
+}
+
+static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **out)
+{
+	uint64_t t0 = dnet_now_mono_ns();
+	struct dnet_backend *b = calloc(1, sizeof(*b));
+	if (!b)
+		return DNET_ENOMEM;
+	b->magic = BL_ENGINE_MAGIC;
+	b->cfg = *cfg;
+	b->dirfd = b->lockfd = -1;
+	if (!b->cfg.batch_max_ops)
+		b->cfg.batch_max_ops = 1024;
+	if (!b->cfg.upload_timeout_s)
+		b->cfg.upload_timeout_s = 3600;
+	b->qtail = &b->q;
+	pthread_mutex_init(&b->alock, NULL);
+	pthread_mutex_init(&b->llock, NULL);
+	pthread_mutex_init(&b->cmp_lock, NULL);
+	pthread_mutex_init(&b->clock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&b->ccond, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_init(&b->mlock, NULL);
+	pthread_cond_init(&b->mcond, NULL);
+	pthread_cond_init(&b->msealed, NULL);
+	pthread_mutex_init(&b->ulock, NULL);
+	read_tunables(b);
+	int err = DNET_ENOMEM;
+	if (!cfg->path || !(b->path = strdup(cfg->path))) {
+		err = cfg->path ? DNET_ENOMEM : DNET_EINVAL;
+		goto out_free;
+	}
+	if (!(b->slots = calloc(BL_MAX_SLOTS, sizeof(*b->slots))) ||
+	    posix_memalign((void **)&b->sh, 64, BL_SHARDS * sizeof(*b->sh)))
+		goto out_free;
+	memset(b->sh, 0, BL_SHARDS * sizeof(*b->sh));
+	for (uint32_t k = 0; k < BL_SHARDS; k++) {
+		pthread_mutex_init(&b->sh[k].lock, NULL);
+		b->sh[k].cap = 16;
+		if (!(b->sh[k].t = calloc(16, sizeof(struct bl_ent))))
+			goto out_free;
+	}
+	if (mkdir(b->path, 0755) < 0 && errno != EEXIST) {
+		err = bl_errno();
+		dnet_log_error("blob backend: cannot create %s: %s", b->path, strerror(errno));
+		goto out_free;
+	}
+	if ((b->dirfd = open(b->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+	    (b->lockfd = openat(b->dirfd, "LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0) {
+		err = bl_errno();
+		dnet_log_error("blob backend: cannot open %s: %s", b->path, strerror(errno));
+		goto out_free;
+	}
+	if (flock(b->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		err = errno == EWOULDBLOCK ? DNET_EBUSY : bl_errno();
+		dnet_log_error("blob backend %s: in use by another process", b->path);
+		goto out_free;
+	}
+	if ((err = load_all(b))) {
+		dnet_log_error("blob backend %s: open failed: %s", b->path, dnet_strerror(err));
+		goto out_free;
+	}
+	if (b->cfg.fsync == DNET_FSYNC_BATCH) {
+		if (pthread_create(&b->cthr, NULL, committer, b)) {
+			err = DNET_ENOMEM;
+			goto out_free;
+		}
+		b->cthr_on = 1;
+	}
+	if (pthread_create(&b->mthr, NULL, maint, b)) {
+		err = DNET_ENOMEM;
+		goto out_stop;
+	}
+	b->mthr_on = 1;
+	b->open_us = (dnet_now_mono_ns() - t0) / 1000;
+	dnet_log_info("blob backend %s: opened in %.1f ms: %llu objects, %llu records recovered "
+		      "(%llu by scanning), %llu torn bytes dropped, active blob %u",
+		      b->path, (double)b->open_us / 1000, (unsigned long long)atomic_load(&b->objects),
+		      (unsigned long long)b->recovered, (unsigned long long)b->scanned,
+		      (unsigned long long)b->torn, b->active->num);
+	maint_kick(b);
+	*out = b;
+	return 0;
+
+out_stop:
+	if (b->cthr_on) {
+		pthread_mutex_lock(&b->clock);
+		b->cstop = 1;
+		pthread_cond_signal(&b->ccond);
+		pthread_mutex_unlock(&b->clock);
+		pthread_join(b->cthr, NULL);
+	}
+out_free:
+	bl_free(b);
+	return err;
+}
+
+static void bl_close(struct dnet_backend *b)
+{
+	if (b->mthr_on) {
+		pthread_mutex_lock(&b->mlock);
+		b->mstop = 1;
+		pthread_cond_signal(&b->mcond);
+		pthread_mutex_unlock(&b->mlock);
+		pthread_join(b->mthr, NULL);
+	}
+	if (b->cthr_on) {
+		pthread_mutex_lock(&b->clock);
+		b->cstop = 1;
+		pthread_cond_signal(&b->ccond);
+		pthread_mutex_unlock(&b->clock);
+		pthread_join(b->cthr, NULL); /* it completes every queued write first */
+	}
+	up_sweep(b, 1);
+	seal_pending(b);
+	/* checkpoint the active blob: a clean restart then scans nothing */
+	struct blob *A = b->active;
+	if (A && !atomic_load(&A->inflight)) {
+		struct bl_lrec *e;
+		size_t n;
+		uint64_t size = atomic_load(&A->size);
+		if (bl_fdatasync(A->fd) == 0 && ftruncate(A->fd, (off_t)size) == 0 &&
+		    index_build(b, A, &e, &n) == 0) {
+			char name[BL_NAME_MAX];
+			blob_name(name, A->num, "index");
+			index_write(b, name, A->num, A->gen, size, e, n);
+			free(e);
+		}
+	}
+	bl_free(b);
+}
+
+const struct dnet_backend_ops dnet_blob_backend_ops = {
+	.name = "blob",
+	.open = bl_open,
+	.close = bl_close,
+	.write = bl_write,
+	.read = bl_read,
+	.del = bl_del,
+	.lookup = bl_lookup,
+	.iterate = bl_iterate,
+	.sync = bl_sync,
+	.stat = bl_stat,
+};
