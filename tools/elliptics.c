@@ -364,6 +364,14 @@ static int cmd_put(const struct cli *g, int argc, char **argv)
 			return CLI_EXIT_FAIL;
 		}
 	}
+	struct stat st;
+	if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+		cli_error("put %s: \"%s\" is a directory", a.shown, a.file ? a.file : "-");
+		if (fd > 0)
+			close(fd);
+		free(a.shown);
+		return CLI_EXIT_FAIL;
+	}
 	dnet_client *c;
 	int err = cli_client(g, &c);
 	if (err) {
@@ -383,6 +391,43 @@ static int cmd_put(const struct cli *g, int argc, char **argv)
 	return rc;
 }
 
+/* Writes to the local output, remembering why they failed (a full disk or a closed
+ * pipe is our side's problem, not the node's). */
+struct out_sink {
+	int fd;
+	int err; /* errno */
+};
+
+#define SINK_FAILED (-1000)
+
+static int out_write(void *arg, const void *data, size_t len)
+{
+	struct out_sink *o = arg;
+	const char *p = data;
+	while (len) {
+		ssize_t n = write(o->fd, p, len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			o->err = errno;
+			return SINK_FAILED;
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int get_fail(const struct cli *g, dnet_client *c, const struct objarg *a,
+		    const struct out_sink *o, const char *where, int err)
+{
+	if (err == SINK_FAILED) {
+		cli_error("get %s: writing %s: %s", a->shown, where, strerror(o->err));
+		return CLI_EXIT_FAIL;
+	}
+	return obj_fail(g, c, "get", a, err);
+}
+
 static int cmd_get(const struct cli *g, int argc, char **argv)
 {
 	struct objarg a;
@@ -397,10 +442,34 @@ static int cmd_get(const struct cli *g, int argc, char **argv)
 	}
 	struct progress p;
 	progress_start(c, &p, "get");
+	struct out_sink o = {.fd = 1};
 	if (!a.file || !strcmp(a.file, "-")) {
-		err = dnet_read_fd_id(c, a.id, 1, NULL);
+		err = dnet_read_stream_id(c, a.id, 0, 0, out_write, &o, NULL);
 		progress_end(&p);
-		rc = err ? obj_fail(g, c, "get", &a, err) : 0;
+		rc = err ? get_fail(g, c, &a, &o, "standard output", err) : 0;
+		goto out;
+	}
+	/* A device, FIFO or socket is written in place: there is nothing to replace. */
+	struct stat st;
+	if (stat(a.file, &st) == 0 && S_ISDIR(st.st_mode)) {
+		cli_error("get %s: \"%s\" is a directory", a.shown, a.file);
+		rc = CLI_EXIT_FAIL;
+		goto out;
+	}
+	if (stat(a.file, &st) == 0 && !S_ISREG(st.st_mode)) {
+		o.fd = open(a.file, O_WRONLY | O_CLOEXEC);
+		if (o.fd < 0) {
+			cli_error("get %s: cannot open \"%s\": %s", a.shown, a.file, strerror(errno));
+			rc = CLI_EXIT_FAIL;
+			goto out;
+		}
+		err = dnet_read_stream_id(c, a.id, 0, 0, out_write, &o, NULL);
+		progress_end(&p);
+		if (close(o.fd) < 0 && !err) {
+			o.err = errno;
+			err = SINK_FAILED;
+		}
+		rc = err ? get_fail(g, c, &a, &o, a.file, err) : 0;
 		goto out;
 	}
 	/* Temp file next to FILE, renamed into place only when complete. */
@@ -423,10 +492,13 @@ static int cmd_get(const struct cli *g, int argc, char **argv)
 	mode_t um = umask(0);
 	umask(um);
 	fchmod(fd, 0666 & ~um);
-	err = dnet_read_fd_id(c, a.id, fd, NULL);
+	o.fd = fd;
+	err = dnet_read_stream_id(c, a.id, 0, 0, out_write, &o, NULL);
 	progress_end(&p);
-	if (close(fd) < 0 && !err)
-		err = dnet_from_errno(errno);
+	if (close(fd) < 0 && !err) {
+		o.err = errno;
+		err = SINK_FAILED;
+	}
 	if (!err && rename(tmp, a.file) < 0) {
 		cli_error("get %s: cannot rename into \"%s\": %s", a.shown, a.file, strerror(errno));
 		unlink(tmp);
@@ -435,7 +507,7 @@ static int cmd_get(const struct cli *g, int argc, char **argv)
 	}
 	if (err) {
 		unlink(tmp);
-		rc = obj_fail(g, c, "get", &a, err);
+		rc = get_fail(g, c, &a, &o, a.file, err);
 	}
 out_free:
 	free(d1);
