@@ -333,6 +333,7 @@ struct dnet_backend {
 	uint32_t slot_hint;
 
 	pthread_mutex_t cmp_lock; /* one compaction at a time */
+	pthread_mutex_t seal_lock; /* one sealer at a time (maintenance thread, rotate, close) */
 
 	pthread_mutex_t clock; /* group commit */
 	pthread_cond_t ccond;
@@ -1712,6 +1713,7 @@ static int seal(struct dnet_backend *b, struct blob *B)
 static int seal_pending(struct dnet_backend *b)
 {
 	int left = 0;
+	pthread_mutex_lock(&b->seal_lock);
 	for (;;) {
 		struct blob *B = NULL;
 		pthread_mutex_lock(&b->llock);
@@ -1727,7 +1729,7 @@ static int seal_pending(struct dnet_backend *b)
 		}
 		pthread_mutex_unlock(&b->llock);
 		if (!B)
-			return left;
+			break;
 		int r = seal(b, B);
 		if (r == 0) {
 			pthread_mutex_lock(&b->llock);
@@ -1738,6 +1740,8 @@ static int seal_pending(struct dnet_backend *b)
 		}
 		blob_put(b, B);
 	}
+	pthread_mutex_unlock(&b->seal_lock);
+	return left;
 }
 
 /* ---- loading at open ------------------------------------------------------------ */
@@ -2143,7 +2147,8 @@ struct moved {
 
 struct compact_ctx {
 	int fd;          /* the new file */
-	uint64_t pos;    /* its append end */
+	uint64_t pos;    /* its append end (aligned) */
+	uint64_t end;    /* its file size */
 	int older;       /* a blob older than the one compacted exists */
 	struct moved *m;
 	size_t n, cap;
@@ -2202,14 +2207,15 @@ static int compact_cb(struct dnet_backend *b, struct blob *B, struct reader *r, 
 	m->tomb = tomb;
 	if (!tomb)
 		c->live += rec_len(h->reserved);
-	c->pos = align_up(c->pos + len, 8);
+	c->end = c->pos + len;
+	c->pos = align_up(c->end, 8);
 	return 0;
 }
 
 static int compact_blob(struct dnet_backend *b, struct blob *B)
 {
 	char tmp[BL_NAME_MAX], name[BL_NAME_MAX], itmp[BL_NAME_MAX], iname[BL_NAME_MAX];
-	struct compact_ctx c = {.fd = -1, .pos = BL_BHDR};
+	struct compact_ctx c = {.fd = -1, .pos = BL_BHDR, .end = BL_BHDR};
 	uint8_t hb[BL_BHDR];
 	uint64_t t0 = dnet_now_mono_ns(), old_size = atomic_load(&B->size);
 	int err;
@@ -2244,12 +2250,12 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 	 * renames leaves generations that differ, so that blob is simply scanned */
 	blob_name(itmp, B->num, "index.compact");
 	blob_name(iname, B->num, "index");
-	err = index_write(b, itmp, B->num, B->gen + 1, c.pos, e, c.n);
+	err = index_write(b, itmp, B->num, B->gen + 1, c.end, e, c.n);
 	free(e);
 	if (err)
 		goto out_unlink;
 
-	struct blob *NB = blob_alloc(B->num, B->gen + 1, c.fd, c.pos);
+	struct blob *NB = blob_alloc(B->num, B->gen + 1, c.fd, c.end);
 	if (!NB) {
 		err = DNET_ENOMEM;
 		goto out_unlink_idx;
@@ -2290,10 +2296,10 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 		err = fsync_dir(b);
 	}
 	atomic_fetch_add(&b->compactions, 1);
-	atomic_fetch_add(&b->reclaimed, old_size > c.pos ? old_size - c.pos : 0);
+	atomic_fetch_add(&b->reclaimed, old_size > c.end ? old_size - c.end : 0);
 	dnet_log_info("blob backend %s: compacted blob %u: %llu -> %llu bytes, %zu records kept, "
 		      "%.1f ms",
-		      b->path, B->num, (unsigned long long)old_size, (unsigned long long)c.pos, c.n,
+		      b->path, B->num, (unsigned long long)old_size, (unsigned long long)c.end, c.n,
 		      (double)(dnet_now_mono_ns() - t0) / 1e6);
 	free(c.m);
 	blob_put(b, B); /* the list's reference: the old file closes with its last reader */
@@ -2476,6 +2482,7 @@ static void bl_free(struct dnet_backend *b)
 	pthread_mutex_destroy(&b->alock);
 	pthread_mutex_destroy(&b->llock);
 	pthread_mutex_destroy(&b->cmp_lock);
+	pthread_mutex_destroy(&b->seal_lock);
 	pthread_mutex_destroy(&b->clock);
 	pthread_cond_destroy(&b->ccond);
 	pthread_mutex_destroy(&b->mlock);
@@ -2522,6 +2529,7 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	pthread_mutex_init(&b->alock, NULL);
 	pthread_mutex_init(&b->llock, NULL);
 	pthread_mutex_init(&b->cmp_lock, NULL);
+	pthread_mutex_init(&b->seal_lock, NULL);
 	pthread_mutex_init(&b->clock, NULL);
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
