@@ -35,6 +35,7 @@ struct fake {
 	script_fn script;
 	int fd; /* current accepted connection */
 	int failures;
+	volatile int stop;
 };
 
 struct msg {
@@ -516,6 +517,103 @@ static void test_failover(void **state)
 	dnet_client_free(c);
 }
 
+/* --- structured random replies: never a crash, always a status ---------- */
+
+#ifndef RANDOM_ROUNDS
+#define RANDOM_ROUNDS 400
+#endif
+static uint64_t rnd_state = 0x243f6a8885a308d3ull;
+
+static uint64_t rnd(void)
+{
+	uint64_t x = rnd_state;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return rnd_state = x;
+}
+
+static void script_random(struct fake *f)
+{
+	struct msg m = {0};
+	while (!f->stop) {
+		if (fake_accept(f) < 0)
+			break;
+		if (f->stop || fake_recv(f, &m))
+			continue;
+		uint8_t buf[4096];
+		struct dnet_cmd_hdr h = m.h;
+		h.flags = (rnd() % 8) ? DNET_FLAG_REPLY : (uint16_t)rnd();
+		h.status = (rnd() % 4) ? 0 : -(int32_t)(rnd() % 30);
+		if (rnd() % 8 == 0)
+			h.cmd = (uint8_t)rnd();
+		if (rnd() % 16 == 0)
+			h.trans = rnd();
+		uint64_t body = rnd() % 300;
+		h.size = (rnd() % 8) ? body : rnd();
+		dnet_hdr_encode(buf, &h);
+		if (rnd() % 16 == 0)
+			buf[rnd() % DNET_HDR_SIZE] ^= (uint8_t)(1u << (rnd() % 8));
+		for (size_t i = 0; i < body; i++)
+			buf[DNET_HDR_SIZE + i] = (uint8_t)rnd();
+		/* a plausible io_attr for READ replies, sometimes */
+		if (m.h.cmd == DNET_CMD_READ && body >= DNET_IO_ATTR_SIZE && rnd() % 2) {
+			struct dnet_io_attr io = {.size = body - DNET_IO_ATTR_SIZE,
+						  .total_size = rnd() % 1000};
+			dnet_io_attr_encode(buf + DNET_HDR_SIZE, &io);
+		}
+		size_t len = DNET_HDR_SIZE + body;
+		if (rnd() % 4 == 0)
+			len = rnd() % len; /* truncated */
+		dnet_write_full(f->fd, buf, len);
+		close(f->fd);
+		f->fd = -1;
+	}
+	free(m.payload);
+}
+
+static void test_random_replies(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start(&f, script_random);
+	for (int round = 0; round < RANDOM_ROUNDS; round++) {
+		dnet_client *c = client_for(&f, 2000);
+		int err;
+		void *data = NULL;
+		size_t len = 0;
+		char *text = NULL;
+		struct dnet_object_info info;
+		switch (round % 4) {
+		case 0:
+			err = dnet_lookup(c, "k", 1, &info);
+			break;
+		case 1:
+			err = dnet_read(c, "k", 1, 0, (uint64_t)(round % 3) * 100, &data, &len, &info);
+			break;
+		case 2:
+			err = dnet_stat(c, &text, NULL);
+			break;
+		default:
+			err = dnet_remove(c, "k", 1);
+			break;
+		}
+		/* retries of idempotent calls may consume a second connection */
+		assert_true(err <= 0 && err > DNET_E_MIN_ - 100);
+		free(data);
+		free(text);
+		dnet_client_free(c);
+	}
+	/* stop the script: flag, then wake its accept() */
+	f.stop = 1;
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f.port),
+				  .sin_addr.s_addr = htonl(0x7f000001)};
+	connect(fd, (struct sockaddr *)&sin, sizeof(sin));
+	fake_stop(&f);
+	close(fd);
+}
+
 int main(void)
 {
 	fill_object();
@@ -528,6 +626,7 @@ int main(void)
 		cmocka_unit_test(test_sink_abort),
 		cmocka_unit_test(test_early_error_and_reconnect),
 		cmocka_unit_test(test_failover),
+		cmocka_unit_test(test_random_replies),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
