@@ -598,8 +598,8 @@ static void test_random_replies(void **state)
 			err = dnet_remove(c, "k", 1);
 			break;
 		}
-		/* retries of idempotent calls may consume a second connection */
-		assert_true(err <= 0 && err > DNET_E_MIN_ - 100);
+		/* any status the node sends through (newer nodes may add codes), never > 0 */
+		assert_true(err <= 0);
 		free(data);
 		free(text);
 		dnet_client_free(c);
