@@ -36,8 +36,10 @@ def corrupt_mentioned(err):
     return "corrupt" in e or "checksum" in e
 
 
-@pytest.mark.parametrize("size", [1 << 20, 65536 + 3])
-def test_corrupted_object_is_not_served(node, tmp_path, size):
+@pytest.mark.parametrize("size,where", [(1 << 20, "middle"), (65536 + 3, "middle"),
+                                        (20 << 20, "middle"), (20 << 20, "near-end")])
+def test_corrupted_object_is_not_served(node, tmp_path, size, where):
+    """20 MiB: a chunked upload, and a read whose bad byte is far from its start."""
     key = "victim-%d" % size
     data = os.urandom(size)
     assert node.cli("put", key, input=data).rc == 0
@@ -46,7 +48,9 @@ def test_corrupted_object_is_not_served(node, tmp_path, size):
     path = object_file(node.data, key)
     fsize = os.path.getsize(path)
     assert fsize >= size, "the object file is smaller than the object"
-    flip(path, fsize // 2)
+    # near-end: file offset size-20 lies in the data area (data is [h, h+size) for a
+    # small header h), within h+20 bytes of the data's end, whatever the file's layout.
+    flip(path, fsize // 2 if where == "middle" else size - 20)
     node.start()
 
     r = node.cli("get", key)
