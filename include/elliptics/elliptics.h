@@ -80,9 +80,9 @@ int dnet_write_fd_id(dnet_client *c, const uint8_t id[64], int fd, uint64_t size
 		     struct dnet_object_info *info);
 /* Store `size` bytes (UINT64_MAX = until the source ends) pulled from a source: it
  * fills buf with up to len bytes and sets *got (0 = end of data); a non-zero return
- * aborts the write and is returned. Memory use is a few chunks whatever the size.
- * A chunked upload announces its total size up front, so a source of unknown length
- * longer than one chunk is first spooled to an unlinked file in $TMPDIR (or /tmp). */
+ * aborts the write and is returned. Memory use is a few chunks whatever the size;
+ * a source of unknown length is streamed as it comes (the upload's size is fixed at
+ * its COMMIT). */
 typedef int (*dnet_source_fn)(void *arg, void *buf, size_t len, size_t *got);
 int dnet_write_stream(dnet_client *c, const void *key, size_t klen, uint64_t size,
 		      dnet_source_fn src, void *arg, struct dnet_object_info *info);

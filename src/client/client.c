@@ -448,46 +448,6 @@ int dnet_write(dnet_client *c, const void *key, size_t klen, const void *data, s
 	return err ? err : dnet_write_id(c, id, data, len, info);
 }
 
-static int upload_file(dnet_client *c, const uint8_t *id, int fd, uint64_t off, uint64_t size,
-		       struct dnet_object_info *info);
-
-/* A chunked upload announces its total size in PREPARE, which an endless source
- * cannot: spool it to an unlinked temporary file (disk, not memory), then send that
- * with sendfile. */
-static int spool_upload(dnet_client *c, struct upload *u, struct dnet_object_info *info)
-{
-	const char *dir = getenv("TMPDIR");
-	if (!dir || !*dir)
-		dir = "/tmp";
-	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		char path[4096];
-		snprintf(path, sizeof(path), "%s/elliptics-spool-XXXXXX", dir);
-		fd = mkostemp(path, O_CLOEXEC);
-		if (fd < 0)
-			return dnet_from_errno(errno);
-		unlink(path);
-	}
-	uint64_t total = 0;
-	int err = dnet_write_full(fd, u->buf[u->cur], u->cur_len);
-	total += u->cur_len;
-	if (!err) {
-		err = dnet_write_full(fd, u->buf[u->nxt], u->nxt_len);
-		total += u->nxt_len;
-	}
-	while (!err && !u->eof) {
-		size_t n = 0;
-		err = stream_fill(u, u->buf[u->cur], &n);
-		if (!err)
-			err = dnet_write_full(fd, u->buf[u->cur], n);
-		total += n;
-	}
-	if (!err)
-		err = upload_file(c, u->id, fd, 0, total, info);
-	close(fd);
-	return err;
-}
-
 int dnet_write_stream_id(dnet_client *c, const uint8_t id[64], uint64_t size, dnet_source_fn src,
 			 void *arg, struct dnet_object_info *info)
 {
@@ -522,10 +482,8 @@ int dnet_write_stream_id(dnet_client *c, const uint8_t id[64], uint64_t size, dn
 		err = write_single(c, id, u.buf[0], -1, 0, u.cur_len, info);
 		goto out_free;
 	}
-	if (size == UINT64_MAX) {
-		err = spool_upload(c, &u, info);
-		goto out_free;
-	}
+	/* size UINT64_MAX: PREPARE says total_size 0 (unknown) and the server takes
+	 * the size from COMMIT, so a pipe streams with no spooling. */
 	upload_pump(&u);
 	upload_wait(c, &u);
 	return upload_result(&u, info);

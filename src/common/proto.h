@@ -81,7 +81,7 @@ struct dnet_io_attr {
 /* WRITE io flags. A write without PREPARE/PLAIN/COMMIT and with offset 0 replaces the
  * object atomically; with offset > 0 it updates a range of the existing object
  * (atomically: readers see the old or the new object, never a mix). */
-#define DNET_IO_PREPARE 0x0001u /* start a chunked upload of total_size bytes */
+#define DNET_IO_PREPARE 0x0001u /* start a chunked upload of total_size bytes (0 = unknown until COMMIT) */
 #define DNET_IO_PLAIN 0x0002u   /* a middle chunk of a chunked upload */
 #define DNET_IO_COMMIT 0x0004u  /* last chunk: make the upload visible atomically */
 #define DNET_IO_FLAGS_KNOWN 0x0007u

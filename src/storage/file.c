@@ -115,6 +115,8 @@ struct fb_upload {
 	uint64_t hwm;       /* highest byte written + 1 */
 	uint64_t seq_pos;   /* bytes hashed so far, while chunks arrive in order */
 	int seq;            /* 0: out-of-order chunk seen, hash the file at COMMIT */
+	int unknown;        /* PREPARE said total_size 0: size known only at COMMIT */
+	uint64_t written;   /* bytes written (unknown size: COMMIT checks for holes) */
 	XXH3_state_t *st;   /* whole-object XXH3-128 while seq */
 	uint8_t *carry;     /* partial block not hashed yet (seq) */
 	uint32_t carry_len;
@@ -1088,6 +1090,13 @@ static int fb_upload_prepare(struct dnet_backend *b, const struct dnet_write_req
 	u->total = req->io.total_size;
 	u->timestamp = req->io.timestamp ? req->io.timestamp : dnet_now_real_ns();
 	u->seq = 1;
+	if (u->total == 0) {
+		/* Streams of unknown length (a pipe): the footer position is known only at
+		 * COMMIT, so checksums are computed then, by reading the data back. */
+		u->unknown = 1;
+		u->total = FB_MAX_OBJECT;
+		u->seq = 0;
+	}
 	u->busy = 1;
 	u->fd = -1;
 	if (!(u->st = XXH3_createState()) || XXH3_128bits_reset(u->st) != XXH_OK) {
@@ -1101,7 +1110,7 @@ static int fb_upload_prepare(struct dnet_backend *b, const struct dnet_write_req
 		goto out_free;
 	}
 	/* Reserve the space now: ENOSPC at PREPARE, not after gigabytes of chunks. */
-	if (u->total > FB_BLOCK_SIZE &&
+	if (!u->unknown && u->total > FB_BLOCK_SIZE &&
 	    fallocate(u->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)fb_file_size(u->total)) < 0 &&
 	    errno != EOPNOTSUPP && errno != ENOSYS) {
 		err = fb_errno();
@@ -1265,6 +1274,7 @@ static void fb_write_upload(struct dnet_backend *b, const struct dnet_write_req 
 			goto out_abort;
 		if (io->offset + io->size > u->hwm)
 			u->hwm = io->offset + io->size;
+		u->written += io->size;
 	}
 	if (!(io->ioflags & DNET_IO_COMMIT)) {
 		struct dnet_obj_info info;
@@ -1274,6 +1284,15 @@ static void fb_write_upload(struct dnet_backend *b, const struct dnet_write_req 
 		fb_upload_put(b, u);
 		done(arg, 0, &info);
 		return;
+	}
+	if (u->unknown) {
+		/* Each chunk is sent once, so bytes written == end means no holes. */
+		if (u->written != u->hwm) {
+			fb_upload_put(b, u);
+			done(arg, DNET_EINVAL, NULL);
+			return;
+		}
+		u->total = u->hwm;
 	}
 	if ((u->seq ? u->seq_pos : u->hwm) != u->total) {
 		fb_upload_put(b, u);
