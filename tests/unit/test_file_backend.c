@@ -497,6 +497,21 @@ static void test_upload(void **state)
 	expect_content(f->b, small, data, 0);
 	assert_int_equal(do_chunk(f->b, small, DNET_IO_COMMIT, 3, 0, 0, NULL, 0), DNET_ENOENT);
 
+	/* unknown length (a pipe): PREPARE says total 0, COMMIT fixes the size; a hole
+	 * (a chunk never sent) is refused at COMMIT */
+	uint8_t pipe_id[DNET_ID_SIZE];
+	key_id(pipe_id, "upload-pipe", 0);
+	assert_int_equal(do_chunk(f->b, pipe_id, DNET_IO_PREPARE, 20, 0, 0, data, chunk), 0);
+	assert_int_equal(do_chunk(f->b, pipe_id, DNET_IO_PLAIN, 20, 0, chunk, data + chunk, chunk), 0);
+	assert_int_equal(do_chunk(f->b, pipe_id, DNET_IO_COMMIT, 20, 0, 2 * chunk, data + 2 * chunk,
+				  12345),
+			 0);
+	expect_content(f->b, pipe_id, data, 2 * chunk + 12345);
+	assert_int_equal(do_chunk(f->b, pipe_id, DNET_IO_PREPARE, 21, 0, 0, data, 1000), 0);
+	assert_int_equal(do_chunk(f->b, pipe_id, DNET_IO_COMMIT, 21, 0, 2000, data + 2000, 1000),
+			 DNET_EINVAL);
+	expect_content(f->b, pipe_id, data, 2 * chunk + 12345);
+
 	/* two uploads of one key interleaved: distinct temp files */
 	assert_int_equal(do_chunk(f->b, small, DNET_IO_PREPARE, 10, 200000, 0, data, 100000), 0);
 	assert_int_equal(do_chunk(f->b, small, DNET_IO_PREPARE, 11, 200000, 0, data2, 100000), 0);
