@@ -134,3 +134,35 @@ def test_write_io_size_mismatch_is_rejected(conn):
     with proto.Conn(conn.sock.getpeername()[0] + ":%d" % conn.sock.getpeername()[1]) as c2:
         rh, _, _ = c2.read(id)
         assert rh.status == proto.ENOENT
+
+
+@pytest.mark.parametrize("case", ["size-mismatch", "no-io-attr", "read-no-io-attr", "del-payload",
+                                  "io-reserved", "io-unknown-flag"])
+def test_malformed_payload_is_eproto_and_connection_survives(conn, node, case):
+    id = proto.key_to_id("malformed-" + case)
+    t = conn.next_trans()
+    W, R, D = proto.CMD_WRITE, proto.CMD_READ, proto.CMD_DEL
+    ack = proto.FLAG_NEED_ACK
+    if case == "size-mismatch":
+        io = proto.encode_io(size=1 << 30, total_size=1 << 30)
+        msg = proto.encode_hdr(W, len(io) + 10, t, ack, id) + io + b"y" * 10
+    elif case == "no-io-attr":
+        msg = proto.encode_hdr(W, 10, t, ack, id) + b"y" * 10
+    elif case == "read-no-io-attr":
+        msg = proto.encode_hdr(R, 0, t, 0, id)
+    elif case == "del-payload":
+        msg = proto.encode_hdr(D, 5, t, ack, id) + b"abcde"
+    elif case == "io-reserved":
+        io = proto.encode_io(size=3, total_size=3, reserved=1)
+        msg = proto.encode_hdr(W, len(io) + 3, t, ack, id) + io + b"abc"
+    else:
+        io = proto.encode_io(size=3, total_size=3, ioflags=0x100)
+        msg = proto.encode_hdr(W, len(io) + 3, t, ack, id) + io + b"abc"
+    h, p = conn.call(msg, t)
+    assert h.status == proto.EPROTO, h
+    assert p == b"", "error replies carry no payload"
+    # Framing is intact: the same connection keeps working, and nothing was stored.
+    h, _ = conn.ping()
+    assert h.status == 0
+    rh, _, _ = conn.read(id)
+    assert rh.status == proto.ENOENT
