@@ -2112,7 +2112,7 @@ static int load_all(struct dnet_backend *b)
 		nums[n++] = num;
 	}
 	closedir(d);
-	if (!err)
+	if (!err && n)
 		qsort(nums, n, sizeof(*nums), num_cmp);
 	struct blob *lastb = NULL;
 	for (size_t i = 0; i < n && !err; i++) {
