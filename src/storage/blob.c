@@ -98,7 +98,7 @@
 #define BL_SCAN_BUF (4u << 20)
 #define BL_PREALLOC (64ull << 20)
 #define BL_UPLOAD_ALIGN 4096u
-#define BL_READ_FIRST 4096u /* first pread of a read: header + small data in one go */
+#define BL_READ_FIRST 4096u	     /* first pread of a read: header + small data in one go */
 #define BL_UPDATE_MAX (256ull << 20) /* offset updates rebuild the object in memory */
 #define BL_UPLOAD_BUCKETS 64u
 #define BL_NAME_MAX 64
@@ -251,19 +251,19 @@ struct blob {
 	uint16_t slot;
 	uint64_t gen;
 	int fd;
-	_Atomic uint64_t size;  /* append end; changed under alock */
-	uint64_t prealloc;      /* fallocate()d up to here (alock) */
-	atomic_int ref;         /* the blob list holds one */
-	atomic_int inflight;    /* reserved records not yet published */
-	atomic_int uploads;     /* chunked uploads reserved here, not finished */
-	_Atomic int64_t live;   /* bytes of current records */
-	_Atomic int64_t tomb;   /* bytes of tombstones */
-	atomic_int sealed;      /* has an index file covering all of it; read-only */
-	int retired;            /* replaced by compaction (llock) */
-	int seal_wanted;        /* rotated away, index file still to write (llock) */
-	struct bl_lrec *log;    /* pending index of an unsealed blob (alock) */
+	_Atomic uint64_t size; /* append end; changed under alock */
+	uint64_t prealloc;     /* fallocate()d up to here (alock) */
+	atomic_int ref;	       /* the blob list holds one */
+	atomic_int inflight;   /* reserved records not yet published */
+	atomic_int uploads;    /* chunked uploads reserved here, not finished */
+	_Atomic int64_t live;  /* bytes of current records */
+	_Atomic int64_t tomb;  /* bytes of tombstones */
+	atomic_int sealed;     /* has an index file covering all of it; read-only */
+	int retired;	       /* replaced by compaction (llock) */
+	int seal_wanted;       /* rotated away, index file still to write (llock) */
+	struct bl_lrec *log;   /* pending index of an unsealed blob (alock) */
 	size_t nlog, caplog;
-	struct blob *next;      /* the list, by number (llock) */
+	struct blob *next; /* the list, by number (llock) */
 };
 
 /* ---- in-memory index ------------------------------------------------------------ */
@@ -332,7 +332,7 @@ struct dnet_backend {
 	struct blob **slots;
 	uint32_t slot_hint;
 
-	pthread_mutex_t cmp_lock; /* one compaction at a time */
+	pthread_mutex_t cmp_lock;  /* one compaction at a time */
 	pthread_mutex_t seal_lock; /* one sealer at a time (maintenance thread, rotate, close) */
 
 	pthread_mutex_t clock; /* group commit */
@@ -464,8 +464,8 @@ static void report_corrupt(struct dnet_backend *b, const uint8_t *id, const stru
 	for (int i = 0; i < 8; i++)
 		snprintf(hex + 2 * i, 3, "%02x", id ? id[i] : 0);
 	atomic_fetch_add(&b->corrupt, 1);
-	dnet_log_error("blob backend %s: %s: object %s... in blob %u at offset %llu", b->path,
-		       what, hex, B->num, (unsigned long long)off);
+	dnet_log_error("blob backend %s: %s: object %s... in blob %u at offset %llu", b->path, what,
+		       hex, B->num, (unsigned long long)off);
 }
 
 /* Under s->lock: the cell holding the full `id`. Every candidate sharing the prefix
@@ -473,8 +473,8 @@ static void report_corrupt(struct dnet_backend *b, const uint8_t *id, const stru
  * buf, at least BL_RHDR). Returns 0 (found: *pos, *h, *got), DNET_ENOENT, or
  * DNET_ECORRUPT when a candidate's header is unreadable and none matched (*pos is
  * that candidate: with a 16-byte prefix it is ours but for a 2^-128 chance). */
-static int ix_resolve(struct dnet_backend *b, struct bl_shard *s, const uint8_t *id,
-		      uint32_t *pos, uint8_t *buf, size_t want, size_t *got, struct bl_hdr *h)
+static int ix_resolve(struct dnet_backend *b, struct bl_shard *s, const uint8_t *id, uint32_t *pos,
+		      uint8_t *buf, size_t want, size_t *got, struct bl_hdr *h)
 {
 	int corrupt = 0, ioerr = 0;
 	uint32_t cpos = 0;
@@ -988,8 +988,9 @@ static int read_verified(struct dnet_backend *b, struct blob *B, uint64_t off,
 		free(d);
 		if (r < 0)
 			return (int)r;
-		report_corrupt(b, h->id, B, off, (uint64_t)r != h->size ? "truncated record"
-									   : "data checksum mismatch");
+		report_corrupt(b, h->id, B, off,
+			       (uint64_t)r != h->size ? "truncated record"
+						      : "data checksum mismatch");
 		return DNET_ECORRUPT;
 	}
 	*out = d;
@@ -1104,8 +1105,8 @@ static void up_sweep(struct dnet_backend *b, int all)
 		struct bl_upload *u = gone;
 		gone = u->next;
 		if (!all)
-			dnet_log_info("blob backend %s: dropping abandoned upload cookie %llx", b->path,
-				      (unsigned long long)u->cookie);
+			dnet_log_info("blob backend %s: dropping abandoned upload cookie %llx",
+				      b->path, (unsigned long long)u->cookie);
 		up_free(b, u);
 	}
 }
@@ -1358,8 +1359,8 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 				goto out;
 			}
 			memcpy(d, first + BL_RHDR, got - BL_RHDR);
-			int64_t r = bl_pread(B->fd, d + (got - BL_RHDR), (size_t)(h.size - (got - BL_RHDR)),
-					     off + got);
+			int64_t r = bl_pread(B->fd, d + (got - BL_RHDR),
+					     (size_t)(h.size - (got - BL_RHDR)), off + got);
 			if (r < 0 || (uint64_t)r != h.size - (got - BL_RHDR)) {
 				free(d);
 				if (r < 0) {
@@ -1405,7 +1406,8 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 			err = DNET_ENOMEM;
 		} else {
 			for (uint64_t p = 0; p < h.size && !err;) {
-				size_t n = h.size - p < BL_IO_CHUNK ? (size_t)(h.size - p) : BL_IO_CHUNK;
+				size_t n =
+				    h.size - p < BL_IO_CHUNK ? (size_t)(h.size - p) : BL_IO_CHUNK;
 				int64_t r = bl_pread(B->fd, buf, n, off + BL_RHDR + p);
 				if (r < 0)
 					err = (int)r;
@@ -1670,7 +1672,8 @@ out:
 	close(fd);
 	if (err) {
 		unlinkat(b->dirfd, tmp, 0);
-		dnet_log_error("blob backend %s: writing %s: %s", b->path, name, dnet_strerror(err));
+		dnet_log_error("blob backend %s: writing %s: %s", b->path, name,
+			       dnet_strerror(err));
 	}
 	return err;
 }
@@ -1768,8 +1771,8 @@ static int apply(struct dnet_backend *b, struct blob *B, const uint8_t *p, const
 	if (cand) {
 		/* an older version, or (2^-128) a prefix twin: full IDs decide */
 		if (!full) {
-			if (bl_pread(B->fd, hb, BL_RHDR, off) != BL_RHDR || hdr_decode(hb, &h) != 0 ||
-			    memcmp(h.id, p, BL_PREFIX) != 0) {
+			if (bl_pread(B->fd, hb, BL_RHDR, off) != BL_RHDR ||
+			    hdr_decode(hb, &h) != 0 || memcmp(h.id, p, BL_PREFIX) != 0) {
 				report_corrupt(b, p, B, off, "index entry points at a bad header");
 				return 0;
 			}
@@ -1847,10 +1850,13 @@ static uint64_t index_load(struct dnet_backend *b, struct blob *B, uint64_t fsiz
 		uint8_t prev[BL_PREFIX];
 		memset(prev, 0, sizeof(prev));
 		for (uint64_t i = 0; i < n && !why && !*err;) {
-			size_t k = n - i < BL_IO_CHUNK / BL_IENT ? (size_t)(n - i) : BL_IO_CHUNK / BL_IENT;
-			if (bl_pread(fd, buf, k * BL_IENT, BL_IHDR + i * BL_IENT) != (int64_t)(k * BL_IENT)) {
+			size_t k =
+			    n - i < BL_IO_CHUNK / BL_IENT ? (size_t)(n - i) : BL_IO_CHUNK / BL_IENT;
+			if (bl_pread(fd, buf, k * BL_IENT, BL_IHDR + i * BL_IENT) !=
+			    (int64_t)(k * BL_IENT)) {
 				if (pass)
-					*err = DNET_EIO; /* half applied: cannot fall back to a scan */
+					*err =
+					    DNET_EIO; /* half applied: cannot fall back to a scan */
 				else
 					why = "short read";
 				break;
@@ -1858,12 +1864,14 @@ static uint64_t index_load(struct dnet_backend *b, struct blob *B, uint64_t fsiz
 			XXH3_64bits_update(st, buf, k * BL_IENT);
 			for (size_t j = 0; j < k && !why && !*err; j++) {
 				const uint8_t *e = buf + j * BL_IENT;
-				uint64_t off = dnet_get_u64(e + 16) & ~7ull, size = dnet_get_u64(e + 24);
+				uint64_t off = dnet_get_u64(e + 16) & ~7ull,
+					 size = dnet_get_u64(e + 24);
 				int tomb = (int)(dnet_get_u64(e + 16) & BL_F_TOMB);
 				if (pass == 0) {
-					if ((dnet_get_u64(e + 16) & 6) || off < BL_BHDR || size > BL_MAX_OBJECT ||
-					    off + rec_len(size) > align_up(covered, 8) || (tomb && size) ||
-					    memcmp(prev, e, BL_PREFIX) > 0)
+					if ((dnet_get_u64(e + 16) & 6) || off < BL_BHDR ||
+					    size > BL_MAX_OBJECT ||
+					    off + rec_len(size) > align_up(covered, 8) ||
+					    (tomb && size) || memcmp(prev, e, BL_PREFIX) > 0)
 						why = "bad entry";
 					memcpy(prev, e, BL_PREFIX);
 				} else {
@@ -1882,7 +1890,8 @@ out:
 	free(buf);
 	close(fd);
 	if (why) {
-		dnet_log_warn("blob backend %s: ignoring %s (%s); scanning the blob", b->path, name, why);
+		dnet_log_warn("blob backend %s: ignoring %s (%s); scanning the blob", b->path, name,
+			      why);
 		return 0;
 	}
 	b->recovered += n;
@@ -2049,9 +2058,10 @@ static int load_blob(struct dnet_backend *b, uint32_t num, int last, struct blob
 		if ((err = scan(b, B, start, fsize, 1, scan_apply_cb, NULL, &valid_end)))
 			return err;
 		if (valid_end < fsize) {
-			dnet_log_warn("blob backend %s: %s: dropping %llu bytes of torn tail at %llu",
-				      b->path, name, (unsigned long long)(fsize - valid_end),
-				      (unsigned long long)valid_end);
+			dnet_log_warn(
+			    "blob backend %s: %s: dropping %llu bytes of torn tail at %llu",
+			    b->path, name, (unsigned long long)(fsize - valid_end),
+			    (unsigned long long)valid_end);
 			b->torn += fsize - valid_end;
 			if (ftruncate(fd, (off_t)valid_end) < 0)
 				return bl_errno();
@@ -2146,10 +2156,10 @@ struct moved {
 };
 
 struct compact_ctx {
-	int fd;          /* the new file */
-	uint64_t pos;    /* its append end (aligned) */
-	uint64_t end;    /* its file size */
-	int older;       /* a blob older than the one compacted exists */
+	int fd;	      /* the new file */
+	uint64_t pos; /* its append end (aligned) */
+	uint64_t end; /* its file size */
+	int older;    /* a blob older than the one compacted exists */
 	struct moved *m;
 	size_t n, cap;
 	uint64_t live;
@@ -2172,7 +2182,8 @@ static int compact_cb(struct dnet_backend *b, struct blob *B, struct reader *r, 
 		struct bl_hdr oh;
 		size_t got;
 		uint32_t pos;
-		keep = c->older && ix_resolve(b, s, h->id, &pos, hb, BL_RHDR, &got, &oh) == DNET_ENOENT;
+		keep = c->older &&
+		       ix_resolve(b, s, h->id, &pos, hb, BL_RHDR, &got, &oh) == DNET_ENOENT;
 	} else {
 		keep = ix_find_loc(s, h->id, mkloc(B->slot, off)) >= 0;
 	}
@@ -2393,7 +2404,7 @@ int dnet_blob_stats(struct dnet_backend *b, struct dnet_blob_stats *st)
 	}
 	st->index_bytes += BL_SHARDS * sizeof(struct bl_shard);
 	st->index_bytes_per_object =
-		st->objects ? (double)st->index_bytes / (double)st->objects : 0;
+	    st->objects ? (double)st->index_bytes / (double)st->objects : 0;
 	pthread_mutex_lock(&b->alock);
 	pthread_mutex_lock(&b->llock);
 	for (struct blob *B = b->blobs; B; B = B->next) {
@@ -2445,7 +2456,8 @@ static void *maint(void *arg)
 		if (b->compact_ratio > 0 && now - last_compact >= b->compact_ns) {
 			int r = dnet_blob_compact(b, b->compact_ratio);
 			if (r < 0)
-				dnet_log_error("blob backend %s: compaction: %s", b->path, dnet_strerror(r));
+				dnet_log_error("blob backend %s: compaction: %s", b->path,
+					       dnet_strerror(r));
 			last_compact = dnet_now_mono_ns();
 		}
 		pthread_mutex_lock(&b->mlock);
@@ -2591,7 +2603,8 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	b->open_us = (dnet_now_mono_ns() - t0) / 1000;
 	dnet_log_info("blob backend %s: opened in %.1f ms: %llu objects, %llu records recovered "
 		      "(%llu by scanning), %llu torn bytes dropped, active blob %u",
-		      b->path, (double)b->open_us / 1000, (unsigned long long)atomic_load(&b->objects),
+		      b->path, (double)b->open_us / 1000,
+		      (unsigned long long)atomic_load(&b->objects),
 		      (unsigned long long)b->recovered, (unsigned long long)b->scanned,
 		      (unsigned long long)b->torn, b->active->num);
 	maint_kick(b);
@@ -2647,14 +2660,14 @@ static void bl_close(struct dnet_backend *b)
 }
 
 const struct dnet_backend_ops dnet_blob_backend_ops = {
-	.name = "blob",
-	.open = bl_open,
-	.close = bl_close,
-	.write = bl_write,
-	.read = bl_read,
-	.del = bl_del,
-	.lookup = bl_lookup,
-	.iterate = bl_iterate,
-	.sync = bl_sync,
-	.stat = bl_stat,
+    .name = "blob",
+    .open = bl_open,
+    .close = bl_close,
+    .write = bl_write,
+    .read = bl_read,
+    .del = bl_del,
+    .lookup = bl_lookup,
+    .iterate = bl_iterate,
+    .sync = bl_sync,
+    .stat = bl_stat,
 };

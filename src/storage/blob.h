@@ -12,29 +12,29 @@
 #include "backend.h"
 
 /* Tunables until struct dnet_backend_config grows fields for them (read at open). */
-#define DNET_BLOB_ENV_SIZE "ELLIPTICS_BLOB_SIZE"           /* e.g. "1G", "64M" */
+#define DNET_BLOB_ENV_SIZE "ELLIPTICS_BLOB_SIZE"	     /* e.g. "1G", "64M" */
 #define DNET_BLOB_ENV_COMPACT "ELLIPTICS_BLOB_COMPACT_RATIO" /* e.g. "0.5"; "0" = no auto */
 #define DNET_BLOB_ENV_COMPACT_MS "ELLIPTICS_BLOB_COMPACT_INTERVAL_MS"
 #define DNET_BLOB_DEFAULT_SIZE (1ull << 30)
 #define DNET_BLOB_DEFAULT_COMPACT_RATIO 0.5
 
 struct dnet_blob_stats {
-	uint64_t blobs;           /* blob files in use */
-	uint64_t sealed;          /* of which sealed (index file written) */
-	uint64_t objects;         /* live objects (index entries) */
-	uint64_t index_bytes;     /* RAM of the in-memory index (hash tables) */
+	uint64_t blobs;	      /* blob files in use */
+	uint64_t sealed;      /* of which sealed (index file written) */
+	uint64_t objects;     /* live objects (index entries) */
+	uint64_t index_bytes; /* RAM of the in-memory index (hash tables) */
 	double index_bytes_per_object;
-	uint64_t log_bytes;       /* RAM of the pending per-blob index logs (unsealed blobs) */
-	uint64_t disk_bytes;      /* sum of blob file sizes */
-	uint64_t dead_bytes;      /* overwritten, deleted and abandoned bytes in all blobs */
-	uint64_t tomb_bytes;      /* of dead_bytes: tombstones (kept while they still shadow) */
-	uint64_t compactions;     /* blobs rewritten by compaction since open */
+	uint64_t log_bytes;	  /* RAM of the pending per-blob index logs (unsealed blobs) */
+	uint64_t disk_bytes;	  /* sum of blob file sizes */
+	uint64_t dead_bytes;	  /* overwritten, deleted and abandoned bytes in all blobs */
+	uint64_t tomb_bytes;	  /* of dead_bytes: tombstones (kept while they still shadow) */
+	uint64_t compactions;	  /* blobs rewritten by compaction since open */
 	uint64_t reclaimed_bytes; /* disk bytes given back by those */
 	/* The last open(): */
 	uint64_t open_us;
-	uint64_t recovered;       /* index entries loaded from index files + records scanned */
-	uint64_t scanned;         /* records read by scanning blob tails */
-	uint64_t torn_bytes;      /* bytes cut off torn blob tails */
+	uint64_t recovered;  /* index entries loaded from index files + records scanned */
+	uint64_t scanned;    /* records read by scanning blob tails */
+	uint64_t torn_bytes; /* bytes cut off torn blob tails */
 };
 
 int dnet_blob_stats(struct dnet_backend *b, struct dnet_blob_stats *st);

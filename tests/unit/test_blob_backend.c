@@ -121,8 +121,8 @@ static int put(struct dnet_backend *b, uint64_t key, const void *data, uint64_t 
 }
 
 /* Reads through either result form into one malloc()ed buffer. */
-static int rd(struct dnet_backend *b, const uint8_t *id, uint64_t off, uint64_t size, uint32_t flags,
-	      uint8_t **out, uint64_t *len, struct dnet_obj_info *info)
+static int rd(struct dnet_backend *b, const uint8_t *id, uint64_t off, uint64_t size,
+	      uint32_t flags, uint8_t **out, uint64_t *len, struct dnet_obj_info *info)
 {
 	struct dnet_read_res res;
 	int err = ops->read(b, id, off, size, flags, &res);
@@ -134,7 +134,8 @@ static int rd(struct dnet_backend *b, const uint8_t *id, uint64_t off, uint64_t 
 		assert_null(res.buf);
 		size_t done = 0;
 		while (done < res.len) {
-			ssize_t r = pread(res.fd, p + done, res.len - done, (off_t)(res.file_offset + done));
+			ssize_t r = pread(res.fd, p + done, res.len - done,
+					  (off_t)(res.file_offset + done));
 			assert_true(r > 0);
 			done += (size_t)r;
 		}
@@ -249,16 +250,13 @@ static void test_ranges(void **state)
 		mkid(id, 50 + (uint64_t)k);
 		assert_int_equal(wr(b, id, 0, want, size, 0, 0, 0, NULL), 0);
 		const uint64_t cases[][3] = {/* off, size, expected len */
-					     {0, 0, size},
-					     {1, 0, size - 1},
-					     {size / 2, 100, 100},
-					     {size - 10, 100, 10},
-					     {size - 1, 0, 1},
-					     {size, 0, 0},
-					     {size, 5, 0},
-					     {0, size + 100, size}};
+					     {0, 0, size},	   {1, 0, size - 1},
+					     {size / 2, 100, 100}, {size - 10, 100, 10},
+					     {size - 1, 0, 1},	   {size, 0, 0},
+					     {size, 5, 0},	   {0, size + 100, size}};
 		for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
-			assert_int_equal(rd(b, id, cases[c][0], cases[c][1], 0, &got, &len, NULL), 0);
+			assert_int_equal(rd(b, id, cases[c][0], cases[c][1], 0, &got, &len, NULL),
+					 0);
 			assert_int_equal(len, cases[c][2]);
 			assert_memory_equal(got, want + cases[c][0], len);
 			free(got);
@@ -336,7 +334,8 @@ static void test_upload(void **state)
 	free(got);
 	assert_int_equal(wr(b, id, chunk, data + chunk, chunk, DNET_IO_PLAIN, total, 41, NULL),
 			 DNET_ENOENT); /* wrong cookie */
-	assert_int_equal(wr(b, id, total - 1, data, 2, DNET_IO_PLAIN, total, 42, NULL), DNET_ERANGE);
+	assert_int_equal(wr(b, id, total - 1, data, 2, DNET_IO_PLAIN, total, 42, NULL),
+			 DNET_ERANGE);
 	assert_int_equal(wr(b, id, chunk, data + chunk, chunk, DNET_IO_PLAIN, total, 42, NULL), 0);
 	/* COMMIT before everything arrived */
 	assert_int_equal(wr(b, id, 0, NULL, 0, DNET_IO_COMMIT, total, 42, NULL), DNET_EINVAL);
@@ -921,20 +920,20 @@ int main(void)
 		return 1;
 	}
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_sizes),
-		cmocka_unit_test(test_ranges),
-		cmocka_unit_test(test_update),
-		cmocka_unit_test(test_upload),
-		cmocka_unit_test(test_overwrite_delete),
-		cmocka_unit_test(test_rotation_reopen),
-		cmocka_unit_test(test_torn_tail),
-		cmocka_unit_test(test_hostile_header),
-		cmocka_unit_test(test_corruption),
-		cmocka_unit_test(test_concurrent_batch),
-		cmocka_unit_test(test_compaction),
-		cmocka_unit_test(test_prefix_twins),
-		cmocka_unit_test(test_index_ram),
-		cmocka_unit_test(test_enospc),
+	    cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_ranges),
+	    cmocka_unit_test(test_update),
+	    cmocka_unit_test(test_upload),
+	    cmocka_unit_test(test_overwrite_delete),
+	    cmocka_unit_test(test_rotation_reopen),
+	    cmocka_unit_test(test_torn_tail),
+	    cmocka_unit_test(test_hostile_header),
+	    cmocka_unit_test(test_corruption),
+	    cmocka_unit_test(test_concurrent_batch),
+	    cmocka_unit_test(test_compaction),
+	    cmocka_unit_test(test_prefix_twins),
+	    cmocka_unit_test(test_index_ram),
+	    cmocka_unit_test(test_enospc),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	nftw(root, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
