@@ -310,6 +310,11 @@ struct bl_upload {
 	uint64_t off, total, hwm, timestamp;
 	int busy;
 	uint64_t active_ns;
+	/* Unknown length (PREPARE with total_size 0): chunks go to an unlinked spool
+	 * file, copied into a reservation in the active blob at COMMIT, since a record's
+	 * space must be reserved whole and its size is not known before then. */
+	int spool_fd; /* -1 when the upload writes into its blob reservation */
+	uint64_t written;
 };
 
 struct dnet_backend {
@@ -1075,7 +1080,11 @@ static struct bl_upload **up_slot(struct dnet_backend *b, const uint8_t *id, uin
 static void up_free(struct dnet_backend *b, struct bl_upload *u)
 {
 	struct blob *B = u->blob;
+	if (u->spool_fd >= 0)
+		close(u->spool_fd);
 	free(u);
+	if (!B)
+		return; /* a spooled upload that never reserved blob space */
 	if (atomic_fetch_sub(&B->uploads, 1) == 1 && B != b->active)
 		maint_kick(b);
 	blob_put(b, B);
@@ -1131,6 +1140,20 @@ static int up_prepare(struct dnet_backend *b, const struct dnet_write_req *req,
 	struct bl_upload *u = calloc(1, sizeof(*u));
 	if (!u)
 		return DNET_ENOMEM;
+	u->spool_fd = -1;
+	if (io->total_size == 0) {
+		u->spool_fd = openat(b->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+		if (u->spool_fd < 0) {
+			int e = dnet_from_errno(errno);
+			free(u);
+			return e;
+		}
+		memcpy(u->id, req->id, DNET_ID_SIZE);
+		u->cookie = io->cookie;
+		u->total = BL_MAX_OBJECT;
+		u->timestamp = io->timestamp ? io->timestamp : dnet_now_real_ns();
+		goto out_register;
+	}
 	struct bl_hdr h;
 	uint8_t hb[BL_RHDR];
 	memset(&h, 0, sizeof(h));
@@ -1149,6 +1172,7 @@ static int up_prepare(struct dnet_backend *b, const struct dnet_write_req *req,
 	u->cookie = io->cookie;
 	u->total = io->total_size;
 	u->timestamp = h.timestamp;
+out_register:
 	u->busy = 1;
 	pthread_mutex_lock(&b->ulock);
 	pp = &b->up[up_bucket(u->id, u->cookie)];
@@ -1204,6 +1228,37 @@ out:
 	return err;
 }
 
+/* COMMIT of an upload of unknown length: reserve its now-known size in the active
+ * blob and copy the spooled bytes there (in the kernel, no user-space copy). */
+static int up_unspool(struct dnet_backend *b, struct bl_upload *u)
+{
+	struct bl_hdr h;
+	uint8_t hb[BL_RHDR];
+	memset(&h, 0, sizeof(h));
+	h.flags = BL_F_UNCOMMITTED;
+	h.size = h.reserved = u->hwm;
+	h.timestamp = u->timestamp;
+	memcpy(h.id, u->id, DNET_ID_SIZE);
+	hdr_encode(hb, &h);
+	int err = append(b, hb, NULL, 0, u->hwm, BL_UPLOAD_ALIGN, 1, &u->blob, &u->off);
+	if (err)
+		return err;
+	record_done(b, u->blob);
+	loff_t in = 0, out = (loff_t)(u->off + BL_RHDR);
+	while ((uint64_t)in < u->hwm) {
+		ssize_t n = copy_file_range(u->spool_fd, &in, u->blob->fd, &out,
+					    (size_t)(u->hwm - (uint64_t)in), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? dnet_from_errno(errno) : DNET_EIO;
+	}
+	close(u->spool_fd);
+	u->spool_fd = -1;
+	u->total = u->hwm;
+	return 0;
+}
+
 /* Errors about the request (range, incomplete COMMIT) leave the upload alive; IO
  * errors abort it. COMMIT with fewer than total_size bytes written is DNET_EINVAL. */
 static void write_upload(struct dnet_backend *b, const struct dnet_write_req *req,
@@ -1236,8 +1291,11 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 		return;
 	}
 	if (io->size) {
-		err = bl_pwrite(u->blob->fd, req->data, (size_t)io->size,
-				u->off + BL_RHDR + io->offset);
+		if (u->spool_fd >= 0)
+			err = bl_pwrite(u->spool_fd, req->data, (size_t)io->size, io->offset);
+		else
+			err = bl_pwrite(u->blob->fd, req->data, (size_t)io->size,
+					u->off + BL_RHDR + io->offset);
 		if (err) {
 			up_release(b, u, 1);
 			done(arg, err, NULL);
@@ -1245,6 +1303,7 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 		}
 		if (io->offset + io->size > u->hwm)
 			u->hwm = io->offset + io->size;
+		u->written += io->size;
 	}
 	if (!(io->ioflags & DNET_IO_COMMIT)) {
 		struct dnet_obj_info info;
@@ -1254,6 +1313,19 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 		up_release(b, u, 0);
 		done(arg, 0, &info);
 		return;
+	}
+	if (u->spool_fd >= 0) {
+		/* Each chunk is sent once, so bytes written == end means no holes. */
+		if (u->written != u->hwm) {
+			up_release(b, u, 0);
+			done(arg, DNET_EINVAL, NULL);
+			return;
+		}
+		if ((err = up_unspool(b, u))) {
+			up_release(b, u, 1);
+			done(arg, err, NULL);
+			return;
+		}
 	}
 	if (u->hwm != u->total) {
 		up_release(b, u, 0);

@@ -367,6 +367,27 @@ static void test_upload(void **state)
 	assert_int_equal(rd(b, id2, 0, 0, 0, &got, &len, NULL), DNET_ENOENT);
 	assert_int_equal(wr(b, id2, 4096, data, 1, DNET_IO_PLAIN, 1u << 20, 5, NULL), DNET_ENOENT);
 	expect_obj(b, 79, 1000, 79);
+	/* unknown length (a pipe): PREPARE says total 0, COMMIT fixes the size, and the
+	 * object survives a restart; a hole is refused at COMMIT */
+	uint8_t id3[DNET_ID_SIZE];
+	mkid(id3, 80);
+	const uint64_t plen = 2 * chunk + 12345;
+	assert_int_equal(wr(b, id3, 0, data, chunk, DNET_IO_PREPARE, 0, 60, NULL), 0);
+	assert_int_equal(wr(b, id3, chunk, data + chunk, chunk, DNET_IO_PLAIN, 0, 60, NULL), 0);
+	assert_int_equal(rd(b, id3, 0, 0, 0, &got, &len, NULL), DNET_ENOENT);
+	assert_int_equal(wr(b, id3, 2 * chunk, data + 2 * chunk, 12345, DNET_IO_COMMIT, 0, 60, &info),
+			 0);
+	assert_int_equal(info.size, plen);
+	dnet_csum(data, plen, cs);
+	assert_memory_equal(info.csum, cs, 16);
+	assert_int_equal(wr(b, id3, 0, data, 1000, DNET_IO_PREPARE, 0, 61, NULL), 0);
+	assert_int_equal(wr(b, id3, 2000, data, 1000, DNET_IO_COMMIT, 0, 61, NULL), DNET_EINVAL);
+	ops->close(b);
+	b = open_be(dir, DNET_FSYNC_BATCH);
+	assert_int_equal(rd(b, id3, 0, 0, 0, &got, &len, NULL), 0);
+	assert_int_equal(len, plen);
+	assert_memory_equal(got, data, plen);
+	free(got);
 	ops->close(b);
 	free(data);
 }
