@@ -729,15 +729,9 @@ static int cmd_routes(const struct cli *g, int argc, char **argv)
 
 /* --- main ---------------------------------------------------------------- */
 
-int main(int argc, char **argv)
+static int cli_main(struct cli *gp, int argc, char **argv)
 {
-	struct cli g = {.timeout_ms = 30000};
-	const char **remotes = calloc((size_t)argc + 1, sizeof(*remotes));
-	if (!remotes)
-		return CLI_EXIT_FAIL;
-	g.remotes = remotes;
-	signal(SIGPIPE, SIG_IGN);
-
+	struct cli g = *gp;
 	int i = 1;
 	for (; i < argc; i++) {
 		const char *s = argv[i];
@@ -821,6 +815,20 @@ int main(int argc, char **argv)
 		cli_error("writing standard output: %s", strerror(errno));
 		rc = CLI_EXIT_FAIL;
 	}
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	struct cli g = {.timeout_ms = 30000};
+	/* Every early return (help, usage errors) goes through here, so the remote list
+	 * is always freed. */
+	const char **remotes = calloc((size_t)argc + 1, sizeof(*remotes));
+	if (!remotes)
+		return CLI_EXIT_FAIL;
+	g.remotes = remotes;
+	signal(SIGPIPE, SIG_IGN);
+	int rc = cli_main(&g, argc, argv);
 	free(remotes);
 	return rc;
 }
