@@ -35,7 +35,7 @@ static const struct opt opts[] = {
 	{"net-threads", O_INT, "N", "network event loops (default 1)", OFF(net_threads), 0, 1, 64},
 	{"max-payload", O_SIZE, "BYTES", "largest request payload accepted (default 64M)", OFF(max_payload), 0, 4096, (long)DNET_HARD_MAX_PAYLOAD},
 	{"max-conns", O_INT, "N", "concurrent client connections (default 10000)", OFF(max_conns), 0, 1, 1000000},
-	{"batch-delay-us", O_INT, "US", "group commit: longest a write waits for company (default 2000)", OFF(batch_delay_us), 0, 0, 1000000},
+	{"batch-delay-us", O_INT, "US", "group commit: extra wait for company before a sync (default 0: sync at once; writes arriving during a sync share the next one)", OFF(batch_delay_us), 0, 0, 1000000},
 	{"log-level", O_LOG, "LEVEL", "error|warn|info|debug (default info)", OFF(log_level), 0, 0, 0},
 	{"config", O_CONFIG, "FILE", "read options from FILE: 'name = value' lines, # comments", 0, 0, 0, 0},
 	{"join", O_LATER, "HOST:PORT", "join the ring through this node (not in this build)", 0, 0, 0, 0},
@@ -61,7 +61,7 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->max_payload = DNET_DEFAULT_MAX_PAYLOAD;
 	cfg->max_conns = 10000;
 	cfg->log_level = DNET_LOG_INFO;
-	cfg->batch_delay_us = 2000;
+	cfg->batch_delay_us = 0;
 	cfg->out_high = 16u << 20;
 	cfg->max_inflight = 128;
 	cfg->max_inflight_bytes = 256u << 20;

@@ -72,7 +72,7 @@ void dnet_backend_config_defaults(struct dnet_backend_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->fsync = DNET_FSYNC_NEVER;
-	cfg->batch_max_delay_us = 2000;
+	cfg->batch_max_delay_us = 0;
 	cfg->batch_max_ops = 1024;
 	cfg->upload_timeout_s = 3600;
 }

@@ -24,7 +24,7 @@ const char *dnet_fsync_policy_name(int policy);
 struct dnet_backend_config {
 	const char *path;           /* directory owned by this engine (created if missing) */
 	int fsync;                  /* enum dnet_fsync_policy */
-	uint32_t batch_max_delay_us; /* group commit: longest a write waits for company (default 2000) */
+	uint32_t batch_max_delay_us; /* group commit: extra wait for company before a sync (default 0) */
 	uint32_t batch_max_ops;      /* group commit: sync early after this many writes (default 1024) */
 	uint64_t upload_timeout_s;   /* abandoned chunked uploads are removed after this (default 3600) */
 };
