@@ -26,14 +26,15 @@
 	XX(RANGE, -18, "offset or size out of range")                              \
 	XX(AGAIN, -19, "resource temporarily unavailable")                         \
 	XX(ADDR, -20, "bad address or host name")                                  \
-	XX(SYS, -21, "system call failed")
+	XX(SYS, -21, "system call failed")                                         \
+	XX(NOTOWNER, -22, "node does not own this ID (reply names the owner)")
 
 typedef enum {
 	DNET_OK = 0,
 #define DNET_ERR_ENUM_(name, val, msg) DNET_E##name = (val),
 	DNET_ERRNO_MAP(DNET_ERR_ENUM_)
 #undef DNET_ERR_ENUM_
-	DNET_E_MIN_ = -22
+	DNET_E_MIN_ = -23
 } dnet_status_t;
 
 /* Text for a status code; never NULL (unknown codes get a generic text). */

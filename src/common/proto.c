@@ -131,6 +131,10 @@ const char *dnet_cmd_name(int cmd)
 		return "lookup";
 	case DNET_CMD_STAT:
 		return "stat";
+	case DNET_CMD_ROUTES:
+		return "routes";
+	case DNET_CMD_JOIN:
+		return "join";
 	default:
 		return "unknown";
 	}

@@ -25,7 +25,9 @@ enum dnet_cmd {
 	DNET_CMD_DEL = 4,    /* no payload; reply: none */
 	DNET_CMD_LOOKUP = 5, /* no payload; reply: obj_info (+ node addr) */
 	DNET_CMD_STAT = 6,   /* no payload; reply: "name value\n" text lines */
-	DNET_CMD_MAX_ = 7    /* first unused; the server answers PROTO/UNSUPP above */
+	DNET_CMD_ROUTES = 7, /* no payload; reply: the node's route table (ring.h wire form) */
+	DNET_CMD_JOIN = 8,   /* route table of the sender; reply: the receiver's, after merging */
+	DNET_CMD_MAX_ = 9    /* first unused; the server answers PROTO/UNSUPP above */
 };
 
 /* Header flags. */
@@ -33,7 +35,8 @@ enum dnet_cmd {
 #define DNET_FLAG_MORE 0x0002u     /* more replies for this transaction follow */
 #define DNET_FLAG_NEED_ACK 0x0004u /* send a final (possibly empty) reply even when none needed */
 #define DNET_FLAG_NOCSUM 0x0008u   /* READ: skip checksum verification (tools only) */
-#define DNET_FLAGS_KNOWN 0x000fu
+#define DNET_FLAG_DIRECT 0x0010u   /* execute on this node even if it does not own the ID */
+#define DNET_FLAGS_KNOWN 0x001fu
 
 /* Fixed 96-byte command header, little-endian on the wire:
  *   0  u32 magic       DNET_MAGIC

@@ -46,12 +46,16 @@ static int rebuild(struct dnet_ring *r)
 	if (n && !e)
 		return DNET_ENOMEM;
 	size_t k = 0;
-	uint64_t h = 0xcbf29ce484222325ull;
+	/* The digest must not depend on the order nodes were learned in, which differs
+	 * from node to node: a sum of per-node hashes. */
+	uint64_t h = 0;
 	for (size_t i = 0; i < r->nnodes; i++) {
 		const struct dnet_ring_node *nd = &r->nodes[i];
-		h = fnv(h, nd->node_id, DNET_ID_SIZE);
-		h = fnv(h, &nd->incarnation, sizeof(nd->incarnation));
-		h = fnv(h, &nd->state, sizeof(nd->state));
+		uint64_t nh = 0xcbf29ce484222325ull;
+		nh = fnv(nh, nd->node_id, DNET_ID_SIZE);
+		nh = fnv(nh, &nd->incarnation, sizeof(nd->incarnation));
+		nh = fnv(nh, &nd->state, sizeof(nd->state));
+		h += nh;
 		if (nd->state == DNET_NODE_LEFT)
 			continue;
 		for (uint32_t j = 0; j < nd->nids; j++) {

@@ -11,7 +11,7 @@
 #include "common/util.h"
 #include "server.h"
 
-enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_LATER, O_CONFIG, O_HELP };
+enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_JOIN, O_LATER, O_CONFIG, O_HELP };
 
 struct opt {
 	const char *name;
@@ -38,9 +38,13 @@ static const struct opt opts[] = {
 	{"batch-delay-us", O_INT, "US", "group commit: extra wait for company before a sync (default 0: sync at once; writes arriving during a sync share the next one)", OFF(batch_delay_us), 0, 0, 1000000},
 	{"log-level", O_LOG, "LEVEL", "error|warn|info|debug (default info)", OFF(log_level), 0, 0, 0},
 	{"config", O_CONFIG, "FILE", "read options from FILE: 'name = value' lines, # comments", 0, 0, 0, 0},
-	{"join", O_LATER, "HOST:PORT", "join the ring through this node (not in this build)", 0, 0, 0, 0},
+	{"join", O_JOIN, "HOST:PORT", "join the ring through this node (repeatable; any member will do)", 0, 0, 0, 0},
+	{"ids", O_INT, "N", "ring IDs of a new node: more spread load more evenly (default 16)", OFF(ids), 0, 1, DNET_RING_MAX_IDS},
+	{"advertise", O_STR, "HOST:PORT", "address other nodes and clients use for this node (default: --listen)", OFF(advertise), LEN(advertise), 0, 0},
+	{"heartbeat-ms", O_INT, "MS", "interval of heartbeats to every peer (default 1000)", OFF(heartbeat_ms), 0, 50, 60000},
+	{"fail-after-ms", O_INT, "MS", "a peer silent this long is marked down (default 3000)", OFF(fail_after_ms), 0, 100, 600000},
 	{"copies", O_LATER, "N", "copies forced by transformation functions (not in this build)", 0, 0, 0, 0},
-	{"zone", O_LATER, "NAME", "zone label for copy placement (not in this build)", 0, 0, 0, 0},
+	{"zone", O_STR, "NAME", "zone (rack, room) label of this node, for copy placement", OFF(zone), LEN(zone), 0, 0},
 	{"http", O_LATER, "HOST:PORT", "S3 gateway and /metrics (not in this build)", 0, 0, 0, 0},
 	{"keys", O_LATER, "FILE", "client keys (not in this build)", 0, 0, 0, 0},
 	{"cluster-key", O_LATER, "FILE", "cluster secret (not in this build)", 0, 0, 0, 0},
@@ -65,6 +69,9 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->out_high = 16u << 20;
 	cfg->max_inflight = 128;
 	cfg->max_inflight_bytes = 256u << 20;
+	cfg->ids = 16;
+	cfg->heartbeat_ms = 1000;
+	cfg->fail_after_ms = 3000;
 }
 
 static void usage(FILE *f)
@@ -208,6 +215,18 @@ static int set_opt(struct dnet_config *cfg, const struct opt *o, const char *val
 		cfg->log_level = l;
 		return 0;
 	}
+	case O_JOIN:
+		if (cfg->njoins >= (int)(sizeof(cfg->joins) / sizeof(cfg->joins[0]))) {
+			fprintf(stderr, "ellipticsd: %s: at most %zu --join addresses\n", where,
+				sizeof(cfg->joins) / sizeof(cfg->joins[0]));
+			return 2;
+		}
+		if (strlen(val) >= sizeof(cfg->joins[0])) {
+			fprintf(stderr, "ellipticsd: %s: --join value too long\n", where);
+			return 2;
+		}
+		snprintf(cfg->joins[cfg->njoins++], sizeof(cfg->joins[0]), "%s", val);
+		return 0;
 	case O_CONFIG:
 		return load_config(cfg, val, depth);
 	case O_LATER:

@@ -195,6 +195,69 @@ static void do_stat(struct dnet_server *s, struct dnet_trans *t)
 	finish(t, o, 0);
 }
 
+/* A reply carrying a malloc()ed payload. */
+static void finish_payload(struct dnet_trans *t, uint8_t *buf, size_t len)
+{
+	struct dnet_out *o = buf ? dnet_out_new() : NULL;
+	if (!o) {
+		free(buf);
+		finish_status(t, DNET_ENOMEM);
+		return;
+	}
+	reply_hdr(o, t, 0, len);
+	o->buf = buf;
+	o->buf_len = len;
+	finish(t, o, 0);
+}
+
+/* Redirect: this node does not own the ID; the reply names the owner so the client
+ * can go there (and refresh its routes). */
+static void finish_notowner(struct dnet_trans *t, const struct dnet_addr_wire *owner)
+{
+	struct dnet_out *o = dnet_out_new();
+	if (o) {
+		reply_hdr(o, t, DNET_ENOTOWNER, DNET_ADDR_WIRE_SIZE);
+		dnet_addr_encode(o->inl + DNET_HDR_SIZE, owner);
+		o->inl_len += DNET_ADDR_WIRE_SIZE;
+	}
+	finish(t, o, DNET_ENOTOWNER);
+}
+
+static void do_ping(struct dnet_server *s, struct dnet_trans *t)
+{
+	/* A ping may carry the sender's route table digest (8 bytes); the reply then
+	 * carries ours, so nodes notice when their views differ. */
+	if (t->size == 0) {
+		finish_status(t, 0);
+		return;
+	}
+	if (t->size != 8) {
+		finish_status(t, DNET_EPROTO);
+		return;
+	}
+	uint8_t *d = malloc(8);
+	if (d)
+		dnet_put_u64(d, dnet_member_digest(s));
+	finish_payload(t, d, 8);
+}
+
+static void do_join(struct dnet_server *s, struct dnet_trans *t)
+{
+	uint8_t *out = NULL;
+	size_t len = 0;
+	int err = dnet_member_join(s, t->payload, (size_t)t->size, &out, &len);
+	if (err)
+		finish_status(t, err);
+	else
+		finish_payload(t, out, len);
+}
+
+static int is_keyed(int cmd)
+{
+	return cmd == DNET_CMD_WRITE || cmd == DNET_CMD_READ || cmd == DNET_CMD_DEL ||
+	       cmd == DNET_CMD_LOOKUP;
+}
+
 void dnet_dispatch(void *ctx, struct dnet_trans *t)
 {
 	struct dnet_server *s = ctx;
@@ -203,9 +266,25 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 		finish_status(t, DNET_ESHUTDOWN);
 		return;
 	}
+	struct dnet_addr_wire owner;
+	if (is_keyed(t->hdr.cmd) && !(t->hdr.flags & DNET_FLAG_DIRECT) &&
+	    !dnet_member_owns(s, t->hdr.id, &owner)) {
+		finish_notowner(t, &owner);
+		atomic_fetch_add(&s->stats.busy_ns, dnet_now_mono_ns() - t0);
+		return;
+	}
 	switch (t->hdr.cmd) {
 	case DNET_CMD_PING:
-		finish_status(t, t->size ? DNET_EPROTO : 0);
+		do_ping(s, t);
+		break;
+	case DNET_CMD_ROUTES: {
+		size_t len = 0;
+		uint8_t *buf = dnet_member_routes(s, &len);
+		finish_payload(t, buf, len);
+		break;
+	}
+	case DNET_CMD_JOIN:
+		do_join(s, t);
 		break;
 	case DNET_CMD_WRITE:
 		do_write(s, t);

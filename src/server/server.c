@@ -117,12 +117,18 @@ int dnet_server_start(struct dnet_server *s)
 			       dnet_strerror(err));
 		goto out_unlock;
 	}
+	dnet_member_init(s);
 	if (dnet_pool_start(&s->pool, s->cfg.io_threads, dnet_dispatch, s, &s->stats.queued) != 0) {
 		dnet_log_error("cannot start the IO pool");
 		goto out_close_backend;
 	}
 	if (dnet_net_start(s) != 0)
 		goto out_stop_pool;
+	if (dnet_member_start(s) != 0) {
+		dnet_net_stop(s, 0);
+		dnet_member_free(s);
+		goto out_stop_pool;
+	}
 	dnet_log_info("ellipticsd ready: data %s, backend %s, fsync %s, %d IO threads, %d net threads",
 		      s->cfg.data, s->bops->name, dnet_fsync_policy_name(s->cfg.fsync),
 		      s->cfg.io_threads, s->cfg.net_threads);
@@ -144,10 +150,12 @@ void dnet_server_stop(struct dnet_server *s)
 	 * its pending (group commit) writes, flush replies, close. An object is only
 	 * ever renamed into place whole, so nothing half-written can be left behind. */
 	atomic_store(&s->stopping, 1);
+	dnet_member_stop(s);
 	dnet_net_stop_reading(s);
 	dnet_pool_stop(s->pool);
 	s->bops->close(s->backend);
 	dnet_net_stop(s, 5000);
+	dnet_member_free(s);
 	close(s->lock_fd);
 	s->lock_fd = -1;
 }

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 
 #include "common/proto.h"
+#include "common/ring.h"
 #include "storage/backend.h"
 
 struct dnet_server;
@@ -38,6 +39,14 @@ struct dnet_config {
 	uint64_t out_high;
 	int max_inflight;
 	uint64_t max_inflight_bytes;
+	/* The ring (member.c). */
+	char joins[16][256]; /* --join HOST:PORT, repeatable */
+	int njoins;
+	int ids;             /* ring IDs of this node (created once, then kept) */
+	char zone[32];
+	char advertise[256]; /* address other nodes and clients use for us */
+	int heartbeat_ms;
+	int fail_after_ms;
 };
 
 /* One request read whole from the network, on its way through the IO pool. */
@@ -129,6 +138,24 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t);
 /* Free a transaction and drop its connection reference. */
 void dnet_trans_free(struct dnet_trans *t);
 
+/* Membership: this node's view of the ring and the thread keeping it current. */
+struct dnet_peer;
+struct dnet_member {
+	pthread_rwlock_t lock; /* guards ring, self, last_seen */
+	struct dnet_ring ring;
+	int self;              /* our index in ring.nodes (indices never change) */
+	uint64_t *last_seen;   /* per node: monotonic ns of the last sign of life */
+	size_t last_seen_cap;
+	struct dnet_peer *peers; /* per node; membership thread only */
+	size_t npeers;
+	int joined[16];
+	pthread_t thread;
+	pthread_mutex_t wait_lock;
+	pthread_cond_t wait_cond;
+	int stop;
+	int started;
+};
+
 struct dnet_server {
 	struct dnet_config cfg;
 	const struct dnet_backend_ops *bops;
@@ -143,6 +170,7 @@ struct dnet_server {
 	uint64_t start_ns;
 	atomic_int stopping;
 	struct dnet_stats stats;
+	struct dnet_member member;
 };
 
 /* The one server of this process (set by main). */
@@ -158,6 +186,23 @@ int dnet_net_start(struct dnet_server *s);
  * (bounded by timeout_ms). */
 void dnet_net_stop(struct dnet_server *s, int timeout_ms);
 void dnet_net_stop_reading(struct dnet_server *s);
+
+/* member.c: init before the network starts, start after it (needs our address). */
+void dnet_member_init(struct dnet_server *s);
+int dnet_member_start(struct dnet_server *s);
+void dnet_member_stop(struct dnet_server *s);
+/* After the IO pool and network have stopped: nothing reads the ring any more. */
+void dnet_member_free(struct dnet_server *s);
+/* 1 if this node owns id (or the ring has only us); else 0 and *owner is set. */
+int dnet_member_owns(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *owner);
+/* ROUTES reply payload (malloc()ed). */
+uint8_t *dnet_member_routes(struct dnet_server *s, size_t *len);
+/* JOIN: merge the sender's table; returns our table after merging (malloc()ed). */
+int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint8_t **out,
+		     size_t *outlen);
+uint64_t dnet_member_digest(struct dnet_server *s);
+void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t *down,
+			size_t *left);
 
 /* stats.c: "name value\n" lines in a malloc()ed buffer. */
 char *dnet_stats_text(struct dnet_server *s, size_t *len);

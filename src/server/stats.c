@@ -69,6 +69,13 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 		add(&b, "cmd_%s_avg_us %.1f\n", dnet_cmd_name(c),
 		    n ? (double)atomic_load(&st->lat_ns[c]) / (double)n / 1e3 : 0.0);
 	}
+	size_t rn, ru, rd, rl;
+	dnet_member_counts(s, &rn, &ru, &rd, &rl);
+	add(&b, "ring_nodes %zu\n", rn);
+	add(&b, "ring_up %zu\n", ru);
+	add(&b, "ring_down %zu\n", rd);
+	add(&b, "ring_left %zu\n", rl);
+	add(&b, "ring_digest %016llx\n", (unsigned long long)dnet_member_digest(s));
 	struct dnet_backend_stat bs = {0};
 	if (s->bops->stat(s->backend, &bs) == 0) {
 		add(&b, "objects %llu\n", (unsigned long long)bs.objects);

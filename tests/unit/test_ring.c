@@ -169,6 +169,13 @@ static void test_wire_roundtrip_and_hostile(void **state)
 	assert_int_equal(d.nnodes, 5);
 	assert_int_equal(d.nentries, r.nentries);
 	assert_true(d.digest == r.digest);
+	/* The same nodes learned in another order have the same digest. */
+	struct dnet_ring rev;
+	dnet_ring_init(&rev);
+	for (size_t i = r.nnodes; i-- > 0;)
+		dnet_ring_merge_node(&rev, &r.nodes[i]);
+	assert_true(rev.digest == r.digest);
+	dnet_ring_free(&rev);
 	assert_string_equal(d.nodes[2].zone, "z2");
 	dnet_ring_free(&d);
 	/* Every truncation is rejected, never read past. */

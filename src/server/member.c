@@ -1,0 +1,553 @@
+/* member.c - ring membership: this node's IDs, the route table, joining through
+ * --join seeds, heartbeats, failure detection and route table exchange.
+ *
+ * Protocol (docs/architecture.md, "The ring"): every heartbeat a node PINGs each
+ * known peer with the digest of its table; a peer whose digest differs gets a JOIN
+ * carrying our whole table and answers with its own; both sides merge (a node's own
+ * newer incarnation wins; within one incarnation UP < DOWN < LEFT). A peer silent
+ * for --fail-after-ms is marked DOWN; the news spreads by the same exchange. A node
+ * that finds itself marked DOWN by others bumps its incarnation: alive again. */
+#include <errno.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "common/errors.h"
+#include "common/id.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "peer.h"
+#include "server.h"
+
+#define RING_MAX_REPLY (64u << 20)
+
+static int addr_from_sockaddr(const struct sockaddr_storage *ss, struct dnet_addr_wire *a)
+{
+	memset(a, 0, sizeof(*a));
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+		a->family = 4;
+		a->port = ntohs(in->sin_port);
+		memcpy(a->addr, &in->sin_addr, 4);
+		return 0;
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		a->family = 6;
+		a->port = ntohs(in6->sin6_port);
+		memcpy(a->addr, &in6->sin6_addr, 16);
+		return 0;
+	}
+	return DNET_EADDR;
+}
+
+static void sockaddr_from_addr(const struct dnet_addr_wire *a, struct sockaddr_storage *ss,
+			       socklen_t *sl)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (a->family == 6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(a->port);
+		memcpy(&in6->sin6_addr, a->addr, 16);
+		*sl = sizeof(*in6);
+	} else {
+		struct sockaddr_in *in = (struct sockaddr_in *)ss;
+		in->sin_family = AF_INET;
+		in->sin_port = htons(a->port);
+		memcpy(&in->sin_addr, a->addr, 4);
+		*sl = sizeof(*in);
+	}
+}
+
+/* DATA/ring_ids: one 128-hex-digit ring ID per line, created once. */
+static int load_ids(struct dnet_server *s, struct dnet_ring_node *n)
+{
+	char path[8192];
+	snprintf(path, sizeof(path), "%s/ring_ids", s->cfg.data);
+	FILE *f = fopen(path, "r");
+	if (f) {
+		char line[256];
+		n->ids = calloc(DNET_RING_MAX_IDS, DNET_ID_SIZE);
+		if (!n->ids) {
+			fclose(f);
+			return DNET_ENOMEM;
+		}
+		while (fgets(line, sizeof(line), f) && n->nids < DNET_RING_MAX_IDS) {
+			line[strcspn(line, "\r\n")] = '\0';
+			if (!line[0])
+				continue;
+			if (dnet_id_from_hex(n->ids[n->nids], line) != 0) {
+				dnet_log_error("%s: bad ring ID line '%.20s...'", path, line);
+				fclose(f);
+				return DNET_EINVAL;
+			}
+			n->nids++;
+		}
+		fclose(f);
+		if (n->nids == 0) {
+			dnet_log_error("%s: no ring IDs", path);
+			return DNET_EINVAL;
+		}
+		if ((int)n->nids != s->cfg.ids)
+			dnet_log_info("keeping %u ring IDs from %s (--ids %d applies to new nodes only)",
+				      n->nids, path, s->cfg.ids);
+		return 0;
+	}
+	if (errno != ENOENT) {
+		dnet_log_error("cannot read %s: %s", path, strerror(errno));
+		return dnet_from_errno(errno);
+	}
+	n->nids = (uint32_t)s->cfg.ids;
+	n->ids = calloc(n->nids, DNET_ID_SIZE);
+	if (!n->ids)
+		return DNET_ENOMEM;
+	if (getrandom(n->ids, (size_t)n->nids * DNET_ID_SIZE, 0) != (ssize_t)(n->nids * DNET_ID_SIZE))
+		return DNET_ESYS;
+	char tmp[8200];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "w");
+	if (!f)
+		return dnet_from_errno(errno);
+	for (uint32_t i = 0; i < n->nids; i++) {
+		char hex[2 * DNET_ID_SIZE + 1];
+		dnet_id_to_hex(hex, n->ids[i], DNET_ID_SIZE);
+		fprintf(f, "%s\n", hex);
+	}
+	int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
+	bad |= fclose(f) != 0;
+	if (bad || rename(tmp, path) != 0) {
+		dnet_log_error("cannot write %s: %s", path, strerror(errno));
+		return DNET_EIO;
+	}
+	dnet_log_info("created %u ring IDs in %s", n->nids, path);
+	return 0;
+}
+
+/* DATA/ring: the last route table, so a restarted node knows its peers at once. */
+static void do_save_ring(struct dnet_server *s)
+{
+	char path[8192], tmp[8200];
+	snprintf(path, sizeof(path), "%s/ring", s->cfg.data);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	size_t len = dnet_ring_encoded_size(&s->member.ring);
+	uint8_t *buf = malloc(len);
+	if (!buf)
+		return;
+	dnet_ring_encode(&s->member.ring, buf);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0 || dnet_write_full(fd, buf, len) != 0 || rename(tmp, path) != 0)
+		dnet_log_warn("cannot save the route table to %s: %s", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+}
+
+static void do_load_ring(struct dnet_server *s)
+{
+	char path[8192];
+	snprintf(path, sizeof(path), "%s/ring", s->cfg.data);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	off_t sz = lseek(fd, 0, SEEK_END);
+	if (sz <= 0 || sz > (off_t)RING_MAX_REPLY) {
+		close(fd);
+		return;
+	}
+	uint8_t *buf = malloc((size_t)sz);
+	struct dnet_ring r;
+	if (buf && pread(fd, buf, (size_t)sz, 0) == sz && dnet_ring_decode(&r, buf, (size_t)sz) == 0) {
+		for (size_t i = 0; i < r.nnodes; i++) {
+			if (i == (size_t)s->member.self ||
+			    !memcmp(r.nodes[i].node_id, s->node_id, DNET_ID_SIZE))
+				continue;
+			dnet_ring_merge_node(&s->member.ring, &r.nodes[i]);
+		}
+		dnet_ring_free(&r);
+		dnet_log_info("loaded %zu known nodes from %s", s->member.ring.nnodes - 1, path);
+	} else {
+		dnet_log_warn("ignoring unreadable route table %s", path);
+	}
+	free(buf);
+	close(fd);
+}
+
+/* Per-node arrays follow the ring's node count (indices never change). */
+static int do_grow(struct dnet_member *m)
+{
+	size_t n = m->ring.nnodes;
+	if (n <= m->last_seen_cap)
+		return 0;
+	size_t cap = n * 2;
+	uint64_t *ls = realloc(m->last_seen, cap * sizeof(*ls));
+	if (!ls)
+		return DNET_ENOMEM;
+	uint64_t now = dnet_now_mono_ns();
+	for (size_t i = m->last_seen_cap; i < cap; i++)
+		ls[i] = now; /* a newly learned node gets a full grace period */
+	m->last_seen = ls;
+	m->last_seen_cap = cap;
+	return 0;
+}
+
+/* After merging others' news: if they think we are down (or gone), say otherwise
+ * with a newer incarnation. Called with the write lock held. Returns 1 if changed. */
+static int do_refute(struct dnet_server *s)
+{
+	struct dnet_ring_node *me = &s->member.ring.nodes[s->member.self];
+	if (me->state == DNET_NODE_UP)
+		return 0;
+	uint64_t inc = dnet_now_real_ns();
+	if (inc <= me->incarnation)
+		inc = me->incarnation + 1;
+	dnet_log_info("the ring thinks this node is %s; announcing it is up (incarnation %llu)",
+		      me->state == DNET_NODE_DOWN ? "down" : "gone", (unsigned long long)inc);
+	struct dnet_ring_node upd = *me;
+	upd.incarnation = inc;
+	upd.state = DNET_NODE_UP;
+	return dnet_ring_merge_node(&s->member.ring, &upd) > 0;
+}
+
+/* Merge a received table; returns 1 if ours changed. Write lock held. */
+static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
+{
+	int changed = 0;
+	for (size_t i = 0; i < r->nnodes; i++) {
+		const struct dnet_ring_node *n = &r->nodes[i];
+		int rc = dnet_ring_merge_node(&s->member.ring, n);
+		if (rc > 0) {
+			changed = 1;
+			int j = dnet_ring_find(&s->member.ring, n->node_id);
+			if (j >= 0 && j != s->member.self && do_grow(&s->member) == 0)
+				s->member.last_seen[j] = dnet_now_mono_ns();
+		}
+	}
+	changed |= do_refute(s);
+	do_grow(&s->member);
+	return changed;
+}
+
+static uint8_t *encode_ring(const struct dnet_ring *r, size_t *len)
+{
+	*len = dnet_ring_encoded_size(r);
+	uint8_t *buf = malloc(*len);
+	if (buf)
+		dnet_ring_encode(r, buf);
+	return buf;
+}
+
+uint8_t *dnet_member_routes(struct dnet_server *s, size_t *len)
+{
+	pthread_rwlock_rdlock(&s->member.lock);
+	uint8_t *buf = encode_ring(&s->member.ring, len);
+	pthread_rwlock_unlock(&s->member.lock);
+	return buf;
+}
+
+uint64_t dnet_member_digest(struct dnet_server *s)
+{
+	pthread_rwlock_rdlock(&s->member.lock);
+	uint64_t d = s->member.ring.digest;
+	pthread_rwlock_unlock(&s->member.lock);
+	return d;
+}
+
+int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint8_t **out,
+		     size_t *outlen)
+{
+	struct dnet_ring r;
+	int err = dnet_ring_decode(&r, buf, len);
+	if (err)
+		return err;
+	pthread_rwlock_wrlock(&s->member.lock);
+	size_t before = s->member.ring.nnodes;
+	int changed = do_merge(s, &r);
+	if (changed)
+		do_save_ring(s);
+	*out = encode_ring(&s->member.ring, outlen);
+	size_t after = s->member.ring.nnodes;
+	pthread_rwlock_unlock(&s->member.lock);
+	dnet_ring_free(&r);
+	if (after > before)
+		dnet_log_info("ring: %zu node(s) joined; %zu known", after - before, after);
+	return *out ? 0 : DNET_ENOMEM;
+}
+
+int dnet_member_owns(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *owner)
+{
+	struct dnet_member *m = &s->member;
+	pthread_rwlock_rdlock(&m->lock);
+	int o = dnet_ring_owner(&m->ring, id);
+	int mine = o < 0 || o == m->self;
+	if (!mine)
+		*owner = m->ring.nodes[o].addr;
+	pthread_rwlock_unlock(&m->lock);
+	return mine;
+}
+
+/* One exchange with a peer: send our table, merge theirs. */
+static int exchange(struct dnet_server *s, struct dnet_peer *p)
+{
+	size_t len;
+	uint8_t *mine = dnet_member_routes(s, &len);
+	if (!mine)
+		return DNET_ENOMEM;
+	struct dnet_cmd_hdr rh;
+	uint8_t *reply;
+	size_t rlen;
+	int err = dnet_peer_call(p, DNET_CMD_JOIN, 0, NULL, mine, len, NULL, 0, 2000, &rh, &reply,
+				 &rlen, RING_MAX_REPLY);
+	free(mine);
+	if (err)
+		return err;
+	if (rh.status) {
+		free(reply);
+		return rh.status;
+	}
+	struct dnet_ring r;
+	err = dnet_ring_decode(&r, reply, rlen);
+	free(reply);
+	if (err)
+		return err;
+	pthread_rwlock_wrlock(&s->member.lock);
+	if (do_merge(s, &r))
+		do_save_ring(s);
+	pthread_rwlock_unlock(&s->member.lock);
+	dnet_ring_free(&r);
+	return 0;
+}
+
+/* Make sure peers[i] exists for every node; called from the membership thread. */
+static int sync_peers(struct dnet_server *s)
+{
+	struct dnet_member *m = &s->member;
+	pthread_rwlock_rdlock(&m->lock);
+	size_t n = m->ring.nnodes;
+	pthread_rwlock_unlock(&m->lock);
+	if (n <= m->npeers)
+		return 0;
+	struct dnet_peer *np = realloc(m->peers, n * sizeof(*np));
+	if (!np)
+		return DNET_ENOMEM;
+	m->peers = np;
+	pthread_rwlock_rdlock(&m->lock);
+	for (size_t i = m->npeers; i < n; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		sockaddr_from_addr(&m->ring.nodes[i].addr, &ss, &sl);
+		dnet_peer_init(&m->peers[i], &ss, sl);
+	}
+	pthread_rwlock_unlock(&m->lock);
+	m->npeers = n;
+	return 0;
+}
+
+static void heartbeat_round(struct dnet_server *s, uint64_t round)
+{
+	struct dnet_member *m = &s->member;
+	const struct dnet_config *cfg = &s->cfg;
+
+	/* Seeds first: until one answers, we are a ring of one. */
+	for (int j = 0; j < cfg->njoins; j++) {
+		if (m->joined[j])
+			continue;
+		struct dnet_peer p;
+		if (dnet_peer_init_str(&p, cfg->joins[j]) != 0) {
+			m->joined[j] = 1; /* unparsable: reported at startup */
+			continue;
+		}
+		int err = exchange(s, &p);
+		dnet_peer_close(&p);
+		if (!err) {
+			m->joined[j] = 1;
+			dnet_log_info("joined the ring through %s", cfg->joins[j]);
+		} else if (round % 10 == 0) {
+			dnet_log_warn("cannot join through %s yet: %s", cfg->joins[j],
+				      dnet_strerror(err));
+		}
+	}
+	if (sync_peers(s) != 0)
+		return;
+	for (size_t i = 0; i < m->npeers; i++) {
+		if ((int)i == m->self)
+			continue;
+		pthread_rwlock_rdlock(&m->lock);
+		uint32_t state = m->ring.nodes[i].state;
+		uint64_t digest = m->ring.digest;
+		pthread_rwlock_unlock(&m->lock);
+		if (state == DNET_NODE_LEFT)
+			continue;
+		/* Down nodes are probed less often, so they cost little. */
+		if (state == DNET_NODE_DOWN && round % 3 != i % 3)
+			continue;
+		uint8_t dg[8];
+		dnet_put_u64(dg, digest);
+		struct dnet_cmd_hdr rh;
+		uint8_t *reply;
+		size_t rlen;
+		int timeout = cfg->heartbeat_ms < 1000 ? cfg->heartbeat_ms : 1000;
+		int err = dnet_peer_call(&m->peers[i], DNET_CMD_PING, 0, NULL, dg, sizeof(dg), NULL, 0,
+					 timeout, &rh, &reply, &rlen, 4096);
+		uint64_t now = dnet_now_mono_ns();
+		if (!err && rh.status == 0) {
+			uint64_t theirs = rlen >= 8 ? dnet_get_u64(reply) : 0;
+			pthread_rwlock_wrlock(&m->lock);
+			m->last_seen[i] = now;
+			pthread_rwlock_unlock(&m->lock);
+			if (theirs != digest)
+				exchange(s, &m->peers[i]);
+		} else {
+			pthread_rwlock_wrlock(&m->lock);
+			if (m->ring.nodes[i].state == DNET_NODE_UP &&
+			    now - m->last_seen[i] > (uint64_t)cfg->fail_after_ms * 1000000ull) {
+				char a[64];
+				snprintf(a, sizeof(a), "%s", m->peers[i].name);
+				dnet_ring_set_state(&m->ring, (int)i, DNET_NODE_DOWN);
+				do_save_ring(s);
+				dnet_log_warn("ring: node %s is down (silent for %d ms: %s)", a,
+					      cfg->fail_after_ms, dnet_strerror(err));
+			}
+			pthread_rwlock_unlock(&m->lock);
+		}
+		free(reply);
+	}
+}
+
+static void *member_main(void *arg)
+{
+	struct dnet_server *s = arg;
+	struct dnet_member *m = &s->member;
+	for (uint64_t round = 0;; round++) {
+		heartbeat_round(s, round);
+		pthread_mutex_lock(&m->wait_lock);
+		if (!m->stop) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->cfg.heartbeat_ms * 1000000ull;
+			ts.tv_sec += (time_t)(ns / 1000000000ull);
+			ts.tv_nsec = (long)(ns % 1000000000ull);
+			pthread_cond_timedwait(&m->wait_cond, &m->wait_lock, &ts);
+		}
+		int stop = m->stop;
+		pthread_mutex_unlock(&m->wait_lock);
+		if (stop)
+			break;
+	}
+	return NULL;
+}
+
+void dnet_member_init(struct dnet_server *s)
+{
+	struct dnet_member *m = &s->member;
+	pthread_rwlock_init(&m->lock, NULL);
+	pthread_mutex_init(&m->wait_lock, NULL);
+	pthread_cond_init(&m->wait_cond, NULL);
+	dnet_ring_init(&m->ring);
+}
+
+int dnet_member_start(struct dnet_server *s)
+{
+	struct dnet_member *m = &s->member;
+
+	struct dnet_ring_node me;
+	memset(&me, 0, sizeof(me));
+	memcpy(me.node_id, s->node_id, DNET_ID_SIZE);
+	const char *adv = s->cfg.advertise[0] ? s->cfg.advertise : s->listen_str;
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	if (dnet_parse_addr(adv, 1025, &ss, &sl) != 0 || addr_from_sockaddr(&ss, &me.addr) != 0) {
+		dnet_log_error("cannot use %s as this node's address", adv);
+		return DNET_EADDR;
+	}
+	static const uint8_t any6[16];
+	if ((me.addr.family == 4 && !memcmp(me.addr.addr, any6, 4)) ||
+	    (me.addr.family == 6 && !memcmp(me.addr.addr, any6, 16))) {
+		dnet_log_error("listening on a wildcard address: give --advertise HOST:PORT, the "
+			       "address other nodes and clients should use");
+		return DNET_EADDR;
+	}
+	snprintf(me.zone, sizeof(me.zone), "%s", s->cfg.zone);
+	me.incarnation = dnet_now_real_ns();
+	me.state = DNET_NODE_UP;
+	int err = load_ids(s, &me);
+	if (err) {
+		free(me.ids);
+		return err;
+	}
+	pthread_rwlock_wrlock(&m->lock);
+	err = dnet_ring_merge_node(&m->ring, &me);
+	free(me.ids);
+	if (err < 0) {
+		pthread_rwlock_unlock(&m->lock);
+		return err;
+	}
+	m->self = 0;
+	do_load_ring(s);
+	err = do_grow(m);
+	pthread_rwlock_unlock(&m->lock);
+	if (err)
+		return err;
+	for (int j = 0; j < s->cfg.njoins; j++) {
+		struct sockaddr_storage js;
+		socklen_t jl;
+		if (dnet_parse_addr(s->cfg.joins[j], 1025, &js, &jl) != 0) {
+			dnet_log_error("--join %s: cannot parse or resolve the address", s->cfg.joins[j]);
+			return DNET_EADDR;
+		}
+	}
+	pthread_rwlock_wrlock(&m->lock);
+	do_save_ring(s);
+	pthread_rwlock_unlock(&m->lock);
+	if (pthread_create(&m->thread, NULL, member_main, s) != 0)
+		return DNET_ESYS;
+	m->started = 1;
+	return 0;
+}
+
+void dnet_member_stop(struct dnet_server *s)
+{
+	struct dnet_member *m = &s->member;
+	if (!m->started)
+		return;
+	pthread_mutex_lock(&m->wait_lock);
+	m->stop = 1;
+	pthread_cond_signal(&m->wait_cond);
+	pthread_mutex_unlock(&m->wait_lock);
+	pthread_join(m->thread, NULL);
+	for (size_t i = 0; i < m->npeers; i++)
+		dnet_peer_close(&m->peers[i]);
+	free(m->peers);
+	m->peers = NULL;
+	m->npeers = 0;
+	m->started = 0;
+}
+
+void dnet_member_free(struct dnet_server *s)
+{
+	struct dnet_member *m = &s->member;
+	free(m->last_seen);
+	m->last_seen = NULL;
+	dnet_ring_free(&m->ring);
+}
+
+void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t *down,
+			size_t *left)
+{
+	struct dnet_member *m = &s->member;
+	*nodes = *up = *down = *left = 0;
+	pthread_rwlock_rdlock(&m->lock);
+	for (size_t i = 0; i < m->ring.nnodes; i++) {
+		(*nodes)++;
+		uint32_t st = m->ring.nodes[i].state;
+		*up += st == DNET_NODE_UP;
+		*down += st == DNET_NODE_DOWN;
+		*left += st == DNET_NODE_LEFT;
+	}
+	pthread_rwlock_unlock(&m->lock);
+}

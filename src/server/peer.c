@@ -1,0 +1,202 @@
+/* peer.c - blocking request/reply over a non-blocking socket with poll() deadlines. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "common/errors.h"
+#include "common/util.h"
+#include "peer.h"
+
+void dnet_peer_init(struct dnet_peer *p, const struct sockaddr_storage *ss, socklen_t sl)
+{
+	memset(p, 0, sizeof(*p));
+	p->ss = *ss;
+	p->sl = sl;
+	p->fd = -1;
+	dnet_addr_str((const struct sockaddr *)ss, p->name, sizeof(p->name));
+}
+
+int dnet_peer_init_str(struct dnet_peer *p, const char *hostport)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	int err = dnet_parse_addr(hostport, 1025, &ss, &sl);
+	if (err)
+		return err;
+	dnet_peer_init(p, &ss, sl);
+	return 0;
+}
+
+void dnet_peer_close(struct dnet_peer *p)
+{
+	if (p->fd >= 0)
+		close(p->fd);
+	p->fd = -1;
+}
+
+static int remaining_ms(uint64_t deadline)
+{
+	uint64_t now = dnet_now_mono_ns();
+	return now >= deadline ? 0 : (int)((deadline - now) / 1000000) + 1;
+}
+
+static int wait_fd(int fd, short ev, uint64_t deadline)
+{
+	for (;;) {
+		struct pollfd pf = {.fd = fd, .events = ev};
+		int ms = remaining_ms(deadline);
+		if (ms == 0)
+			return DNET_ETIMEDOUT;
+		int n = poll(&pf, 1, ms);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return dnet_from_errno(errno);
+		if (n == 0)
+			return DNET_ETIMEDOUT;
+		return 0;
+	}
+}
+
+static int do_connect(struct dnet_peer *p, uint64_t deadline)
+{
+	int fd = socket(p->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return dnet_from_errno(errno);
+	if (connect(fd, (struct sockaddr *)&p->ss, p->sl) < 0) {
+		if (errno != EINPROGRESS) {
+			int e = dnet_from_errno(errno);
+			close(fd);
+			return e;
+		}
+		int err = wait_fd(fd, POLLOUT, deadline);
+		int so = 0;
+		socklen_t sol = sizeof(so);
+		if (!err && getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sol) == 0 && so)
+			err = dnet_from_errno(so);
+		if (err) {
+			close(fd);
+			return err;
+		}
+	}
+	dnet_set_nodelay(fd);
+	p->fd = fd;
+	return 0;
+}
+
+static int send_all(int fd, struct iovec *iov, int n, uint64_t deadline)
+{
+	while (n > 0) {
+		struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+		ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				int err = wait_fd(fd, POLLOUT, deadline);
+				if (err)
+					return err;
+				continue;
+			}
+			return dnet_from_errno(errno);
+		}
+		size_t left = (size_t)w;
+		while (n > 0 && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + left;
+			iov->iov_len -= left;
+		}
+	}
+	return 0;
+}
+
+static int recv_all(int fd, void *buf, size_t len, uint64_t deadline)
+{
+	char *p = buf;
+	while (len) {
+		ssize_t r = recv(fd, p, len, 0);
+		if (r > 0) {
+			p += r;
+			len -= (size_t)r;
+			continue;
+		}
+		if (r == 0)
+			return DNET_ECONNRESET;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return dnet_from_errno(errno);
+		int err = wait_fd(fd, POLLIN, deadline);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+int dnet_peer_call(struct dnet_peer *p, uint8_t cmd, uint16_t flags, const uint8_t *id,
+		   const void *a, size_t alen, const void *b, size_t blen, int timeout_ms,
+		   struct dnet_cmd_hdr *rh, uint8_t **reply, size_t *rlen, size_t max_reply)
+{
+	uint64_t deadline = dnet_now_mono_ns() + (uint64_t)timeout_ms * 1000000ull;
+	uint8_t hb[DNET_HDR_SIZE];
+	int err;
+
+	*reply = NULL;
+	*rlen = 0;
+	if (p->fd < 0 && (err = do_connect(p, deadline)))
+		return err;
+	struct dnet_cmd_hdr h = {.magic = DNET_MAGIC,
+				 .version = DNET_PROTO_VERSION,
+				 .cmd = cmd,
+				 .flags = (uint16_t)(flags | DNET_FLAG_NEED_ACK),
+				 .trans = ++p->trans,
+				 .size = alen + blen};
+	if (id)
+		memcpy(h.id, id, DNET_ID_SIZE);
+	dnet_hdr_encode(hb, &h);
+	struct iovec iov[3] = {{hb, sizeof(hb)}, {(void *)a, alen}, {(void *)b, blen}};
+	if ((err = send_all(p->fd, iov, 3, deadline)))
+		goto fail;
+	/* Replies to earlier, timed-out calls on this connection are skipped. */
+	for (;;) {
+		if ((err = recv_all(p->fd, hb, sizeof(hb), deadline)))
+			goto fail;
+		dnet_hdr_decode(hb, sizeof(hb), rh);
+		if (rh->magic != DNET_MAGIC || rh->version != DNET_PROTO_VERSION ||
+		    !(rh->flags & DNET_FLAG_REPLY) || rh->size > max_reply) {
+			err = rh->size > max_reply ? DNET_ETOOBIG : DNET_EPROTO;
+			goto fail;
+		}
+		uint8_t *buf = NULL;
+		if (rh->size) {
+			buf = malloc((size_t)rh->size);
+			if (!buf) {
+				err = DNET_ENOMEM;
+				goto fail;
+			}
+			if ((err = recv_all(p->fd, buf, (size_t)rh->size, deadline))) {
+				free(buf);
+				goto fail;
+			}
+		}
+		if (rh->trans != h.trans) {
+			free(buf);
+			continue;
+		}
+		*reply = buf;
+		*rlen = (size_t)rh->size;
+		return 0;
+	}
+fail:
+	dnet_peer_close(p);
+	return err;
+}

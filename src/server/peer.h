@@ -1,0 +1,34 @@
+/* peer.h - blocking request/reply to another node, for the membership and data
+ * movement threads (never the network loops or IO workers: those must not block
+ * on other nodes). One persistent connection per peer, re-established on error. */
+#ifndef DNET_PEER_H
+#define DNET_PEER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "common/proto.h"
+
+struct dnet_peer {
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	char name[64]; /* "HOST:PORT" for logs */
+	int fd;        /* -1 while not connected */
+	uint64_t trans;
+};
+
+void dnet_peer_init(struct dnet_peer *p, const struct sockaddr_storage *ss, socklen_t sl);
+int dnet_peer_init_str(struct dnet_peer *p, const char *hostport);
+void dnet_peer_close(struct dnet_peer *p);
+
+/* Send one request (header + payload parts a and b) and wait for its reply, all
+ * within timeout_ms. The reply header goes to *rh; a reply payload (at most
+ * max_reply bytes, else DNET_ETOOBIG) into a malloc()ed *reply (NULL if empty).
+ * Returns 0 when a reply arrived (its status is rh->status) or a transport error
+ * (the connection is then closed). */
+int dnet_peer_call(struct dnet_peer *p, uint8_t cmd, uint16_t flags, const uint8_t *id,
+		   const void *a, size_t alen, const void *b, size_t blen, int timeout_ms,
+		   struct dnet_cmd_hdr *rh, uint8_t **reply, size_t *rlen, size_t max_reply);
+
+#endif
