@@ -87,7 +87,16 @@ struct dnet_io_attr {
 #define DNET_IO_PREPARE 0x0001u /* start a chunked upload of total_size bytes (0 = unknown until COMMIT) */
 #define DNET_IO_PLAIN 0x0002u   /* a middle chunk of a chunked upload */
 #define DNET_IO_COMMIT 0x0004u  /* last chunk: make the upload visible atomically */
-#define DNET_IO_FLAGS_KNOWN 0x0007u
+/* Node-to-node data movement: apply only if the node has no copy with a timestamp
+ * >= io.timestamp (else DNET_EEXIST), so an old copy never replaces a newer write.
+ * Handled by the server; engines never see it. */
+#define DNET_IO_MOVE 0x0008u
+#define DNET_IO_FLAGS_KNOWN 0x000fu
+#define DNET_IO_ENGINE_FLAGS 0x0007u /* the flags passed on to storage engines */
+
+/* DNET_ENOTOWNER replies carry a dnet_addr_wire (the node to ask) and then a u32 of
+ * hints: */
+#define DNET_REDIRECT_DIRECT 0x0001u /* resend there with DNET_FLAG_DIRECT (a previous owner) */
 
 /* Object info, 48 bytes: WRITE and LOOKUP replies.
  *   0 u64 size

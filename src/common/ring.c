@@ -48,7 +48,7 @@ static int rebuild(struct dnet_ring *r)
 	size_t k = 0;
 	/* The digest must not depend on the order nodes were learned in, which differs
 	 * from node to node: a sum of per-node hashes. */
-	uint64_t h = 0;
+	uint64_t h = 0, lay = 0;
 	for (size_t i = 0; i < r->nnodes; i++) {
 		const struct dnet_ring_node *nd = &r->nodes[i];
 		uint64_t nh = 0xcbf29ce484222325ull;
@@ -58,6 +58,7 @@ static int rebuild(struct dnet_ring *r)
 		h += nh;
 		if (nd->state == DNET_NODE_LEFT)
 			continue;
+		lay += fnv(0xcbf29ce484222325ull, nd->node_id, DNET_ID_SIZE);
 		for (uint32_t j = 0; j < nd->nids; j++) {
 			memcpy(e[k].id, nd->ids[j], DNET_ID_SIZE);
 			e[k].node = (uint32_t)i;
@@ -70,6 +71,7 @@ static int rebuild(struct dnet_ring *r)
 	r->entries = e;
 	r->nentries = n;
 	r->digest = h;
+	r->layout = lay;
 	return 0;
 }
 

@@ -45,6 +45,7 @@ struct dnet_ring {
 	struct dnet_ring_entry *entries; /* sorted by id; nodes that are not LEFT */
 	size_t nentries;
 	uint64_t digest; /* changes whenever membership or a state changes */
+	uint64_t layout; /* changes only when ownership can change (a node added or LEFT) */
 };
 
 void dnet_ring_init(struct dnet_ring *r);

@@ -42,6 +42,8 @@ static const struct opt opts[] = {
 	{"ids", O_INT, "N", "ring IDs of a new node: more spread load more evenly (default 16)", OFF(ids), 0, 1, DNET_RING_MAX_IDS},
 	{"advertise", O_STR, "HOST:PORT", "address other nodes and clients use for this node (default: --listen)", OFF(advertise), LEN(advertise), 0, 0},
 	{"heartbeat-ms", O_INT, "MS", "interval of heartbeats to every peer (default 1000)", OFF(heartbeat_ms), 0, 50, 60000},
+	{"handoff-s", O_INT, "S", "after an ownership change, look for moved objects at their old node this long (default 300)", OFF(handoff_s), 0, 0, 86400},
+	{"move-rate", O_SIZE, "BYTES", "bytes per second the node may send when moving data (default 64M; 0 = unlimited)", OFF(move_rate), 0, 0, (long)(1ull << 40)},
 	{"fail-after-ms", O_INT, "MS", "a peer silent this long is marked down (default 3000)", OFF(fail_after_ms), 0, 100, 600000},
 	{"copies", O_LATER, "N", "copies forced by transformation functions (not in this build)", 0, 0, 0, 0},
 	{"zone", O_STR, "NAME", "zone (rack, room) label of this node, for copy placement", OFF(zone), LEN(zone), 0, 0},
@@ -72,6 +74,8 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->ids = 16;
 	cfg->heartbeat_ms = 1000;
 	cfg->fail_after_ms = 3000;
+	cfg->handoff_s = 300;
+	cfg->move_rate = 64u << 20;
 }
 
 static void usage(FILE *f)

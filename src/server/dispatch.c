@@ -87,6 +87,8 @@ static void finish_status(struct dnet_trans *t, int status)
 	finish(t, o, status);
 }
 
+static int handoff_redirect(struct dnet_server *s, struct dnet_trans *t);
+
 static void write_done(void *arg, int status, const struct dnet_obj_info *info)
 {
 	struct dnet_trans *t = arg;
@@ -114,6 +116,17 @@ static void do_write(struct dnet_server *s, struct dnet_trans *t)
 	}
 	if (io.timestamp == 0)
 		io.timestamp = dnet_now_real_ns();
+	if (io.ioflags & DNET_IO_MOVE) {
+		/* Data movement: never let an older copy replace what is here. Requests
+		 * for one ID run on one IO worker, so nothing slips in between. */
+		io.ioflags &= ~DNET_IO_MOVE;
+		struct dnet_obj_info cur;
+		if (!(io.ioflags & (DNET_IO_PLAIN | DNET_IO_COMMIT)) &&
+		    s->bops->lookup(s->backend, t->hdr.id, &cur) == 0 && cur.timestamp >= io.timestamp) {
+			finish_status(t, DNET_EEXIST);
+			return;
+		}
+	}
 	struct dnet_write_req req = {.id = t->hdr.id, .io = io, .data = t->payload + DNET_IO_ATTR_SIZE};
 	/* write_done may run inside this call or later on an engine thread; either
 	 * way it frees t, so t is not touched after this line. */
@@ -130,6 +143,8 @@ static void do_read(struct dnet_server *s, struct dnet_trans *t)
 	struct dnet_read_res res = {.fd = -1};
 	int err = s->bops->read(s->backend, t->hdr.id, io.offset, io.size,
 				t->hdr.flags & DNET_FLAG_NOCSUM, &res);
+	if (err == DNET_ENOENT && handoff_redirect(s, t))
+		return;
 	if (err) {
 		finish_status(t, err);
 		return;
@@ -165,6 +180,8 @@ static void do_lookup(struct dnet_server *s, struct dnet_trans *t)
 {
 	struct dnet_obj_info info;
 	int err = s->bops->lookup(s->backend, t->hdr.id, &info);
+	if (err == DNET_ENOENT && handoff_redirect(s, t))
+		return;
 	if (err) {
 		finish_status(t, err);
 		return;
@@ -211,16 +228,30 @@ static void finish_payload(struct dnet_trans *t, uint8_t *buf, size_t len)
 }
 
 /* Redirect: this node does not own the ID; the reply names the owner so the client
- * can go there (and refresh its routes). */
-static void finish_notowner(struct dnet_trans *t, const struct dnet_addr_wire *owner)
+ * can go there (and refresh its routes). The payload is the address, then a u32 of
+ * hints: DNET_REDIRECT_DIRECT asks the client to resend with DNET_FLAG_DIRECT (the
+ * named node is the object's previous owner, which may still hold it). */
+static void finish_notowner(struct dnet_trans *t, const struct dnet_addr_wire *owner, uint32_t hints)
 {
 	struct dnet_out *o = dnet_out_new();
 	if (o) {
-		reply_hdr(o, t, DNET_ENOTOWNER, DNET_ADDR_WIRE_SIZE);
+		reply_hdr(o, t, DNET_ENOTOWNER, DNET_ADDR_WIRE_SIZE + 4);
 		dnet_addr_encode(o->inl + DNET_HDR_SIZE, owner);
-		o->inl_len += DNET_ADDR_WIRE_SIZE;
+		dnet_put_u32(o->inl + DNET_HDR_SIZE + DNET_ADDR_WIRE_SIZE, hints);
+		o->inl_len += DNET_ADDR_WIRE_SIZE + 4;
 	}
 	finish(t, o, DNET_ENOTOWNER);
+}
+
+/* A read, lookup or delete found nothing here: while objects are moving after an
+ * ownership change, send the client to the previous owner. */
+static int handoff_redirect(struct dnet_server *s, struct dnet_trans *t)
+{
+	struct dnet_addr_wire prev;
+	if (!dnet_member_prev_owner(s, t->hdr.id, &prev))
+		return 0;
+	finish_notowner(t, &prev, DNET_REDIRECT_DIRECT);
+	return 1;
 }
 
 static void do_ping(struct dnet_server *s, struct dnet_trans *t)
@@ -269,7 +300,7 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 	struct dnet_addr_wire owner;
 	if (is_keyed(t->hdr.cmd) && !(t->hdr.flags & DNET_FLAG_DIRECT) &&
 	    !dnet_member_owns(s, t->hdr.id, &owner)) {
-		finish_notowner(t, &owner);
+		finish_notowner(t, &owner, 0);
 		atomic_fetch_add(&s->stats.busy_ns, dnet_now_mono_ns() - t0);
 		return;
 	}
@@ -293,10 +324,13 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 		do_read(s, t);
 		break;
 	case DNET_CMD_DEL:
-		if (t->size)
+		if (t->size) {
 			finish_status(t, DNET_EPROTO);
-		else
-			finish_status(t, s->bops->del(s->backend, t->hdr.id));
+		} else {
+			int err = s->bops->del(s->backend, t->hdr.id);
+			if (err != DNET_ENOENT || !handoff_redirect(s, t))
+				finish_status(t, err);
+		}
 		break;
 	case DNET_CMD_LOOKUP:
 		do_lookup(s, t);

@@ -214,10 +214,35 @@ static int do_refute(struct dnet_server *s)
 	return dnet_ring_merge_node(&s->member.ring, &upd) > 0;
 }
 
+/* Keep `before` (taken by the caller) if ownership changed since it. Write lock
+ * held; takes ownership of before. */
+static void do_remember(struct dnet_server *s, struct dnet_ring *before)
+{
+	struct dnet_member *m = &s->member;
+	if (before->layout == m->ring.layout) {
+		dnet_ring_free(before);
+		return;
+	}
+	int n = (int)(sizeof(m->hist) / sizeof(m->hist[0]));
+	if (m->nhist == n)
+		dnet_ring_free(&m->hist[--m->nhist].ring);
+	memmove(&m->hist[1], &m->hist[0], (size_t)m->nhist * sizeof(m->hist[0]));
+	m->hist[0].ring = *before;
+	m->hist[0].until_ns = dnet_now_mono_ns() + (uint64_t)s->cfg.handoff_s * 1000000000ull;
+	m->nhist++;
+	atomic_fetch_add(&m->layout_changes, 1);
+	dnet_log_info("ring: ownership changed (%zu nodes, %zu ranges); moving data", m->ring.nnodes,
+		      m->ring.nentries);
+	dnet_mover_kick(s);
+}
+
 /* Merge a received table; returns 1 if ours changed. Write lock held. */
 static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 {
 	int changed = 0;
+	struct dnet_ring before;
+	if (dnet_ring_copy(&before, &s->member.ring) != 0)
+		dnet_ring_init(&before);
 	for (size_t i = 0; i < r->nnodes; i++) {
 		const struct dnet_ring_node *n = &r->nodes[i];
 		int rc = dnet_ring_merge_node(&s->member.ring, n);
@@ -230,6 +255,7 @@ static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 	}
 	changed |= do_refute(s);
 	do_grow(&s->member);
+	do_remember(s, &before);
 	return changed;
 }
 
@@ -534,6 +560,9 @@ void dnet_member_free(struct dnet_server *s)
 	free(m->last_seen);
 	m->last_seen = NULL;
 	dnet_ring_free(&m->ring);
+	for (int i = 0; i < m->nhist; i++)
+		dnet_ring_free(&m->hist[i].ring);
+	m->nhist = 0;
 }
 
 void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t *down,
@@ -550,4 +579,36 @@ void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t
 		*left += st == DNET_NODE_LEFT;
 	}
 	pthread_rwlock_unlock(&m->lock);
+}
+
+int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *addr)
+{
+	struct dnet_member *m = &s->member;
+	int found = 0;
+	uint64_t now = dnet_now_mono_ns();
+	pthread_rwlock_rdlock(&m->lock);
+	for (int i = 0; i < m->nhist && !found; i++) {
+		if (m->hist[i].until_ns < now)
+			break;
+		const struct dnet_ring *h = &m->hist[i].ring;
+		int o = dnet_ring_owner(h, id);
+		if (o < 0)
+			continue;
+		int cur = dnet_ring_find(&m->ring, h->nodes[o].node_id);
+		if (cur < 0 || cur == m->self || m->ring.nodes[cur].state != DNET_NODE_UP)
+			continue;
+		*addr = m->ring.nodes[cur].addr;
+		found = 1;
+	}
+	pthread_rwlock_unlock(&m->lock);
+	return found;
+}
+
+int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self)
+{
+	pthread_rwlock_rdlock(&s->member.lock);
+	int err = dnet_ring_copy(out, &s->member.ring);
+	*self = s->member.self;
+	pthread_rwlock_unlock(&s->member.lock);
+	return err;
 }

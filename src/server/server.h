@@ -47,6 +47,8 @@ struct dnet_config {
 	char advertise[256]; /* address other nodes and clients use for us */
 	int heartbeat_ms;
 	int fail_after_ms;
+	int handoff_s;        /* how long older rings are consulted for moved objects */
+	uint64_t move_rate;   /* bytes/s the mover may send (0 = unlimited) */
 };
 
 /* One request read whole from the network, on its way through the IO pool. */
@@ -149,11 +151,28 @@ struct dnet_member {
 	struct dnet_peer *peers; /* per node; membership thread only */
 	size_t npeers;
 	int joined[16];
+	/* Rings from before the last ownership changes (newest first), consulted while
+	 * objects move: a key missing at its new owner is looked for at its old one. */
+	struct {
+		struct dnet_ring ring;
+		uint64_t until_ns;
+	} hist[4];
+	int nhist;
+	atomic_uint_fast64_t layout_changes; /* wakes the mover */
 	pthread_t thread;
 	pthread_mutex_t wait_lock;
 	pthread_cond_t wait_cond;
 	int stop;
 	int started;
+};
+
+/* Data movement (move.c): pushes objects this node no longer owns to their owner. */
+struct dnet_mover {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int stop, started, kick;
+	atomic_uint_fast64_t passes, moved, moved_bytes, skipped, errors, pending;
 };
 
 struct dnet_server {
@@ -171,6 +190,7 @@ struct dnet_server {
 	atomic_int stopping;
 	struct dnet_stats stats;
 	struct dnet_member member;
+	struct dnet_mover mover;
 };
 
 /* The one server of this process (set by main). */
@@ -201,6 +221,16 @@ uint8_t *dnet_member_routes(struct dnet_server *s, size_t *len);
 int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint8_t **out,
 		     size_t *outlen);
 uint64_t dnet_member_digest(struct dnet_server *s);
+/* While older rings are remembered: the node that owned id before (UP, not us), if
+ * any. Returns 1 and sets *addr, else 0. */
+int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *addr);
+/* A consistent copy of the current ring and our index in it. */
+int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self);
+
+/* move.c */
+int dnet_mover_start(struct dnet_server *s);
+void dnet_mover_kick(struct dnet_server *s);
+void dnet_mover_stop(struct dnet_server *s);
 void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t *down,
 			size_t *left);
 

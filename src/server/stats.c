@@ -76,6 +76,11 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "ring_down %zu\n", rd);
 	add(&b, "ring_left %zu\n", rl);
 	add(&b, "ring_digest %016llx\n", (unsigned long long)dnet_member_digest(s));
+	add(&b, "move_passes %llu\n", (unsigned long long)atomic_load(&s->mover.passes));
+	add(&b, "move_objects %llu\n", (unsigned long long)atomic_load(&s->mover.moved));
+	add(&b, "move_bytes %llu\n", (unsigned long long)atomic_load(&s->mover.moved_bytes));
+	add(&b, "move_pending %llu\n", (unsigned long long)atomic_load(&s->mover.pending));
+	add(&b, "move_errors %llu\n", (unsigned long long)atomic_load(&s->mover.errors));
 	struct dnet_backend_stat bs = {0};
 	if (s->bops->stat(s->backend, &bs) == 0) {
 		add(&b, "objects %llu\n", (unsigned long long)bs.objects);

@@ -1326,7 +1326,7 @@ static void fb_write(struct dnet_backend *b, const struct dnet_write_req *req,
 		     dnet_write_done_fn done, void *arg)
 {
 	const uint32_t fl = req->io.ioflags;
-	if ((fl & ~DNET_IO_FLAGS_KNOWN) || (req->io.size && !req->data)) {
+	if ((fl & ~DNET_IO_ENGINE_FLAGS) || (req->io.size && !req->data)) {
 		done(arg, DNET_EINVAL, NULL);
 		return;
 	}
