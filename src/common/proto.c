@@ -135,6 +135,8 @@ const char *dnet_cmd_name(int cmd)
 		return "routes";
 	case DNET_CMD_JOIN:
 		return "join";
+	case DNET_CMD_LEAVE:
+		return "leave";
 	default:
 		return "unknown";
 	}

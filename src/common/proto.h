@@ -27,7 +27,9 @@ enum dnet_cmd {
 	DNET_CMD_STAT = 6,   /* no payload; reply: "name value\n" text lines */
 	DNET_CMD_ROUTES = 7, /* no payload; reply: the node's route table (ring.h wire form) */
 	DNET_CMD_JOIN = 8,   /* route table of the sender; reply: the receiver's, after merging */
-	DNET_CMD_MAX_ = 9    /* first unused; the server answers PROTO/UNSUPP above */
+	DNET_CMD_LEAVE = 9,  /* no payload: this node leaves the ring (moving its data out);
+			      * a 64-byte node ID: remove that (dead) node from the ring */
+	DNET_CMD_MAX_ = 10   /* first unused; the server answers PROTO/UNSUPP above */
 };
 
 /* Header flags. */

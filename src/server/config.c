@@ -39,7 +39,7 @@ static const struct opt opts[] = {
 	{"log-level", O_LOG, "LEVEL", "error|warn|info|debug (default info)", OFF(log_level), 0, 0, 0},
 	{"config", O_CONFIG, "FILE", "read options from FILE: 'name = value' lines, # comments", 0, 0, 0, 0},
 	{"join", O_JOIN, "HOST:PORT", "join the ring through this node (repeatable; any member will do)", 0, 0, 0, 0},
-	{"ids", O_INT, "N", "ring IDs of a new node: more spread load more evenly (default 16)", OFF(ids), 0, 1, DNET_RING_MAX_IDS},
+	{"ids", O_INT, "N", "ring IDs of a new node: more spread load more evenly (default 64)", OFF(ids), 0, 1, DNET_RING_MAX_IDS},
 	{"advertise", O_STR, "HOST:PORT", "address other nodes and clients use for this node (default: --listen)", OFF(advertise), LEN(advertise), 0, 0},
 	{"heartbeat-ms", O_INT, "MS", "interval of heartbeats to every peer (default 1000)", OFF(heartbeat_ms), 0, 50, 60000},
 	{"handoff-s", O_INT, "S", "after an ownership change, look for moved objects at their old node this long (default 300)", OFF(handoff_s), 0, 0, 86400},
@@ -71,7 +71,7 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->out_high = 16u << 20;
 	cfg->max_inflight = 128;
 	cfg->max_inflight_bytes = 256u << 20;
-	cfg->ids = 16;
+	cfg->ids = 64;
 	cfg->heartbeat_ms = 1000;
 	cfg->fail_after_ms = 3000;
 	cfg->handoff_s = 300;

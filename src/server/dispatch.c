@@ -317,6 +317,12 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 	case DNET_CMD_JOIN:
 		do_join(s, t);
 		break;
+	case DNET_CMD_LEAVE:
+		if (t->size != 0 && t->size != DNET_ID_SIZE)
+			finish_status(t, DNET_EPROTO);
+		else
+			finish_status(t, dnet_member_leave(s, t->size ? t->payload : NULL));
+		break;
 	case DNET_CMD_WRITE:
 		do_write(s, t);
 		break;

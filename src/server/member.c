@@ -201,7 +201,7 @@ static int do_grow(struct dnet_member *m)
 static int do_refute(struct dnet_server *s)
 {
 	struct dnet_ring_node *me = &s->member.ring.nodes[s->member.self];
-	if (me->state == DNET_NODE_UP)
+	if (me->state == DNET_NODE_UP || s->member.leaving)
 		return 0;
 	uint64_t inc = dnet_now_real_ns();
 	if (inc <= me->incarnation)
@@ -611,4 +611,41 @@ int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self
 	*self = s->member.self;
 	pthread_rwlock_unlock(&s->member.lock);
 	return err;
+}
+
+int dnet_member_leave(struct dnet_server *s, const uint8_t *node_id)
+{
+	struct dnet_member *m = &s->member;
+	pthread_rwlock_wrlock(&m->lock);
+	int idx = node_id ? dnet_ring_find(&m->ring, node_id) : m->self;
+	if (idx < 0) {
+		pthread_rwlock_unlock(&m->lock);
+		return DNET_ENOENT;
+	}
+	struct dnet_ring before;
+	if (dnet_ring_copy(&before, &m->ring) != 0)
+		dnet_ring_init(&before);
+	struct dnet_ring_node upd = m->ring.nodes[idx];
+	if (idx == m->self) {
+		/* Our own word, so a newer incarnation: it overrides anything. */
+		m->leaving = 1;
+		upd.incarnation = dnet_now_real_ns();
+		if (upd.incarnation <= m->ring.nodes[idx].incarnation)
+			upd.incarnation = m->ring.nodes[idx].incarnation + 1;
+	}
+	/* For another node: LEFT in its current incarnation (worse state wins), so it
+	 * spreads; if that node comes back it announces a newer incarnation. */
+	upd.state = DNET_NODE_LEFT;
+	int rc = dnet_ring_merge_node(&m->ring, &upd);
+	char name[64];
+	snprintf(name, sizeof(name), "%u", upd.addr.port);
+	if (rc > 0)
+		do_save_ring(s);
+	do_remember(s, &before);
+	pthread_rwlock_unlock(&m->lock);
+	if (rc < 0)
+		return rc;
+	dnet_log_info("ring: %s leaves the ring (port %s); its ranges go to the others",
+		      idx == m->self ? "this node" : "a node", name);
+	return 0;
 }

@@ -158,6 +158,7 @@ struct dnet_member {
 		uint64_t until_ns;
 	} hist[4];
 	int nhist;
+	int leaving; /* we announced LEFT: do not refute it */
 	atomic_uint_fast64_t layout_changes; /* wakes the mover */
 	pthread_t thread;
 	pthread_mutex_t wait_lock;
@@ -224,6 +225,8 @@ uint64_t dnet_member_digest(struct dnet_server *s);
 /* While older rings are remembered: the node that owned id before (UP, not us), if
  * any. Returns 1 and sets *addr, else 0. */
 int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *addr);
+/* LEAVE: id NULL = this node leaves; else remove that node. 0 or DNET_E*. */
+int dnet_member_leave(struct dnet_server *s, const uint8_t *node_id);
 /* A consistent copy of the current ring and our index in it. */
 int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self);
 
