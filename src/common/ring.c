@@ -186,6 +186,28 @@ int dnet_ring_owner(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE])
 	return (int)r->entries[i].node;
 }
 
+int dnet_ring_owner_without(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE], int skip)
+{
+	if (!r->nentries)
+		return -1;
+	size_t lo = 0, hi = r->nentries;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (memcmp(r->entries[mid].id, key, DNET_ID_SIZE) <= 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	/* Walk down (wrapping) from the owning entry to the first one not skip's. */
+	size_t i = lo == 0 ? r->nentries - 1 : lo - 1;
+	for (size_t n = 0; n < r->nentries; n++) {
+		if ((int)r->entries[i].node != skip)
+			return (int)r->entries[i].node;
+		i = i == 0 ? r->nentries - 1 : i - 1;
+	}
+	return -1;
+}
+
 /* out = id - 1 (mod 2^512). */
 static void id_dec(uint8_t out[DNET_ID_SIZE], const uint8_t id[DNET_ID_SIZE])
 {

@@ -219,6 +219,15 @@ static int do_refute(struct dnet_server *s)
 static void do_remember(struct dnet_server *s, struct dnet_ring *before)
 {
 	struct dnet_member *m = &s->member;
+	if (!m->met_others && m->ring.nnodes > 1) {
+		/* First contact with the ring: our solo view before it is no history. */
+		m->met_others = 1;
+		m->new_until_ns = dnet_now_mono_ns() + (uint64_t)s->cfg.handoff_s * 1000000000ull;
+		dnet_ring_free(before);
+		atomic_fetch_add(&m->layout_changes, 1);
+		dnet_mover_kick(s);
+		return;
+	}
 	if (before->layout == m->ring.layout) {
 		dnet_ring_free(before);
 		return;
@@ -599,6 +608,13 @@ int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, struct dnet
 			continue;
 		*addr = m->ring.nodes[cur].addr;
 		found = 1;
+	}
+	if (!found && now < m->new_until_ns) {
+		int o = dnet_ring_owner_without(&m->ring, id, m->self);
+		if (o >= 0 && m->ring.nodes[o].state == DNET_NODE_UP) {
+			*addr = m->ring.nodes[o].addr;
+			found = 1;
+		}
 	}
 	pthread_rwlock_unlock(&m->lock);
 	return found;

@@ -159,6 +159,10 @@ struct dnet_member {
 	} hist[4];
 	int nhist;
 	int leaving; /* we announced LEFT: do not refute it */
+	/* Until then we count as newly joined: keys we own but lack may still be at the
+	 * node that owned them before we came (the ring without us). */
+	uint64_t new_until_ns;
+	int met_others;
 	atomic_uint_fast64_t layout_changes; /* wakes the mover */
 	pthread_t thread;
 	pthread_mutex_t wait_lock;

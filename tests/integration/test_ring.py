@@ -1,0 +1,258 @@
+"""test_ring.py - the ring as the nodes run it: membership converges, failures are
+detected and healed, joins move exactly the objects whose owner changed, reads of
+keys still on the move are redirected to the previous owner, and a leaving node
+hands everything over. Driven over the raw protocol, so these tests do not depend
+on the client library's routing (tested in test_ring_client.py)."""
+import bisect
+import os
+import struct
+import time
+
+import pytest
+
+import proto
+from conftest import wait_for
+
+# Fast membership for tests; the defaults (1 s / 3 s) are for real networks.
+FAST = ("--heartbeat-ms", "200", "--fail-after-ms", "1500", "--ids", "64")
+EXIST = -16
+ENOTOWNER = -22
+REDIRECT_DIRECT = 1
+
+
+def stat(node):
+    r = node.cli("stat")
+    assert r.rc == 0, r
+    out = {}
+    for line in r.out.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            out[parts[1]] = parts[2]
+    return out
+
+
+def istat(node, name):
+    return int(stat(node)[name])
+
+
+def routes(node):
+    """The node's route table: list of (node_id, "HOST:PORT", state, [ring ids])."""
+    with proto.Conn(node.addr) as c:
+        t = c.next_trans()
+        hdr, payload = c.call(proto.simple_request(proto.CMD_ROUTES, b"\0" * 64, t), t)
+    assert hdr.status == 0, hdr
+    (count,) = struct.unpack_from("<I", payload, 0)
+    off = 4
+    nodes = []
+    for _ in range(count):
+        node_id = payload[off:off + 64]
+        fam, port = struct.unpack_from("<HH", payload, off + 64)
+        ip = payload[off + 68:off + 72]
+        off += 64 + 24 + 32
+        _inc, state, nids = struct.unpack_from("<QII", payload, off)
+        off += 16
+        ids = [payload[off + 64 * i:off + 64 * (i + 1)] for i in range(nids)]
+        off += 64 * nids
+        addr = "%d.%d.%d.%d:%d" % (ip[0], ip[1], ip[2], ip[3], port)
+        nodes.append((node_id, addr, state, ids))
+    assert off == len(payload)
+    return nodes
+
+
+class Ring:
+    """Python model of the ownership rule in src/common/ring.c."""
+
+    def __init__(self, nodes):
+        self.entries = sorted((rid, addr) for _nid, addr, state, ids in nodes if state != 3
+                              for rid in ids)
+        self.keys = [e[0] for e in self.entries]
+
+    def owner(self, id):
+        i = bisect.bisect_right(self.keys, id)
+        return self.entries[i - 1][1]  # i == 0 wraps to the last entry
+
+
+def converged(nodes, up):
+    st = [stat(n) for n in nodes]
+    return all(int(s["ring_up"]) == up for s in st) and len({s["ring_digest"] for s in st}) == 1
+
+
+def settled(nodes):
+    return all(istat(n, "move_pending") == 0 for n in nodes)
+
+
+def write_keys(node, keys, size=1000):
+    data = {}
+    with proto.Conn(node.addr) as c:
+        for k in keys:
+            v = os.urandom(size)
+            hdr, _ = c.write(k, v)
+            assert hdr.status == 0, (k, hdr)
+            data[k] = v
+    return data
+
+
+def direct_read(addr, key):
+    id = proto.key_to_id(key)
+    with proto.Conn(addr) as c:
+        t = c.next_trans()
+        hdr, payload = c.call(proto.read_request(id, t, flags=proto.FLAG_DIRECT), t)
+    if hdr.status != 0:
+        return hdr.status, None
+    return 0, payload[proto.IO_ATTR_SIZE:]
+
+
+def test_three_nodes_converge_detect_failure_and_heal(node_factory):
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--join", a.addr)
+    c = node_factory(*FAST, "--join", a.addr)
+    wait_for(lambda: converged([a, b, c], 3), 30, what="3 nodes to converge")
+    tables = [routes(n) for n in (a, b, c)]
+    assert all(len(t) == 3 for t in tables)
+    assert {x[1] for x in tables[0]} == {a.addr, b.addr, c.addr}
+    # Every node sees the same ownership.
+    probe = [os.urandom(64) for _ in range(500)]
+    owners = [[Ring(t).owner(p) for p in probe] for t in tables]
+    assert owners[0] == owners[1] == owners[2]
+    assert len(set(owners[0])) == 3
+
+    c.kill()
+    t0 = time.monotonic()
+    wait_for(lambda: istat(a, "ring_down") == 1 and istat(b, "ring_down") == 1, 30,
+             what="the killed node to be marked down")
+    detect = time.monotonic() - t0
+    # --fail-after-ms 1.5 s plus a heartbeat and scheduling slack on a loaded box.
+    assert detect < 10, "failure detected after %.1f s" % detect
+
+    c.restart()  # no --join: the others find it again
+    wait_for(lambda: converged([a, b, c], 3), 30, what="the restarted node to rejoin")
+    assert istat(c, "ring_nodes") == 3
+
+
+def test_join_moves_exactly_the_misplaced_objects(node_factory):
+    a = node_factory(*FAST)
+    keys = ["obj-%d" % i for i in range(1500)]
+    data = write_keys(a, keys)
+    assert istat(a, "objects") == 1500
+
+    b = node_factory(*FAST, "--join", a.addr)
+    wait_for(lambda: converged([a, b], 2) and settled([a, b]) and
+             istat(a, "objects") + istat(b, "objects") == 1500, 60, what="the 2nd node's data")
+    before = {n.addr: istat(n, "objects") for n in (a, b)}
+    moved_before = sum(istat(n, "move_objects") for n in (a, b))
+
+    c = node_factory(*FAST, "--join", a.addr)
+    wait_for(lambda: converged([a, b, c], 3) and settled([a, b, c]) and
+             sum(istat(n, "objects") for n in (a, b, c)) == 1500, 60, what="the 3rd node's data")
+    moved = sum(istat(n, "move_objects") for n in (a, b)) - moved_before
+    on_c = istat(c, "objects")
+    # Only what the new node owns moved, each object once: exactly the ideal volume.
+    assert moved == on_c, (moved, on_c)
+    assert 1500 / 3 * 0.5 < on_c < 1500 / 3 * 1.6, "unbalanced: %d of 1500 on the new node" % on_c
+    assert istat(a, "objects") <= before[a.addr] and istat(b, "objects") <= before[b.addr]
+
+    # Every object now lives exactly on its owner, intact.
+    ring = Ring(routes(a))
+    for k in keys:
+        owner = ring.owner(proto.key_to_id(k))
+        st, got = direct_read(owner, k)
+        assert st == 0 and got == data[k], (k, owner, st)
+        for other in {a.addr, b.addr, c.addr} - {owner}:
+            # Not stored there: "not found", or a redirect to where it used to be.
+            assert direct_read(other, k)[0] in (proto.ENOENT, ENOTOWNER), (k, other)
+
+
+def test_read_of_a_key_still_moving_is_redirected_to_its_previous_owner(node_factory):
+    # A crawl of a move rate keeps most objects on the old node for the whole test.
+    a = node_factory(*FAST, "--move-rate", "2048")
+    keys = ["slow-%d" % i for i in range(300)]
+    data = write_keys(a, keys, size=4096)
+    b = node_factory(*FAST, "--join", a.addr)
+    wait_for(lambda: converged([a, b], 2), 30, what="2 nodes to converge")
+    ring = Ring(routes(b))
+    mine = [k for k in keys if ring.owner(proto.key_to_id(k)) == b.addr]
+    assert len(mine) > 30
+    redirected = 0
+    with proto.Conn(b.addr) as c:
+        for k in mine:
+            t = c.next_trans()
+            hdr, payload = c.call(proto.read_request(proto.key_to_id(k), t), t)
+            if hdr.status == 0:
+                assert payload[proto.IO_ATTR_SIZE:] == data[k]  # already moved
+                continue
+            assert hdr.status == ENOTOWNER, hdr
+            addr = proto.decode_addr(payload[:proto.ADDR_WIRE_SIZE])
+            (hints,) = struct.unpack_from("<I", payload, proto.ADDR_WIRE_SIZE)
+            assert hints & REDIRECT_DIRECT
+            assert addr.port == a.port
+            st, got = direct_read(a.addr, k)
+            assert st == 0 and got == data[k]
+            redirected += 1
+    assert redirected > 0
+    # A keyed request without DIRECT at the old node is sent to the owner.
+    with proto.Conn(a.addr) as c:
+        t = c.next_trans()
+        hdr, payload = c.call(proto.read_request(proto.key_to_id(mine[0]), t), t)
+        assert hdr.status == ENOTOWNER
+        assert proto.decode_addr(payload[:proto.ADDR_WIRE_SIZE]).port == b.port
+
+
+def test_move_never_replaces_a_newer_write(node_factory):
+    a = node_factory(*FAST)
+    id = proto.key_to_id("newer")
+    with proto.Conn(a.addr) as c:
+        hdr, _ = c.write(id, b"new content")
+        assert hdr.status == 0
+        # An older copy arriving by data movement is refused...
+        t = c.next_trans()
+        body = proto.encode_io(size=3, timestamp=1, ioflags=0x8) + b"old"
+        msg = proto.encode_hdr(proto.CMD_WRITE, len(body), t,
+                               proto.FLAG_NEED_ACK | proto.FLAG_DIRECT, id) + body
+        hdr, _ = c.call(msg, t)
+        assert hdr.status == EXIST
+        # ...and a newer one is taken.
+        t = c.next_trans()
+        body = proto.encode_io(size=5, timestamp=(1 << 62), ioflags=0x8) + b"newer"
+        msg = proto.encode_hdr(proto.CMD_WRITE, len(body), t,
+                               proto.FLAG_NEED_ACK | proto.FLAG_DIRECT, id) + body
+        hdr, _ = c.call(msg, t)
+        assert hdr.status == 0
+    assert direct_read(a.addr, "newer") == (0, b"newer")
+
+
+def test_leave_hands_every_object_over(node_factory):
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--join", a.addr)
+    c = node_factory(*FAST, "--join", a.addr)
+    wait_for(lambda: converged([a, b, c], 3), 30, what="3 nodes to converge")
+    keys = ["leave-%d" % i for i in range(900)]
+    ring = Ring(routes(a))
+    data = {}
+    for addr in {a.addr, b.addr, c.addr}:
+        node = [n for n in (a, b, c) if n.addr == addr][0]
+        data.update(write_keys(node, [k for k in keys if ring.owner(proto.key_to_id(k)) == addr]))
+    assert istat(b, "objects") > 0
+    with proto.Conn(b.addr) as conn:
+        t = conn.next_trans()
+        hdr, _ = conn.call(proto.simple_request(proto.CMD_LEAVE, b"\0" * 64, t, proto.FLAG_NEED_ACK), t)
+        assert hdr.status == 0
+    wait_for(lambda: istat(b, "objects") == 0 and istat(a, "ring_left") == 1 and
+             istat(c, "ring_left") == 1 and settled([a, b, c]), 60, what="the node to hand over")
+    assert istat(a, "objects") + istat(c, "objects") == 900
+    ring = Ring(routes(a))
+    for k in keys:
+        owner = ring.owner(proto.key_to_id(k))
+        assert owner != b.addr
+        assert direct_read(owner, k) == (0, data[k])
+
+
+def test_join_with_garbage_is_refused(node_factory):
+    a = node_factory(*FAST)
+    with proto.Conn(a.addr) as c:
+        for body in (b"", b"\xff\xff\xff\xff", struct.pack("<I", 1) + os.urandom(100)):
+            t = c.next_trans()
+            msg = proto.encode_hdr(proto.CMD_JOIN, len(body), t, proto.FLAG_NEED_ACK) + body
+            hdr, _ = c.call(msg, t)
+            assert hdr.status == proto.EPROTO, hdr
+    assert istat(a, "ring_nodes") == 1
+    assert a.alive()
