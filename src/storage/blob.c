@@ -85,7 +85,11 @@
 #define BL_IENT 32u
 #define BL_F_TOMB 0x1u
 #define BL_F_UNCOMMITTED 0x2u
-#define BL_F_KNOWN 0x3u
+/* Dead: superseded (or, with TOMB, deleted in place); its data is not checked and
+ * its whole 4 KiB blocks may be punched out. Set by an in-place rewrite of the
+ * header after what supersedes it is durable. */
+#define BL_F_DEAD 0x4u
+#define BL_F_KNOWN 0x7u
 #define BL_MAX_OBJECT (1ull << 44) /* 16 TiB: offset sums stay far from overflow */
 #define BL_MAX_OFFSET (1ull << 51) /* 48 bits of 8-byte units in a location */
 /* Records up to this size are written in one pwritev under the append lock, and
@@ -102,6 +106,9 @@
 #define BL_UPDATE_MAX (256ull << 20) /* offset updates rebuild the object in memory */
 #define BL_UPLOAD_BUCKETS 64u
 #define BL_NAME_MAX 64
+#define BL_PUNCH_ALIGN 4096u		 /* holes are punched in whole blocks of this size */
+#define BL_DEFAULT_RESERVE (256u << 10) /* kept free in the active blob for tombstones */
+#define BL_LEASE_RETRY_NS 200000000ull	 /* deferred punches are retried this often */
 
 /* ---- small helpers -------------------------------------------------------------- */
 
@@ -211,10 +218,30 @@ static void hdr_encode(uint8_t p[BL_RHDR], const struct bl_hdr *h)
  * allocate or read more than BL_MAX_OBJECT (and callers bound by file size too). */
 static int hdr_decode(const uint8_t p[BL_RHDR], struct bl_hdr *h)
 {
-	if (dnet_get_u32(p) != BL_MAGIC_OBJ || dnet_get_u16(p + 4) != BL_VERSION ||
-	    dnet_get_u64(p + 120) != XXH3_64bits(p, 120))
+	if (dnet_get_u32(p) != BL_MAGIC_OBJ || dnet_get_u16(p + 4) != BL_VERSION)
 		return -1;
-	h->flags = dnet_get_u16(p + 6);
+	uint32_t flags = dnet_get_u16(p + 6);
+	if (dnet_get_u64(p + 120) != XXH3_64bits(p, 120)) {
+		/* A dead-mark (flags |= DEAD, or DEAD|TOMB for an in-place delete) rewrites
+		 * only the flags (bytes 6-7) and the checksum (120-127) of a header that may
+		 * straddle a sector boundary, so a crash can leave one changed and not the
+		 * other. Such a header checks out with those bits toggled: it is the marked
+		 * state (the mark is only written once it is allowed to take effect). */
+		static const uint16_t marks[2] = {BL_F_DEAD, BL_F_DEAD | BL_F_TOMB};
+		uint8_t q[BL_RHDR];
+		int ok = 0;
+		for (int i = 0; i < 2 && !ok; i++) {
+			memcpy(q, p, 120);
+			dnet_put_u16(q + 6, (uint16_t)(flags ^ marks[i]));
+			if (dnet_get_u64(p + 120) == XXH3_64bits(q, 120)) {
+				flags |= marks[i];
+				ok = 1;
+			}
+		}
+		if (!ok)
+			return -1;
+	}
+	h->flags = flags;
 	h->size = dnet_get_u64(p + 8);
 	h->reserved = dnet_get_u64(p + 16);
 	h->timestamp = dnet_get_u64(p + 24);
@@ -223,7 +250,9 @@ static int hdr_decode(const uint8_t p[BL_RHDR], struct bl_hdr *h)
 	memcpy(h->id, p + 56, DNET_ID_SIZE);
 	if ((h->flags & ~BL_F_KNOWN) || h->size > h->reserved || h->reserved > BL_MAX_OBJECT)
 		return -1;
-	if ((h->flags & BL_F_TOMB) && (h->size || h->reserved || (h->flags & BL_F_UNCOMMITTED)))
+	/* a tombstone has no data, unless it is a record deleted in place (TOMB|DEAD) */
+	if ((h->flags & BL_F_TOMB) &&
+	    ((h->flags & BL_F_UNCOMMITTED) || (!(h->flags & BL_F_DEAD) && (h->size || h->reserved))))
 		return -1;
 	return 0;
 }
@@ -293,8 +322,20 @@ static uint64_t mkloc(uint16_t slot, uint64_t off)
 
 /* ---- the engine ----------------------------------------------------------------- */
 
+/* A record superseded (overwritten, deleted, or an abandoned upload reservation)
+ * waiting to be marked dead on disk and have its data blocks punched out. Queued
+ * only once what supersedes it is durable, or with `sync` set: the blob to sync
+ * first (fsync=never, where nothing else syncs it). Holds references. */
+struct bl_dead {
+	struct bl_dead *next;
+	struct blob *B, *sync;
+	uint64_t off, reserved;
+	uint8_t p[BL_PREFIX];
+};
+
 struct bl_pend {
 	struct bl_pend *next;
+	struct bl_dead *dead;
 	struct blob *blob;
 	dnet_write_done_fn done;
 	void *arg;
@@ -308,7 +349,7 @@ struct bl_upload {
 	uint64_t cookie;
 	struct blob *blob;
 	uint64_t off, total, hwm, timestamp;
-	int busy;
+	int busy, committed;
 	uint64_t active_ns;
 	/* Unknown length (PREPARE with total_size 0): chunks go to an unlinked spool
 	 * file, copied into a reservation in the active blob at COMMIT, since a record's
@@ -325,7 +366,11 @@ struct dnet_backend {
 	uint64_t blob_limit;
 	double compact_ratio;
 	uint64_t compact_ns;
+	uint64_t reserve;    /* bytes kept allocated past the append end for tombstones */
+	int punch_mode;	     /* DNET_BLOB_PUNCH_* */
+	atomic_int no_punch; /* the filesystem cannot punch holes */
 	int no_falloc;
+	atomic_int fail_appends; /* test hook: the next N appends fail with ENOSPC */
 
 	struct bl_shard *sh;
 
@@ -356,8 +401,14 @@ struct dnet_backend {
 	pthread_mutex_t ulock;
 	struct bl_upload *up[BL_UPLOAD_BUCKETS];
 
+	pthread_mutex_t dlock; /* the dead-record queue */
+	struct bl_dead *dq, *deferred;
+	uint64_t deferred_ns;
+	pthread_mutex_t rlock; /* one reclaimer at a time */
+
 	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt;
 	_Atomic uint64_t compactions, reclaimed;
+	_Atomic uint64_t marked, punched, punch_deferred, inplace_dels, active_seals;
 	uint64_t open_us, recovered, scanned, torn;
 };
 
@@ -691,28 +742,327 @@ static int log_push(struct blob *B, const uint8_t *id, uint64_t off, uint64_t si
 	return 0;
 }
 
+/* ---- dead records: mark dead in place, then punch their data out ---------------- */
+/* Space of superseded records comes back without compaction, so a full disk can be
+ * freed by deleting. Order, for each record R superseded by S (a newer version or a
+ * tombstone):
+ *   1. S is durable (queued only after its sync; with fsync=never the reclaimer
+ *      syncs S's blob first);
+ *   2. R's header is rewritten in place with the DEAD flag (flags and checksum only,
+ *      so a torn rewrite still decodes: hdr_decode) and R's blob is synced;
+ *   3. the whole 4 KiB blocks of R's data are punched out (FALLOC_FL_PUNCH_HOLE),
+ *      unless a large read still holds an OFD read lease on R (see lease_fd): then
+ *      the punch waits, as an unlinked file's blocks wait for its last reader.
+ * A crash anywhere leaves R either live-looking (S, durable and later, wins at
+ * recovery), dead (skipped without a data check), or - if the punch reached the
+ * disk before the header did - live-looking with zeroed data, which fails its
+ * checksum and is skipped like a torn write. Never is S lost or R resurrected. */
+
+static struct bl_dead *dead_new(struct blob *B, uint64_t off, uint64_t reserved,
+				const uint8_t *id)
+{
+	struct bl_dead *d = calloc(1, sizeof(*d));
+	if (!d)
+		return NULL; /* the record then waits for compaction */
+	blob_get(B);
+	d->B = B;
+	d->off = off;
+	d->reserved = reserved;
+	memcpy(d->p, id, BL_PREFIX);
+	return d;
+}
+
+static void dead_free(struct dnet_backend *b, struct bl_dead *d)
+{
+	while (d) {
+		struct bl_dead *n = d->next;
+		if (d->sync)
+			blob_put(b, d->sync);
+		blob_put(b, d->B);
+		free(d);
+		d = n;
+	}
+}
+
+/* Queues d (now allowed to be marked dead) for the reclaimer. `sync`: the blob of
+ * the superseding record, to sync first (fsync=never), or NULL. */
+static void dead_push(struct dnet_backend *b, struct bl_dead *d, struct blob *sync)
+{
+	if (!d)
+		return;
+	if (b->punch_mode == DNET_BLOB_PUNCH_OFF) {
+		dead_free(b, d);
+		return;
+	}
+	if (sync) {
+		blob_get(sync);
+		d->sync = sync;
+	}
+	pthread_mutex_lock(&b->dlock);
+	d->next = b->dq;
+	b->dq = d;
+	pthread_mutex_unlock(&b->dlock);
+	if (b->punch_mode == DNET_BLOB_PUNCH_AUTO)
+		maint_kick(b);
+}
+
+/* A large read hands out a file range for sendfile() that the server reads after
+ * read() returned, maybe while the object is overwritten and its old record punched.
+ * So it gets its own open file description of the blob with an OFD read lock on the
+ * record: the lock goes away when the server closes the fd, and the reclaimer does
+ * not punch a range someone holds a lock on. */
+static int lease_fd(struct blob *B, uint64_t start, uint64_t len)
+{
+	char path[48];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", B->fd);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fcntl(B->fd, F_DUPFD_CLOEXEC, 0); /* no /proc: unprotected */
+	struct flock fl = {.l_type = F_RDLCK, .l_whence = SEEK_SET};
+	fl.l_start = (off_t)start;
+	fl.l_len = (off_t)len;
+	if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
+		dnet_log_warn("blob: cannot lease a read range of blob %u: %s", B->num,
+			      strerror(errno));
+	return fd;
+}
+
+static int range_leased(struct blob *B, uint64_t start, uint64_t len)
+{
+	struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET};
+	fl.l_start = (off_t)start;
+	fl.l_len = (off_t)len;
+	if (fcntl(B->fd, F_OFD_GETLK, &fl) < 0)
+		return 0;
+	return fl.l_type != F_UNLCK;
+}
+
+/* The whole blocks of a record's data: [*start, *start + *len). */
+static int punch_range(const struct bl_dead *d, uint64_t *start, uint64_t *len)
+{
+	uint64_t s = align_up(d->off + BL_RHDR, BL_PUNCH_ALIGN);
+	uint64_t e = (d->off + BL_RHDR + d->reserved) & ~(uint64_t)(BL_PUNCH_ALIGN - 1);
+	if (e <= s)
+		return 0;
+	*start = s;
+	*len = e - s;
+	return 1;
+}
+
+/* Step 2 for one record: 1 = marked now, 0 = nothing to do (already marked, or not
+ * the record we expect), < 0 IO error. */
+static int dead_mark(struct dnet_backend *b, struct bl_dead *d)
+{
+	uint8_t hb[BL_RHDR];
+	struct bl_hdr h;
+	int64_t r = bl_pread(d->B->fd, hb, BL_RHDR, d->off);
+	if (r < 0)
+		return (int)r;
+	if (r != BL_RHDR || hdr_decode(hb, &h) != 0 || memcmp(h.id, d->p, BL_PREFIX) != 0 ||
+	    h.reserved != d->reserved) {
+		report_corrupt(b, d->p, d->B, d->off, "superseded record has an unexpected header");
+		d->reserved = 0; /* do not punch what we cannot identify */
+		return 0;
+	}
+	if (h.flags & BL_F_DEAD)
+		return 0;
+	h.flags |= BL_F_DEAD;
+	hdr_encode(hb, &h);
+	int err = bl_pwrite(d->B->fd, hb, BL_RHDR, d->off);
+	if (!err)
+		atomic_fetch_add(&b->marked, 1);
+	return err ? err : 1;
+}
+
+/* Syncs each distinct blob of the list (`field`: offsetof B or sync). */
+static int sync_distinct(struct dnet_backend *b, struct bl_dead *list, int of_sync)
+{
+	int err = 0;
+	for (struct bl_dead *d = list; d; d = d->next) {
+		struct blob *X = of_sync ? d->sync : d->B;
+		if (!X)
+			continue;
+		int seen = 0;
+		for (struct bl_dead *e = list; e != d && !seen; e = e->next)
+			seen = (of_sync ? e->sync : e->B) == X;
+		if (seen)
+			continue;
+		int e2 = bl_fdatasync(X->fd);
+		atomic_fetch_add(&b->syncs, 1);
+		if (e2 && !err)
+			err = e2;
+	}
+	return err;
+}
+
+/* Runs steps 2 and 3 for everything queued (and deferred punches whose lease may
+ * be gone). Returns the number of records punched or marked, or a DNET_E* code. */
+static int reclaim(struct dnet_backend *b, int steps)
+{
+	pthread_mutex_lock(&b->rlock);
+	pthread_mutex_lock(&b->dlock);
+	struct bl_dead *list = b->dq;
+	b->dq = NULL;
+	uint64_t now = dnet_now_mono_ns();
+	if (b->deferred && ((steps & DNET_BLOB_RECLAIM_FORCE) ||
+			    now - b->deferred_ns >= BL_LEASE_RETRY_NS)) {
+		struct bl_dead **tail = &list;
+		while (*tail)
+			tail = &(*tail)->next;
+		*tail = b->deferred;
+		b->deferred = NULL;
+	}
+	pthread_mutex_unlock(&b->dlock);
+	int err = 0, done = 0;
+	if (!list)
+		goto out;
+	/* 1. what supersedes them is durable (fsync=never queues them unsynced) */
+	if ((err = sync_distinct(b, list, 1)))
+		goto requeue;
+	for (struct bl_dead *d = list; d; d = d->next) {
+		if (d->sync) {
+			blob_put(b, d->sync);
+			d->sync = NULL;
+		}
+	}
+	if (!(steps & DNET_BLOB_RECLAIM_MARK))
+		goto requeue;
+	/* 2. mark dead in place (records of retired blobs: compaction dropped them) */
+	int marked = 0;
+	for (struct bl_dead *d = list; d && !err; d = d->next) {
+		if (d->B->retired)
+			continue;
+		int r = dead_mark(b, d);
+		if (r < 0)
+			err = r;
+		marked += r > 0;
+	}
+	if (!err && marked && b->cfg.fsync != DNET_FSYNC_NEVER)
+		err = sync_distinct(b, list, 0);
+	if (err)
+		goto requeue;
+	done = marked;
+	if (!(steps & DNET_BLOB_RECLAIM_PUNCH))
+		goto requeue;
+	/* 3. punch, unless a reader still holds the range */
+	struct bl_dead *keep = NULL;
+	while (list) {
+		struct bl_dead *d = list;
+		list = d->next;
+		d->next = NULL;
+		uint64_t s, l;
+		if (d->B->retired || atomic_load(&b->no_punch) || !punch_range(d, &s, &l)) {
+			dead_free(b, d);
+			continue;
+		}
+		if (range_leased(d->B, d->off, BL_RHDR + d->reserved)) {
+			atomic_fetch_add(&b->punch_deferred, 1);
+			d->next = keep;
+			keep = d;
+			continue;
+		}
+		if (fallocate(d->B->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)s,
+			      (off_t)l) == 0) {
+			atomic_fetch_add(&b->punched, l);
+			done++;
+		} else if (errno == EOPNOTSUPP || errno == ENOSYS) {
+			atomic_store(&b->no_punch, 1);
+			dnet_log_warn("blob backend %s: the filesystem cannot punch holes; dead "
+				      "records wait for compaction", b->path);
+		} else {
+			dnet_log_warn("blob backend %s: punching blob %u at %llu: %s", b->path,
+				      d->B->num, (unsigned long long)s, strerror(errno));
+		}
+		dead_free(b, d);
+	}
+	if (keep) {
+		pthread_mutex_lock(&b->dlock);
+		struct bl_dead **tail = &keep;
+		while (*tail)
+			tail = &(*tail)->next;
+		*tail = b->deferred;
+		b->deferred = keep;
+		b->deferred_ns = dnet_now_mono_ns();
+		pthread_mutex_unlock(&b->dlock);
+	}
+	goto out;
+requeue:
+	if (err)
+		dnet_log_error("blob backend %s: reclaiming dead records: %s", b->path,
+			       dnet_strerror(err));
+	pthread_mutex_lock(&b->dlock);
+	{
+		struct bl_dead **tail = &list;
+		while (*tail)
+			tail = &(*tail)->next;
+		*tail = b->dq;
+		b->dq = list;
+	}
+	pthread_mutex_unlock(&b->dlock);
+out:
+	pthread_mutex_unlock(&b->rlock);
+	return err ? err : done;
+}
+
+int dnet_blob_reclaim(struct dnet_backend *b, int steps)
+{
+	if (!b || b->magic != BL_ENGINE_MAGIC)
+		return DNET_EINVAL;
+	return reclaim(b, steps);
+}
+
+int dnet_blob_test_fail_appends(struct dnet_backend *b, int n)
+{
+	if (!b || b->magic != BL_ENGINE_MAGIC)
+		return DNET_EINVAL;
+	atomic_store(&b->fail_appends, n);
+	return 0;
+}
+
+#define AP_UPLOAD 1 /* a chunked upload's reservation */
+#define AP_TOMB 2   /* a tombstone: may use the reserve, never rotates */
+
 /* Reserves a record with `reserved` bytes after its header at the end of the active
  * blob (start aligned to `align`), and writes the header `hb` plus `inl_len` bytes of
  * inline data there, all under the append lock. Returns the blob with a reference,
- * its inflight count raised (and its upload count, for uploads). */
+ * its inflight count raised (and its upload count, for uploads).
+ * Every record but a tombstone must leave b->reserve bytes allocated after it, so
+ * that deletes work on a full disk. On ENOSPC the dead-record queue is reclaimed
+ * (punching frees space) and the append tried once more. */
 static int append(struct dnet_backend *b, const uint8_t *hb, const void *inl, size_t inl_len,
-		  uint64_t reserved, uint32_t align, int upload, struct blob **out, uint64_t *offp)
+		  uint64_t reserved, uint32_t align, int kind, struct blob **out, uint64_t *offp)
 {
 	int err;
-	pthread_mutex_lock(&b->alock);
-	struct blob *B = b->active;
-	if (atomic_load(&B->size) >= b->blob_limit && (err = rotate_locked(b))) {
-		pthread_mutex_unlock(&b->alock);
-		return err;
+	const int upload = kind == AP_UPLOAD, tomb = kind == AP_TOMB;
+	if (atomic_load(&b->fail_appends) > 0 && atomic_fetch_sub(&b->fail_appends, 1) > 0)
+		return DNET_ENOSPC;
+	for (int attempt = 0;; attempt++) {
+		pthread_mutex_lock(&b->alock);
+		struct blob *B = b->active;
+		if (!tomb && atomic_load(&B->size) >= b->blob_limit && (err = rotate_locked(b))) {
+			pthread_mutex_unlock(&b->alock);
+			if (err == DNET_ENOSPC && attempt == 0 &&
+			    b->punch_mode != DNET_BLOB_PUNCH_OFF && reclaim(b, DNET_BLOB_RECLAIM_ALL) > 0)
+				continue;
+			return err;
+		}
+		break;
 	}
-	B = b->active;
+	struct blob *B = b->active;
 	uint64_t off = align_up(atomic_load(&B->size), align);
 	uint64_t end = off + BL_RHDR + reserved;
 	if (end > BL_MAX_OFFSET) {
 		pthread_mutex_unlock(&b->alock);
 		return DNET_ETOOBIG;
 	}
-	if ((err = prealloc_locked(b, B, end))) {
+	if ((err = prealloc_locked(b, B, tomb ? end : end + b->reserve)) == DNET_ENOSPC &&
+	    b->punch_mode != DNET_BLOB_PUNCH_OFF) {
+		pthread_mutex_unlock(&b->alock);
+		if (reclaim(b, DNET_BLOB_RECLAIM_ALL) <= 0)
+			return DNET_ENOSPC;
+		return append(b, hb, inl, inl_len, reserved, align, kind, out, offp);
+	}
+	if (err) {
 		pthread_mutex_unlock(&b->alock);
 		return err;
 	}
@@ -750,8 +1100,11 @@ static void unaccount(struct dnet_backend *b, uint64_t oldloc, const struct bl_h
 }
 
 /* Makes a written record the current version of its ID (or, for a tombstone,
- * removes the ID): adds it to its blob's pending index, then flips the index cell. */
-static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const struct bl_hdr *h)
+ * removes the ID): adds it to its blob's pending index, then flips the index cell.
+ * *old (when old is given) gets the record it superseded, to be marked dead and
+ * punched once this one is durable (NULL if none). */
+static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const struct bl_hdr *h,
+		   struct bl_dead **old)
 {
 	const int tomb = !!(h->flags & BL_F_TOMB);
 	pthread_mutex_lock(&b->alock);
@@ -766,9 +1119,14 @@ static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const s
 	size_t got;
 	uint32_t pos;
 	uint64_t loc = mkloc(B->slot, off);
+	if (old)
+		*old = NULL;
 	pthread_mutex_lock(&s->lock);
 	int r = ix_resolve(b, s, h->id, &pos, ob, BL_RHDR, &got, &oh);
 	if (r == 0 || r == DNET_ECORRUPT) {
+		if (old && r == 0 && !(oh.flags & BL_F_DEAD))
+			*old = dead_new(slot_blob(b, LOC_SLOT(s->t[pos].loc)),
+					LOC_OFF(s->t[pos].loc), oh.reserved, h->id);
 		unaccount(b, s->t[pos].loc, r == 0 ? &oh : NULL);
 		if (tomb) {
 			ix_remove(s, pos);
@@ -783,8 +1141,13 @@ static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const s
 		err = r;
 	}
 	pthread_mutex_unlock(&s->lock);
-	if (err)
+	if (err) {
+		if (old) {
+			dead_free(b, *old);
+			*old = NULL;
+		}
 		return err;
+	}
 	if (tomb) {
 		atomic_fetch_add(&B->tomb, (int64_t)rec_len(0));
 	} else {
@@ -796,14 +1159,17 @@ static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const s
 
 /* ---- durability: never / always / group commit ---------------------------------- */
 
-/* Acknowledges a published record per the fsync policy; consumes the blob ref. */
+/* Acknowledges a published record per the fsync policy; consumes the blob ref.
+ * `dead` (may be NULL): the record it superseded, queued for reclaim once this one
+ * is durable. */
 static void durable(struct dnet_backend *b, struct blob *B, dnet_write_done_fn done, void *arg,
-		    const struct dnet_obj_info *info)
+		    const struct dnet_obj_info *info, struct bl_dead *dead)
 {
 	if (b->cfg.fsync == DNET_FSYNC_BATCH) {
 		struct bl_pend *p = malloc(sizeof(*p));
 		if (p) {
 			p->next = NULL;
+			p->dead = dead;
 			p->blob = B;
 			p->done = done;
 			p->arg = arg;
@@ -829,6 +1195,10 @@ static void durable(struct dnet_backend *b, struct blob *B, dnet_write_done_fn d
 		if (!err)
 			atomic_fetch_add(&b->synced_writes, 1);
 	}
+	if (err)
+		dead_free(b, dead);
+	else
+		dead_push(b, dead, b->cfg.fsync == DNET_FSYNC_NEVER ? B : NULL);
 	blob_put(b, B);
 	done(arg, err, err ? NULL : info);
 }
@@ -898,6 +1268,10 @@ static void *committer(void *arg)
 			else
 				err = bl_fdatasync(p->blob->fd); /* > 8 blobs in one batch */
 			ok += !err;
+			if (err)
+				dead_free(b, p->dead);
+			else
+				dead_push(b, p->dead, NULL);
 			blob_put(b, p->blob);
 			p->done(p->arg, err, err || !p->has_info ? NULL : &p->info);
 			free(p);
@@ -926,12 +1300,12 @@ static void waiter_done(void *arg, int status, const struct dnet_obj_info *info)
 	pthread_mutex_unlock(&w->lock);
 }
 
-static int durable_wait(struct dnet_backend *b, struct blob *B)
+static int durable_wait(struct dnet_backend *b, struct blob *B, struct bl_dead *dead)
 {
 	struct bl_waiter w = {.finished = 0};
 	pthread_mutex_init(&w.lock, NULL);
 	pthread_cond_init(&w.cond, NULL);
-	durable(b, B, waiter_done, &w, NULL);
+	durable(b, B, waiter_done, &w, NULL, dead);
 	pthread_mutex_lock(&w.lock);
 	while (!w.finished)
 		pthread_cond_wait(&w.cond, &w.lock);
@@ -965,8 +1339,9 @@ static void write_record(struct dnet_backend *b, const uint8_t *id, const void *
 	}
 	if (!small)
 		err = bl_pwrite(B->fd, data, (size_t)size, off + BL_RHDR);
+	struct bl_dead *dead = NULL;
 	if (!err)
-		err = publish(b, B, off, &h);
+		err = publish(b, B, off, &h, &dead);
 	record_done(b, B);
 	if (err) {
 		blob_put(b, B);
@@ -975,7 +1350,7 @@ static void write_record(struct dnet_backend *b, const uint8_t *id, const void *
 	}
 	struct dnet_obj_info info;
 	info_from_hdr(&info, &h);
-	durable(b, B, done, arg, &info);
+	durable(b, B, done, arg, &info, dead);
 }
 
 /* Reads and verifies the whole data of the record at (B, off) into a new buffer. */
@@ -1029,7 +1404,9 @@ static void write_update(struct dnet_backend *b, const struct dnet_write_req *re
 	}
 	const uint64_t o = req->io.offset, len = req->io.size;
 	uint8_t *d = NULL;
-	if (o > h.size)
+	if (h.flags & BL_F_DEAD)
+		err = DNET_ENOENT;
+	else if (o > h.size)
 		err = DNET_ERANGE;
 	else if (len > BL_UPDATE_MAX || o + len > BL_UPDATE_MAX || h.size > BL_UPDATE_MAX)
 		err = DNET_ETOOBIG;
@@ -1082,6 +1459,12 @@ static void up_free(struct dnet_backend *b, struct bl_upload *u)
 	struct blob *B = u->blob;
 	if (u->spool_fd >= 0)
 		close(u->spool_fd);
+	if (B && !u->committed) {
+		/* an abandoned reservation: nothing supersedes it, mark and punch it now */
+		uint8_t id[DNET_ID_SIZE];
+		memcpy(id, u->id, DNET_ID_SIZE);
+		dead_push(b, dead_new(B, u->off, u->total, id), NULL);
+	}
 	free(u);
 	if (!B)
 		return; /* a spooled upload that never reserved blob space */
@@ -1162,7 +1545,8 @@ static int up_prepare(struct dnet_backend *b, const struct dnet_write_req *req,
 	h.timestamp = io->timestamp ? io->timestamp : dnet_now_real_ns();
 	memcpy(h.id, req->id, DNET_ID_SIZE);
 	hdr_encode(hb, &h);
-	int err = append(b, hb, NULL, 0, io->total_size, BL_UPLOAD_ALIGN, 1, &u->blob, &u->off);
+	int err = append(b, hb, NULL, 0, io->total_size, BL_UPLOAD_ALIGN, AP_UPLOAD, &u->blob,
+			 &u->off);
 	if (err) {
 		free(u);
 		return err;
@@ -1240,9 +1624,10 @@ static int up_unspool(struct dnet_backend *b, struct bl_upload *u)
 	h.timestamp = u->timestamp;
 	memcpy(h.id, u->id, DNET_ID_SIZE);
 	hdr_encode(hb, &h);
-	int err = append(b, hb, NULL, 0, u->hwm, BL_UPLOAD_ALIGN, 1, &u->blob, &u->off);
+	int err = append(b, hb, NULL, 0, u->hwm, BL_UPLOAD_ALIGN, AP_UPLOAD, &u->blob, &u->off);
 	if (err)
 		return err;
+	u->total = u->hwm; /* the reservation's size, should the copy fail */
 	record_done(b, u->blob);
 	loff_t in = 0, out = (loff_t)(u->off + BL_RHDR);
 	while ((uint64_t)in < u->hwm) {
@@ -1349,8 +1734,10 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 	atomic_fetch_add(&B->inflight, 1);
 	/* 4 KiB-aligned: the 128-byte header lies in one sector, so this rewrite lands
 	 * whole or not at all. */
+	struct bl_dead *dead = NULL;
 	if (!(err = bl_pwrite(B->fd, hb, BL_RHDR, u->off)))
-		err = publish(b, B, u->off, &h);
+		err = publish(b, B, u->off, &h, &dead);
+	u->committed = !err;
 	record_done(b, B);
 	up_release(b, u, 1);
 	if (err) {
@@ -1360,14 +1747,14 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 	}
 	struct dnet_obj_info info;
 	info_from_hdr(&info, &h);
-	durable(b, B, done, arg, &info);
+	durable(b, B, done, arg, &info, dead);
 }
 
 static void bl_write(struct dnet_backend *b, const struct dnet_write_req *req,
 		     dnet_write_done_fn done, void *arg)
 {
 	const uint32_t fl = req->io.ioflags;
-	if ((fl & ~DNET_IO_FLAGS_KNOWN) || (req->io.size && !req->data)) {
+	if ((fl & ~DNET_IO_ENGINE_FLAGS) || (req->io.size && !req->data)) {
 		done(arg, DNET_EINVAL, NULL);
 		return;
 	}
@@ -1409,6 +1796,10 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 	pthread_mutex_unlock(&s->lock);
 	if (err)
 		return err;
+	if (h.flags & BL_F_DEAD) { /* never current; defensive */
+		err = DNET_ENOENT;
+		goto out;
+	}
 	if (offset > h.size) {
 		err = DNET_ERANGE;
 		goto out;
@@ -1504,7 +1895,7 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 			goto out;
 	}
 	if (len) {
-		int fd = fcntl(B->fd, F_DUPFD_CLOEXEC, 0);
+		int fd = lease_fd(B, off, BL_RHDR + h.size);
 		if (fd < 0) {
 			err = bl_errno();
 			goto out;
@@ -1528,9 +1919,88 @@ static int bl_lookup(struct dnet_backend *b, const uint8_t *id, struct dnet_obj_
 	pthread_mutex_lock(&s->lock);
 	int err = ix_resolve(b, s, id, &pos, hb, BL_RHDR, &got, &h);
 	pthread_mutex_unlock(&s->lock);
+	if (!err && (h.flags & BL_F_DEAD))
+		err = DNET_ENOENT;
 	if (!err)
 		info_from_hdr(info, &h);
 	return err;
+}
+
+/* A delete when not even a tombstone fits (the reserve is used up): the current
+ * record's header is rewritten in place as TOMB|DEAD - a tombstone that still spans
+ * the old record - changing only flags and checksum, like a dead-mark. Its blob's
+ * index file (which lists it as live) is removed first, so a restart scans that blob
+ * and sees the tombstone; compaction later writes a plain tombstone and a new index.
+ * Durable per the fsync policy before it returns; then the data is punched. */
+static int del_in_place(struct dnet_backend *b, const uint8_t *id)
+{
+	struct bl_shard *s = shard_of(b, id);
+	uint8_t hb[BL_RHDR];
+	struct bl_hdr h;
+	size_t got;
+	uint32_t pos;
+	/* no compaction may copy, and no seal may index, the record while we change it */
+	pthread_mutex_lock(&b->cmp_lock);
+	pthread_mutex_lock(&b->seal_lock);
+	pthread_mutex_lock(&s->lock);
+	int err = ix_resolve(b, s, id, &pos, hb, BL_RHDR, &got, &h);
+	struct blob *O = NULL;
+	uint64_t loc = 0;
+	if (!err) {
+		loc = s->t[pos].loc;
+		O = slot_blob(b, LOC_SLOT(loc));
+		blob_get(O);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (err) {
+		pthread_mutex_unlock(&b->seal_lock);
+		pthread_mutex_unlock(&b->cmp_lock);
+		return err == DNET_ENOENT ? err : DNET_ENOSPC;
+	}
+	const uint64_t off = LOC_OFF(loc);
+	char name[BL_NAME_MAX];
+	blob_name(name, O->num, "index");
+	if (unlinkat(b->dirfd, name, 0) == 0)
+		err = fsync_dir(b);
+	else if (errno != ENOENT)
+		err = bl_errno();
+	struct bl_hdr nh = h;
+	nh.flags |= BL_F_TOMB | BL_F_DEAD;
+	hdr_encode(hb, &nh);
+	if (!err)
+		err = bl_pwrite(O->fd, hb, BL_RHDR, off);
+	if (!err && b->cfg.fsync != DNET_FSYNC_NEVER)
+		err = bl_fdatasync(O->fd);
+	if (err) {
+		pthread_mutex_unlock(&b->seal_lock);
+		pthread_mutex_unlock(&b->cmp_lock);
+		blob_put(b, O);
+		return err;
+	}
+	/* an unsealed blob's next index must list the tombstone */
+	pthread_mutex_lock(&b->alock);
+	if (!atomic_load(&O->sealed))
+		log_push(O, id, off, 0, 1);
+	pthread_mutex_unlock(&b->alock);
+	pthread_mutex_lock(&s->lock);
+	int64_t p = ix_find_loc(s, id, loc);
+	if (p >= 0) {
+		unaccount(b, loc, &h);
+		ix_remove(s, (uint32_t)p);
+		atomic_fetch_sub(&b->objects, 1);
+	}
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_unlock(&b->seal_lock);
+	pthread_mutex_unlock(&b->cmp_lock);
+	atomic_fetch_add(&O->tomb, (int64_t)rec_len(0));
+	atomic_fetch_add(&b->inplace_dels, 1);
+	dnet_log_warn("blob backend %s: no space for a tombstone: deleted in place in blob %u",
+		      b->path, O->num);
+	dead_push(b, dead_new(O, off, h.reserved, id), NULL);
+	blob_put(b, O);
+	if (b->punch_mode != DNET_BLOB_PUNCH_MANUAL)
+		reclaim(b, DNET_BLOB_RECLAIM_ALL);
+	return 0;
 }
 
 static int bl_del(struct dnet_backend *b, const uint8_t *id)
@@ -1553,15 +2023,16 @@ static int bl_del(struct dnet_backend *b, const uint8_t *id)
 	hdr_encode(hb, &h);
 	struct blob *B;
 	uint64_t off;
-	if ((err = append(b, hb, NULL, 0, 0, 8, 0, &B, &off)))
-		return err;
-	err = publish(b, B, off, &h);
+	if ((err = append(b, hb, NULL, 0, 0, 8, AP_TOMB, &B, &off)))
+		return err == DNET_ENOSPC ? del_in_place(b, id) : err;
+	struct bl_dead *dead = NULL;
+	err = publish(b, B, off, &h, &dead);
 	record_done(b, B);
 	if (err) {
 		blob_put(b, B);
 		return err;
 	}
-	return durable_wait(b, B);
+	return durable_wait(b, B, dead);
 }
 
 /* Snapshot of one shard at a time; each entry's header is read after the lock is
@@ -1597,7 +2068,8 @@ static int bl_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 			uint8_t hb[BL_RHDR];
 			struct bl_hdr h;
 			if (!rc && bl_pread(B->fd, hb, BL_RHDR, LOC_OFF(snap[i].loc)) == BL_RHDR &&
-			    hdr_decode(hb, &h) == 0 && memcmp(h.id, snap[i].p, BL_PREFIX) == 0) {
+			    hdr_decode(hb, &h) == 0 && !(h.flags & BL_F_DEAD) &&
+			    memcmp(h.id, snap[i].p, BL_PREFIX) == 0) {
 				struct dnet_obj_info info;
 				info_from_hdr(&info, &h);
 				rc = fn(arg, h.id, &info);
@@ -2053,6 +2525,8 @@ static int scan(struct dnet_backend *b, struct blob *B, uint64_t start, uint64_t
 		int good = 1;
 		if (h.flags & BL_F_UNCOMMITTED) {
 			good = 0; /* an abandoned upload: dead space, not a reason to stop */
+		} else if (h.flags & BL_F_DEAD) {
+			/* superseded (maybe punched): valid, but its data is not checked */
 		} else if (verify && !(h.flags & BL_F_TOMB) && !rd_verify(&r, off, &h)) {
 			good = 0;
 			report_corrupt(b, h.id, B, off, "skipping record with bad data checksum");
@@ -2070,11 +2544,12 @@ static int scan(struct dnet_backend *b, struct blob *B, uint64_t start, uint64_t
 static int scan_apply_cb(struct dnet_backend *b, struct blob *B, struct reader *r, uint64_t off,
 			 const struct bl_hdr *h, int good, void *arg)
 {
-	if (!good)
+	const int tomb = !!(h->flags & BL_F_TOMB);
+	if (!good || ((h->flags & BL_F_DEAD) && !tomb))
 		return 0;
 	b->scanned++;
 	b->recovered++;
-	return apply(b, B, h->id, h->id, off, h->size, !!(h->flags & BL_F_TOMB), 1);
+	return apply(b, B, h->id, h->id, off, tomb ? 0 : h->size, tomb, 1);
 }
 
 /* Opens and loads blob `num`: its index file, then a scan of what it does not cover
@@ -2243,8 +2718,8 @@ static int compact_cb(struct dnet_backend *b, struct blob *B, struct reader *r, 
 {
 	struct compact_ctx *c = arg;
 	const int tomb = !!(h->flags & BL_F_TOMB);
-	if (h->flags & BL_F_UNCOMMITTED)
-		return 0;
+	if ((h->flags & BL_F_UNCOMMITTED) || ((h->flags & BL_F_DEAD) && !tomb))
+		return 0; /* abandoned or superseded */
 	struct bl_shard *s = shard_of(b, h->id);
 	int keep;
 	pthread_mutex_lock(&s->lock);
@@ -2270,8 +2745,25 @@ static int compact_cb(struct dnet_backend *b, struct blob *B, struct reader *r, 
 		c->m = x;
 		c->cap = ncap;
 	}
-	/* copy the record verbatim (a corrupt one stays detectably corrupt) */
+	/* copy the record verbatim (a corrupt one stays detectably corrupt); a record
+	 * deleted in place becomes a plain tombstone */
 	uint64_t len = BL_RHDR + h->reserved;
+	if (tomb && h->reserved) {
+		struct bl_hdr th;
+		uint8_t tb[BL_RHDR];
+		memset(&th, 0, sizeof(th));
+		th.flags = BL_F_TOMB;
+		th.timestamp = h->timestamp;
+		dnet_csum("", 0, th.csum);
+		memcpy(th.id, h->id, DNET_ID_SIZE);
+		hdr_encode(tb, &th);
+		len = 0;
+		int err = bl_pwrite(c->fd, tb, BL_RHDR, c->pos);
+		if (err)
+			return err;
+		len = BL_RHDR;
+		goto copied;
+	}
 	for (uint64_t p = 0; p < len;) {
 		size_t k = len - p < BL_IO_CHUNK ? (size_t)(len - p) : BL_IO_CHUNK;
 		const uint8_t *d = rd_get(r, off + p, k);
@@ -2282,11 +2774,12 @@ static int compact_cb(struct dnet_backend *b, struct blob *B, struct reader *r, 
 			return err;
 		p += k;
 	}
+copied:;
 	struct moved *m = &c->m[c->n++];
 	memcpy(m->p, h->id, BL_PREFIX);
 	m->old_off = off;
 	m->new_off = c->pos;
-	m->size = h->size;
+	m->size = tomb ? 0 : h->size;
 	m->tomb = tomb;
 	if (!tomb)
 		c->live += rec_len(h->reserved);
@@ -2485,6 +2978,9 @@ int dnet_blob_stats(struct dnet_backend *b, struct dnet_blob_stats *st)
 		st->sealed += atomic_load(&B->sealed) != 0;
 		st->log_bytes += B->caplog * sizeof(struct bl_lrec);
 		st->disk_bytes += size;
+		struct stat sb;
+		if (fstat(B->fd, &sb) == 0)
+			st->alloc_bytes += (uint64_t)sb.st_blocks * 512;
 		int64_t dead = (int64_t)(size - BL_BHDR) - atomic_load(&B->live);
 		st->dead_bytes += dead > 0 ? (uint64_t)dead : 0;
 		st->tomb_bytes += (uint64_t)atomic_load(&B->tomb);
@@ -2493,6 +2989,12 @@ int dnet_blob_stats(struct dnet_backend *b, struct dnet_blob_stats *st)
 	pthread_mutex_unlock(&b->alock);
 	st->compactions = atomic_load(&b->compactions);
 	st->reclaimed_bytes = atomic_load(&b->reclaimed);
+	st->dead_marked = atomic_load(&b->marked);
+	st->punched_bytes = atomic_load(&b->punched);
+	st->punch_deferred = atomic_load(&b->punch_deferred);
+	st->inplace_deletes = atomic_load(&b->inplace_dels);
+	st->active_seals = atomic_load(&b->active_seals);
+	st->reserve_bytes = b->reserve;
 	st->open_us = b->open_us;
 	st->recovered = b->recovered;
 	st->scanned = b->scanned;
@@ -2522,10 +3024,27 @@ static void *maint(void *arg)
 		if (b->mstop)
 			break;
 		pthread_mutex_unlock(&b->mlock);
+		if (b->punch_mode == DNET_BLOB_PUNCH_AUTO)
+			reclaim(b, DNET_BLOB_RECLAIM_ALL);
 		seal_pending(b);
 		up_sweep(b, 0);
 		uint64_t now = dnet_now_mono_ns();
 		if (b->compact_ratio > 0 && now - last_compact >= b->compact_ns) {
+			/* an active blob that is mostly dead is sealed so it can be compacted
+			 * (only past 1/8 of the blob size, so blobs do not get tiny) */
+			pthread_mutex_lock(&b->alock);
+			struct blob *A = b->active;
+			uint64_t asize = atomic_load(&A->size);
+			if (asize - BL_BHDR >= b->blob_limit / 8 && !atomic_load(&A->uploads) &&
+			    dead_ratio(A) >= b->compact_ratio) {
+				dnet_log_info("blob backend %s: active blob %u is %.0f%% dead: sealing "
+					      "it for compaction", b->path, A->num,
+					      100 * dead_ratio(A));
+				if (rotate_locked(b) == 0)
+					atomic_fetch_add(&b->active_seals, 1);
+			}
+			pthread_mutex_unlock(&b->alock);
+			seal_pending(b);
 			int r = dnet_blob_compact(b, b->compact_ratio);
 			if (r < 0)
 				dnet_log_error("blob backend %s: compaction: %s", b->path,
@@ -2573,6 +3092,8 @@ static void bl_free(struct dnet_backend *b)
 	pthread_cond_destroy(&b->mcond);
 	pthread_cond_destroy(&b->msealed);
 	pthread_mutex_destroy(&b->ulock);
+	pthread_mutex_destroy(&b->dlock);
+	pthread_mutex_destroy(&b->rlock);
 	free(b->path);
 	free(b);
 }
@@ -2594,6 +3115,16 @@ static void read_tunables(struct dnet_backend *b)
 	}
 	if ((v = getenv(DNET_BLOB_ENV_COMPACT_MS)) && dnet_parse_size(v, &x) == 0 && x > 0)
 		b->compact_ns = x * 1000000ull;
+	b->reserve = BL_DEFAULT_RESERVE;
+	if ((v = getenv(DNET_BLOB_ENV_RESERVE)) && dnet_parse_size(v, &x) == 0)
+		b->reserve = x;
+	b->punch_mode = DNET_BLOB_PUNCH_AUTO;
+	if ((v = getenv(DNET_BLOB_ENV_PUNCH))) {
+		if (strcmp(v, "0") == 0 || strcmp(v, "off") == 0)
+			b->punch_mode = DNET_BLOB_PUNCH_OFF;
+		else if (strcmp(v, "manual") == 0)
+			b->punch_mode = DNET_BLOB_PUNCH_MANUAL;
+	}
 }
 
 static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **out)
@@ -2624,6 +3155,8 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	pthread_cond_init(&b->mcond, NULL);
 	pthread_cond_init(&b->msealed, NULL);
 	pthread_mutex_init(&b->ulock, NULL);
+	pthread_mutex_init(&b->dlock, NULL);
+	pthread_mutex_init(&b->rlock, NULL);
 	read_tunables(b);
 	int err = DNET_ENOMEM;
 	if (!cfg->path || !(b->path = strdup(cfg->path))) {
@@ -2713,6 +3246,12 @@ static void bl_close(struct dnet_backend *b)
 		pthread_join(b->cthr, NULL); /* it completes every queued write first */
 	}
 	up_sweep(b, 1);
+	if (b->punch_mode == DNET_BLOB_PUNCH_AUTO)
+		reclaim(b, DNET_BLOB_RECLAIM_ALL | DNET_BLOB_RECLAIM_FORCE);
+	/* what is left (leased, or manual mode) stays dead space until compaction */
+	dead_free(b, b->dq);
+	dead_free(b, b->deferred);
+	b->dq = b->deferred = NULL;
 	seal_pending(b);
 	/* checkpoint the active blob: a clean restart then scans nothing */
 	struct blob *A = b->active;

@@ -15,6 +15,11 @@
 #define DNET_BLOB_ENV_SIZE "ELLIPTICS_BLOB_SIZE"	     /* e.g. "1G", "64M" */
 #define DNET_BLOB_ENV_COMPACT "ELLIPTICS_BLOB_COMPACT_RATIO" /* e.g. "0.5"; "0" = no auto */
 #define DNET_BLOB_ENV_COMPACT_MS "ELLIPTICS_BLOB_COMPACT_INTERVAL_MS"
+#define DNET_BLOB_ENV_RESERVE "ELLIPTICS_BLOB_RESERVE" /* kept free for tombstones: "256K" */
+/* Dead records: "1" (default) marked dead and punched as soon as what supersedes them
+ * is durable; "0" never (compaction only); "manual": only dnet_blob_reclaim() (tests). */
+#define DNET_BLOB_ENV_PUNCH "ELLIPTICS_BLOB_PUNCH"
+enum { DNET_BLOB_PUNCH_AUTO = 0, DNET_BLOB_PUNCH_OFF = 1, DNET_BLOB_PUNCH_MANUAL = 2 };
 #define DNET_BLOB_DEFAULT_SIZE (1ull << 30)
 #define DNET_BLOB_DEFAULT_COMPACT_RATIO 0.5
 
@@ -30,6 +35,13 @@ struct dnet_blob_stats {
 	uint64_t tomb_bytes;	  /* of dead_bytes: tombstones (kept while they still shadow) */
 	uint64_t compactions;	  /* blobs rewritten by compaction since open */
 	uint64_t reclaimed_bytes; /* disk bytes given back by those */
+	uint64_t alloc_bytes;	  /* blocks allocated to blob files (st_blocks) */
+	uint64_t dead_marked;	  /* records marked dead in place since open */
+	uint64_t punched_bytes;	  /* bytes of dead data punched out since open */
+	uint64_t punch_deferred;  /* punches put off because a read still held the range */
+	uint64_t inplace_deletes; /* deletes done in place: no room even for a tombstone */
+	uint64_t active_seals;	  /* active blobs sealed early because mostly dead */
+	uint64_t reserve_bytes;	  /* the tombstone reserve */
 	/* The last open(): */
 	uint64_t open_us;
 	uint64_t recovered;  /* index entries loaded from index files + records scanned */
@@ -47,5 +59,20 @@ int dnet_blob_compact(struct dnet_backend *b, double min_dead_ratio);
 /* Seals the active blob now (starts a new one) and waits until every blob waiting to
  * be sealed has its index file: makes blobs compactable, and restart fast. */
 int dnet_blob_rotate(struct dnet_backend *b);
+
+/* Processes the dead-record queue now (normally the maintenance thread does, and a
+ * write that hits ENOSPC): syncs what superseded them if needed, then with MARK
+ * rewrites their headers as dead (and syncs), then with PUNCH punches their whole
+ * data blocks out. Steps not run leave the records queued: tests use that to stop
+ * between the steps. Returns the number of records marked or punched, or DNET_E*. */
+#define DNET_BLOB_RECLAIM_MARK 1
+#define DNET_BLOB_RECLAIM_PUNCH 2
+#define DNET_BLOB_RECLAIM_ALL 3
+#define DNET_BLOB_RECLAIM_FORCE 4 /* retry deferred punches now, not after 200 ms */
+int dnet_blob_reclaim(struct dnet_backend *b, int steps);
+
+/* Test hook: the next n appends (writes, tombstones, reservations) fail with
+ * DNET_ENOSPC before touching the disk, as on a full filesystem. */
+int dnet_blob_test_fail_appends(struct dnet_backend *b, int n);
 
 #endif

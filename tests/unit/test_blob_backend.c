@@ -1,6 +1,8 @@
 /* test_blob_backend.c - the blob engine (src/storage/blob.c): round trips of many
  * sizes, ranges, updates, chunked uploads, deletes that survive restarts, index files,
- * torn tails, corruption, group commit under concurrency, compaction, ENOSPC. */
+ * torn tails, corruption, group commit under concurrency, compaction, ENOSPC, dead
+ * records marked and punched (crash points, torn marks, read leases), deletes in
+ * place when not even a tombstone fits, automatic compaction. */
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -487,11 +490,15 @@ static void test_torn_tail(void **state)
 {
 	char dir[300], blob[400];
 	dir_for(dir, sizeof(dir), "torn");
+	/* the overwrite below is torn as if never synced: its reclaim (which syncs it
+	 * before marking the old version dead) must not have run */
+	setenv(DNET_BLOB_ENV_PUNCH, "manual", 1);
 	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
 	for (uint64_t k = 0; k < 100; k++)
 		put_seeded(b, k, 3000, k);
 	put_seeded(b, 5, 7000, 555); /* the last record: an overwrite that will be torn */
 	ops->close(b);
+	unsetenv(DNET_BLOB_ENV_PUNCH);
 	last_blob(dir, blob, sizeof(blob));
 	uint64_t size = file_size(blob);
 	/* cut the last record in half (the checkpoint index then covers more than the
@@ -883,7 +890,401 @@ static void test_index_ram(void **state)
 	ops->close(b);
 }
 
-/* A full disk: DNET_ENOSPC, the index untouched, everything stored before readable. */
+/* ---- dead records: marking, punching, crash points, leases, full disks ----------- */
+
+/* Offsets of every record header of `id` in a blob file, in file order. */
+static int find_headers(const char *path, const uint8_t *id, uint64_t *offs, int max)
+{
+	uint64_t size = file_size(path);
+	uint8_t *all = malloc(size ? size : 1);
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, all, size, 0), (ssize_t)size);
+	close(fd);
+	int n = 0;
+	for (uint64_t o = 0; o + 128 <= size && n < max; o += 8) {
+		if (memcmp(all + o, "DBRC", 4) == 0 && memcmp(all + o + 56, id, DNET_ID_SIZE) == 0)
+			offs[n++] = o;
+	}
+	free(all);
+	return n;
+}
+
+static uint16_t hdr_flags_at(const char *path, uint64_t off)
+{
+	uint8_t h[128];
+	int fd = open(path, O_RDONLY);
+	assert_int_equal(pread(fd, h, 128, (off_t)off), 128);
+	close(fd);
+	return (uint16_t)(h[6] | h[7] << 8);
+}
+
+static void remove_indexes(const char *dir)
+{
+	char p[500];
+	for (unsigned i = 1; i < 999; i++) {
+		snprintf(p, sizeof(p), "%s/blob-%06u.index", dir, i);
+		unlink(p);
+	}
+}
+
+static struct dnet_blob_stats bstats(struct dnet_backend *b)
+{
+	struct dnet_blob_stats bs;
+	assert_int_equal(dnet_blob_stats(b, &bs), 0);
+	return bs;
+}
+
+static void expect_gone(struct dnet_backend *b, uint64_t key)
+{
+	uint8_t id[DNET_ID_SIZE], *got;
+	uint64_t len;
+	mkid(id, key);
+	assert_int_equal(rd(b, id, 0, 0, 0, &got, &len, NULL), DNET_ENOENT);
+}
+
+static void del_key(struct dnet_backend *b, uint64_t key)
+{
+	uint8_t id[DNET_ID_SIZE];
+	mkid(id, key);
+	assert_int_equal(ops->del(b, id), 0);
+}
+
+/* Overwritten and deleted 1 MiB objects: marked dead in place, their blocks punched
+ * out; the store reads the same before and after restarts, with and without index
+ * files, and no record is reported corrupt. */
+static void test_punch(void **state)
+{
+	char dir[300], blob[400];
+	dir_for(dir, sizeof(dir), "punch");
+	const uint64_t M = 1 << 20;
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_ALWAYS);
+	for (uint64_t k = 0; k < 8; k++)
+		put_seeded(b, k, M, k);
+	struct dnet_blob_stats before = bstats(b);
+	for (uint64_t k = 0; k < 4; k++)
+		put_seeded(b, k, M, 100 + k);
+	del_key(b, 4);
+	del_key(b, 5);
+	assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL | DNET_BLOB_RECLAIM_FORCE) >= 0);
+	struct dnet_blob_stats bs = bstats(b);
+	fprintf(stderr, "punch: %llu bytes punched, %llu records marked, alloc %llu of %llu\n",
+		(unsigned long long)bs.punched_bytes, (unsigned long long)bs.dead_marked,
+		(unsigned long long)bs.alloc_bytes, (unsigned long long)bs.disk_bytes);
+	assert_int_equal(bs.dead_marked, 6);
+	assert_true(bs.punched_bytes >= 6 * (M - 8192));
+	/* 4 new versions written, 6 old ones punched: less allocated than before them */
+	assert_true(bs.alloc_bytes < before.alloc_bytes);
+	for (uint64_t k = 0; k < 8; k++) {
+		if (k == 4 || k == 5)
+			expect_gone(b, k);
+		else
+			expect_obj(b, k, M, k < 4 ? 100 + k : k);
+	}
+	ops->close(b);
+	last_blob(dir, blob, sizeof(blob));
+	uint8_t id[DNET_ID_SIZE];
+	uint64_t offs[4];
+	mkid(id, 0);
+	assert_int_equal(find_headers(blob, id, offs, 4), 2);
+	assert_true(hdr_flags_at(blob, offs[0]) & 4);	 /* the old one: dead */
+	assert_false(hdr_flags_at(blob, offs[1]) & 4); /* the current one */
+	for (int pass = 0; pass < 2; pass++) {
+		if (pass)
+			remove_indexes(dir); /* a full scan: dead records skipped unchecked */
+		b = open_be(dir, DNET_FSYNC_ALWAYS);
+		for (uint64_t k = 0; k < 8; k++) {
+			if (k == 4 || k == 5)
+				expect_gone(b, k);
+			else
+				expect_obj(b, k, M, k < 4 ? 100 + k : k);
+		}
+		struct dnet_backend_stat st;
+		ops->stat(b, &st);
+		assert_int_equal(st.corrupt, 0);
+		assert_int_equal(st.objects, 6);
+		bs = bstats(b);
+		if (pass)
+			assert_true(bs.scanned > 0);
+		assert_int_equal(bs.torn_bytes, 0);
+		/* compaction drops the dead records */
+		assert_int_equal(dnet_blob_rotate(b), 0);
+		assert_true(dnet_blob_compact(b, 0.01) >= (pass ? 0 : 1));
+		for (uint64_t k = 0; k < 8; k++)
+			if (k != 4 && k != 5)
+				expect_obj(b, k, M, k < 4 ? 100 + k : k);
+		ops->close(b);
+	}
+}
+
+/* A crash (the process exits without closing, as with kill -9) between the steps:
+ * superseding record durable -> old record marked dead -> punched. Every point
+ * leaves the newest versions readable and nothing resurrected. */
+static void crash_child(const char *dir, int fsync, int steps)
+{
+	setenv(DNET_BLOB_ENV_PUNCH, "manual", 1);
+	struct dnet_backend *b = open_be(dir, fsync);
+	const uint64_t M = 1 << 20;
+	for (uint64_t k = 0; k < 4; k++)
+		put_seeded(b, k, M, k);
+	put_seeded(b, 0, M, 50);   /* overwrite */
+	del_key(b, 1);		   /* delete */
+	put_seeded(b, 2, 100, 52); /* overwrite with a small one */
+	if (steps >= 0)
+		dnet_blob_reclaim(b, steps);
+	_exit(0); /* no close: no checkpoint, nothing flushed or marked beyond this */
+}
+
+static void check_crashed(const char *dir)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		struct dnet_backend *b = open_be(dir, DNET_FSYNC_ALWAYS);
+		expect_obj(b, 0, 1 << 20, 50);
+		expect_gone(b, 1);
+		expect_obj(b, 2, 100, 52);
+		expect_obj(b, 3, 1 << 20, 3);
+		struct dnet_backend_stat st;
+		ops->stat(b, &st);
+		assert_int_equal(st.objects, 3);
+		assert_int_equal(st.corrupt, 0);
+		ops->close(b);
+		remove_indexes(dir);
+	}
+}
+
+static void test_punch_crash_points(void **state)
+{
+	static const int points[] = {-1, 0, DNET_BLOB_RECLAIM_MARK, DNET_BLOB_RECLAIM_ALL};
+	for (int f = 0; f < 2; f++) {
+		for (size_t i = 0; i < sizeof(points) / sizeof(points[0]); i++) {
+			char dir[400], name[32];
+			snprintf(name, sizeof(name), "crash-%d-%zu", f, i);
+			dir_for(dir, sizeof(dir), name);
+			fflush(NULL);
+			pid_t pid = fork();
+			assert_true(pid >= 0);
+			if (pid == 0)
+				crash_child(dir, f ? DNET_FSYNC_NEVER : DNET_FSYNC_ALWAYS, points[i]);
+			int status;
+			assert_int_equal(waitpid(pid, &status, 0), pid);
+			assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+			check_crashed(dir);
+		}
+	}
+}
+
+/* Power loss can leave a dead-mark torn (flags written, checksum not, or the other
+ * way round: the header straddles a sector boundary), or the punch on disk before
+ * the mark. Recovery must take all of them in stride. */
+static void test_torn_mark(void **state)
+{
+	char dir[300], blob[400];
+	dir_for(dir, sizeof(dir), "tornmark");
+	setenv(DNET_BLOB_ENV_PUNCH, "manual", 1);
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
+	put_seeded(b, 0, 300000, 1);
+	put_seeded(b, 0, 300000, 2); /* supersedes the first; never marked (manual) */
+	put_seeded(b, 1, 5000, 3);   /* so the old record is in the middle */
+	ops->close(b);
+	unsetenv(DNET_BLOB_ENV_PUNCH);
+	last_blob(dir, blob, sizeof(blob));
+	uint8_t id[DNET_ID_SIZE], orig[128], h[128];
+	uint64_t offs[4];
+	mkid(id, 0);
+	assert_int_equal(find_headers(blob, id, offs, 4), 2);
+	int fd = open(blob, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, orig, 128, (off_t)offs[0]), 128);
+	for (int c = 0; c < 4; c++) {
+		memcpy(h, orig, 128);
+		uint16_t fl = (uint16_t)(orig[6] | orig[7] << 8);
+		uint16_t marked = (uint16_t)(fl | (c == 2 ? 5 : 4)); /* DEAD, or DEAD|TOMB */
+		uint8_t m[128];
+		memcpy(m, orig, 128);
+		m[6] = (uint8_t)marked;
+		m[7] = (uint8_t)(marked >> 8);
+		uint64_t sum = XXH3_64bits(m, 120);
+		if (c == 0 || c == 2) { /* new flags, old checksum */
+			h[6] = m[6];
+			h[7] = m[7];
+		} else if (c == 1) { /* old flags, new checksum */
+			memcpy(h + 120, &sum, 8);
+		} /* c == 3: header untouched, data punched */
+		assert_int_equal(pwrite(fd, h, 128, (off_t)offs[0]), 128);
+		if (c == 3)
+			assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+						   (off_t)((offs[0] + 128 + 4095) & ~4095ull), 65536),
+					 0);
+		remove_indexes(dir);
+		b = open_be(dir, DNET_FSYNC_NEVER);
+		expect_obj(b, 0, 300000, 2);
+		expect_obj(b, 1, 5000, 3);
+		struct dnet_blob_stats bs = bstats(b);
+		assert_int_equal(bs.torn_bytes, 0);
+		assert_int_equal(bs.objects, 2);
+		struct dnet_backend_stat st;
+		ops->stat(b, &st);
+		/* punched-before-marked looks like a torn write: skipped and reported */
+		assert_int_equal(st.corrupt, c == 3 ? 1 : 0);
+		ops->close(b);
+	}
+	close(fd);
+}
+
+/* A large read hands out a file range; punching it before the reader closed its fd
+ * would feed zeros to sendfile(). The punch waits for the lease to go. */
+static void test_read_lease(void **state)
+{
+	char dir[300];
+	dir_for(dir, sizeof(dir), "lease");
+	const uint64_t size = 2 << 20;
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
+	put_seeded(b, 0, size, 1);
+	uint8_t id[DNET_ID_SIZE];
+	mkid(id, 0);
+	struct dnet_read_res res;
+	assert_int_equal(ops->read(b, id, 0, 0, 0, &res), 0);
+	assert_true(res.fd >= 0);
+	put_seeded(b, 0, size, 2);
+	dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL | DNET_BLOB_RECLAIM_FORCE);
+	struct dnet_blob_stats bs = bstats(b);
+	assert_int_equal(bs.punched_bytes, 0);
+	assert_true(bs.punch_deferred >= 1);
+	uint8_t *want = malloc(size), *got = malloc(size);
+	fill(want, size, 1);
+	assert_int_equal(pread(res.fd, got, size, (off_t)res.file_offset), (ssize_t)size);
+	assert_memory_equal(got, want, size);
+	close(res.fd);
+	dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL | DNET_BLOB_RECLAIM_FORCE);
+	bs = bstats(b);
+	assert_true(bs.punched_bytes >= size - 8192);
+	expect_obj(b, 0, size, 2);
+	free(want);
+	free(got);
+	ops->close(b);
+}
+
+/* No room even for a tombstone: the record is deleted in place. The delete
+ * survives restarts, hides an older version still listed live by an older blob's
+ * index, and compaction turns it into a plain tombstone. */
+static void test_delete_in_place(void **state)
+{
+	char dir[300];
+	dir_for(dir, sizeof(dir), "inplace");
+	setenv(DNET_BLOB_ENV_PUNCH, "manual", 1); /* the old version stays unmarked */
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_ALWAYS);
+	for (uint64_t k = 0; k < 10; k++)
+		put_seeded(b, k, 5000, k);
+	put_seeded(b, 20, 9000, 20);
+	assert_int_equal(dnet_blob_rotate(b), 0); /* blob 1 sealed: its index lists 20 */
+	put_seeded(b, 20, 9000, 21);
+	put_seeded(b, 11, 5000, 11);
+	assert_int_equal(dnet_blob_rotate(b), 0); /* blob 2 sealed */
+	put_seeded(b, 12, 70000, 12);		  /* in the active blob 3 */
+	put_seeded(b, 13, 100, 13);
+	for (uint64_t k = 3; k < 4; k++) {
+		dnet_blob_test_fail_appends(b, 1);
+		del_key(b, k); /* blob 1 */
+	}
+	dnet_blob_test_fail_appends(b, 1);
+	del_key(b, 20); /* blob 2, while blob 1's index still lists the old version */
+	dnet_blob_test_fail_appends(b, 1);
+	del_key(b, 12); /* the active blob */
+	dnet_blob_test_fail_appends(b, 1);
+	uint8_t id[DNET_ID_SIZE];
+	mkid(id, 99);
+	assert_int_equal(ops->del(b, id), DNET_ENOENT);
+	struct dnet_blob_stats bs = bstats(b);
+	assert_int_equal(bs.inplace_deletes, 3);
+	dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL | DNET_BLOB_RECLAIM_FORCE);
+	expect_gone(b, 3);
+	expect_gone(b, 20);
+	expect_gone(b, 12);
+	ops->close(b);
+	unsetenv(DNET_BLOB_ENV_PUNCH);
+	for (int pass = 0; pass < 3; pass++) {
+		b = open_be(dir, DNET_FSYNC_ALWAYS);
+		expect_gone(b, 3);
+		expect_gone(b, 20);
+		expect_gone(b, 12);
+		for (uint64_t k = 0; k < 10; k++)
+			if (k != 3)
+				expect_obj(b, k, 5000, k);
+		expect_obj(b, 11, 5000, 11);
+		expect_obj(b, 13, 100, 13);
+		struct dnet_backend_stat st;
+		ops->stat(b, &st);
+		assert_int_equal(st.objects, 11);
+		assert_int_equal(st.corrupt, 0);
+		if (pass == 1) { /* compaction writes plain tombstones and new indexes */
+			assert_int_equal(dnet_blob_rotate(b), 0);
+			assert_true(dnet_blob_compact(b, 0.0001) >= 1);
+			expect_gone(b, 20);
+		}
+		ops->close(b);
+		if (pass == 0)
+			remove_indexes(dir);
+	}
+}
+
+/* Automatic compaction: an active blob that is mostly dead is sealed and compacted
+ * by the maintenance thread, with no call from outside. */
+static void test_auto_compact(void **state)
+{
+	char dir[300];
+	dir_for(dir, sizeof(dir), "autocompact");
+	setenv(DNET_BLOB_ENV_SIZE, "256k", 1);
+	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
+	setenv(DNET_BLOB_ENV_COMPACT_MS, "50", 1);
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
+	for (uint64_t k = 0; k < 100; k++)
+		put_seeded(b, k, 2000, k);
+	for (uint64_t k = 0; k < 80; k++)
+		del_key(b, k);
+	struct dnet_blob_stats bs;
+	for (int i = 0; i < 200; i++) {
+		bs = bstats(b);
+		if (bs.compactions >= 1 && bs.active_seals >= 1)
+			break;
+		usleep(20000);
+	}
+	assert_true(bs.active_seals >= 1);
+	assert_true(bs.compactions >= 1);
+	assert_true(bs.reclaimed_bytes > 100000);
+	for (uint64_t k = 0; k < 100; k++) {
+		if (k < 80)
+			expect_gone(b, k);
+		else
+			expect_obj(b, k, 2000, k);
+	}
+	/* and sealed blobs, by dead ratio */
+	for (uint64_t k = 200; k < 400; k++)
+		put_seeded(b, k, 2000, k);
+	uint64_t before = bstats(b).compactions;
+	for (uint64_t k = 200; k < 380; k++)
+		del_key(b, k);
+	assert_int_equal(dnet_blob_rotate(b), 0);
+	for (int i = 0; i < 200 && bstats(b).compactions == before; i++)
+		usleep(20000);
+	assert_true(bstats(b).compactions > before);
+	ops->close(b);
+	setenv(DNET_BLOB_ENV_COMPACT, "0", 1);
+	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+	unsetenv(DNET_BLOB_ENV_SIZE);
+	b = open_be(dir, DNET_FSYNC_NEVER);
+	for (uint64_t k = 0; k < 400; k++) {
+		if (k < 80 || (k >= 200 && k < 380))
+			expect_gone(b, k);
+		else if (k < 100 || k >= 380)
+			expect_obj(b, k, 2000, k);
+	}
+	ops->close(b);
+}
+
+
+/* A full disk: DNET_ENOSPC, the index untouched, everything stored before readable;
+ * deletes work (the tombstone reserve) and give their space back (punched), so
+ * writes work again - without compaction. */
 static void test_enospc(void **state)
 {
 	char dir[400], mnt[300];
@@ -894,35 +1295,62 @@ static void test_enospc(void **state)
 		skip();
 	}
 	snprintf(dir, sizeof(dir), "%s/data", mnt);
-	struct dnet_backend *b = open_be(dir, DNET_FSYNC_ALWAYS);
-	const uint64_t size = 256u << 10;
-	uint64_t stored = 0;
-	int err = 0;
-	for (uint64_t k = 0; k < 64 && !err; k++) {
-		uint8_t *d = malloc(size);
-		fill(d, size, k);
-		err = put(b, k, d, size);
-		free(d);
-		if (!err)
-			stored++;
+	for (int f = 0; f < 3; f++) {
+		static const int pol[] = {DNET_FSYNC_ALWAYS, DNET_FSYNC_BATCH, DNET_FSYNC_NEVER};
+		struct dnet_backend *b = open_be(dir, pol[f]);
+		const uint64_t size = 256u << 10;
+		uint64_t stored = 0;
+		int err = 0;
+		for (uint64_t k = 0; k < 64 && !err; k++) {
+			uint8_t *d = malloc(size);
+			fill(d, size, k);
+			err = put(b, k, d, size);
+			free(d);
+			if (!err)
+				stored++;
+		}
+		assert_int_equal(err, DNET_ENOSPC);
+		assert_true(stored > 4);
+		struct dnet_backend_stat st;
+		ops->stat(b, &st);
+		assert_int_equal(st.objects, stored);
+		for (uint64_t k = 0; k < stored; k++)
+			expect_obj(b, k, size, k);
+		/* more failures change nothing */
+		for (int i = 0; i < 3; i++) {
+			uint8_t *d = malloc(size);
+			fill(d, size, 999);
+			assert_int_equal(put(b, 999, d, size), DNET_ENOSPC);
+			free(d);
+		}
+		/* delete half: every delete works, and the space comes back */
+		for (uint64_t k = 0; k < stored / 2; k++)
+			del_key(b, k);
+		for (uint64_t k = 100; k < 100 + stored / 2 - 1; k++)
+			put_seeded(b, k, size, k);
+		for (uint64_t k = 0; k < stored; k++) {
+			if (k < stored / 2)
+				expect_gone(b, k);
+			else
+				expect_obj(b, k, size, k);
+		}
+		ops->close(b);
+		b = open_be(dir, pol[f]);
+		for (uint64_t k = stored / 2; k < stored; k++)
+			expect_obj(b, k, size, k);
+		for (uint64_t k = 100; k < 100 + stored / 2 - 1; k++)
+			expect_obj(b, k, size, k);
+		/* empty the store for the next round: delete everything on the full disk */
+		for (uint64_t k = stored / 2; k < stored; k++)
+			del_key(b, k);
+		for (uint64_t k = 100; k < 100 + stored / 2 - 1; k++)
+			del_key(b, k);
+		ops->stat(b, &st);
+		assert_int_equal(st.objects, 0);
+		assert_int_equal(st.corrupt, 0);
+		ops->close(b);
+		nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 	}
-	assert_int_equal(err, DNET_ENOSPC);
-	assert_true(stored > 4);
-	struct dnet_backend_stat st;
-	ops->stat(b, &st);
-	assert_int_equal(st.objects, stored);
-	for (uint64_t k = 0; k < stored; k++)
-		expect_obj(b, k, size, k);
-	/* small writes may still fit; deletes free nothing (append-only) but work */
-	uint8_t id[DNET_ID_SIZE];
-	mkid(id, 0);
-	int derr = ops->del(b, id);
-	assert_true(derr == 0 || derr == DNET_ENOSPC);
-	ops->close(b);
-	b = open_be(dir, DNET_FSYNC_ALWAYS);
-	for (uint64_t k = derr ? 0 : 1; k < stored; k++)
-		expect_obj(b, k, size, k);
-	ops->close(b);
 	umount2(mnt, MNT_DETACH);
 	rmdir(mnt);
 }
@@ -955,6 +1383,12 @@ int main(void)
 	    cmocka_unit_test(test_prefix_twins),
 	    cmocka_unit_test(test_index_ram),
 	    cmocka_unit_test(test_enospc),
+	    cmocka_unit_test(test_punch),
+	    cmocka_unit_test(test_punch_crash_points),
+	    cmocka_unit_test(test_torn_mark),
+	    cmocka_unit_test(test_read_lease),
+	    cmocka_unit_test(test_delete_in_place),
+	    cmocka_unit_test(test_auto_compact),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	nftw(root, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
