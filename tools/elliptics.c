@@ -75,10 +75,15 @@ static void usage_cmd(const char *cmd)
 	else if (!strcmp(cmd, "stat"))
 		printf("usage: elliptics stat [--json] [--all]\n"
 		       "Counters of every -r node: lines `HOST:PORT name value`, or with --json one\n"
-		       "object {\"HOST:PORT\": {name: value, ...}}. --all: every node of the ring.\n");
+		       "object {\"HOST:PORT\": {name: value, ...}}. --all: every node of the ring\n"
+		       "(from the route table of the first -r node that answers); a node that does\n"
+		       "not answer gets one error line and the exit status is 3.\n");
 	else if (!strcmp(cmd, "routes"))
 		printf("usage: elliptics routes\n"
-		       "One line per ring range: START_HEX END_HEX HOST:PORT\n");
+		       "The ring as the first -r node that answers sees it: one line per range of\n"
+		       "IDs, START_HEX END_HEX HOST:PORT (128 hex digits each, ascending from 00..00\n"
+		       "to ff..ff, neighbouring ranges of one owner merged), then \" down\" if the\n"
+		       "owner is marked down.\n");
 	else if (!strcmp(cmd, "check"))
 		usage_check();
 	else if (!strcmp(cmd, "bench"))
@@ -624,14 +629,69 @@ static int is_json_number(const char *s, size_t n)
 	return 1;
 }
 
+/* Print one node's counters: text lines, or one member of the JSON object. */
+static void stat_print(int json, int *first, const char *node, const char *text)
+{
+	if (json) {
+		printf("%s\n  ", *first ? "" : ",");
+		cli_json_str(stdout, node, strlen(node));
+		printf(": {");
+	}
+	int firstkv = 1;
+	for (const char *line = text; *line;) {
+		const char *nl = strchr(line, '\n');
+		size_t ll = nl ? (size_t)(nl - line) : strlen(line);
+		const char *sp = memchr(line, ' ', ll);
+		if (ll) {
+			size_t nlen = sp ? (size_t)(sp - line) : ll;
+			const char *val = sp ? sp + 1 : "";
+			size_t vlen = sp ? ll - nlen - 1 : 0;
+			if (json) {
+				printf("%s\n    ", firstkv ? "" : ",");
+				cli_json_str(stdout, line, nlen);
+				printf(": ");
+				if (is_json_number(val, vlen))
+					fwrite(val, 1, vlen, stdout);
+				else
+					cli_json_str(stdout, val, vlen);
+			} else {
+				printf("%s %.*s %.*s\n", node, (int)nlen, line, (int)vlen, val);
+			}
+			firstkv = 0;
+		}
+		line += ll + (nl ? 1 : 0);
+	}
+	if (json)
+		printf("%s}", firstkv ? "" : "\n  ");
+	*first = 0;
+}
+
+/* STAT of one node; an error is one line naming it. Returns 0 or 1 (failed). */
+static int stat_one(const struct cli *g, const char *addr, const char *note, int json, int *first)
+{
+	dnet_client *c;
+	if (cli_client_one(g, addr, &c))
+		return 1;
+	char *text = NULL, node[64];
+	int err = dnet_stat(c, &text, node);
+	dnet_client_free(c);
+	if (err) {
+		cli_error("stat: %s: %s%s", addr, dnet_strerror(err), note);
+		return 1;
+	}
+	stat_print(json, first, node, text);
+	free(text);
+	return 0;
+}
+
 static int cmd_stat(const struct cli *g, int argc, char **argv)
 {
-	int json = 0;
+	int json = 0, all = 0;
 	for (int i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
 			json = 1;
 		else if (!strcmp(argv[i], "--all"))
-			; /* every -r node is asked; the whole ring once routes exist */
+			all = 1;
 		else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			usage_cmd("stat");
 			return 0;
@@ -639,57 +699,34 @@ static int cmd_stat(const struct cli *g, int argc, char **argv)
 			return cli_usage_error("stat", "unknown argument %s", argv[i]);
 	}
 	int failed = 0, first = 1;
+	struct dnet_ring_member *m = NULL;
+	size_t nm = 0;
+	if (all) {
+		/* Every node of the ring, as the first remote that answers sees it. */
+		dnet_client *c;
+		if (cli_client(g, &c))
+			return CLI_EXIT_FAIL;
+		int err = dnet_ring_members(c, &m, &nm);
+		if (err) {
+			cli_error("stat --all: cannot fetch the route table: %s (%s)",
+				  dnet_strerror(err), cli_node(g, c));
+			dnet_client_free(c);
+			return CLI_EXIT_FAIL;
+		}
+		dnet_client_free(c);
+	}
 	if (json)
 		printf("{");
-	for (int i = 0; i < g->nremotes; i++) {
-		dnet_client *c;
-		if (cli_client_one(g, g->remotes[i], &c)) {
-			failed = 1;
-			continue;
-		}
-		char *text = NULL, node[64];
-		int err = dnet_stat(c, &text, node);
-		if (err) {
-			cli_error("stat: %s (%s)", dnet_strerror(err), g->remotes[i]);
-			failed = 1;
-			dnet_client_free(c);
-			continue;
-		}
-		if (json) {
-			printf("%s\n  ", first ? "" : ",");
-			cli_json_str(stdout, node, strlen(node));
-			printf(": {");
-		}
-		int firstkv = 1;
-		for (char *line = text; *line;) {
-			char *nl = strchr(line, '\n');
-			size_t ll = nl ? (size_t)(nl - line) : strlen(line);
-			char *sp = memchr(line, ' ', ll);
-			if (ll) {
-				size_t nlen = sp ? (size_t)(sp - line) : ll;
-				const char *val = sp ? sp + 1 : "";
-				size_t vlen = sp ? ll - nlen - 1 : 0;
-				if (json) {
-					printf("%s\n    ", firstkv ? "" : ",");
-					cli_json_str(stdout, line, nlen);
-					printf(": ");
-					if (is_json_number(val, vlen))
-						fwrite(val, 1, vlen, stdout);
-					else
-						cli_json_str(stdout, val, vlen);
-				} else {
-					printf("%s %.*s %.*s\n", node, (int)nlen, line, (int)vlen,
-					       val);
-				}
-				firstkv = 0;
-			}
-			line += ll + (nl ? 1 : 0);
-		}
-		if (json)
-			printf("%s}", firstkv ? "" : "\n  ");
-		first = 0;
-		free(text);
-		dnet_client_free(c);
+	if (all) {
+		for (size_t i = 0; i < nm; i++)
+			failed |= stat_one(g, m[i].node,
+					   m[i].state == DNET_ROUTE_DOWN ? " (marked down in the ring)"
+									  : "",
+					   json, &first);
+		free(m);
+	} else {
+		for (int i = 0; i < g->nremotes; i++)
+			failed |= stat_one(g, g->remotes[i], "", json, &first);
 	}
 	if (json)
 		printf("%s}\n", first ? "" : "\n");
@@ -705,26 +742,27 @@ static int cmd_routes(const struct cli *g, int argc, char **argv)
 		}
 		return cli_usage_error("routes", "unknown argument %s", argv[i]);
 	}
-	/* Until the ring exists every node owns all of it: the first that answers. */
-	int err = DNET_ENOTCONN;
-	for (int i = 0; i < g->nremotes; i++) {
-		dnet_client *c;
-		if (cli_client_one(g, g->remotes[i], &c))
-			continue;
-		char node[64];
-		err = dnet_ping(c, node);
+	dnet_client *c;
+	if (cli_client(g, &c))
+		return CLI_EXIT_FAIL;
+	struct dnet_route *rt = NULL;
+	size_t n = 0;
+	int err = dnet_routes(c, &rt, &n);
+	if (err) {
+		cli_error("routes: %s (%s)", dnet_strerror(err), cli_node(g, c));
 		dnet_client_free(c);
-		if (!err) {
-			char lo[129], hi[129];
-			memset(lo, '0', 128);
-			memset(hi, 'f', 128);
-			lo[128] = hi[128] = '\0';
-			printf("%s %s %s\n", lo, hi, node);
-			return 0;
-		}
+		return CLI_EXIT_FAIL;
 	}
-	cli_error("routes: %s (%s)", dnet_strerror(err), cli_node(g, NULL));
-	return CLI_EXIT_FAIL;
+	for (size_t i = 0; i < n; i++) {
+		char lo[129], hi[129];
+		dnet_id_to_hex(lo, rt[i].start, 64);
+		dnet_id_to_hex(hi, rt[i].end, 64);
+		printf("%s %s %s%s\n", lo, hi, rt[i].node,
+		       rt[i].state == DNET_ROUTE_DOWN ? " down" : "");
+	}
+	free(rt);
+	dnet_client_free(c);
+	return 0;
 }
 
 /* --- main ---------------------------------------------------------------- */

@@ -9,8 +9,17 @@
  *    is SHA-512(key). Functions with an _id suffix take the raw 64-byte ID instead.
  *  - Every request has a timeout (default 30 s, dnet_client_set_timeout). A broken
  *    connection is re-established on the next request; a request that was in
- *    flight when it broke fails with DNET_ECONNRESET (idempotent reads are retried
- *    once on a fresh connection).
+ *    flight when it broke is resent once after a fresh route lookup if that is
+ *    safe (reads and lookups; writes and removes only if none of it was sent),
+ *    else it fails with DNET_ECONNRESET.
+ *  - Ring-aware: on first use the handle fetches the route table (ROUTES) from the
+ *    first -r remote that answers and sends each keyed request straight to the
+ *    node owning its ID, over connections of its own to each node (made lazily,
+ *    dnet_client_set_conns per node). A node answering NOTOWNER names the owner:
+ *    the request follows (at most 3 redirects, then DNET_ENOTOWNER) and the table
+ *    is refreshed. The table is also refreshed in the background every few
+ *    seconds. A node the table marks down fails at once with DNET_ENODEDOWN.
+ *    Stat and ping go to the first remote that answers.
  *  - Large objects are streamed in chunks (DNET_CHUNK_SIZE): neither side ever holds
  *    a whole large object in memory.
  */
@@ -51,13 +60,15 @@ int dnet_client_new(dnet_client **out);
 int dnet_client_add_remote(dnet_client *c, const char *hostport);
 /* Per-request timeout in milliseconds (default 30000). */
 void dnet_client_set_timeout(dnet_client *c, int timeout_ms);
-/* Number of connections the handle spreads asynchronous requests over (default 1). */
+/* Number of connections per node the handle spreads asynchronous requests over
+ * (default 1). */
 int dnet_client_set_conns(dnet_client *c, int nconns);
 /* Progress of streamed transfers (uploads per acked chunk, streamed reads per piece):
  * bytes done and total (0 if unknown). Called on the calling thread. */
 typedef void (*dnet_progress_fn)(void *arg, uint64_t done, uint64_t total);
 void dnet_client_set_progress(dnet_client *c, dnet_progress_fn fn, void *arg);
-/* "HOST:PORT" of a node the handle is connected to now, or NULL. */
+/* "HOST:PORT" of the node the handle's last request went to (or tried to), else
+ * of a node it is connected to, or NULL. */
 const char *dnet_client_node(const dnet_client *c);
 /* Closes connections, fails pending async requests with DNET_ESHUTDOWN (callbacks
  * run), frees the handle. NULL is a no-op. */
@@ -119,6 +130,30 @@ int dnet_lookup_id(dnet_client *c, const uint8_t id[64], struct dnet_object_info
 int dnet_stat(dnet_client *c, char **text, char node[64]);
 /* Round trip to a node; node receives its "HOST:PORT". */
 int dnet_ping(dnet_client *c, char node[64]);
+
+/* --- the ring ------------------------------------------------------------- */
+
+enum { DNET_ROUTE_UP = 1, DNET_ROUTE_DOWN = 2, DNET_ROUTE_LEFT = 3 };
+
+/* One range of the ID ring: IDs start..end (inclusive, big-endian) belong to node. */
+struct dnet_route {
+	uint8_t start[64];
+	uint8_t end[64];
+	char node[64]; /* owner's HOST:PORT */
+	int state;     /* DNET_ROUTE_UP or DNET_ROUTE_DOWN */
+};
+/* The ring as the first remote that answers sees it, fetched now: the ID space
+ * cut into ranges in ascending order from 00..00 to ff..ff, neighbouring ranges of
+ * one owner merged (a single node: one range). *routes is malloc()ed. */
+int dnet_routes(dnet_client *c, struct dnet_route **routes, size_t *n);
+
+/* A node of the ring (fetched as for dnet_routes; nodes that left are omitted). */
+struct dnet_ring_member {
+	char node[64]; /* HOST:PORT */
+	int state;     /* DNET_ROUTE_UP or DNET_ROUTE_DOWN */
+	char zone[32];
+};
+int dnet_ring_members(dnet_client *c, struct dnet_ring_member **members, size_t *n);
 
 /* --- asynchronous calls -------------------------------------------------- */
 /* Submit requests without waiting; callbacks run inside dnet_poll() on the calling

@@ -24,6 +24,8 @@ int dnet_client_new(dnet_client **out)
 	if (!c)
 		return DNET_ENOMEM;
 	c->timeout_ms = 30000;
+	c->nconns = 1;
+	dnet_ring_init(&c->ring);
 	c->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (c->epfd < 0) {
 		free(c);
@@ -62,12 +64,17 @@ int dnet_client_set_conns(dnet_client *c, int nconns)
 {
 	if (nconns < 1 || nconns > 65536)
 		return DNET_EINVAL;
-	if (c->inflight || c->user_inflight)
+	if (c->user_inflight)
 		return DNET_EBUSY;
+	/* Only internal requests (a route refresh) may be in flight: let them end. */
+	while (c->inflight || c->retry_head)
+		if (dnet__loop_once(c, -1) < 0)
+			break;
 	if (c->nconns == nconns)
 		return 0;
 	dnet__conns_free(c);
-	return dnet__conns_init(c, nconns);
+	c->nconns = nconns;
+	return 0;
 }
 
 void dnet_client_set_progress(dnet_client *c, dnet_progress_fn fn, void *arg)
@@ -78,9 +85,11 @@ void dnet_client_set_progress(dnet_client *c, dnet_progress_fn fn, void *arg)
 
 const char *dnet_client_node(const dnet_client *c)
 {
-	for (int i = 0; i < c->nconns; i++)
-		if (c->conns[i].fd >= 0)
-			return c->conns[i].node;
+	if (c->last && c->last->name[0])
+		return c->last->name;
+	for (size_t i = 0; i < c->nall; i++)
+		if (c->all[i]->fd >= 0)
+			return c->all[i]->node;
 	return NULL;
 }
 
@@ -90,6 +99,7 @@ void dnet_client_free(dnet_client *c)
 		return;
 	dnet__conns_free(c);
 	dnet__run_callbacks(c);
+	dnet__routes_free(c);
 	while (c->req_cache) {
 		struct dnet_req *r = c->req_cache;
 		c->req_cache = r->out_next;
@@ -133,6 +143,9 @@ static struct dnet_req *req_make(dnet_client *c, int cmd, const uint8_t *id)
 		return NULL;
 	r->cmd = (uint8_t)cmd;
 	memcpy(r->id, id, DNET_ID_SIZE);
+	if (cmd == DNET_CMD_WRITE || cmd == DNET_CMD_READ || cmd == DNET_CMD_DEL ||
+	    cmd == DNET_CMD_LOOKUP)
+		r->reroute = DNET_RR_KEYED | DNET_RR_REDIRECT | DNET_RR_RETRY;
 	return r;
 }
 
@@ -146,7 +159,7 @@ static void req_set_io(struct dnet_req *r, const struct dnet_io_attr *io)
 static int run_sync(dnet_client *c, struct dnet_req *r)
 {
 	int err;
-	struct dnet_conn *conn = dnet__pick_conn(c, r->id, &err);
+	struct dnet_conn *conn = dnet__pick_conn(c, r, &err);
 	if (!conn)
 		return err;
 	r->flags |= DNET_REQ_SYNC;
@@ -189,6 +202,7 @@ struct upload {
 	uint64_t off;   /* next chunk's offset */
 	uint64_t acked;
 	int inflight, window, last_submitted, status, finished;
+	int prepared; /* the PREPARE chunk was acked: its node owns the upload */
 	uint8_t *buf[UPLOAD_BUFS];
 	int busy[UPLOAD_BUFS];
 	int cur, nxt;
@@ -247,6 +261,7 @@ static void chunk_done(struct dnet_req *r)
 	if (r->status && !u->status)
 		u->status = r->status;
 	if (!r->status) {
+		u->prepared = 1;
 		u->acked += r->data_len;
 		if (r->have_info && r->hook_val & 0x100) {
 			u->info = r->info;
@@ -317,7 +332,18 @@ static int upload_submit_chunk(struct upload *u)
 	r->hook = chunk_done;
 	r->hook_arg = u;
 	r->hook_val = (uint64_t)bi | (last ? 0x100u : 0u);
-	int err = dnet__submit(c, u->conn, r, DNET_FLAG_NEED_ACK);
+	/* The PREPARE is routed (and follows redirects, taking the upload along); the
+	 * node that accepted it keeps the upload's state, so the other chunks go to it
+	 * whatever its routes say by then. */
+	uint16_t hflags = DNET_FLAG_NEED_ACK;
+	if (io.ioflags & DNET_IO_PREPARE) {
+		r->reroute = DNET_RR_KEYED | DNET_RR_REDIRECT;
+		r->stick = &u->conn;
+	} else {
+		r->reroute = 0;
+		hflags |= DNET_FLAG_DIRECT;
+	}
+	int err = dnet__submit(c, u->conn, r, hflags);
 	if (err) {
 		if (u->kind == SRC_STREAM)
 			u->busy[bi] = 0;
@@ -333,7 +359,8 @@ static int upload_submit_chunk(struct upload *u)
 
 static void upload_pump(struct upload *u)
 {
-	while (!u->status && !u->last_submitted && u->inflight < u->window) {
+	/* One chunk at a time until the PREPARE is acked: a redirect moves it alone. */
+	while (!u->status && !u->last_submitted && u->inflight < (u->prepared ? u->window : 1)) {
 		int err = upload_submit_chunk(u);
 		if (err)
 			u->status = err;
@@ -360,7 +387,12 @@ static int upload_init(dnet_client *c, struct upload *u, const uint8_t *id)
 	u->window = 4;
 	u->cur = u->nxt = -1;
 	u->fd = -1;
-	u->conn = dnet__pick_conn(c, id, &err);
+	struct dnet_req probe;
+	memset(&probe, 0, sizeof(probe));
+	probe.cmd = DNET_CMD_WRITE;
+	probe.reroute = DNET_RR_KEYED;
+	memcpy(probe.id, id, DNET_ID_SIZE);
+	u->conn = dnet__pick_conn(c, &probe, &err);
 	return u->conn ? 0 : err;
 }
 
@@ -368,8 +400,8 @@ static void upload_wait(dnet_client *c, struct upload *u)
 {
 	while (!u->finished)
 		if (dnet__loop_once(c, -1) < 0) {
-			for (int i = 0; i < c->nconns; i++)
-				dnet__conn_drop(c, &c->conns[i], DNET_ESYS);
+			for (size_t i = 0; i < c->nall; i++)
+				dnet__conn_drop(c, c->all[i], DNET_ESYS);
 		}
 }
 
@@ -815,7 +847,7 @@ int dnet_ping(dnet_client *c, char node[64])
 static int submit_async(dnet_client *c, struct dnet_req *r, dnet_done_fn done, void *arg)
 {
 	int err;
-	struct dnet_conn *conn = dnet__pick_conn(c, r->id, &err);
+	struct dnet_conn *conn = dnet__pick_conn(c, r, &err);
 	if (!conn)
 		goto out_free;
 	r->done = done;
@@ -900,7 +932,7 @@ int dnet_poll(dnet_client *c, int timeout_ms)
 		int n = dnet__run_callbacks(c);
 		if (n)
 			return n;
-		if (!c->inflight)
+		if (!c->user_inflight)
 			return 0;
 		int wait = timeout_ms;
 		if (timeout_ms > 0) {

@@ -9,9 +9,22 @@
 
 #include "elliptics/elliptics.h"
 #include "common/proto.h"
+#include "common/ring.h"
 
 /* Non-READ reply payloads (obj_info, stat text, error details) are bounded. */
 #define DNET_CLIENT_MAX_REPLY (1u << 20)
+/* A ROUTES reply (the whole route table) may be larger. */
+#define DNET_CLIENT_MAX_ROUTES (64u << 20)
+/* An error reply's payload (NOTOWNER: the owner's address) is kept up to this size. */
+#define DNET_CLIENT_MAX_ERRINFO 4096u
+/* Routing: a request follows at most this many NOTOWNER redirects. */
+#define DNET_MAX_REDIRECTS 3
+/* The route table is refreshed (in the background) when older than this. */
+#define DNET_ROUTES_TTL_NS (5ull * 1000000000ull)
+/* After a failed connect to a ring node, requests to it fail at once for this long. */
+#define DNET_NODE_BACKOFF_NS (1000ull * 1000000ull)
+/* Connect timeout to ring nodes (the -r remotes use the request timeout). */
+#define DNET_NODE_CONNECT_MS 5000
 #define DNET_CLIENT_IBUF (64u << 10)
 #define DNET_CLIENT_SBUF (1u << 20)
 
@@ -21,6 +34,15 @@ enum dnet_req_flags {
 	DNET_REQ_SENT = 1 << 2,    /* every byte of the request went out */
 	DNET_REQ_REPLIED = 1 << 3, /* reply seen before the request was fully sent */
 	DNET_REQ_QUEUED = 1 << 4,  /* on the connection's output queue */
+	DNET_REQ_RETRY = 1 << 5,   /* on the handle's retry list */
+};
+
+/* What the engine may do with a request on its own (r->reroute). */
+enum dnet_reroute {
+	DNET_RR_REDIRECT = 1 << 0, /* follow NOTOWNER redirects to the named owner */
+	DNET_RR_RETRY = 1 << 1,    /* resend (fresh route lookup) when its connection breaks:
+				    * reads/lookups always, others only if never sent */
+	DNET_RR_KEYED = 1 << 2,    /* routed by id (else: to the bootstrap node) */
 };
 
 struct dnet_conn;
@@ -37,8 +59,15 @@ struct dnet_req {
 	uint32_t slot;
 	uint32_t flags;
 	uint8_t cmd;
+	uint8_t reroute;   /* DNET_RR_* */
+	uint8_t redirects; /* NOTOWNER redirects followed */
+	uint8_t retries;   /* resends after a broken connection */
+	uint16_t hflags;   /* header flags it is sent with */
 	uint8_t id[DNET_ID_SIZE];
 	uint64_t deadline; /* monotonic ns; pushed forward while its bytes move */
+	struct dnet_req *retry_next;
+	struct dnet_node *redirect_to; /* NOTOWNER: where to resend */
+	struct dnet_conn **stick;      /* chunked uploads: the connection all chunks use */
 
 	/* Output: obuf[0..olen) then data_len bytes from `data` or from file_fd. */
 	uint8_t obuf[DNET_HDR_SIZE + DNET_IO_ATTR_SIZE];
@@ -46,6 +75,7 @@ struct dnet_req {
 	const uint8_t *data;
 	int file_fd;
 	uint64_t file_off;
+	uint64_t file_off0; /* file_off when first submitted (a resend starts over) */
 	uint64_t data_len;
 	uint64_t out_done;
 
@@ -77,9 +107,24 @@ enum dnet_in_state {
 	DNET_IN_DISCARD,  /* payload of an error reply */
 };
 
+/* A node the handle talks to: the bootstrap node (the first -r remote that
+ * answers) or a ring node (by its advertised address), each with its own
+ * connections (c->nconns of them, made lazily). */
+struct dnet_node {
+	struct dnet_addr_wire addr; /* ring nodes; the bootstrap's once connected */
+	int have_addr;
+	int is_boot;
+	char name[64]; /* HOST:PORT */
+	struct dnet_conn **conns; /* c->nconns slots, NULL until used */
+	int rr;
+	uint64_t fail_until; /* ring nodes: a connect failed; fail fast until then */
+	int fail_err;
+};
+
 struct dnet_conn {
 	int fd;
-	int idx;
+	int dropping;
+	struct dnet_node *owner_node;
 	char node[64]; /* HOST:PORT we connected to */
 	struct dnet_req *out_head, *out_tail;
 	int pollout;  /* EPOLLOUT armed */
@@ -105,12 +150,26 @@ struct dnet_client {
 	int timeout_ms;
 	int epfd;
 
-	struct dnet_conn *conns;
-	int nconns;
-	int rr;
+	int nconns; /* per node */
+	struct dnet_node **nodes;
+	int nnodes;
+	struct dnet_node *boot;
+	struct dnet_conn **all; /* every connection made, for expiry and teardown */
+	size_t nall, all_cap;
 
-	int *flush_list;
-	int nflush;
+	struct dnet_conn **flush_list; /* all_cap entries */
+	size_t nflush;
+
+	/* Route table (ring.h) as fetched from a node. */
+	int ring_state;   /* DNET_RING_* */
+	struct dnet_ring ring;
+	struct dnet_node **ring_map; /* ring node index -> our node (lazily) */
+	int ring_single;  /* one node owns the whole ring: it is the bootstrap node */
+	uint64_t ring_time;          /* mono ns of the last fetch attempt */
+	struct dnet_req *ring_req;   /* background refresh in flight */
+	unsigned ring_src;           /* rotates refresh sources when the bootstrap fails */
+	struct dnet_req *retry_head, *retry_tail; /* requests to resend */
+	struct dnet_node *last; /* where the last request went (for messages) */
 
 	struct dnet_req **slots;
 	uint32_t nslots;
@@ -134,11 +193,29 @@ struct dnet_client {
 	void *progress_arg;
 };
 
+enum { DNET_RING_UNKNOWN = 0, DNET_RING_HAVE, DNET_RING_NONE };
+
 /* conn.c: the engine. */
 struct dnet_req *dnet__req_new(dnet_client *c);
 void dnet__req_free(dnet_client *c, struct dnet_req *r);
-/* Pick (and connect) a connection for `id`; NULL with *err set on failure. */
-struct dnet_conn *dnet__pick_conn(dnet_client *c, const uint8_t *id, int *err);
+/* route.c: pick (and connect) a connection for r: keyed requests go to the owner
+ * of r->id, others to the bootstrap node. NULL with *err set on failure. */
+struct dnet_conn *dnet__pick_conn(dnet_client *c, struct dnet_req *r, int *err);
+/* A connection to node n (made if needed); `id` keeps one object's requests on one
+ * connection. */
+struct dnet_conn *dnet__node_conn(dnet_client *c, struct dnet_node *n, const uint8_t *id, int *err);
+/* Node by wire address (created if new); NULL on ENOMEM. via: address a wildcard
+ * address is taken relative to. */
+struct dnet_node *dnet__node_by_addr(dnet_client *c, const struct dnet_addr_wire *a,
+				     const char *via);
+struct dnet_node *dnet__boot_node(dnet_client *c);
+/* Fetch the route table from the bootstrap node now (blocking). */
+int dnet__routes_fetch(dnet_client *c);
+/* Start a background refresh (from `from`, or a source of our choosing) unless one runs. */
+void dnet__routes_refresh(dnet_client *c, struct dnet_node *from);
+void dnet__routes_free(dnet_client *c);
+/* Connect conn (of node n): the bootstrap node tries the remotes in turn. */
+int dnet__conn_connect(dnet_client *c, struct dnet_conn *conn);
 /* Encode the header for r (cmd, id; size = olen + data_len) and queue it on conn.
  * obuf must hold the payload prefix at offset DNET_HDR_SIZE, olen counting only it. */
 int dnet__submit(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r, uint16_t flags);
@@ -152,7 +229,10 @@ int dnet__run_callbacks(dnet_client *c);
  * its callback. */
 void dnet__req_finish(dnet_client *c, struct dnet_req *r, int status);
 void dnet__conn_drop(dnet_client *c, struct dnet_conn *conn, int status);
-int dnet__conns_init(dnet_client *c, int n);
+/* Drop every connection (status to their requests) and forget them; nodes stay. */
 void dnet__conns_free(dnet_client *c);
+/* Resend requests waiting on the retry list (redirects, broken connections). */
+void dnet__run_retries(dnet_client *c);
+void dnet__addr_wire_str(const struct dnet_addr_wire *a, const char *via, char *out, size_t len);
 
 #endif

@@ -144,12 +144,149 @@ static void req_detach(dnet_client *c, struct dnet_req *r)
 	c->inflight--;
 }
 
+/* "HOST:PORT" of a node's advertised listen address; a wildcard address is replaced
+ * by the host we reached it at. */
+void dnet__addr_wire_str(const struct dnet_addr_wire *a, const char *via, char *out, size_t len)
+{
+	static const uint8_t zero[16];
+	char host[INET6_ADDRSTRLEN];
+	if (!memcmp(a->addr, zero, a->family == 4 ? 4 : 16) && via) {
+		const char *colon = strrchr(via, ':');
+		int hl = colon ? (int)(colon - via) : (int)strlen(via);
+		snprintf(out, len, "%.*s:%u", hl, via, a->port);
+		return;
+	}
+	if (a->family == 4) {
+		inet_ntop(AF_INET, a->addr, host, sizeof(host));
+		snprintf(out, len, "%s:%u", host, a->port);
+	} else {
+		inet_ntop(AF_INET6, a->addr, host, sizeof(host));
+		snprintf(out, len, "[%s]:%u", host, a->port);
+	}
+}
+
+/* May r be resent instead of completing with its status? `broken`: the status comes
+ * from its connection breaking, not from the node. Sets r->redirect_to for a
+ * NOTOWNER redirect. */
+static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
+{
+	if (r->status == DNET_ENOTOWNER && (r->reroute & DNET_RR_REDIRECT)) {
+		struct dnet_addr_wire aw;
+		if (r->redirects >= DNET_MAX_REDIRECTS || !r->rbuf ||
+		    dnet_addr_decode(r->rbuf, r->rgot, &aw) || !aw.port)
+			return 0;
+		const char *via = r->conn ? r->conn->node : NULL;
+		struct dnet_node *to = dnet__node_by_addr(c, &aw, via);
+		if (!to)
+			return 0;
+		/* Our table sent us to the wrong node: the one that said so knows better. */
+		dnet__routes_refresh(c, r->conn ? r->conn->owner_node : NULL);
+		r->redirect_to = to;
+		r->redirects++;
+		return 1;
+	}
+	if (broken && r->status == DNET_ECONNRESET && (r->reroute & DNET_RR_RETRY) &&
+	    !r->retries && !r->delivered) {
+		int idempotent = r->cmd == DNET_CMD_READ || r->cmd == DNET_CMD_LOOKUP;
+		if (!idempotent && r->out_done)
+			return 0;
+		r->redirect_to = NULL;
+		r->retries++;
+		if (r->conn && r->conn->owner_node && !r->conn->owner_node->is_boot)
+			dnet__routes_refresh(c, NULL);
+		return 1;
+	}
+	return 0;
+}
+
+/* Put r (detached) on the retry list, its reply state reset. */
+static void req_queue_retry(dnet_client *c, struct dnet_req *r)
+{
+	r->status = 0;
+	free(r->rbuf);
+	r->rbuf = NULL;
+	r->rlen = r->rgot = 0;
+	r->have_info = r->have_rio = 0;
+	r->flags &= ~(uint32_t)(DNET_REQ_SENT | DNET_REQ_REPLIED | DNET_REQ_QUEUED);
+	r->flags |= DNET_REQ_RETRY;
+	r->olen -= DNET_HDR_SIZE;
+	r->out_done = 0;
+	if (r->file_fd >= 0)
+		r->file_off = r->file_off0;
+	r->conn = NULL;
+	r->retry_next = NULL;
+	if (c->retry_tail)
+		c->retry_tail->retry_next = r;
+	else
+		c->retry_head = r;
+	c->retry_tail = r;
+}
+
+static void req_complete2(dnet_client *c, struct dnet_req *r, int status, int broken);
+
 static void req_complete(dnet_client *c, struct dnet_req *r, int status)
+{
+	req_complete2(c, r, status, 0);
+}
+
+static void req_finish_detached(dnet_client *c, struct dnet_req *r)
+{
+	r->flags |= DNET_REQ_DONE;
+	if (r->hook) {
+		r->hook(r);
+		return;
+	}
+	if (r->flags & DNET_REQ_SYNC)
+		return;
+	r->done_next = NULL;
+	if (c->done_tail)
+		c->done_tail->done_next = r;
+	else
+		c->done_head = r;
+	c->done_tail = r;
+}
+
+void dnet__run_retries(dnet_client *c)
+{
+	while (c->retry_head) {
+		struct dnet_req *r = c->retry_head;
+		c->retry_head = r->retry_next;
+		if (!c->retry_head)
+			c->retry_tail = NULL;
+		r->retry_next = NULL;
+		r->flags &= ~(uint32_t)DNET_REQ_RETRY;
+		int err = 0;
+		struct dnet_conn *conn;
+		if (r->redirect_to) {
+			conn = dnet__node_conn(c, r->redirect_to, r->id, &err);
+			r->redirect_to = NULL;
+		} else {
+			conn = dnet__pick_conn(c, r, &err);
+		}
+		if (conn && r->stick)
+			*r->stick = conn;
+		if (conn)
+			err = dnet__submit(c, conn, r, r->hflags);
+		if (err) {
+			r->status = err;
+			req_finish_detached(c, r);
+		}
+	}
+}
+
+static void req_complete2(dnet_client *c, struct dnet_req *r, int status, int broken)
 {
 	if (r->flags & DNET_REQ_DONE)
 		return;
 	if (!r->status)
 		r->status = status;
+	else
+		broken = 0;
+	if (r->reroute && req_may_retry(c, r, broken)) {
+		req_detach(c, r);
+		req_queue_retry(c, r);
+		return;
+	}
 	r->flags |= DNET_REQ_DONE;
 	req_detach(c, r);
 	if (r->hook) {
@@ -204,38 +341,56 @@ int dnet__run_callbacks(dnet_client *c)
 
 /* --- connections --------------------------------------------------------- */
 
-int dnet__conns_init(dnet_client *c, int n)
+static struct dnet_conn *conn_new(dnet_client *c, struct dnet_node *n)
 {
-	struct dnet_conn *nc = calloc((size_t)n, sizeof(*nc));
-	int *fl = calloc((size_t)n, sizeof(*fl));
-	if (!nc || !fl) {
-		free(nc);
-		free(fl);
-		return DNET_ENOMEM;
+	if (c->nall == c->all_cap) {
+		size_t cap = c->all_cap ? c->all_cap * 2 : 8;
+		struct dnet_conn **na = realloc(c->all, cap * sizeof(*na));
+		if (!na)
+			return NULL;
+		c->all = na;
+		struct dnet_conn **nf = realloc(c->flush_list, cap * sizeof(*nf));
+		if (!nf)
+			return NULL;
+		c->flush_list = nf;
+		c->all_cap = cap;
 	}
-	for (int i = 0; i < n; i++) {
-		nc[i].fd = -1;
-		nc[i].idx = i;
-	}
-	c->conns = nc;
-	c->nconns = n;
-	c->flush_list = fl;
-	c->nflush = 0;
-	return 0;
+	struct dnet_conn *conn = calloc(1, sizeof(*conn));
+	if (!conn)
+		return NULL;
+	conn->fd = -1;
+	conn->owner_node = n;
+	c->all[c->nall++] = conn;
+	return conn;
 }
 
 void dnet__conns_free(dnet_client *c)
 {
-	for (int i = 0; i < c->nconns; i++) {
-		if (c->conns[i].fd >= 0 || c->conns[i].reqs)
-			dnet__conn_drop(c, &c->conns[i], DNET_ESHUTDOWN);
-		free(c->conns[i].ibuf);
+	for (size_t i = 0; i < c->nall; i++)
+		if (c->all[i]->fd >= 0 || c->all[i]->reqs)
+			dnet__conn_drop(c, c->all[i], DNET_ESHUTDOWN);
+	/* Requests waiting for a resend have nowhere to go now. */
+	while (c->retry_head) {
+		struct dnet_req *r = c->retry_head;
+		c->retry_head = r->retry_next;
+		r->flags &= ~(uint32_t)DNET_REQ_RETRY;
+		r->status = DNET_ESHUTDOWN;
+		req_finish_detached(c, r);
 	}
-	free(c->conns);
+	c->retry_tail = NULL;
+	for (size_t i = 0; i < c->nall; i++) {
+		free(c->all[i]->ibuf);
+		free(c->all[i]);
+	}
+	for (int i = 0; i < c->nnodes; i++) {
+		free(c->nodes[i]->conns);
+		c->nodes[i]->conns = NULL;
+	}
+	free(c->all);
 	free(c->flush_list);
-	c->conns = NULL;
+	c->all = NULL;
 	c->flush_list = NULL;
-	c->nconns = 0;
+	c->nall = c->all_cap = 0;
 	c->nflush = 0;
 }
 
@@ -267,11 +422,17 @@ static void conn_drop2(dnet_client *c, struct dnet_conn *conn, int status, struc
 		r = n;
 	}
 	conn->out_head = conn->out_tail = NULL;
+	/* Requests that may be resent go to the retry list (run after the connection is
+	 * reset, so a resend may even reconnect it). */
+	conn->dropping = 1;
 	while (conn->reqs) {
 		r = conn->reqs;
 		/* A status already known (error reply, sink abort) is kept. */
-		req_complete(c, r, r == culprit ? DNET_ETIMEDOUT : status);
+		req_complete2(c, r, r == culprit ? DNET_ETIMEDOUT : status, r != culprit);
 	}
+	conn->dropping = 0;
+	if (status != DNET_ESHUTDOWN && status != DNET_ESYS)
+		dnet__run_retries(c);
 }
 
 void dnet__conn_drop(dnet_client *c, struct dnet_conn *conn, int status)
@@ -279,7 +440,7 @@ void dnet__conn_drop(dnet_client *c, struct dnet_conn *conn, int status)
 	conn_drop2(c, conn, status, NULL);
 }
 
-static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *conn)
+static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *conn, int tmo_ms)
 {
 	struct sockaddr_storage ss;
 	socklen_t slen;
@@ -297,7 +458,7 @@ static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *con
 		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
 		int pr;
 		do {
-			pr = poll(&pfd, 1, c->timeout_ms);
+			pr = poll(&pfd, 1, tmo_ms);
 		} while (pr < 0 && errno == EINTR);
 		if (pr == 0) {
 			err = DNET_ETIMEDOUT;
@@ -315,7 +476,7 @@ static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *con
 		}
 	}
 	dnet_set_nodelay(fd);
-	struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)conn->idx};
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = conn};
 	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		err = dnet_from_errno(errno);
 		goto out_close;
@@ -330,6 +491,27 @@ static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *con
 	}
 	conn->fd = fd;
 	dnet_addr_str((struct sockaddr *)&ss, conn->node, sizeof(conn->node));
+	struct dnet_node *n = conn->owner_node;
+	if (n && n->is_boot) {
+		/* The bootstrap node is whichever remote answered: remember its address, so
+		 * the route table's entry for it is recognised. */
+		struct dnet_addr_wire aw;
+		memset(&aw, 0, sizeof(aw));
+		if (ss.ss_family == AF_INET) {
+			const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+			aw.family = 4;
+			aw.port = ntohs(in->sin_port);
+			memcpy(aw.addr, &in->sin_addr, 4);
+		} else {
+			const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+			aw.family = 6;
+			aw.port = ntohs(in6->sin6_port);
+			memcpy(aw.addr, &in6->sin6_addr, 16);
+		}
+		n->addr = aw;
+		n->have_addr = 1;
+		memcpy(n->name, conn->node, sizeof(n->name));
+	}
 	in_reset(conn);
 	conn->last_active = dnet_now_mono_ns();
 	return 0;
@@ -339,14 +521,27 @@ out_close:
 	return err;
 }
 
-static int conn_connect(dnet_client *c, struct dnet_conn *conn)
+int dnet__conn_connect(dnet_client *c, struct dnet_conn *conn)
 {
+	struct dnet_node *n = conn->owner_node;
+	if (!n->is_boot) {
+		uint64_t now = dnet_now_mono_ns();
+		if (n->fail_until > now)
+			return n->fail_err;
+		int tmo = c->timeout_ms < DNET_NODE_CONNECT_MS ? c->timeout_ms : DNET_NODE_CONNECT_MS;
+		int err = connect_one(c, n->name, conn, tmo);
+		if (err) {
+			n->fail_until = dnet_now_mono_ns() + DNET_NODE_BACKOFF_NS;
+			n->fail_err = err;
+		}
+		return err;
+	}
 	if (!c->nremotes)
 		return DNET_ENOTCONN;
 	int err = DNET_ENOTCONN;
 	for (int k = 0; k < c->nremotes; k++) {
 		int i = (c->cur_remote + k) % c->nremotes;
-		err = connect_one(c, c->remotes[i], conn);
+		err = connect_one(c, c->remotes[i], conn, c->timeout_ms);
 		if (!err) {
 			c->cur_remote = i;
 			return 0;
@@ -368,32 +563,34 @@ static int conn_stale(struct dnet_conn *conn)
 	return 0;
 }
 
-struct dnet_conn *dnet__pick_conn(dnet_client *c, const uint8_t *id, int *err)
+struct dnet_conn *dnet__node_conn(dnet_client *c, struct dnet_node *n, const uint8_t *id, int *err)
 {
 	struct dnet_conn *conn = NULL;
-	if (!c->nconns) {
-		*err = dnet__conns_init(c, 1);
-		if (*err)
-			return NULL;
+	int nc = c->nconns < 1 ? 1 : c->nconns;
+	if (!n->conns && !(n->conns = calloc((size_t)nc, sizeof(*n->conns)))) {
+		*err = DNET_ENOMEM;
+		return NULL;
 	}
-	if (c->nconns == 1) {
-		conn = &c->conns[0];
+	if (nc == 1) {
+		conn = n->conns[0];
 	} else {
 		/* Requests for one id stay on one connection: the server runs them in order. */
 		if (c->id_hash_size) {
 			for (struct dnet_req *r = c->id_hash[id_bucket(c, id)]; r; r = r->id_next)
-				if (r->conn && !memcmp(r->id, id, DNET_ID_SIZE)) {
+				if (r->conn && r->conn->owner_node == n &&
+				    !memcmp(r->id, id, DNET_ID_SIZE)) {
 					conn = r->conn;
 					break;
 				}
 		}
 		if (!conn) {
-			/* Least loaded, ties broken round-robin. */
+			/* Least loaded (a connection not made yet counts as idle), ties broken
+			 * round-robin. */
 			int best = -1;
 			size_t bl = SIZE_MAX;
-			for (int k = 0; k < c->nconns; k++) {
-				int i = (c->rr + k) % c->nconns;
-				size_t l = c->conns[i].inflight;
+			for (int k = 0; k < nc; k++) {
+				int i = (n->rr + k) % nc;
+				size_t l = n->conns[i] ? n->conns[i]->inflight : 0;
 				if (l < bl) {
 					bl = l;
 					best = i;
@@ -401,15 +598,31 @@ struct dnet_conn *dnet__pick_conn(dnet_client *c, const uint8_t *id, int *err)
 						break;
 				}
 			}
-			c->rr = (best + 1) % c->nconns;
-			conn = &c->conns[best];
+			n->rr = (best + 1) % nc;
+			conn = n->conns[best];
+			if (!conn)
+				n->rr = best; /* made below */
+		}
+	}
+	if (!conn) {
+		int i = nc == 1 ? 0 : n->rr;
+		conn = n->conns[i] = conn_new(c, n);
+		if (nc > 1)
+			n->rr = (i + 1) % nc;
+		if (!conn) {
+			*err = DNET_ENOMEM;
+			return NULL;
 		}
 	}
 	if (conn->fd >= 0 && !conn->inflight &&
 	    dnet_now_mono_ns() - conn->last_active > 1000000000ull && conn_stale(conn))
 		dnet__conn_drop(c, conn, DNET_ECONNRESET);
+	if (conn->dropping) {
+		*err = DNET_ECONNRESET;
+		return NULL;
+	}
 	if (conn->fd < 0) {
-		*err = conn_connect(c, conn);
+		*err = dnet__conn_connect(c, conn);
 		if (*err)
 			return NULL;
 	}
@@ -437,6 +650,9 @@ int dnet__submit(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r, uin
 	if (slot_alloc(c, r))
 		return DNET_ENOMEM;
 	r->conn = conn;
+	r->hflags = flags;
+	if (!r->out_done && !(r->flags & DNET_REQ_SENT))
+		r->file_off0 = r->file_off;
 	h.magic = DNET_MAGIC;
 	h.version = DNET_PROTO_VERSION;
 	h.cmd = r->cmd;
@@ -468,7 +684,7 @@ int dnet__submit(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r, uin
 	conn->out_tail = r;
 	if (!conn->flushing) {
 		conn->flushing = 1;
-		c->flush_list[c->nflush++] = conn->idx;
+		c->flush_list[c->nflush++] = conn;
 	}
 	r->deadline = dnet_now_mono_ns() + timeout_ns(c);
 	deadline_note(c, r->deadline);
@@ -481,8 +697,7 @@ static void set_pollout(dnet_client *c, struct dnet_conn *conn, int on)
 {
 	if (conn->pollout == on || conn->fd < 0)
 		return;
-	struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0u),
-				 .data.u32 = (uint32_t)conn->idx};
+	struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0u), .data.ptr = conn};
 	epoll_ctl(c->epfd, EPOLL_CTL_MOD, conn->fd, &ev);
 	conn->pollout = on;
 }
@@ -611,8 +826,10 @@ static int conn_flush(dnet_client *c, struct dnet_conn *conn)
 
 static void flush_all(dnet_client *c)
 {
-	for (int i = 0; i < c->nflush; i++) {
-		struct dnet_conn *conn = &c->conns[c->flush_list[i]];
+	/* A stack: a connection is on it at most once (conn->flushing), and one that a
+	 * resend marks again while we work is simply pushed again. */
+	while (c->nflush) {
+		struct dnet_conn *conn = c->flush_list[--c->nflush];
 		conn->flushing = 0;
 		if (conn->fd < 0 || conn->pollout)
 			continue;
@@ -620,7 +837,6 @@ static void flush_all(dnet_client *c)
 		if (err)
 			dnet__conn_drop(c, conn, err);
 	}
-	c->nflush = 0;
 }
 
 /* --- input --------------------------------------------------------------- */
@@ -642,6 +858,16 @@ static int reply_header(dnet_client *c, struct dnet_conn *conn, const struct dne
 		if (h->status > 0 || h->size > DNET_CLIENT_MAX_REPLY)
 			return DNET_EPROTO;
 		r->status = h->status;
+		/* Small error payloads are kept (NOTOWNER names the owner). */
+		if (h->size && h->size <= DNET_CLIENT_MAX_ERRINFO) {
+			r->rbuf = malloc(h->size + 1);
+			if (!r->rbuf)
+				return DNET_ENOMEM;
+			r->rlen = (size_t)h->size;
+			r->rgot = 0;
+			conn->in_state = DNET_IN_BUF;
+			return 0;
+		}
 		conn->in_state = DNET_IN_DISCARD;
 		return 0;
 	}
@@ -652,7 +878,7 @@ static int reply_header(dnet_client *c, struct dnet_conn *conn, const struct dne
 		conn->in_io_got = 0;
 		return 0;
 	}
-	if (h->size > DNET_CLIENT_MAX_REPLY)
+	if (h->size > (h->cmd == DNET_CMD_ROUTES ? DNET_CLIENT_MAX_ROUTES : DNET_CLIENT_MAX_REPLY))
 		return DNET_EPROTO;
 	if (h->size) {
 		r->rbuf = malloc(h->size + 1); /* +1: stat text gets a NUL */
@@ -663,27 +889,6 @@ static int reply_header(dnet_client *c, struct dnet_conn *conn, const struct dne
 	}
 	conn->in_state = DNET_IN_BUF;
 	return 0;
-}
-
-/* "HOST:PORT" of a node's advertised listen address; a wildcard address is replaced
- * by the host we reached it at. */
-static void addr_wire_str(const struct dnet_addr_wire *a, const char *via, char *out, size_t len)
-{
-	static const uint8_t zero[16];
-	char host[INET6_ADDRSTRLEN];
-	if (!memcmp(a->addr, zero, a->family == 4 ? 4 : 16)) {
-		const char *colon = strrchr(via, ':');
-		int hl = colon ? (int)(colon - via) : (int)strlen(via);
-		snprintf(out, len, "%.*s:%u", hl, via, a->port);
-		return;
-	}
-	if (a->family == 4) {
-		inet_ntop(AF_INET, a->addr, host, sizeof(host));
-		snprintf(out, len, "%s:%u", host, a->port);
-	} else {
-		inet_ntop(AF_INET6, a->addr, host, sizeof(host));
-		snprintf(out, len, "[%s]:%u", host, a->port);
-	}
 }
 
 static void reply_info(struct dnet_conn *conn, struct dnet_req *r)
@@ -698,7 +903,7 @@ static void reply_info(struct dnet_conn *conn, struct dnet_req *r)
 	memcpy(r->info.csum, oi.csum, sizeof(oi.csum));
 	if (r->rgot >= DNET_OBJ_INFO_SIZE + DNET_ADDR_WIRE_SIZE &&
 	    !dnet_addr_decode(r->rbuf + DNET_OBJ_INFO_SIZE, r->rgot - DNET_OBJ_INFO_SIZE, &aw))
-		addr_wire_str(&aw, conn->node, r->info.node, sizeof(r->info.node));
+		dnet__addr_wire_str(&aw, conn->node, r->info.node, sizeof(r->info.node));
 	else
 		memcpy(r->info.node, conn->node, sizeof(r->info.node));
 	r->have_info = 1;
@@ -921,8 +1126,8 @@ static int conn_busy(const dnet_client *c, const struct dnet_conn *conn, uint64_
 
 static void expire(dnet_client *c, uint64_t now)
 {
-	for (int i = 0; i < c->nconns; i++) {
-		struct dnet_conn *conn = &c->conns[i];
+	for (size_t i = 0; i < c->nall; i++) {
+		struct dnet_conn *conn = c->all[i];
 		if (conn_busy(c, conn, now))
 			continue;
 		for (struct dnet_req *r = conn->reqs; r; r = r->next)
@@ -932,8 +1137,8 @@ static void expire(dnet_client *c, uint64_t now)
 			}
 	}
 	c->next_deadline = 0;
-	for (int i = 0; i < c->nconns; i++) {
-		struct dnet_conn *conn = &c->conns[i];
+	for (size_t i = 0; i < c->nall; i++) {
+		struct dnet_conn *conn = c->all[i];
 		int busy = conn_busy(c, conn, now);
 		for (struct dnet_req *r = conn->reqs; r; r = r->next) {
 			uint64_t d = r->deadline;
@@ -947,6 +1152,8 @@ static void expire(dnet_client *c, uint64_t now)
 int dnet__loop_once(dnet_client *c, int timeout_ms)
 {
 	struct epoll_event evs[64];
+	if (c->retry_head)
+		dnet__run_retries(c);
 	flush_all(c);
 	if (c->done_head)
 		timeout_ms = 0;
@@ -966,11 +1173,8 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 		return DNET_ESYS;
 	}
 	for (int i = 0; i < n; i++) {
-		uint32_t idx = evs[i].data.u32;
-		if (idx >= (uint32_t)c->nconns)
-			continue;
-		struct dnet_conn *conn = &c->conns[idx];
-		if (conn->fd < 0)
+		struct dnet_conn *conn = evs[i].data.ptr;
+		if (!conn || conn->fd < 0)
 			continue;
 		int err = 0;
 		if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
@@ -983,6 +1187,8 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 	now = dnet_now_mono_ns();
 	if (c->next_deadline && now >= c->next_deadline)
 		expire(c, now);
+	if (c->retry_head)
+		dnet__run_retries(c);
 	return 0;
 }
 
@@ -991,8 +1197,8 @@ void dnet__wait(dnet_client *c, struct dnet_req *r)
 	while (!(r->flags & DNET_REQ_DONE)) {
 		if (dnet__loop_once(c, -1) < 0) {
 			/* epoll itself failed: nothing more can move on this handle. */
-			for (int i = 0; i < c->nconns; i++)
-				dnet__conn_drop(c, &c->conns[i], DNET_ESYS);
+			for (size_t i = 0; i < c->nall; i++)
+				dnet__conn_drop(c, c->all[i], DNET_ESYS);
 		}
 	}
 }

@@ -1,7 +1,10 @@
-/* test_client.c - the client library against a scripted fake node in a thread:
+/* test_client.c - the client library against scripted fake nodes in threads:
  * malformed replies, out-of-order replies, timeouts, resumed reads after a broken
- * connection, early error replies, reconnects and failover. */
+ * connection, early error replies, reconnects and failover; and ring routing: one
+ * hop to the owner, NOTOWNER redirects and their limit, down nodes failing fast,
+ * chunked uploads following a redirect, resends after a broken connection. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +15,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <sys/socket.h>
@@ -19,6 +23,7 @@
 
 #include "common/errors.h"
 #include "common/proto.h"
+#include "common/ring.h"
 #include "common/util.h"
 #include "elliptics/elliptics.h"
 
@@ -36,6 +41,17 @@ struct fake {
 	int fd; /* current accepted connection */
 	int failures;
 	volatile int stop;
+	/* ROUTES requests are answered with this table (ring.h wire form) inside
+	 * fake_recv, unless raw_routes: then scripts see them. */
+	uint8_t *routes;
+	size_t routes_len;
+	int raw_routes;
+	int nroutes; /* ROUTES requests answered */
+	/* script_node: what keyed requests get, and counters. */
+	int mode;
+	struct fake *peer; /* NOTOWNER names this node */
+	int keyed, writes, direct_writes, prepares;
+	uint64_t wrote;
 };
 
 struct msg {
@@ -51,20 +67,27 @@ static int fake_accept(struct fake *f)
 	return f->fd;
 }
 
+static void fake_reply(struct fake *f, const struct msg *req, int status, const void *p, size_t len);
+
 static int fake_recv(struct fake *f, struct msg *m)
 {
 	uint8_t hb[DNET_HDR_SIZE];
-	free(m->payload);
-	m->payload = NULL;
-	if (dnet_read_full(f->fd, hb, sizeof(hb)))
-		return -1;
-	dnet_hdr_decode(hb, sizeof(hb), &m->h);
-	if (m->h.size) {
-		m->payload = malloc(m->h.size);
-		if (!m->payload || dnet_read_full(f->fd, m->payload, m->h.size))
+	for (;;) {
+		free(m->payload);
+		m->payload = NULL;
+		if (dnet_read_full(f->fd, hb, sizeof(hb)))
 			return -1;
+		dnet_hdr_decode(hb, sizeof(hb), &m->h);
+		if (m->h.size) {
+			m->payload = malloc(m->h.size);
+			if (!m->payload || dnet_read_full(f->fd, m->payload, m->h.size))
+				return -1;
+		}
+		if (m->h.cmd != DNET_CMD_ROUTES || f->raw_routes)
+			return 0;
+		f->nroutes++;
+		fake_reply(f, m, 0, f->routes, f->routes_len);
 	}
-	return 0;
 }
 
 static void fake_send_hdr(struct fake *f, const struct msg *req, int status, uint64_t size,
@@ -102,6 +125,33 @@ static void fake_read_reply(struct fake *f, const struct msg *req, const uint8_t
 	dnet_write_full(f->fd, obj + off, n);
 }
 
+/* A route table: node i has address addrs[i], one ring id ids[i], state states[i]. */
+static void table_build(struct fake *f, int n, struct fake **nodes, uint8_t (*ids)[DNET_ID_SIZE],
+			const uint32_t *states)
+{
+	struct dnet_ring r;
+	dnet_ring_init(&r);
+	for (int i = 0; i < n; i++) {
+		struct dnet_ring_node nd;
+		memset(&nd, 0, sizeof(nd));
+		memset(nd.node_id, i + 1, DNET_ID_SIZE);
+		nd.addr.family = 4;
+		nd.addr.port = (uint16_t)nodes[i]->port;
+		nd.addr.addr[0] = 127;
+		nd.addr.addr[3] = 1;
+		nd.incarnation = 1;
+		nd.state = states ? states[i] : DNET_NODE_UP;
+		nd.nids = 1;
+		nd.ids = &ids[i];
+		assert_int_equal(dnet_ring_merge_node(&r, &nd), 1);
+	}
+	free(f->routes);
+	f->routes_len = dnet_ring_encoded_size(&r);
+	f->routes = malloc(f->routes_len);
+	dnet_ring_encode(&r, f->routes);
+	dnet_ring_free(&r);
+}
+
 static void *fake_main(void *arg)
 {
 	struct fake *f = arg;
@@ -126,6 +176,11 @@ static void fake_start(struct fake *f, script_fn script)
 	f->port = ntohs(sin.sin_port);
 	snprintf(f->addr, sizeof(f->addr), "127.0.0.1:%d", f->port);
 	assert_int_equal(listen(f->lfd, 16), 0);
+	/* By default the fake is a ring of its own: one node, one range. */
+	uint8_t id[1][DNET_ID_SIZE];
+	memset(id, 0, sizeof(id));
+	struct fake *self[1] = {f};
+	table_build(f, 1, self, id, NULL);
 	assert_int_equal(pthread_create(&f->tid, NULL, fake_main, f), 0);
 }
 
@@ -133,6 +188,8 @@ static void fake_stop(struct fake *f)
 {
 	pthread_join(f->tid, NULL);
 	close(f->lfd);
+	free(f->routes);
+	f->routes = NULL;
 }
 
 static dnet_client *client_for(const struct fake *f, int timeout_ms)
@@ -432,9 +489,14 @@ static void script_early_error(struct fake *f)
 	uint8_t hb[DNET_HDR_SIZE];
 	struct msg m = {0};
 	fake_accept(f);
-	if (dnet_read_full(f->fd, hb, sizeof(hb)))
-		return;
-	dnet_hdr_decode(hb, sizeof(hb), &m.h);
+	/* the route table first, then the write's header alone */
+	do {
+		if (dnet_read_full(f->fd, hb, sizeof(hb)))
+			return;
+		dnet_hdr_decode(hb, sizeof(hb), &m.h);
+		if (m.h.cmd == DNET_CMD_ROUTES)
+			fake_reply(f, &m, 0, f->routes, f->routes_len);
+	} while (m.h.cmd == DNET_CMD_ROUTES);
 	/* refuse before reading the payload, then drain it */
 	fake_reply(f, &m, DNET_ENOSPC, NULL, 0);
 	uint8_t *sink = malloc(m.h.size);
@@ -616,6 +678,8 @@ static void test_random_replies(void **state)
 
 int main(void)
 {
+	/* The fakes write into sockets the client may close on purpose. */
+	signal(SIGPIPE, SIG_IGN);
 	fill_object();
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_malformed_replies),
