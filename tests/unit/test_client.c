@@ -676,6 +676,312 @@ static void test_random_replies(void **state)
 	close(fd);
 }
 
+/* --- ring routing -------------------------------------------------------- */
+
+enum { NODE_SERVE = 0, NODE_NOTOWNER, NODE_CLOSE_ONCE };
+
+static void notowner(struct fake *f, const struct msg *m)
+{
+	uint8_t aw[DNET_ADDR_WIRE_SIZE];
+	struct dnet_addr_wire a = {.family = 4, .port = (uint16_t)f->peer->port};
+	a.addr[0] = 127;
+	a.addr[3] = 1;
+	dnet_addr_encode(aw, &a);
+	fake_reply(f, m, DNET_ENOTOWNER, aw, sizeof(aw));
+}
+
+/* A node: serves one connection until EOF (one more if mode is NODE_CLOSE_ONCE).
+ * NODE_SERVE answers keyed requests as a store would (LOOKUP, READ of `object`,
+ * WRITE acks); NODE_NOTOWNER redirects every keyed request to f->peer. */
+static void script_node(struct fake *f)
+{
+	struct msg m = {0};
+	int conns = f->mode == NODE_CLOSE_ONCE ? 2 : 1;
+	for (int k = 0; k < conns; k++) {
+		if (fake_accept(f) < 0)
+			break;
+		while (!fake_recv(f, &m)) {
+			int keyed = m.h.cmd == DNET_CMD_WRITE || m.h.cmd == DNET_CMD_READ ||
+				    m.h.cmd == DNET_CMD_DEL || m.h.cmd == DNET_CMD_LOOKUP;
+			if (!keyed) {
+				fake_reply(f, &m, 0, NULL, 0);
+				continue;
+			}
+			f->keyed++;
+			if (f->mode == NODE_NOTOWNER) {
+				notowner(f, &m);
+				continue;
+			}
+			if (f->mode == NODE_CLOSE_ONCE && k == 0)
+				break; /* hang up on the first request */
+			if (m.h.cmd == DNET_CMD_WRITE) {
+				struct dnet_io_attr io;
+				dnet_io_attr_decode(m.payload, m.h.size, &io);
+				f->writes++;
+				f->wrote += io.size;
+				if (m.h.flags & DNET_FLAG_DIRECT)
+					f->direct_writes++;
+				if (io.ioflags & DNET_IO_PREPARE)
+					f->prepares++;
+				uint8_t oi[DNET_OBJ_INFO_SIZE];
+				struct dnet_obj_info o = {.size = io.offset + io.size, .timestamp = 5};
+				dnet_obj_info_encode(oi, &o);
+				fake_reply(f, &m, 0, oi, sizeof(oi));
+			} else if (m.h.cmd == DNET_CMD_READ) {
+				struct dnet_io_attr io;
+				dnet_io_attr_decode(m.payload, m.h.size, &io);
+				uint64_t n = io.size && io.size < 1000 ? io.size : 1000;
+				fake_read_reply(f, &m, object, 1000, 0, n, n);
+			} else if (m.h.cmd == DNET_CMD_LOOKUP) {
+				uint8_t oi[DNET_OBJ_INFO_SIZE];
+				struct dnet_obj_info o = {.size = 77, .timestamp = 5};
+				dnet_obj_info_encode(oi, &o);
+				fake_reply(f, &m, 0, oi, sizeof(oi));
+			} else {
+				fake_reply(f, &m, 0, NULL, 0);
+			}
+		}
+	}
+	free(m.payload);
+}
+
+static void fake_start_mode(struct fake *f, int mode)
+{
+	fake_start(f, script_node);
+	f->mode = mode;
+}
+
+/* Ring ids that give key "k" to node `owner` (0 or 1) of two. */
+static void ids_for_k(uint8_t ids[2][DNET_ID_SIZE], int owner)
+{
+	uint8_t k[DNET_ID_SIZE], k1[DNET_ID_SIZE];
+	dnet_key_to_id("k", 1, k);
+	memcpy(k1, k, sizeof(k1));
+	for (int i = DNET_ID_SIZE - 1; i >= 0; i--)
+		if (++k1[i] != 0)
+			break;
+	memcpy(ids[owner], k, DNET_ID_SIZE);      /* greatest id <= k */
+	memcpy(ids[1 - owner], k1, DNET_ID_SIZE); /* just above k */
+}
+
+static int pending_connection(const struct fake *f)
+{
+	struct pollfd p = {.fd = f->lfd, .events = POLLIN};
+	return poll(&p, 1, 0) > 0;
+}
+
+/* The table sends the request straight to the owner; the node we asked for the
+ * table sees only ROUTES. */
+static void test_route_one_hop(void **state)
+{
+	(void)state;
+	struct fake a, b;
+	fake_start_mode(&a, NODE_NOTOWNER);
+	fake_start_mode(&b, NODE_SERVE);
+	a.peer = &b;
+	b.peer = &a;
+	uint8_t ids[2][DNET_ID_SIZE];
+	ids_for_k(ids, 1);
+	struct fake *nodes[2] = {&a, &b};
+	table_build(&a, 2, nodes, ids, NULL);
+	dnet_client *c = client_for(&a, 5000);
+	struct dnet_object_info info;
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), 0);
+	assert_int_equal(info.size, 77);
+	assert_string_equal(info.node, b.addr);
+	void *data = NULL;
+	size_t len = 0;
+	assert_int_equal(dnet_read(c, "k", 1, 0, 0, &data, &len, &info), 0);
+	assert_int_equal(len, 1000);
+	assert_memory_equal(data, object, 1000);
+	free(data);
+	assert_int_equal(dnet_write(c, "k", 1, object, 100, &info), 0);
+	/* stat goes to the node we were given */
+	char *text = NULL, node[64];
+	assert_int_equal(dnet_stat(c, &text, node), 0);
+	assert_string_equal(node, a.addr);
+	free(text);
+	struct dnet_route *rt;
+	size_t n;
+	assert_int_equal(dnet_routes(c, &rt, &n), 0);
+	assert_int_equal(n, 3); /* [0, k) a, [k, k] b, (k, max] a */
+	assert_string_equal(rt[0].node, a.addr);
+	assert_string_equal(rt[1].node, b.addr);
+	assert_memory_equal(rt[1].start, ids[1], DNET_ID_SIZE);
+	assert_memory_equal(rt[1].end, ids[1], DNET_ID_SIZE);
+	assert_string_equal(rt[2].node, a.addr);
+	free(rt);
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+	assert_int_equal(a.keyed, 0);
+	assert_int_equal(b.keyed, 3);
+	assert_true(a.nroutes >= 2);
+}
+
+/* A node that does not own the key names the owner: the request follows. */
+static void test_redirect(void **state)
+{
+	(void)state;
+	struct fake a, b;
+	fake_start_mode(&a, NODE_NOTOWNER);
+	fake_start_mode(&b, NODE_SERVE);
+	a.peer = &b;
+	dnet_client *c = client_for(&a, 5000);
+	struct dnet_object_info info;
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), 0);
+	assert_string_equal(info.node, b.addr);
+	void *data = NULL;
+	size_t len = 0;
+	assert_int_equal(dnet_read(c, "k", 1, 0, 0, &data, &len, &info), 0);
+	assert_int_equal(len, 1000);
+	free(data);
+	/* async, several in flight */
+	struct got g[4];
+	memset(g, 0, sizeof(g));
+	uint8_t id[64];
+	dnet_key_to_id("k", 1, id);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(dnet_submit_read_id(c, id, 0, 10, on_read, &g[i]), 0);
+	while (dnet_inflight(c))
+		assert_true(dnet_poll(c, -1) >= 0);
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(g[i].calls, 1);
+		assert_int_equal(g[i].status, 0);
+		assert_true(g[i].same);
+	}
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+	assert_int_equal(a.keyed, 6);
+	assert_int_equal(b.keyed, 6);
+}
+
+/* Two nodes naming each other: the client gives up after 3 redirects. */
+static void test_redirect_limit(void **state)
+{
+	(void)state;
+	struct fake a, b;
+	fake_start_mode(&a, NODE_NOTOWNER);
+	fake_start_mode(&b, NODE_NOTOWNER);
+	a.peer = &b;
+	b.peer = &a;
+	dnet_client *c = client_for(&a, 5000);
+	struct dnet_object_info info;
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_ENOTOWNER);
+	assert_int_equal(dnet_write(c, "k", 1, object, 10, &info), DNET_ENOTOWNER);
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+	assert_int_equal(a.keyed + b.keyed, 8); /* twice: 1 + 3 redirects */
+}
+
+/* A node the table marks down fails at once, and is not even connected to. */
+static void test_down_fails_fast(void **state)
+{
+	(void)state;
+	struct fake a, b;
+	fake_start_mode(&a, NODE_SERVE);
+	fake_start_mode(&b, NODE_SERVE);
+	uint8_t ids[2][DNET_ID_SIZE];
+	ids_for_k(ids, 1);
+	struct fake *nodes[2] = {&a, &b};
+	uint32_t states[2] = {DNET_NODE_UP, DNET_NODE_DOWN};
+	table_build(&a, 2, nodes, ids, states);
+	dnet_client *c = client_for(&a, 5000);
+	uint64_t t = dnet_now_mono_ns();
+	struct dnet_object_info info;
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_ENODEDOWN);
+	assert_true(dnet_now_mono_ns() - t < 1000000000ull);
+	assert_string_equal(dnet_client_node(c), b.addr);
+	assert_false(pending_connection(&b));
+	/* other keys still work */
+	assert_int_equal(dnet_lookup(c, "other key", 9, &info), 0);
+	assert_string_equal(info.node, a.addr);
+	struct dnet_route *rt;
+	size_t n;
+	assert_int_equal(dnet_routes(c, &rt, &n), 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(rt[1].state, DNET_ROUTE_DOWN);
+	assert_int_equal(rt[0].state, DNET_ROUTE_UP);
+	free(rt);
+	dnet_client_free(c);
+	/* b's thread waits in accept(): wake it */
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)b.port),
+				  .sin_addr.s_addr = htonl(0x7f000001)};
+	connect(fd, (struct sockaddr *)&sin, sizeof(sin));
+	close(fd);
+	fake_stop(&a);
+	fake_stop(&b);
+}
+
+/* A chunked upload redirected at its PREPARE moves whole to the owner; its later
+ * chunks go there with DIRECT (the owner keeps the upload's state). */
+static void test_upload_follows_redirect(void **state)
+{
+	(void)state;
+	struct fake a, b;
+	fake_start_mode(&a, NODE_NOTOWNER);
+	fake_start_mode(&b, NODE_SERVE);
+	a.peer = &b;
+	size_t size = 2 * DNET_CHUNK_SIZE + 12345;
+	uint8_t *big = calloc(1, size);
+	dnet_client *c = client_for(&a, 10000);
+	struct dnet_object_info info;
+	assert_int_equal(dnet_write(c, "k", 1, big, size, &info), 0);
+	assert_int_equal(info.size, size);
+	assert_string_equal(info.node, b.addr);
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+	free(big);
+	assert_int_equal(a.keyed, 1); /* only the PREPARE went there */
+	assert_int_equal(b.writes, 3);
+	assert_int_equal(b.prepares, 1);
+	assert_int_equal(b.direct_writes, 2);
+	assert_int_equal(b.wrote, size);
+}
+
+/* A connection breaking under a read: resent (fresh route lookup) on a new one.
+ * Under a write that was sent: not resent. */
+static void test_resend_after_break(void **state)
+{
+	(void)state;
+	struct fake a;
+	fake_start_mode(&a, NODE_CLOSE_ONCE);
+	dnet_client *c = client_for(&a, 5000);
+	void *data = NULL;
+	size_t len = 0;
+	assert_int_equal(dnet_read(c, "k", 1, 0, 0, &data, &len, NULL), 0);
+	assert_int_equal(len, 1000);
+	free(data);
+	dnet_client_free(c);
+	fake_stop(&a);
+	assert_int_equal(a.keyed, 2);
+
+	uint8_t id[64];
+	dnet_key_to_id("k", 1, id);
+	struct got g = {0};
+	fake_start_mode(&a, NODE_CLOSE_ONCE);
+	c = client_for(&a, 5000);
+	assert_int_equal(dnet_submit_write_id(c, id, object, 100, on_read, &g), 0);
+	while (dnet_inflight(c))
+		assert_true(dnet_poll(c, -1) >= 0);
+	assert_int_equal(g.calls, 1);
+	assert_int_equal(g.status, DNET_ECONNRESET);
+	dnet_client_free(c);
+	/* wake the script's second accept() */
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)a.port),
+				  .sin_addr.s_addr = htonl(0x7f000001)};
+	connect(fd, (struct sockaddr *)&sin, sizeof(sin));
+	close(fd);
+	fake_stop(&a);
+	assert_int_equal(a.keyed, 1);
+	assert_int_equal(a.writes, 0);
+}
+
 int main(void)
 {
 	/* The fakes write into sockets the client may close on purpose. */
@@ -691,6 +997,12 @@ int main(void)
 		cmocka_unit_test(test_early_error_and_reconnect),
 		cmocka_unit_test(test_failover),
 		cmocka_unit_test(test_random_replies),
+		cmocka_unit_test(test_route_one_hop),
+		cmocka_unit_test(test_redirect),
+		cmocka_unit_test(test_redirect_limit),
+		cmocka_unit_test(test_down_fails_fast),
+		cmocka_unit_test(test_upload_follows_redirect),
+		cmocka_unit_test(test_resend_after_break),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
