@@ -21,7 +21,7 @@ CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -g $(OPT) -pthread -MMD -MP $(WARN) $(SANFL
 	-Iinclude -Isrc $(CFLAGS)
 LDFLAGS_ALL := -pthread $(SANFLAGS) $(LDFLAGS)
 LIBS := -lcrypto -lxxhash
-SERVER_LIBS := $(LIBS)
+SERVER_LIBS := $(LIBS) -llmdb -ldb
 
 COMMON_SRC := $(wildcard src/common/*.c)
 CLIENT_SRC := $(wildcard src/client/*.c)

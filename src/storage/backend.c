@@ -7,12 +7,16 @@
 
 extern const struct dnet_backend_ops dnet_blob_backend_ops;
 extern const struct dnet_backend_ops dnet_file_backend_ops;
+extern const struct dnet_backend_ops dnet_lmdb_backend_ops;
+extern const struct dnet_backend_ops dnet_bdb_backend_ops;
 extern const struct dnet_backend_ops dnet_mem_backend_ops;
 
 /* nginx-style static module list: add an engine here and it is selectable. */
 static const struct dnet_backend_ops *const engines[] = {
 	&dnet_file_backend_ops,
 	&dnet_blob_backend_ops,
+	&dnet_lmdb_backend_ops,
+	&dnet_bdb_backend_ops,
 	&dnet_mem_backend_ops,
 };
 
