@@ -2,6 +2,9 @@
 temporary data dirs and drive the real `elliptics` CLI, as a user would.
 
 Binaries come from $ELLIPTICS_BUILD (default build/, relative to the repo root).
+Nodes run the storage engine named by $ELLIPTICS_BACKEND (default: the build's
+default engine, as `ellipticsd --help` reports it); a test that passes its own
+--backend keeps it. BACKEND is the engine in use, for engine-aware tests.
 Every node a test starts is stopped at teardown (SIGTERM, wait, SIGKILL), and a
 node the test did not kill must exit 0 on SIGTERM. Its stderr log is attached
 to the report of a failed test."""
@@ -21,6 +24,24 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.path.abspath(os.path.join(ROOT, os.environ.get("ELLIPTICS_BUILD", "build")))
 ELLIPTICSD = os.path.join(BUILD, "ellipticsd")
 ELLIPTICS = os.path.join(BUILD, "elliptics")
+
+
+
+def _default_backend():
+    """The engine ellipticsd uses without --backend: '(default NAME)' in --help."""
+    import re
+    try:
+        out = subprocess.run([ELLIPTICSD, "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"--backend NAME.*\(default (\w+)\)", out.stdout + out.stderr)
+    return m.group(1) if m else None
+
+
+# The engine nodes run: $ELLIPTICS_BACKEND, else the build's default. Passed as
+# --backend only when set explicitly, so an unset variable tests the real default.
+BACKEND_ENV = os.environ.get("ELLIPTICS_BACKEND") or None
+BACKEND = BACKEND_ENV or _default_backend() or "file"
 
 STARTUP_DEADLINE = 30.0  # a loaded 2-core machine running an ASan build can be slow
 STOP_DEADLINE = 30.0
@@ -180,8 +201,19 @@ class Node:
     def log_tail(self, n=60):
         return "\n".join(self.log().splitlines()[-n:])
 
+    @property
+    def backend(self):
+        """The engine this node runs (its own --backend, else the suite's)."""
+        for i, a in enumerate(self.extra):
+            if a == "--backend" and i + 1 < len(self.extra):
+                return self.extra[i + 1]
+        return BACKEND
+
     def cmdline(self):
-        return [ELLIPTICSD, "--listen", self.addr, "--data", self.data] + self.extra
+        engine = []
+        if BACKEND_ENV and "--backend" not in self.extra:
+            engine = ["--backend", BACKEND_ENV]
+        return [ELLIPTICSD, "--listen", self.addr, "--data", self.data] + engine + self.extra
 
     def start(self, extra=None):
         assert self.proc is None or self.proc.poll() is not None, "node already running"
@@ -326,6 +358,11 @@ def node(node_factory):
 def cli(node):
     """cli('put', 'key', path) -> CliResult against the default node."""
     return node.cli
+
+
+def pytest_report_header(config):
+    return "elliptics: build %s, engine %s%s" % (
+        BUILD, BACKEND, "" if BACKEND_ENV else " (the build's default)")
 
 
 @pytest.hookimpl(hookwrapper=True)
