@@ -179,8 +179,19 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 		struct dnet_node *to = dnet__node_by_addr(c, &aw, via);
 		if (!to)
 			return 0;
-		/* Our table sent us to the wrong node: the one that said so knows better. */
-		dnet__routes_refresh(c, r->conn ? r->conn->owner_node : NULL);
+		/* Hints after the address: DIRECT names the object's previous owner while
+		 * objects move (our table is right; the object is not there yet). */
+		uint32_t hints = r->rgot >= DNET_ADDR_WIRE_SIZE + 4
+					 ? dnet_get_u32(r->rbuf + DNET_ADDR_WIRE_SIZE)
+					 : 0;
+		if (hints & DNET_REDIRECT_DIRECT) {
+			r->hflags |= DNET_FLAG_DIRECT;
+		} else {
+			r->hflags &= (uint16_t)~DNET_FLAG_DIRECT;
+			/* Our table sent us to the wrong node: the one that said so knows
+			 * better. */
+			dnet__routes_refresh(c, r->conn ? r->conn->owner_node : NULL);
+		}
 		r->redirect_to = to;
 		r->redirects++;
 		return 1;
@@ -191,6 +202,7 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 		if (!idempotent && r->out_done)
 			return 0;
 		r->redirect_to = NULL;
+		r->hflags &= (uint16_t)~DNET_FLAG_DIRECT; /* routed afresh */
 		r->retries++;
 		if (r->conn && r->conn->owner_node && !r->conn->owner_node->is_boot)
 			dnet__routes_refresh(c, NULL);

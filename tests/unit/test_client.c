@@ -50,7 +50,7 @@ struct fake {
 	/* script_node: what keyed requests get, and counters. */
 	int mode;
 	struct fake *peer; /* NOTOWNER names this node */
-	int keyed, writes, direct_writes, prepares;
+	int keyed, writes, direct_writes, prepares, direct;
 	uint64_t wrote;
 };
 
@@ -678,16 +678,20 @@ static void test_random_replies(void **state)
 
 /* --- ring routing -------------------------------------------------------- */
 
-enum { NODE_SERVE = 0, NODE_NOTOWNER, NODE_CLOSE_ONCE };
+enum { NODE_SERVE = 0, NODE_NOTOWNER, NODE_CLOSE_ONCE, NODE_HANDOFF };
 
+/* NOTOWNER naming f->peer; NODE_HANDOFF adds the hint DIRECT (a previous owner),
+ * plain NOTOWNER sends the address alone (older nodes) or with zero hints. */
 static void notowner(struct fake *f, const struct msg *m)
 {
-	uint8_t aw[DNET_ADDR_WIRE_SIZE];
+	uint8_t aw[DNET_ADDR_WIRE_SIZE + 4];
 	struct dnet_addr_wire a = {.family = 4, .port = (uint16_t)f->peer->port};
 	a.addr[0] = 127;
 	a.addr[3] = 1;
 	dnet_addr_encode(aw, &a);
-	fake_reply(f, m, DNET_ENOTOWNER, aw, sizeof(aw));
+	dnet_put_u32(aw + DNET_ADDR_WIRE_SIZE, f->mode == NODE_HANDOFF ? DNET_REDIRECT_DIRECT : 0);
+	fake_reply(f, m, DNET_ENOTOWNER, aw,
+		   f->mode == NODE_HANDOFF || f->keyed % 2 ? sizeof(aw) : DNET_ADDR_WIRE_SIZE);
 }
 
 /* A node: serves one connection until EOF (one more if mode is NODE_CLOSE_ONCE).
@@ -708,7 +712,9 @@ static void script_node(struct fake *f)
 				continue;
 			}
 			f->keyed++;
-			if (f->mode == NODE_NOTOWNER) {
+			if (m.h.flags & DNET_FLAG_DIRECT)
+				f->direct++;
+			if (f->mode == NODE_NOTOWNER || f->mode == NODE_HANDOFF) {
 				notowner(f, &m);
 				continue;
 			}
@@ -876,6 +882,30 @@ static void test_redirect_limit(void **state)
 	assert_int_equal(a.keyed + b.keyed, 8); /* twice: 1 + 3 redirects */
 }
 
+/* While objects move, the owner sends reads to the previous owner with the hint
+ * DIRECT: the client resends there with DNET_FLAG_DIRECT. */
+static void test_handoff_direct(void **state)
+{
+	(void)state;
+	struct fake a, b;
+	fake_start_mode(&a, NODE_HANDOFF);
+	fake_start_mode(&b, NODE_SERVE);
+	a.peer = &b;
+	dnet_client *c = client_for(&a, 5000);
+	struct dnet_object_info info;
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), 0);
+	assert_string_equal(info.node, b.addr);
+	/* the next request is routed as before (not DIRECT) */
+	assert_int_equal(dnet_remove(c, "k", 1), 0);
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+	assert_int_equal(a.keyed, 2);
+	assert_int_equal(a.direct, 0);
+	assert_int_equal(b.keyed, 2);
+	assert_int_equal(b.direct, 2);
+}
+
 /* A node the table marks down fails at once, and is not even connected to. */
 static void test_down_fails_fast(void **state)
 {
@@ -1000,6 +1030,7 @@ int main(void)
 		cmocka_unit_test(test_route_one_hop),
 		cmocka_unit_test(test_redirect),
 		cmocka_unit_test(test_redirect_limit),
+		cmocka_unit_test(test_handoff_direct),
 		cmocka_unit_test(test_down_fails_fast),
 		cmocka_unit_test(test_upload_follows_redirect),
 		cmocka_unit_test(test_resend_after_break),
