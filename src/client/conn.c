@@ -172,9 +172,16 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 {
 	if (r->status == DNET_ENOTOWNER && (r->reroute & DNET_RR_REDIRECT)) {
 		struct dnet_addr_wire aw;
-		if (r->redirects >= DNET_MAX_REDIRECTS || !r->rbuf ||
-		    dnet_addr_decode(r->rbuf, r->rgot, &aw) || !aw.port)
+		if (!r->rbuf || dnet_addr_decode(r->rbuf, r->rgot, &aw) || !aw.port)
 			return 0;
+		if (r->redirects >= DNET_MAX_REDIRECTS) {
+			/* Sent to a previous owner and told to try another: neither the owner
+			 * nor the previous owners asked have the object. */
+			if ((r->hflags & DNET_FLAG_DIRECT) && r->rgot >= DNET_ADDR_WIRE_SIZE + 4 &&
+			    (dnet_get_u32(r->rbuf + DNET_ADDR_WIRE_SIZE) & DNET_REDIRECT_DIRECT))
+				r->status = DNET_ENOENT;
+			return 0;
+		}
 		const char *via = r->conn ? r->conn->node : NULL;
 		struct dnet_node *to = dnet__node_by_addr(c, &aw, via);
 		if (!to)

@@ -904,6 +904,18 @@ static void test_handoff_direct(void **state)
 	assert_int_equal(a.direct, 0);
 	assert_int_equal(b.keyed, 2);
 	assert_int_equal(b.direct, 2);
+
+	/* previous owners that send us on and on: the object is nowhere */
+	fake_start_mode(&a, NODE_HANDOFF);
+	fake_start_mode(&b, NODE_HANDOFF);
+	a.peer = &b;
+	b.peer = &a;
+	c = client_for(&a, 5000);
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_ENOENT);
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+	assert_int_equal(a.keyed + b.keyed, 4);
 }
 
 /* A node the table marks down fails at once, and is not even connected to. */
