@@ -19,7 +19,8 @@
  * an 8-byte boundary; chunked uploads start at a 4 KiB boundary (so the header,
  * rewritten in place at COMMIT, lies inside one disk sector and that rewrite is
  * atomic). The gap before such a record is zeros (never written).
- *    0 u32 magic "DBRC"    4 u16 version 1   6 u16 flags (1 tombstone, 2 uncommitted)
+ *    0 u32 magic "DBRC"    4 u16 version 1   6 u16 flags (1 tombstone, 2 uncommitted,
+ *                                                        4 dead; 1|4 deleted in place)
  *    8 u64 data size      16 u64 reserved (bytes after the header that belong to the
  *                                          record; = size except for uploads)
  *   24 u64 timestamp (ns) 32 u64 version (0)  40 u8 csum[16] XXH3-128 of the data
@@ -47,6 +48,10 @@
  *     first invalid header ends the scan and the tail after the last good record is
  *     truncated. Acknowledged records are before any torn part, so none is lost.
  *   - Deletes append tombstones: a restart cannot resurrect a deleted object.
+ *   - Superseded records are marked dead in place (flags + checksum rewritten; a torn
+ *     mark still decodes as dead) only after what supersedes them is durable, then
+ *     their whole data blocks are punched out (after a sync, and not while a read
+ *     lease - an OFD lock of a large read's fd - covers them). See "dead records".
  *   - Compaction writes a complete new file (generation + 1), syncs it and its index,
  *     then renames both over the old names; an index whose generation differs from
  *     its blob's is ignored (the blob is scanned), so any crash point is safe.
@@ -109,6 +114,11 @@
 #define BL_PUNCH_ALIGN 4096u		 /* holes are punched in whole blocks of this size */
 #define BL_DEFAULT_RESERVE (256u << 10) /* kept free in the active blob for tombstones */
 #define BL_LEASE_RETRY_NS 200000000ull	 /* deferred punches are retried this often */
+/* The maintenance thread reclaims once a second, or at once when this many dead
+ * records wait: each round costs a sync or two, shared by the whole batch. (A write
+ * short of space does not wait: it reclaims itself.) */
+#define BL_RECLAIM_EVERY_NS 1000000000ull
+#define BL_RECLAIM_BATCH 4096u
 
 /* ---- small helpers -------------------------------------------------------------- */
 
@@ -403,7 +413,8 @@ struct dnet_backend {
 
 	pthread_mutex_t dlock; /* the dead-record queue */
 	struct bl_dead *dq, *deferred;
-	uint64_t deferred_ns;
+	uint32_t dq_n;
+	uint64_t deferred_ns, last_reclaim_ns;
 	pthread_mutex_t rlock; /* one reclaimer at a time */
 
 	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt;
@@ -801,8 +812,9 @@ static void dead_push(struct dnet_backend *b, struct bl_dead *d, struct blob *sy
 	pthread_mutex_lock(&b->dlock);
 	d->next = b->dq;
 	b->dq = d;
+	int many = ++b->dq_n == BL_RECLAIM_BATCH;
 	pthread_mutex_unlock(&b->dlock);
-	if (b->punch_mode == DNET_BLOB_PUNCH_AUTO)
+	if (many && b->punch_mode == DNET_BLOB_PUNCH_AUTO)
 		maint_kick(b);
 }
 
@@ -903,7 +915,9 @@ static int reclaim(struct dnet_backend *b, int steps)
 	pthread_mutex_lock(&b->dlock);
 	struct bl_dead *list = b->dq;
 	b->dq = NULL;
+	b->dq_n = 0;
 	uint64_t now = dnet_now_mono_ns();
+	b->last_reclaim_ns = now;
 	if (b->deferred && ((steps & DNET_BLOB_RECLAIM_FORCE) ||
 			    now - b->deferred_ns >= BL_LEASE_RETRY_NS)) {
 		struct bl_dead **tail = &list;
@@ -993,8 +1007,10 @@ requeue:
 	pthread_mutex_lock(&b->dlock);
 	{
 		struct bl_dead **tail = &list;
-		while (*tail)
+		while (*tail) {
 			tail = &(*tail)->next;
+			b->dq_n++;
+		}
 		*tail = b->dq;
 		b->dq = list;
 	}
@@ -3024,8 +3040,15 @@ static void *maint(void *arg)
 		if (b->mstop)
 			break;
 		pthread_mutex_unlock(&b->mlock);
-		if (b->punch_mode == DNET_BLOB_PUNCH_AUTO)
-			reclaim(b, DNET_BLOB_RECLAIM_ALL);
+		if (b->punch_mode == DNET_BLOB_PUNCH_AUTO) {
+			pthread_mutex_lock(&b->dlock);
+			int due = (b->dq || b->deferred) &&
+				  (b->dq_n >= BL_RECLAIM_BATCH ||
+				   dnet_now_mono_ns() - b->last_reclaim_ns >= BL_RECLAIM_EVERY_NS);
+			pthread_mutex_unlock(&b->dlock);
+			if (due)
+				reclaim(b, DNET_BLOB_RECLAIM_ALL);
+		}
 		seal_pending(b);
 		up_sweep(b, 0);
 		uint64_t now = dnet_now_mono_ns();
