@@ -95,7 +95,7 @@ const struct dnet_backend_ops *dnet_backend_find(const char *name);
 /* Comma-separated names of all engines, for --help. */
 const char *dnet_backend_names(void);
 /* The engine used when --backend is not given. */
-#define DNET_DEFAULT_BACKEND "file"
+#define DNET_DEFAULT_BACKEND "blob"
 
 /* Fill cfg with defaults (path and fsync must still be set). */
 void dnet_backend_config_defaults(struct dnet_backend_config *cfg);
