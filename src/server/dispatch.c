@@ -233,6 +233,9 @@ static void finish_payload(struct dnet_trans *t, uint8_t *buf, size_t len)
  * named node is the object's previous owner, which may still hold it). */
 static void finish_notowner(struct dnet_trans *t, const struct dnet_addr_wire *owner, uint32_t hints)
 {
+	atomic_fetch_add(&dnet_srv->stats.redirects, 1);
+	if (hints & DNET_REDIRECT_DIRECT)
+		atomic_fetch_add(&dnet_srv->stats.handoff_redirects, 1);
 	struct dnet_out *o = dnet_out_new();
 	if (o) {
 		reply_hdr(o, t, DNET_ENOTOWNER, DNET_ADDR_WIRE_SIZE + 4);

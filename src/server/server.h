@@ -110,6 +110,8 @@ struct dnet_stats {
 	atomic_uint_fast64_t bytes_in, bytes_out;
 	atomic_uint_fast64_t conns_total, conns_cur, conns_rejected;
 	atomic_uint_fast64_t proto_errors;
+	atomic_uint_fast64_t redirects;   /* NOTOWNER replies: requests that were not one hop */
+	atomic_uint_fast64_t handoff_redirects; /* of which: to a previous owner */
 	atomic_uint_fast64_t queued;      /* transactions waiting in IO queues */
 	atomic_uint_fast64_t busy_ns;     /* time IO workers spent executing */
 };

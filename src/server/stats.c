@@ -57,6 +57,8 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "conns_total %llu\n", (unsigned long long)atomic_load(&st->conns_total));
 	add(&b, "conns_rejected %llu\n", (unsigned long long)atomic_load(&st->conns_rejected));
 	add(&b, "proto_errors %llu\n", (unsigned long long)atomic_load(&st->proto_errors));
+	add(&b, "redirects %llu\n", (unsigned long long)atomic_load(&st->redirects));
+	add(&b, "handoff_redirects %llu\n", (unsigned long long)atomic_load(&st->handoff_redirects));
 	add(&b, "bytes_in %llu\n", (unsigned long long)atomic_load(&st->bytes_in));
 	add(&b, "bytes_out %llu\n", (unsigned long long)atomic_load(&st->bytes_out));
 	add(&b, "io_queue_depth %llu\n", (unsigned long long)atomic_load(&st->queued));
