@@ -251,7 +251,7 @@ static void finish_notowner(struct dnet_trans *t, const struct dnet_addr_wire *o
 static int handoff_redirect(struct dnet_server *s, struct dnet_trans *t)
 {
 	struct dnet_addr_wire prev;
-	if (!dnet_member_prev_owner(s, t->hdr.id, &prev))
+	if (!dnet_member_prev_owner(s, t->hdr.id, !!(t->hdr.flags & DNET_FLAG_DIRECT), &prev))
 		return 0;
 	finish_notowner(t, &prev, DNET_REDIRECT_DIRECT);
 	return 1;

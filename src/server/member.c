@@ -590,31 +590,48 @@ void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t
 	pthread_rwlock_unlock(&m->lock);
 }
 
-int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *addr)
+/* Where else a key we lack may still be, while objects move. Candidates, newest
+ * first: the key's owner in each remembered ring (for a ring in which we already
+ * owned it while we were new, the node that owned it without us), then, while we
+ * are new, its owner in the current ring without us. A DIRECT request came from a
+ * redirect by the current owner, so never send it back there: that is what keeps
+ * the owner and a previous owner from bouncing a missing key between them. */
+int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, int direct,
+			   struct dnet_addr_wire *addr)
 {
 	struct dnet_member *m = &s->member;
-	int found = 0;
 	uint64_t now = dnet_now_mono_ns();
+	int is_new = now < m->new_until_ns;
+	int found = 0;
 	pthread_rwlock_rdlock(&m->lock);
-	for (int i = 0; i < m->nhist && !found; i++) {
-		if (m->hist[i].until_ns < now)
-			break;
-		const struct dnet_ring *h = &m->hist[i].ring;
+	int cur_owner = dnet_ring_owner(&m->ring, id);
+	for (int i = 0; i <= m->nhist && !found; i++) {
+		const struct dnet_ring *h;
+		if (i < m->nhist) {
+			if (m->hist[i].until_ns < now)
+				continue;
+			h = &m->hist[i].ring;
+		} else {
+			if (!is_new)
+				break;
+			h = &m->ring;
+		}
 		int o = dnet_ring_owner(h, id);
+		int me_there = dnet_ring_find(h, m->ring.nodes[m->self].node_id);
+		if (o >= 0 && o == me_there) {
+			if (!is_new)
+				continue;
+			o = dnet_ring_owner_without(h, id, me_there);
+		}
 		if (o < 0)
 			continue;
 		int cur = dnet_ring_find(&m->ring, h->nodes[o].node_id);
 		if (cur < 0 || cur == m->self || m->ring.nodes[cur].state != DNET_NODE_UP)
 			continue;
+		if (direct && cur == cur_owner)
+			continue;
 		*addr = m->ring.nodes[cur].addr;
 		found = 1;
-	}
-	if (!found && now < m->new_until_ns) {
-		int o = dnet_ring_owner_without(&m->ring, id, m->self);
-		if (o >= 0 && m->ring.nodes[o].state == DNET_NODE_UP) {
-			*addr = m->ring.nodes[o].addr;
-			found = 1;
-		}
 	}
 	pthread_rwlock_unlock(&m->lock);
 	return found;

@@ -230,7 +230,8 @@ int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint
 uint64_t dnet_member_digest(struct dnet_server *s);
 /* While older rings are remembered: the node that owned id before (UP, not us), if
  * any. Returns 1 and sets *addr, else 0. */
-int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *addr);
+int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, int direct,
+			   struct dnet_addr_wire *addr);
 /* LEAVE: id NULL = this node leaves; else remove that node. 0 or DNET_E*. */
 int dnet_member_leave(struct dnet_server *s, const uint8_t *node_id);
 /* A consistent copy of the current ring and our index in it. */

@@ -189,6 +189,16 @@ def test_read_of_a_key_still_moving_is_redirected_to_its_previous_owner(node_fac
             assert st == 0 and got == data[k]
             redirected += 1
     assert redirected > 0
+    # A key that exists nowhere: one redirect to the previous owner, which answers
+    # "not found" instead of sending the client back to the owner.
+    ghost = next(k for k in ("ghost-%d" % i for i in range(1000))
+                 if ring.owner(proto.key_to_id(k)) == b.addr)
+    with proto.Conn(b.addr) as c:
+        t = c.next_trans()
+        hdr, payload = c.call(proto.read_request(proto.key_to_id(ghost), t), t)
+        assert hdr.status == ENOTOWNER
+        assert proto.decode_addr(payload[:proto.ADDR_WIRE_SIZE]).port == a.port
+    assert direct_read(a.addr, ghost)[0] == proto.ENOENT
     # A keyed request without DIRECT at the old node is sent to the owner.
     with proto.Conn(a.addr) as c:
         t = c.next_trans()
