@@ -4,7 +4,9 @@ temporary data dirs and drive the real `elliptics` CLI, as a user would.
 Binaries come from $ELLIPTICS_BUILD (default build/, relative to the repo root).
 Nodes run the storage engine named by $ELLIPTICS_BACKEND (default: the build's
 default engine, as `ellipticsd --help` reports it); a test that passes its own
---backend keeps it. BACKEND is the engine in use, for engine-aware tests.
+--backend keeps it. BACKEND is the engine in use, for engine-aware tests. Tests
+that launch ellipticsd without Node (a config file only, scripts/cluster, network
+namespaces) run the build's default engine.
 Every node a test starts is stopped at teardown (SIGTERM, wait, SIGKILL), and a
 node the test did not kill must exit 0 on SIGTERM. Its stderr log is attached
 to the report of a failed test."""
