@@ -41,6 +41,8 @@ static void usage_main(FILE *f)
 		"  lookup KEY              which nodes hold KEY: HOST:PORT size= csum= timestamp=\n"
 		"  stat [--json] [--all]   per-node counters\n"
 		"  routes                  the ring: START_ID END_ID HOST:PORT per range\n"
+		"  leave [HOST:PORT]       the -r node leaves the ring (handing its objects over),\n"
+		"                          or the member HOST:PORT (a dead node) is removed\n"
 		"  check [options]         integrity run: store, read back and verify many objects\n"
 		"  bench [options]         throughput and latency: ops/s, MB/s, p50/p99/p999\n"
 		"\n"
@@ -84,6 +86,12 @@ static void usage_cmd(const char *cmd)
 		       "IDs, START_HEX END_HEX HOST:PORT (128 hex digits each, ascending from 00..00\n"
 		       "to ff..ff, neighbouring ranges of one owner merged), then \" down\" if the\n"
 		       "owner is marked down.\n");
+	else if (!strcmp(cmd, "leave"))
+		printf("usage: elliptics -r NODE leave [HOST:PORT]\n"
+		       "Without HOST:PORT: NODE leaves the ring for good; it hands every object to\n"
+		       "the new owners (watch `elliptics -r NODE stat` until move_pending is 0),\n"
+		       "then can be stopped. With HOST:PORT: NODE removes that member (a node that\n"
+		       "is dead for good); its ranges go to the others.\n");
 	else if (!strcmp(cmd, "check"))
 		usage_check();
 	else if (!strcmp(cmd, "bench"))
@@ -765,6 +773,35 @@ static int cmd_routes(const struct cli *g, int argc, char **argv)
 	return 0;
 }
 
+static int cmd_leave(const struct cli *g, int argc, char **argv)
+{
+	const char *member = NULL;
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage_cmd("leave");
+			return 0;
+		}
+		if (argv[i][0] == '-' || member)
+			return cli_usage_error("leave", "unexpected argument %s", argv[i]);
+		member = argv[i];
+	}
+	dnet_client *c;
+	if (cli_client(g, &c))
+		return CLI_EXIT_FAIL;
+	int err = dnet_leave(c, member);
+	if (err) {
+		if (err == DNET_ENOENT)
+			cli_error("leave: %s is not a member of the ring (%s)", member ? member : "?",
+				  cli_node(g, c));
+		else
+			cli_error("leave: %s (%s)", dnet_strerror(err), cli_node(g, c));
+		dnet_client_free(c);
+		return err == DNET_ENOENT ? CLI_EXIT_NOTFOUND : CLI_EXIT_FAIL;
+	}
+	dnet_client_free(c);
+	return 0;
+}
+
 /* --- main ---------------------------------------------------------------- */
 
 static int cli_main(struct cli *gp, int argc, char **argv)
@@ -837,6 +874,8 @@ static int cli_main(struct cli *gp, int argc, char **argv)
 		rc = cmd_stat(&g, cargc, cargv);
 	else if (!strcmp(cmd, "routes"))
 		rc = cmd_routes(&g, cargc, cargv);
+	else if (!strcmp(cmd, "leave"))
+		rc = cmd_leave(&g, cargc, cargv);
 	else if (!strcmp(cmd, "check"))
 		rc = cmd_check(&g, cargc, cargv);
 	else if (!strcmp(cmd, "bench"))

@@ -130,6 +130,11 @@ int dnet_lookup_id(dnet_client *c, const uint8_t id[64], struct dnet_object_info
 int dnet_stat(dnet_client *c, char **text, char node[64]);
 /* Round trip to a node; node receives its "HOST:PORT". */
 int dnet_ping(dnet_client *c, char node[64]);
+/* Make a node leave the ring for good. member NULL: the first remote that answers
+ * leaves, handing all its objects to the others first (it keeps running; stop it
+ * once its move_pending stat is 0). member "HOST:PORT": that ring member (usually a
+ * dead one) is removed by the remote; its ranges go to the others. */
+int dnet_leave(dnet_client *c, const char *member);
 
 /* --- the ring ------------------------------------------------------------- */
 

@@ -1,6 +1,8 @@
 /* client.c - the public client API (elliptics.h): handles, blocking calls with retries,
  * chunked uploads (memory, sendfile from files, streamed sources) and async calls. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -839,6 +841,41 @@ int dnet_ping(dnet_client *c, char node[64])
 		memcpy(node, r->conn->node, 64);
 	if (r)
 		dnet__req_free(c, r);
+	return err;
+}
+
+int dnet_leave(dnet_client *c, const char *member)
+{
+	uint8_t payload[DNET_ADDR_WIRE_SIZE];
+	if (member) {
+		struct sockaddr_storage ss;
+		socklen_t sl;
+		struct dnet_addr_wire a;
+		memset(&a, 0, sizeof(a));
+		if (dnet_parse_addr(member, DNET_DEFAULT_PORT, &ss, &sl) != 0)
+			return DNET_EADDR;
+		if (ss.ss_family == AF_INET) {
+			const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+			a.family = 4;
+			a.port = ntohs(in->sin_port);
+			memcpy(a.addr, &in->sin_addr, 4);
+		} else {
+			const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+			a.family = 6;
+			a.port = ntohs(in6->sin6_port);
+			memcpy(a.addr, &in6->sin6_addr, 16);
+		}
+		dnet_addr_encode(payload, &a);
+	}
+	struct dnet_req *r = req_make(c, DNET_CMD_LEAVE, zero_id);
+	if (!r)
+		return DNET_ENOMEM;
+	if (member) {
+		r->data = payload;
+		r->data_len = DNET_ADDR_WIRE_SIZE;
+	}
+	int err = run_sync(c, r);
+	dnet__req_free(c, r);
 	return err;
 }
 

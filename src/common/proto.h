@@ -28,7 +28,7 @@ enum dnet_cmd {
 	DNET_CMD_ROUTES = 7, /* no payload; reply: the node's route table (ring.h wire form) */
 	DNET_CMD_JOIN = 8,   /* route table of the sender; reply: the receiver's, after merging */
 	DNET_CMD_LEAVE = 9,  /* no payload: this node leaves the ring (moving its data out);
-			      * a 64-byte node ID: remove that (dead) node from the ring */
+			      * a dnet_addr_wire: remove the member with that address */
 	DNET_CMD_MAX_ = 10   /* first unused; the server answers PROTO/UNSUPP above */
 };
 

@@ -320,12 +320,16 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 	case DNET_CMD_JOIN:
 		do_join(s, t);
 		break;
-	case DNET_CMD_LEAVE:
-		if (t->size != 0 && t->size != DNET_ID_SIZE)
+	case DNET_CMD_LEAVE: {
+		struct dnet_addr_wire a;
+		if (t->size == 0)
+			finish_status(t, dnet_member_leave(s, NULL));
+		else if (t->size != DNET_ADDR_WIRE_SIZE || dnet_addr_decode(t->payload, t->size, &a))
 			finish_status(t, DNET_EPROTO);
 		else
-			finish_status(t, dnet_member_leave(s, t->size ? t->payload : NULL));
+			finish_status(t, dnet_member_leave(s, &a));
 		break;
+	}
 	case DNET_CMD_WRITE:
 		do_write(s, t);
 		break;

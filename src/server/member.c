@@ -416,11 +416,18 @@ static void heartbeat_round(struct dnet_server *s, uint64_t round)
 		uint32_t state = m->ring.nodes[i].state;
 		uint64_t digest = m->ring.digest;
 		pthread_rwlock_unlock(&m->lock);
-		if (state == DNET_NODE_LEFT)
-			continue;
-		/* Down nodes are probed less often, so they cost little. */
+		/* Down nodes are probed less often, so they cost little. A node that left
+		 * is probed while it still answers: it may be handing its objects over,
+		 * and reads are sent to it meanwhile. */
 		if (state == DNET_NODE_DOWN && round % 3 != i % 3)
 			continue;
+		if (state == DNET_NODE_LEFT) {
+			pthread_rwlock_rdlock(&m->lock);
+			uint64_t silent = dnet_now_mono_ns() - m->last_seen[i];
+			pthread_rwlock_unlock(&m->lock);
+			if (silent > 60ull * 1000000000ull && round % 10 != i % 10)
+				continue;
+		}
 		uint8_t dg[8];
 		dnet_put_u64(dg, digest);
 		struct dnet_cmd_hdr rh;
@@ -626,7 +633,14 @@ int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, int direct,
 		if (o < 0)
 			continue;
 		int cur = dnet_ring_find(&m->ring, h->nodes[o].node_id);
-		if (cur < 0 || cur == m->self || m->ring.nodes[cur].state != DNET_NODE_UP)
+		if (cur < 0 || cur == m->self)
+			continue;
+		/* A node that left may still hold objects it is handing over: ask it while
+		 * it answers heartbeats. */
+		uint32_t st = m->ring.nodes[cur].state;
+		if (st != DNET_NODE_UP &&
+		    !(st == DNET_NODE_LEFT &&
+		      now - m->last_seen[cur] < (uint64_t)s->cfg.fail_after_ms * 1000000ull))
 			continue;
 		if (direct && cur == cur_owner)
 			continue;
@@ -646,11 +660,18 @@ int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self
 	return err;
 }
 
-int dnet_member_leave(struct dnet_server *s, const uint8_t *node_id)
+int dnet_member_leave(struct dnet_server *s, const struct dnet_addr_wire *addr)
 {
 	struct dnet_member *m = &s->member;
 	pthread_rwlock_wrlock(&m->lock);
-	int idx = node_id ? dnet_ring_find(&m->ring, node_id) : m->self;
+	int idx = addr ? -1 : m->self;
+	for (size_t i = 0; addr && i < m->ring.nnodes; i++) {
+		const struct dnet_addr_wire *na = &m->ring.nodes[i].addr;
+		if (na->family == addr->family && na->port == addr->port &&
+		    !memcmp(na->addr, addr->addr, addr->family == 6 ? 16 : 4) &&
+		    m->ring.nodes[i].state != DNET_NODE_LEFT)
+			idx = (int)i;
+	}
 	if (idx < 0) {
 		pthread_rwlock_unlock(&m->lock);
 		return DNET_ENOENT;

@@ -232,8 +232,9 @@ uint64_t dnet_member_digest(struct dnet_server *s);
  * any. Returns 1 and sets *addr, else 0. */
 int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, int direct,
 			   struct dnet_addr_wire *addr);
-/* LEAVE: id NULL = this node leaves; else remove that node. 0 or DNET_E*. */
-int dnet_member_leave(struct dnet_server *s, const uint8_t *node_id);
+/* LEAVE: addr NULL = this node leaves; else remove the node with that address.
+ * 0 or DNET_E* (DNET_ENOENT: no such member). */
+int dnet_member_leave(struct dnet_server *s, const struct dnet_addr_wire *addr);
 /* A consistent copy of the current ring and our index in it. */
 int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self);
 

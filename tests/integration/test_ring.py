@@ -230,9 +230,9 @@ def test_move_never_replaces_a_newer_write(node_factory):
     assert direct_read(a.addr, "newer") == (0, b"newer")
 
 
-def test_leave_hands_every_object_over(node_factory):
+def test_leave_hands_every_object_over_while_reads_go_on(node_factory):
     a = node_factory(*FAST)
-    b = node_factory(*FAST, "--join", a.addr)
+    b = node_factory(*FAST, "--join", a.addr, "--move-rate", "200k")
     c = node_factory(*FAST, "--join", a.addr)
     wait_for(lambda: converged([a, b, c], 3), 30, what="3 nodes to converge")
     keys = ["leave-%d" % i for i in range(900)]
@@ -242,18 +242,63 @@ def test_leave_hands_every_object_over(node_factory):
         node = [n for n in (a, b, c) if n.addr == addr][0]
         data.update(write_keys(node, [k for k in keys if ring.owner(proto.key_to_id(k)) == addr]))
     assert istat(b, "objects") > 0
-    with proto.Conn(b.addr) as conn:
-        t = conn.next_trans()
-        hdr, _ = conn.call(proto.simple_request(proto.CMD_LEAVE, b"\0" * 64, t, proto.FLAG_NEED_ACK), t)
-        assert hdr.status == 0
-    wait_for(lambda: istat(b, "objects") == 0 and istat(a, "ring_left") == 1 and
-             istat(c, "ring_left") == 1 and settled([a, b, c]), 60, what="the node to hand over")
+
+    # Reads through the CLI (which routes) go on during the whole handover.
+    import random
+    import threading
+    from conftest import run_cli
+    stop = threading.Event()
+    failures, reads = [], [0]
+
+    def reader():
+        while not stop.is_set() and reads[0] < 2000:
+            k = random.choice(keys)
+            r = run_cli(["get", k, "-"], remotes=[a.addr])
+            if r.rc != 0 or r.out != data[k]:
+                failures.append((k, r.rc, r.err))
+            reads[0] += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        r = b.cli("leave")
+        assert r.rc == 0, r
+        wait_for(lambda: istat(b, "objects") == 0 and istat(a, "ring_left") == 1 and
+                 istat(c, "ring_left") == 1 and settled([a, b, c]), 120,
+                 what="the node to hand over")
+    finally:
+        stop.set()
+        t.join(60)
+    assert not failures, "%d of %d reads failed during the leave: %r" % (len(failures), reads[0], failures[:3])
+    assert reads[0] > 10
     assert istat(a, "objects") + istat(c, "objects") == 900
     ring = Ring(routes(a))
     for k in keys:
         owner = ring.owner(proto.key_to_id(k))
         assert owner != b.addr
         assert direct_read(owner, k) == (0, data[k])
+
+
+def test_dead_node_removed_by_address(node_factory):
+    a = node_factory(*FAST)
+    b = node_factory(*FAST, "--join", a.addr)
+    c = node_factory(*FAST, "--join", a.addr)
+    wait_for(lambda: converged([a, b, c], 3), 30, what="3 nodes to converge")
+    c.kill()
+    wait_for(lambda: istat(a, "ring_down") == 1, 30, what="the dead node to be marked down")
+    r = a.cli("leave", c.addr)
+    assert r.rc == 0, r
+    wait_for(lambda: istat(a, "ring_left") == 1 and istat(b, "ring_left") == 1, 30,
+             what="the removal to spread")
+    owners = {x[1] for x in routes(b) if x[2] != 3}
+    assert owners == {a.addr, b.addr}
+    # Every key is writable and readable again, including the dead node's ranges.
+    for i in range(200):
+        r = a.cli("put", "after-%d" % i, "-", input=b"x%d" % i)
+        assert r.rc == 0, r
+        assert b.cli("get", "after-%d" % i, "-").out == b"x%d" % i
+    r = a.cli("leave", "127.0.0.1:1")
+    assert r.rc == 1 and "not a member" in r.err, r
 
 
 def test_join_with_garbage_is_refused(node_factory):
