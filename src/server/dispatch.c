@@ -250,7 +250,14 @@ static void finish_notowner(struct dnet_trans *t, const struct dnet_addr_wire *o
  * ownership change, send the client to the previous owner. */
 static int handoff_redirect(struct dnet_server *s, struct dnet_trans *t)
 {
-	struct dnet_addr_wire prev;
+	struct dnet_addr_wire prev, owner;
+	/* Asked as the previous owner for a key we have just handed over: it moved
+	 * between the client's two hops; send it back to the owner, which has it. */
+	if ((t->hdr.flags & DNET_FLAG_DIRECT) && dnet_mover_moved_recently(s, t->hdr.id) &&
+	    !dnet_member_owns(s, t->hdr.id, &owner)) {
+		finish_notowner(t, &owner, 0);
+		return 1;
+	}
 	if (!dnet_member_prev_owner(s, t->hdr.id, !!(t->hdr.flags & DNET_FLAG_DIRECT), &prev))
 		return 0;
 	finish_notowner(t, &prev, DNET_REDIRECT_DIRECT);

@@ -245,6 +245,17 @@ static void do_remember(struct dnet_server *s, struct dnet_ring *before)
 	dnet_mover_kick(s);
 }
 
+/* News others must hear at once (a join through us, a leave): the membership
+ * thread exchanges tables with every peer right away. */
+static void urgent_kick(struct dnet_server *s)
+{
+	struct dnet_member *m = &s->member;
+	atomic_store(&m->urgent, 1);
+	pthread_mutex_lock(&m->wait_lock);
+	pthread_cond_signal(&m->wait_cond);
+	pthread_mutex_unlock(&m->wait_lock);
+}
+
 /* Merge a received table; returns 1 if ours changed. Write lock held. */
 static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 {
@@ -309,8 +320,10 @@ int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint
 	size_t after = s->member.ring.nnodes;
 	pthread_rwlock_unlock(&s->member.lock);
 	dnet_ring_free(&r);
-	if (after > before)
+	if (after > before) {
 		dnet_log_info("ring: %zu node(s) joined; %zu known", after - before, after);
+		urgent_kick(s);
+	}
 	return *out ? 0 : DNET_ENOMEM;
 }
 
@@ -409,6 +422,15 @@ static void heartbeat_round(struct dnet_server *s, uint64_t round)
 	}
 	if (sync_peers(s) != 0)
 		return;
+	if (atomic_exchange(&m->urgent, 0)) {
+		for (size_t i = 0; i < m->npeers; i++) {
+			pthread_rwlock_rdlock(&m->lock);
+			uint32_t state = m->ring.nodes[i].state;
+			pthread_rwlock_unlock(&m->lock);
+			if ((int)i != m->self && state == DNET_NODE_UP)
+				exchange(s, &m->peers[i]);
+		}
+	}
 	for (size_t i = 0; i < m->npeers; i++) {
 		if ((int)i == m->self)
 			continue;
@@ -468,7 +490,7 @@ static void *member_main(void *arg)
 	for (uint64_t round = 0;; round++) {
 		heartbeat_round(s, round);
 		pthread_mutex_lock(&m->wait_lock);
-		if (!m->stop) {
+		if (!m->stop && !atomic_load(&m->urgent)) {
 			struct timespec ts;
 			clock_gettime(CLOCK_REALTIME, &ts);
 			uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)s->cfg.heartbeat_ms * 1000000ull;
@@ -701,5 +723,6 @@ int dnet_member_leave(struct dnet_server *s, const struct dnet_addr_wire *addr)
 		return rc;
 	dnet_log_info("ring: %s leaves the ring (port %s); its ranges go to the others",
 		      idx == m->self ? "this node" : "a node", name);
+	urgent_kick(s);
 	return 0;
 }

@@ -27,6 +27,7 @@
 #define MOVE_CHUNK DNET_CHUNK_SIZE
 #define MOVE_TIMEOUT_MS 30000
 #define MOVE_RETRY_MS 5000
+#define RECENT_SLOTS 65536u
 
 struct misplaced {
 	uint8_t id[DNET_ID_SIZE];
@@ -41,6 +42,36 @@ struct collect {
 	size_t n, cap;
 	int oom;
 };
+
+static uint64_t id_prefix(const uint8_t *id)
+{
+	uint64_t v;
+	memcpy(&v, id, sizeof(v));
+	return v | 1; /* never 0, the empty slot */
+}
+
+static void remember_moved(struct dnet_mover *mv, const uint8_t *id)
+{
+	if (!mv->recent_id)
+		return;
+	uint64_t p = id_prefix(id);
+	size_t slot = (size_t)(p % RECENT_SLOTS);
+	atomic_store(&mv->recent_ns[slot], dnet_now_mono_ns());
+	atomic_store(&mv->recent_id[slot], p);
+}
+
+int dnet_mover_moved_recently(struct dnet_server *s, const uint8_t *id)
+{
+	struct dnet_mover *mv = &s->mover;
+	if (!mv->recent_id)
+		return 0;
+	uint64_t p = id_prefix(id);
+	size_t slot = (size_t)(p % RECENT_SLOTS);
+	if (atomic_load(&mv->recent_id[slot]) != p)
+		return 0;
+	return dnet_now_mono_ns() - atomic_load(&mv->recent_ns[slot]) <
+	       (uint64_t)s->cfg.handoff_s * 1000000000ull;
+}
 
 static int collect_cb(void *arg, const uint8_t *id, const struct dnet_obj_info *info)
 {
@@ -233,6 +264,7 @@ static size_t move_pass(struct dnet_server *s)
 			struct dnet_obj_info now;
 			if (s->bops->lookup(s->backend, m->id, &now) == 0 && now.timestamp == m->timestamp)
 				s->bops->del(s->backend, m->id);
+			remember_moved(mv, m->id);
 			moved++;
 			atomic_fetch_add(&mv->moved, 1);
 			atomic_fetch_add(&mv->moved_bytes, sent - before);
@@ -296,6 +328,10 @@ int dnet_mover_start(struct dnet_server *s)
 	struct dnet_mover *mv = &s->mover;
 	pthread_mutex_init(&mv->lock, NULL);
 	pthread_cond_init(&mv->cond, NULL);
+	mv->recent_id = calloc(RECENT_SLOTS, sizeof(*mv->recent_id));
+	mv->recent_ns = calloc(RECENT_SLOTS, sizeof(*mv->recent_ns));
+	if (!mv->recent_id || !mv->recent_ns)
+		return DNET_ENOMEM;
 	if (pthread_create(&mv->thread, NULL, mover_main, s) != 0)
 		return DNET_ESYS;
 	mv->started = 1;
@@ -324,4 +360,12 @@ void dnet_mover_stop(struct dnet_server *s)
 	pthread_mutex_unlock(&mv->lock);
 	pthread_join(mv->thread, NULL);
 	mv->started = 0;
+}
+
+void dnet_mover_free(struct dnet_server *s)
+{
+	struct dnet_mover *mv = &s->mover;
+	free((void *)mv->recent_id);
+	free((void *)mv->recent_ns);
+	mv->recent_id = mv->recent_ns = NULL;
 }

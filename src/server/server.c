@@ -125,8 +125,10 @@ int dnet_server_start(struct dnet_server *s)
 	if (dnet_net_start(s) != 0)
 		goto out_stop_pool;
 	if (dnet_member_start(s) != 0 || dnet_mover_start(s) != 0) {
+		dnet_mover_stop(s);
 		dnet_member_stop(s);
 		dnet_net_stop(s, 0);
+		dnet_mover_free(s);
 		dnet_member_free(s);
 		goto out_stop_pool;
 	}
@@ -157,6 +159,7 @@ void dnet_server_stop(struct dnet_server *s)
 	dnet_pool_stop(s->pool);
 	s->bops->close(s->backend);
 	dnet_net_stop(s, 5000);
+	dnet_mover_free(s);
 	dnet_member_free(s);
 	close(s->lock_fd);
 	s->lock_fd = -1;

@@ -161,6 +161,7 @@ struct dnet_member {
 	} hist[4];
 	int nhist;
 	int leaving; /* we announced LEFT: do not refute it */
+	atomic_int urgent; /* tell every peer now, not at the next digest mismatch */
 	/* Until then we count as newly joined: keys we own but lack may still be at the
 	 * node that owned them before we came (the ring without us). */
 	uint64_t new_until_ns;
@@ -180,6 +181,10 @@ struct dnet_mover {
 	pthread_cond_t cond;
 	int stop, started, kick;
 	atomic_uint_fast64_t passes, moved, moved_bytes, skipped, errors, pending;
+	/* IDs handed over recently (direct-mapped by ID prefix; a collision just
+	 * forgets one): a read that reaches us for one of them, as the previous owner,
+	 * is sent back to the owner instead of "not found". */
+	_Atomic uint64_t *recent_id, *recent_ns;
 };
 
 struct dnet_server {
@@ -242,6 +247,10 @@ int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self
 int dnet_mover_start(struct dnet_server *s);
 void dnet_mover_kick(struct dnet_server *s);
 void dnet_mover_stop(struct dnet_server *s);
+/* After the IO pool has stopped (workers consult the recent-moves table). */
+void dnet_mover_free(struct dnet_server *s);
+/* Did we hand id to its owner within the handoff window? */
+int dnet_mover_moved_recently(struct dnet_server *s, const uint8_t *id);
 void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t *down,
 			size_t *left);
 
