@@ -50,6 +50,30 @@ def find_content(data_dir, data):
     return found[0]
 
 
+def locate(data_dir, data, pos):
+    """(path, file offset) of byte `pos` of the object, for engines that may split an
+    object into chunks or pages (lmdb, bdb): found by a 64-byte window of the
+    object's (random, so unique) bytes around pos, whatever the chunking."""
+    for shift in (0, -40, 40, -100, 100):
+        lo = max(0, min(len(data) - 64, pos - 32 + shift))
+        window = data[lo:lo + 64]
+        hits = []
+        for root, dirs, files in os.walk(data_dir):
+            for f in files:
+                path = os.path.join(root, f)
+                if f == "node_id" or os.path.getsize(path) < 64:
+                    continue
+                with open(path, "rb") as fh, \
+                        mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                    i = m.find(window)
+                    while i >= 0:
+                        hits.append((path, i + (pos - lo)))
+                        i = m.find(window, i + 1)
+        if len(hits) == 1:
+            return hits[0]
+    raise AssertionError("byte %d of the object not found once under %s" % (pos, data_dir))
+
+
 def flip(path, offset):
     with open(path, "r+b") as f:
         f.seek(offset)
@@ -79,9 +103,11 @@ def test_corrupted_object_is_not_served(node, tmp_path, size, where):
         # near-end: file offset size-20 lies in the data area (data is [h, h+size) for
         # a small header h), within h+20 bytes of the data's end, whatever the layout.
         flip(path, fsize // 2 if where == "middle" else size - 20)
-    else:
+    elif node.backend == "blob":
         path, start = find_content(node.data, data)
         flip(path, start + (size // 2 if where == "middle" else size - 20))
+    else:
+        flip(*locate(node.data, data, size // 2 if where == "middle" else size - 20))
     node.start()
 
     r = node.cli("get", key)
@@ -122,8 +148,7 @@ def test_corruption_at_end_of_data(node):
         for off in range(fsize - overhead - 1, fsize):
             flip(path, off)
     else:
-        path, start = find_content(node.data, data)
-        flip(path, start + len(data) - 1)  # the very last data byte
+        flip(*locate(node.data, data, len(data) - 1))  # the very last data byte
     node.start()
     r = node.cli("get", key)
     assert r.rc not in (0, 1), "corrupted tail served"
@@ -132,6 +157,10 @@ def test_corruption_at_end_of_data(node):
 
 
 def test_truncated_object_file_is_an_error(node):
+    if node.backend not in ("file", "blob"):
+        pytest.skip("engine %s keeps objects in a shared database file: cutting it is "
+                    "not an object truncation (its own recovery tests cover torn files)"
+                    % node.backend)
     key = "short"
     data = os.urandom(100000)
     assert node.cli("put", "before", input=b"b" * 3000).rc == 0
