@@ -18,6 +18,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/errors.h"
@@ -38,6 +39,7 @@ struct dnet_loop {
 	struct dnet_conn *conns;
 	int nconns;
 	int stop_reading; /* set by main, seen after an evfd wakeup */
+	int reading_stopped; /* the loop's answer: it will not read (or queue) any more */
 	int exiting;
 	uint64_t exit_deadline_ns;
 	uint8_t *rbuf;
@@ -461,6 +463,8 @@ static int parse_buf(struct dnet_conn *c, const uint8_t *buf, size_t len)
 /* Returns -1 if the connection should be closed now. */
 static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 {
+	if (__atomic_load_n(&l->stop_reading, __ATOMIC_ACQUIRE))
+		return 0; /* shutting down: bytes still arriving stay in the socket */
 	for (int i = 0; i < READS_PER_EVENT; i++) {
 		ssize_t n;
 		if (c->cur && c->cur->size - c->cur_have >= LOOP_RBUF_SIZE / 4) {
@@ -585,6 +589,7 @@ static void *loop_main(void *arg)
 		if (reading && __atomic_load_n(&l->stop_reading, __ATOMIC_ACQUIRE)) {
 			reading = 0;
 			loop_stop_reading(l);
+			__atomic_store_n(&l->reading_stopped, 1, __ATOMIC_RELEASE);
 		}
 		if (__atomic_load_n(&l->exiting, __ATOMIC_ACQUIRE)) {
 			int pending = 0;
@@ -682,6 +687,14 @@ void dnet_net_stop_reading(struct dnet_server *s)
 	for (int i = 0; i < s->nloops; i++) {
 		__atomic_store_n(&s->loops[i]->stop_reading, 1, __ATOMIC_RELEASE);
 		loop_wake(s->loops[i]);
+	}
+	/* Wait until every loop has seen it: after this no loop queues work, so the
+	 * IO pool can be drained and stopped. */
+	for (int i = 0; i < s->nloops; i++) {
+		while (!__atomic_load_n(&s->loops[i]->reading_stopped, __ATOMIC_ACQUIRE)) {
+			struct timespec ts = {0, 1000000};
+			nanosleep(&ts, NULL);
+		}
 	}
 }
 
