@@ -41,6 +41,7 @@ struct dnet_loop {
 	int stop_reading; /* set by main, seen after an evfd wakeup */
 	int reading_stopped; /* the loop's answer: it will not read (or queue) any more */
 	int exiting;
+	int thread_started;
 	uint64_t exit_deadline_ns;
 	uint8_t *rbuf;
 };
@@ -640,10 +641,13 @@ static int listen_on(struct dnet_server *s)
 	return 0;
 }
 
+int dnet_net_listen(struct dnet_server *s)
+{
+	return listen_on(s);
+}
+
 int dnet_net_start(struct dnet_server *s)
 {
-	if (listen_on(s) < 0)
-		return -1;
 	s->nloops = s->cfg.net_threads;
 	s->loops = calloc((size_t)s->nloops, sizeof(*s->loops));
 	if (!s->loops)
@@ -670,6 +674,7 @@ int dnet_net_start(struct dnet_server *s)
 			return -1;
 		if (pthread_create(&l->thread, NULL, loop_main, l) != 0)
 			return -1;
+		l->thread_started = 1;
 	}
 	dnet_log_info("listening on %s", s->listen_str);
 	return 0;
@@ -702,15 +707,22 @@ void dnet_net_stop(struct dnet_server *s, int timeout_ms)
 {
 	uint64_t deadline = dnet_now_mono_ns() + (uint64_t)timeout_ms * 1000000ull;
 	for (int i = 0; i < s->nloops; i++) {
+		if (!s->loops[i] || !s->loops[i]->thread_started)
+			continue;
 		s->loops[i]->exit_deadline_ns = deadline;
 		__atomic_store_n(&s->loops[i]->exiting, 1, __ATOMIC_RELEASE);
 		loop_wake(s->loops[i]);
 	}
 	for (int i = 0; i < s->nloops; i++) {
 		struct dnet_loop *l = s->loops[i];
-		pthread_join(l->thread, NULL);
-		close(l->epfd);
-		close(l->evfd);
+		if (!l)
+			continue;
+		if (l->thread_started)
+			pthread_join(l->thread, NULL);
+		if (l->epfd >= 0)
+			close(l->epfd);
+		if (l->evfd >= 0)
+			close(l->evfd);
 		free(l->rbuf);
 		free(l);
 	}

@@ -122,12 +122,18 @@ int dnet_server_start(struct dnet_server *s)
 		dnet_log_error("cannot start the IO pool");
 		goto out_close_backend;
 	}
-	if (dnet_net_start(s) != 0)
+	/* Listen first (our address is part of our ring entry), put ourselves in the
+	 * ring, and only then serve: a ROUTES asked the moment the port opens must
+	 * already see this node. */
+	if (dnet_net_listen(s) != 0)
 		goto out_stop_pool;
-	if (dnet_member_start(s) != 0 || dnet_mover_start(s) != 0) {
+	if (dnet_member_start(s) != 0 || dnet_mover_start(s) != 0 || dnet_net_start(s) != 0) {
 		dnet_mover_stop(s);
 		dnet_member_stop(s);
-		dnet_net_stop(s, 0);
+		if (s->loops)
+			dnet_net_stop(s, 0);
+		else
+			close(s->listen_fd);
 		dnet_mover_free(s);
 		dnet_member_free(s);
 		goto out_stop_pool;

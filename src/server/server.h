@@ -212,7 +212,9 @@ extern struct dnet_server *dnet_srv;
 int dnet_server_start(struct dnet_server *s);
 void dnet_server_stop(struct dnet_server *s);
 
-/* net.c */
+/* net.c: bind and listen (sets listen_str; connections wait in the backlog), then
+ * start the loops that accept and serve them. */
+int dnet_net_listen(struct dnet_server *s);
 int dnet_net_start(struct dnet_server *s);
 /* Stop accepting and reading; returns when loops have exited after flushing output
  * (bounded by timeout_ms). */
