@@ -854,17 +854,8 @@ int dnet_leave(dnet_client *c, const char *member)
 		memset(&a, 0, sizeof(a));
 		if (dnet_parse_addr(member, DNET_DEFAULT_PORT, &ss, &sl) != 0)
 			return DNET_EADDR;
-		if (ss.ss_family == AF_INET) {
-			const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
-			a.family = 4;
-			a.port = ntohs(in->sin_port);
-			memcpy(a.addr, &in->sin_addr, 4);
-		} else {
-			const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
-			a.family = 6;
-			a.port = ntohs(in6->sin6_port);
-			memcpy(a.addr, &in6->sin6_addr, 16);
-		}
+		if (dnet_addr_from_sockaddr(&ss, &a) != 0)
+			return DNET_EADDR;
 		dnet_addr_encode(payload, &a);
 	}
 	struct dnet_req *r = req_make(c, DNET_CMD_LEAVE, zero_id);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "errors.h"
+#include "proto.h"
 #include "util.h"
 
 uint64_t dnet_now_mono_ns(void)
@@ -181,4 +182,43 @@ int dnet_read_full(int fd, void *buf, size_t len)
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+int dnet_addr_from_sockaddr(const struct sockaddr_storage *ss, struct dnet_addr_wire *a)
+{
+	memset(a, 0, sizeof(*a));
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+		a->family = 4;
+		a->port = ntohs(in->sin_port);
+		memcpy(a->addr, &in->sin_addr, 4);
+		return 0;
+	}
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		a->family = 6;
+		a->port = ntohs(in6->sin6_port);
+		memcpy(a->addr, &in6->sin6_addr, 16);
+		return 0;
+	}
+	return DNET_EADDR;
+}
+
+void dnet_sockaddr_from_addr(const struct dnet_addr_wire *a, struct sockaddr_storage *ss,
+			       socklen_t *sl)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (a->family == 6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(a->port);
+		memcpy(&in6->sin6_addr, a->addr, 16);
+		*sl = sizeof(*in6);
+	} else {
+		struct sockaddr_in *in = (struct sockaddr_in *)ss;
+		in->sin_family = AF_INET;
+		in->sin_port = htons(a->port);
+		memcpy(&in->sin_addr, a->addr, 4);
+		*sl = sizeof(*in);
+	}
 }

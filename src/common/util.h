@@ -17,6 +17,12 @@ int dnet_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss
 /* "HOST:PORT" text of a socket address. */
 void dnet_addr_str(const struct sockaddr *sa, char *out, size_t outlen);
 
+/* Socket address <-> the protocol's 24-byte node address (IPv4 and IPv6). */
+struct dnet_addr_wire;
+int dnet_addr_from_sockaddr(const struct sockaddr_storage *ss, struct dnet_addr_wire *a);
+void dnet_sockaddr_from_addr(const struct dnet_addr_wire *a, struct sockaddr_storage *ss,
+			     socklen_t *sl);
+
 int dnet_set_nonblock(int fd, int on);
 int dnet_set_nodelay(int fd);
 

@@ -26,45 +26,6 @@
 
 #define RING_MAX_REPLY (64u << 20)
 
-static int addr_from_sockaddr(const struct sockaddr_storage *ss, struct dnet_addr_wire *a)
-{
-	memset(a, 0, sizeof(*a));
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-		a->family = 4;
-		a->port = ntohs(in->sin_port);
-		memcpy(a->addr, &in->sin_addr, 4);
-		return 0;
-	}
-	if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-		a->family = 6;
-		a->port = ntohs(in6->sin6_port);
-		memcpy(a->addr, &in6->sin6_addr, 16);
-		return 0;
-	}
-	return DNET_EADDR;
-}
-
-static void sockaddr_from_addr(const struct dnet_addr_wire *a, struct sockaddr_storage *ss,
-			       socklen_t *sl)
-{
-	memset(ss, 0, sizeof(*ss));
-	if (a->family == 6) {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons(a->port);
-		memcpy(&in6->sin6_addr, a->addr, 16);
-		*sl = sizeof(*in6);
-	} else {
-		struct sockaddr_in *in = (struct sockaddr_in *)ss;
-		in->sin_family = AF_INET;
-		in->sin_port = htons(a->port);
-		memcpy(&in->sin_addr, a->addr, 4);
-		*sl = sizeof(*in);
-	}
-}
-
 /* DATA/ring_ids: one 128-hex-digit ring ID per line, created once. */
 static int load_ids(struct dnet_server *s, struct dnet_ring_node *n)
 {
@@ -388,7 +349,7 @@ static int sync_peers(struct dnet_server *s)
 	for (size_t i = m->npeers; i < n; i++) {
 		struct sockaddr_storage ss;
 		socklen_t sl;
-		sockaddr_from_addr(&m->ring.nodes[i].addr, &ss, &sl);
+		dnet_sockaddr_from_addr(&m->ring.nodes[i].addr, &ss, &sl);
 		dnet_peer_init(&m->peers[i], &ss, sl);
 	}
 	pthread_rwlock_unlock(&m->lock);
@@ -525,7 +486,7 @@ int dnet_member_start(struct dnet_server *s)
 	const char *adv = s->cfg.advertise[0] ? s->cfg.advertise : s->listen_str;
 	struct sockaddr_storage ss;
 	socklen_t sl;
-	if (dnet_parse_addr(adv, 1025, &ss, &sl) != 0 || addr_from_sockaddr(&ss, &me.addr) != 0) {
+	if (dnet_parse_addr(adv, 1025, &ss, &sl) != 0 || dnet_addr_from_sockaddr(&ss, &me.addr) != 0) {
 		dnet_log_error("cannot use %s as this node's address", adv);
 		return DNET_EADDR;
 	}

@@ -239,21 +239,8 @@ static size_t move_pass(struct dnet_server *s)
 		struct dnet_peer *p = &peers[m->owner];
 		if (p->fd < 0 && !p->sl) {
 			struct sockaddr_storage ss;
-			memset(&ss, 0, sizeof(ss));
 			socklen_t sl;
-			if (owner->addr.family == 6) {
-				struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-				in6->sin6_family = AF_INET6;
-				in6->sin6_port = htons(owner->addr.port);
-				memcpy(&in6->sin6_addr, owner->addr.addr, 16);
-				sl = sizeof(*in6);
-			} else {
-				struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-				in->sin_family = AF_INET;
-				in->sin_port = htons(owner->addr.port);
-				memcpy(&in->sin_addr, owner->addr.addr, 4);
-				sl = sizeof(*in);
-			}
+			dnet_sockaddr_from_addr(&owner->addr, &ss, &sl);
 			dnet_peer_init(p, &ss, sl);
 		}
 		uint64_t before = sent;

@@ -305,19 +305,8 @@ static void accept_conns(struct dnet_loop *l)
 		dnet_addr_str((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
 		struct sockaddr_storage me;
 		socklen_t ml = sizeof(me);
-		if (getsockname(fd, (struct sockaddr *)&me, &ml) == 0) {
-			if (me.ss_family == AF_INET) {
-				struct sockaddr_in *in = (struct sockaddr_in *)&me;
-				c->self_addr.family = 4;
-				c->self_addr.port = ntohs(in->sin_port);
-				memcpy(c->self_addr.addr, &in->sin_addr, 4);
-			} else if (me.ss_family == AF_INET6) {
-				struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&me;
-				c->self_addr.family = 6;
-				c->self_addr.port = ntohs(in6->sin6_port);
-				memcpy(c->self_addr.addr, &in6->sin6_addr, 16);
-			}
-		}
+		if (getsockname(fd, (struct sockaddr *)&me, &ml) == 0)
+			dnet_addr_from_sockaddr(&me, &c->self_addr);
 		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
 		if (epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 			dnet_log_warn("epoll add: %s", strerror(errno));
