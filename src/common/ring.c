@@ -182,27 +182,12 @@ int dnet_ring_copy(struct dnet_ring *dst, const struct dnet_ring *src)
 	return err;
 }
 
-int dnet_ring_owner(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE])
-{
-	if (!r->nentries)
-		return -1;
-	/* Greatest entry id <= key: binary search for the first id > key. */
-	size_t lo = 0, hi = r->nentries;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (memcmp(r->entries[mid].id, key, DNET_ID_SIZE) <= 0)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	size_t i = lo == 0 ? r->nentries - 1 : lo - 1;
-	return (int)r->entries[i].node;
-}
-
 int dnet_ring_owner_without(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE], int skip)
 {
 	if (!r->nentries)
 		return -1;
+	/* The owning entry: the greatest id <= key, found by binary search for the
+	 * first id > key (index 0 wraps around to the last entry). */
 	size_t lo = 0, hi = r->nentries;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -219,6 +204,11 @@ int dnet_ring_owner_without(const struct dnet_ring *r, const uint8_t key[DNET_ID
 		i = i == 0 ? r->nentries - 1 : i - 1;
 	}
 	return -1;
+}
+
+int dnet_ring_owner(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE])
+{
+	return dnet_ring_owner_without(r, key, -1);
 }
 
 /* out = id - 1 (mod 2^512). */

@@ -66,7 +66,7 @@ int dnet_ring_set_state(struct dnet_ring *r, int idx, uint32_t state);
 /* Node index owning key, or -1 if the ring is empty. */
 int dnet_ring_owner(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE]);
 /* Owner of key if node `skip` had no IDs (the node that would own it without
- * skip), or -1 if no other node has IDs. */
+ * skip), or -1 if no other node has IDs. skip -1: the owner, as dnet_ring_owner. */
 int dnet_ring_owner_without(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE], int skip);
 /* The range [start, end] (inclusive) of entry i: start = its id, end = next id - 1. */
 void dnet_ring_range(const struct dnet_ring *r, size_t i, uint8_t start[DNET_ID_SIZE],
