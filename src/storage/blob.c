@@ -1728,7 +1728,8 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 			return;
 		}
 	}
-	if (u->hwm != u->total) {
+	/* Fewer bytes written than the size means a hole (each chunk is sent once). */
+	if (u->hwm != u->total || u->written < u->total) {
 		up_release(b, u, 0);
 		done(arg, DNET_EINVAL, NULL);
 		return;

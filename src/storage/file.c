@@ -1294,7 +1294,9 @@ static void fb_write_upload(struct dnet_backend *b, const struct dnet_write_req 
 		}
 		u->total = u->hwm;
 	}
-	if ((u->seq ? u->seq_pos : u->hwm) != u->total) {
+	/* Out of order, the end alone cannot show a hole: fewer bytes written than the
+	 * size means one (each chunk is sent once). */
+	if ((u->seq ? u->seq_pos : u->hwm) != u->total || u->written < u->total) {
 		fb_upload_put(b, u);
 		done(arg, DNET_EINVAL, NULL);
 		return;

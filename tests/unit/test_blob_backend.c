@@ -385,6 +385,10 @@ static void test_upload(void **state)
 	assert_memory_equal(info.csum, cs, 16);
 	assert_int_equal(wr(b, id3, 0, data, 1000, DNET_IO_PREPARE, 0, 61, NULL), 0);
 	assert_int_equal(wr(b, id3, 2000, data, 1000, DNET_IO_COMMIT, 0, 61, NULL), DNET_EINVAL);
+	/* known size, a chunk never sent: the hole is refused at COMMIT */
+	assert_int_equal(wr(b, id2, 2000, data, 1000, DNET_IO_PREPARE, 3000, 62, NULL), 0);
+	assert_int_equal(wr(b, id2, 0, data, 1000, DNET_IO_COMMIT, 3000, 62, NULL), DNET_EINVAL);
+	assert_int_equal(wr(b, id2, 1000, data + 1000, 1000, DNET_IO_COMMIT, 3000, 62, NULL), 0);
 	ops->close(b);
 	b = open_be(dir, DNET_FSYNC_BATCH);
 	assert_int_equal(rd(b, id3, 0, 0, 0, &got, &len, NULL), 0);

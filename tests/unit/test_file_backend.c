@@ -512,6 +512,11 @@ static void test_upload(void **state)
 			 DNET_EINVAL);
 	expect_content(f->b, pipe_id, data, 2 * chunk + 12345);
 
+	/* known size, out of order, a chunk never sent: the hole is refused at COMMIT */
+	assert_int_equal(do_chunk(f->b, pipe_id, DNET_IO_PREPARE, 22, 3000, 2000, data, 1000), 0);
+	assert_int_equal(do_chunk(f->b, pipe_id, DNET_IO_COMMIT, 22, 3000, 0, data, 1000), DNET_EINVAL);
+	assert_int_equal(do_chunk(f->b, pipe_id, DNET_IO_COMMIT, 22, 3000, 1000, data + 1000, 1000), 0);
+
 	/* two uploads of one key interleaved: distinct temp files */
 	assert_int_equal(do_chunk(f->b, small, DNET_IO_PREPARE, 10, 200000, 0, data, 100000), 0);
 	assert_int_equal(do_chunk(f->b, small, DNET_IO_PREPARE, 11, 200000, 0, data2, 100000), 0);
