@@ -1,8 +1,12 @@
 /* backend.c - the registry of storage engines and helpers they share. */
+#include <errno.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include <xxhash.h>
 
+#include "common/errors.h"
 #include "backend.h"
 
 extern const struct dnet_backend_ops dnet_blob_backend_ops;
@@ -87,4 +91,53 @@ void dnet_csum(const void *data, size_t len, uint8_t out[16])
 	XXH128_canonical_t c;
 	XXH128_canonicalFromHash(&c, h);
 	memcpy(out, c.digest, 16);
+}
+
+int64_t dnet_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return dnet_from_errno(errno);
+		}
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (int64_t)done;
+}
+
+int dnet_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off)
+{
+	while (cnt > 0) {
+		ssize_t n = pwritev(fd, iov, cnt, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return dnet_from_errno(errno);
+		}
+		if (n == 0)
+			return DNET_EIO;
+		off += (uint64_t)n;
+		size_t left = (size_t)n;
+		while (cnt > 0 && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt > 0) {
+			iov->iov_base = (char *)iov->iov_base + left;
+			iov->iov_len -= left;
+		}
+	}
+	return 0;
+}
+
+int dnet_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+	struct iovec iov = {(void *)buf, len};
+	return len ? dnet_pwritev_full(fd, &iov, 1, off) : 0;
 }

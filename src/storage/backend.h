@@ -100,6 +100,15 @@ const char *dnet_backend_names(void);
 /* Fill cfg with defaults (path and fsync must still be set). */
 void dnet_backend_config_defaults(struct dnet_backend_config *cfg);
 
+/* Whole-buffer positional IO shared by engines, retrying EINTR and short
+ * transfers. pread returns the bytes read (short only at end of file) or a negative
+ * DNET_E* code; the writes return 0 or DNET_E* (DNET_EIO if nothing moves). */
+struct iovec;
+int64_t dnet_pread_full(int fd, void *buf, size_t len, uint64_t off);
+int dnet_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+/* Advances through (modifies) iov on short writes. */
+int dnet_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off);
+
 /* XXH3-128 helpers shared by engines: canonical 16-byte form. */
 void dnet_csum(const void *data, size_t len, uint8_t out[16]);
 

@@ -137,57 +137,6 @@ static int bl_errno(void)
 	return dnet_from_errno(errno);
 }
 
-/* Whole-buffer positional IO, retrying EINTR and short transfers. pread returns the
- * bytes read (short only at end of file) or a negative DNET_E* code. */
-static int64_t bl_pread(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t r = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return bl_errno();
-		}
-		if (r == 0)
-			break;
-		done += (size_t)r;
-	}
-	return (int64_t)done;
-}
-
-static int bl_pwritev(int fd, struct iovec *iov, int cnt, uint64_t off)
-{
-	while (cnt > 0) {
-		ssize_t w = pwritev(fd, iov, cnt, (off_t)off);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return bl_errno();
-		}
-		if (w == 0)
-			return DNET_EIO;
-		off += (uint64_t)w;
-		size_t left = (size_t)w;
-		while (cnt > 0 && left >= iov->iov_len) {
-			left -= iov->iov_len;
-			iov++;
-			cnt--;
-		}
-		if (cnt > 0) {
-			iov->iov_base = (uint8_t *)iov->iov_base + left;
-			iov->iov_len -= left;
-		}
-	}
-	return 0;
-}
-
-static int bl_pwrite(int fd, const void *buf, size_t len, uint64_t off)
-{
-	struct iovec iov = {(void *)buf, len};
-	return len ? bl_pwritev(fd, &iov, 1, off) : 0;
-}
-
 static int bl_fdatasync(int fd)
 {
 	while (fdatasync(fd) < 0) {
@@ -550,7 +499,7 @@ static int ix_resolve(struct dnet_backend *b, struct bl_shard *s, const uint8_t 
 			continue;
 		struct blob *B = slot_blob(b, LOC_SLOT(s->t[i].loc));
 		uint64_t off = LOC_OFF(s->t[i].loc);
-		int64_t r = bl_pread(B->fd, buf, want, off);
+		int64_t r = dnet_pread_full(B->fd, buf, want, off);
 		if (r < 0) {
 			ioerr = (int)r;
 			continue;
@@ -669,7 +618,7 @@ static int blob_create(struct dnet_backend *b, uint32_t num, struct blob **out)
 		return err;
 	}
 	bhdr_encode(hb, num, 0);
-	int err = bl_pwrite(fd, hb, BL_BHDR, 0);
+	int err = dnet_pwrite_full(fd, hb, BL_BHDR, 0);
 	if (!err && b->cfg.fsync != DNET_FSYNC_NEVER && !(err = bl_fdatasync(fd)))
 		err = fsync_dir(b);
 	struct blob *B = err ? NULL : blob_alloc(num, 0, fd, BL_BHDR);
@@ -867,7 +816,7 @@ static int dead_mark(struct dnet_backend *b, struct bl_dead *d)
 {
 	uint8_t hb[BL_RHDR];
 	struct bl_hdr h;
-	int64_t r = bl_pread(d->B->fd, hb, BL_RHDR, d->off);
+	int64_t r = dnet_pread_full(d->B->fd, hb, BL_RHDR, d->off);
 	if (r < 0)
 		return (int)r;
 	if (r != BL_RHDR || hdr_decode(hb, &h) != 0 || memcmp(h.id, d->p, BL_PREFIX) != 0 ||
@@ -880,7 +829,7 @@ static int dead_mark(struct dnet_backend *b, struct bl_dead *d)
 		return 0;
 	h.flags |= BL_F_DEAD;
 	hdr_encode(hb, &h);
-	int err = bl_pwrite(d->B->fd, hb, BL_RHDR, d->off);
+	int err = dnet_pwrite_full(d->B->fd, hb, BL_RHDR, d->off);
 	if (!err)
 		atomic_fetch_add(&b->marked, 1);
 	return err ? err : 1;
@@ -1083,7 +1032,7 @@ static int append(struct dnet_backend *b, const uint8_t *hb, const void *inl, si
 		return err;
 	}
 	struct iovec iov[2] = {{(void *)hb, BL_RHDR}, {(void *)inl, inl_len}};
-	if ((err = bl_pwritev(B->fd, iov, inl_len ? 2 : 1, off))) {
+	if ((err = dnet_pwritev_full(B->fd, iov, inl_len ? 2 : 1, off))) {
 		/* nothing after us yet: the next record simply overwrites this spot */
 		pthread_mutex_unlock(&b->alock);
 		return err;
@@ -1354,7 +1303,7 @@ static void write_record(struct dnet_backend *b, const uint8_t *id, const void *
 		return;
 	}
 	if (!small)
-		err = bl_pwrite(B->fd, data, (size_t)size, off + BL_RHDR);
+		err = dnet_pwrite_full(B->fd, data, (size_t)size, off + BL_RHDR);
 	struct bl_dead *dead = NULL;
 	if (!err)
 		err = publish(b, B, off, &h, &dead);
@@ -1376,7 +1325,7 @@ static int read_verified(struct dnet_backend *b, struct blob *B, uint64_t off,
 	uint8_t *d = malloc(h->size ? (size_t)h->size : 1);
 	if (!d)
 		return DNET_ENOMEM;
-	int64_t r = bl_pread(B->fd, d, (size_t)h->size, off + BL_RHDR);
+	int64_t r = dnet_pread_full(B->fd, d, (size_t)h->size, off + BL_RHDR);
 	uint8_t c[16];
 	if (r >= 0 && (uint64_t)r == h->size)
 		dnet_csum(d, (size_t)h->size, c);
@@ -1611,7 +1560,7 @@ static int up_checksum(struct bl_upload *u, uint8_t csum[16])
 	}
 	for (uint64_t pos = 0; pos < u->total;) {
 		size_t n = u->total - pos < BL_IO_CHUNK ? (size_t)(u->total - pos) : BL_IO_CHUNK;
-		int64_t r = bl_pread(u->blob->fd, buf, n, u->off + BL_RHDR + pos);
+		int64_t r = dnet_pread_full(u->blob->fd, buf, n, u->off + BL_RHDR + pos);
 		if (r < 0 || (size_t)r != n) {
 			err = r < 0 ? (int)r : DNET_EIO;
 			goto out;
@@ -1693,9 +1642,9 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 	}
 	if (io->size) {
 		if (u->spool_fd >= 0)
-			err = bl_pwrite(u->spool_fd, req->data, (size_t)io->size, io->offset);
+			err = dnet_pwrite_full(u->spool_fd, req->data, (size_t)io->size, io->offset);
 		else
-			err = bl_pwrite(u->blob->fd, req->data, (size_t)io->size,
+			err = dnet_pwrite_full(u->blob->fd, req->data, (size_t)io->size,
 					u->off + BL_RHDR + io->offset);
 		if (err) {
 			up_release(b, u, 1);
@@ -1752,7 +1701,7 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 	/* 4 KiB-aligned: the 128-byte header lies in one sector, so this rewrite lands
 	 * whole or not at all. */
 	struct bl_dead *dead = NULL;
-	if (!(err = bl_pwrite(B->fd, hb, BL_RHDR, u->off)))
+	if (!(err = dnet_pwrite_full(B->fd, hb, BL_RHDR, u->off)))
 		err = publish(b, B, u->off, &h, &dead);
 	u->committed = !err;
 	record_done(b, B);
@@ -1839,7 +1788,7 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 				goto out;
 			}
 			memcpy(d, first + BL_RHDR, got - BL_RHDR);
-			int64_t r = bl_pread(B->fd, d + (got - BL_RHDR),
+			int64_t r = dnet_pread_full(B->fd, d + (got - BL_RHDR),
 					     (size_t)(h.size - (got - BL_RHDR)), off + got);
 			if (r < 0 || (uint64_t)r != h.size - (got - BL_RHDR)) {
 				free(d);
@@ -1888,7 +1837,7 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 			for (uint64_t p = 0; p < h.size && !err;) {
 				size_t n =
 				    h.size - p < BL_IO_CHUNK ? (size_t)(h.size - p) : BL_IO_CHUNK;
-				int64_t r = bl_pread(B->fd, buf, n, off + BL_RHDR + p);
+				int64_t r = dnet_pread_full(B->fd, buf, n, off + BL_RHDR + p);
 				if (r < 0)
 					err = (int)r;
 				else if ((size_t)r != n)
@@ -1985,7 +1934,7 @@ static int del_in_place(struct dnet_backend *b, const uint8_t *id)
 	nh.flags |= BL_F_TOMB | BL_F_DEAD;
 	hdr_encode(hb, &nh);
 	if (!err)
-		err = bl_pwrite(O->fd, hb, BL_RHDR, off);
+		err = dnet_pwrite_full(O->fd, hb, BL_RHDR, off);
 	if (!err && b->cfg.fsync != DNET_FSYNC_NEVER)
 		err = bl_fdatasync(O->fd);
 	if (err) {
@@ -2084,7 +2033,7 @@ static int bl_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 			struct blob *B = slot_blob(b, LOC_SLOT(snap[i].loc));
 			uint8_t hb[BL_RHDR];
 			struct bl_hdr h;
-			if (!rc && bl_pread(B->fd, hb, BL_RHDR, LOC_OFF(snap[i].loc)) == BL_RHDR &&
+			if (!rc && dnet_pread_full(B->fd, hb, BL_RHDR, LOC_OFF(snap[i].loc)) == BL_RHDR &&
 			    hdr_decode(hb, &h) == 0 && !(h.flags & BL_F_DEAD) &&
 			    memcmp(h.id, snap[i].p, BL_PREFIX) == 0) {
 				struct dnet_obj_info info;
@@ -2203,7 +2152,7 @@ static int index_write(struct dnet_backend *b, const char *name, uint32_t num, u
 		fill += BL_IENT;
 		if (fill + BL_IENT > BL_IO_CHUNK || i + 1 == n) {
 			XXH3_64bits_update(st, buf, fill);
-			err = bl_pwrite(fd, buf, fill, pos);
+			err = dnet_pwrite_full(fd, buf, fill, pos);
 			pos += fill;
 			fill = 0;
 		}
@@ -2220,7 +2169,7 @@ static int index_write(struct dnet_backend *b, const char *name, uint32_t num, u
 	dnet_put_u64(h + 32, n);
 	dnet_put_u64(h + 40, XXH3_64bits_digest(st));
 	dnet_put_u64(h + 56, XXH3_64bits(h, 56));
-	if ((err = bl_pwrite(fd, h, BL_IHDR, 0)) || (err = bl_fdatasync(fd)))
+	if ((err = dnet_pwrite_full(fd, h, BL_IHDR, 0)) || (err = bl_fdatasync(fd)))
 		goto out;
 	if (renameat(b->dirfd, tmp, b->dirfd, name) < 0) {
 		err = bl_errno();
@@ -2332,7 +2281,7 @@ static int apply(struct dnet_backend *b, struct blob *B, const uint8_t *p, const
 	if (cand) {
 		/* an older version, or (2^-128) a prefix twin: full IDs decide */
 		if (!full) {
-			if (bl_pread(B->fd, hb, BL_RHDR, off) != BL_RHDR ||
+			if (dnet_pread_full(B->fd, hb, BL_RHDR, off) != BL_RHDR ||
 			    hdr_decode(hb, &h) != 0 || memcmp(h.id, p, BL_PREFIX) != 0) {
 				report_corrupt(b, p, B, off, "index entry points at a bad header");
 				return 0;
@@ -2380,7 +2329,7 @@ static uint64_t index_load(struct dnet_backend *b, struct blob *B, uint64_t fsiz
 	struct stat sb;
 	uint64_t covered = 0, n = 0;
 	const char *why = NULL;
-	if (fstat(fd, &sb) < 0 || bl_pread(fd, h, BL_IHDR, 0) != BL_IHDR) {
+	if (fstat(fd, &sb) < 0 || dnet_pread_full(fd, h, BL_IHDR, 0) != BL_IHDR) {
 		why = "unreadable";
 		goto out;
 	}
@@ -2413,7 +2362,7 @@ static uint64_t index_load(struct dnet_backend *b, struct blob *B, uint64_t fsiz
 		for (uint64_t i = 0; i < n && !why && !*err;) {
 			size_t k =
 			    n - i < BL_IO_CHUNK / BL_IENT ? (size_t)(n - i) : BL_IO_CHUNK / BL_IENT;
-			if (bl_pread(fd, buf, k * BL_IENT, BL_IHDR + i * BL_IENT) !=
+			if (dnet_pread_full(fd, buf, k * BL_IENT, BL_IHDR + i * BL_IENT) !=
 			    (int64_t)(k * BL_IENT)) {
 				if (pass)
 					*err =
@@ -2475,7 +2424,7 @@ static const uint8_t *rd_get(struct reader *r, uint64_t off, size_t len)
 	if (off + len > r->fsize)
 		return NULL;
 	size_t n = r->fsize - off < BL_SCAN_BUF ? (size_t)(r->fsize - off) : BL_SCAN_BUF;
-	int64_t got = bl_pread(r->fd, r->buf, n, off);
+	int64_t got = dnet_pread_full(r->fd, r->buf, n, off);
 	if (got < (int64_t)len)
 		return NULL;
 	r->boff = off;
@@ -2586,7 +2535,7 @@ static int load_blob(struct dnet_backend *b, uint32_t num, int last, struct blob
 		return err;
 	}
 	uint64_t fsize = (uint64_t)sb.st_size;
-	if (bl_pread(fd, hb, BL_BHDR, 0) != BL_BHDR || dnet_get_u32(hb) != BL_MAGIC_BLOB ||
+	if (dnet_pread_full(fd, hb, BL_BHDR, 0) != BL_BHDR || dnet_get_u32(hb) != BL_MAGIC_BLOB ||
 	    dnet_get_u64(hb + 56) != XXH3_64bits(hb, 56) || dnet_get_u32(hb + 8) != num) {
 		close(fd);
 		if (last && fsize <= BL_BHDR) {
@@ -2775,7 +2724,7 @@ static int compact_cb(struct dnet_backend *b, struct blob *B, struct reader *r, 
 		memcpy(th.id, h->id, DNET_ID_SIZE);
 		hdr_encode(tb, &th);
 		len = 0;
-		int err = bl_pwrite(c->fd, tb, BL_RHDR, c->pos);
+		int err = dnet_pwrite_full(c->fd, tb, BL_RHDR, c->pos);
 		if (err)
 			return err;
 		len = BL_RHDR;
@@ -2786,7 +2735,7 @@ static int compact_cb(struct dnet_backend *b, struct blob *B, struct reader *r, 
 		const uint8_t *d = rd_get(r, off + p, k);
 		if (!d)
 			return DNET_EIO;
-		int err = bl_pwrite(c->fd, d, k, c->pos + p);
+		int err = dnet_pwrite_full(c->fd, d, k, c->pos + p);
 		if (err)
 			return err;
 		p += k;
@@ -2823,7 +2772,7 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 		return bl_errno();
 	bhdr_encode(hb, B->num, B->gen + 1);
 	uint64_t valid_end;
-	if ((err = bl_pwrite(c.fd, hb, BL_BHDR, 0)) ||
+	if ((err = dnet_pwrite_full(c.fd, hb, BL_BHDR, 0)) ||
 	    (err = scan(b, B, BL_BHDR, old_size, 0, compact_cb, &c, &valid_end)) ||
 	    (err = bl_fdatasync(c.fd)))
 		goto out_unlink;

@@ -245,69 +245,6 @@ static void fb_info_from_hdr(struct dnet_obj_info *info, const struct fb_hdr *h)
 	memcpy(info->csum, h->csum, 16);
 }
 
-/* Reads up to len bytes at off, retrying EINTR and short reads; stops only at EOF.
- * Returns bytes read or a DNET_E* code (< 0). */
-static int64_t fb_pread_full(int fd, void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return dnet_from_errno(errno);
-		}
-		if (n == 0)
-			break;
-		done += (size_t)n;
-	}
-	return (int64_t)done;
-}
-
-static int fb_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
-{
-	size_t done = 0;
-	while (done < len) {
-		ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return dnet_from_errno(errno);
-		}
-		if (n == 0)
-			return DNET_EIO;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
-/* pwritev of the whole iovec array; advances through it on short writes. */
-static int fb_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off)
-{
-	while (cnt > 0) {
-		ssize_t n = pwritev(fd, iov, cnt, (off_t)off);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return dnet_from_errno(errno);
-		}
-		if (n == 0)
-			return DNET_EIO;
-		off += (uint64_t)n;
-		size_t left = (size_t)n;
-		while (cnt > 0 && left >= iov->iov_len) {
-			left -= iov->iov_len;
-			iov++;
-			cnt--;
-		}
-		if (cnt > 0) {
-			iov->iov_base = (char *)iov->iov_base + left;
-			iov->iov_len -= left;
-		}
-	}
-	return 0;
-}
-
 static int fb_errno(void)
 {
 	return dnet_from_errno(errno);
@@ -384,12 +321,12 @@ static int fb_verify_range(int fd, const struct fb_hdr *h, uint64_t off, uint64_
 		uint64_t dstart = b * bs;
 		uint64_t dend = (b + n) * bs < h->size ? (b + n) * bs : h->size;
 		size_t dlen = (size_t)(dend - dstart);
-		int64_t r = fb_pread_full(fd, scratch, dlen, FB_HDR_SIZE + dstart);
+		int64_t r = dnet_pread_full(fd, scratch, dlen, FB_HDR_SIZE + dstart);
 		if (r < 0)
 			return (int)r;
 		if ((uint64_t)r != dlen)
 			return DNET_ECORRUPT; /* truncated */
-		r = fb_pread_full(fd, sums, (size_t)(8 * n), FB_HDR_SIZE + h->size + 8 * b);
+		r = dnet_pread_full(fd, sums, (size_t)(8 * n), FB_HDR_SIZE + h->size + 8 * b);
 		if (r < 0)
 			return (int)r;
 		if ((uint64_t)r != 8 * n)
@@ -428,7 +365,7 @@ static int fb_open_obj(struct dnet_backend *b, const uint8_t *id, uint8_t *buf, 
 		return err;
 	}
 	if (n < FB_HDR_SIZE) {
-		int64_t r = fb_pread_full(fd, buf, FB_HDR_SIZE, 0);
+		int64_t r = dnet_pread_full(fd, buf, FB_HDR_SIZE, 0);
 		if (r < 0) {
 			close(fd);
 			return (int)r;
@@ -812,7 +749,7 @@ static void fb_write_whole(struct dnet_backend *b, const struct dnet_write_req *
 	}
 	struct iovec iov[3] = {{hb, FB_HDR_SIZE}, {(void *)data, (size_t)size},
 			       {sums, (size_t)(8 * nb)}};
-	err = fb_pwritev_full(fd, iov, 3, 0);
+	err = dnet_pwritev_full(fd, iov, 3, 0);
 	if (err) {
 		close(fd);
 		fb_tmp_unlink(b, tmpname);
@@ -888,9 +825,9 @@ static void fb_write_update(struct dnet_backend *b, const struct dnet_write_req 
 		if (cs < osize) {
 			uint64_t oe = ce < osize ? ce : osize;
 			uint64_t on = fb_nblocks(oe, bs) - blk;
-			int64_t r = fb_pread_full(ofd, scratch, (size_t)(oe - cs), FB_HDR_SIZE + cs);
+			int64_t r = dnet_pread_full(ofd, scratch, (size_t)(oe - cs), FB_HDR_SIZE + cs);
 			int64_t r2 = r < 0 ? r
-					   : fb_pread_full(ofd, sums, (size_t)(8 * on),
+					   : dnet_pread_full(ofd, sums, (size_t)(8 * on),
 							   FB_HDR_SIZE + osize + 8 * blk);
 			if (r < 0 || r2 < 0) {
 				err = (int)(r < 0 ? r : r2);
@@ -923,8 +860,8 @@ static void fb_write_update(struct dnet_backend *b, const struct dnet_write_req 
 			dnet_put_u64(sums + 8 * i, XXH3_64bits(scratch + (s - cs), (size_t)(e - s)));
 		}
 		XXH3_128bits_update(st, scratch, (size_t)(ce - cs));
-		if ((err = fb_pwrite_full(tfd, scratch, (size_t)(ce - cs), FB_HDR_SIZE + cs)) ||
-		    (err = fb_pwrite_full(tfd, sums, (size_t)(8 * n), FB_HDR_SIZE + nsize + 8 * blk)))
+		if ((err = dnet_pwrite_full(tfd, scratch, (size_t)(ce - cs), FB_HDR_SIZE + cs)) ||
+		    (err = dnet_pwrite_full(tfd, sums, (size_t)(8 * n), FB_HDR_SIZE + nsize + 8 * blk)))
 			goto out_unlink;
 	}
 	memset(&h, 0, sizeof(h));
@@ -936,7 +873,7 @@ static void fb_write_update(struct dnet_backend *b, const struct dnet_write_req 
 	memcpy(h.csum, c.digest, 16);
 	memcpy(h.id, req->id, DNET_ID_SIZE);
 	fb_hdr_encode(scratch, &h);
-	if ((err = fb_pwrite_full(tfd, scratch, FB_HDR_SIZE, 0)))
+	if ((err = dnet_pwrite_full(tfd, scratch, FB_HDR_SIZE, 0)))
 		goto out_unlink;
 	XXH3_freeState(st);
 	close(ofd);
@@ -1123,7 +1060,7 @@ static int fb_upload_prepare(struct dnet_backend *b, const struct dnet_write_req
 	h.timestamp = u->timestamp;
 	memcpy(h.id, u->id, DNET_ID_SIZE);
 	fb_hdr_encode(hb, &h);
-	if ((err = fb_pwrite_full(u->fd, hb, FB_HDR_SIZE, 0)))
+	if ((err = dnet_pwrite_full(u->fd, hb, FB_HDR_SIZE, 0)))
 		goto out_unlink;
 	pthread_mutex_lock(&b->up_lock);
 	uint32_t k = fb_upload_bucket(u->id, u->cookie);
@@ -1145,7 +1082,7 @@ out_free:
 static int fb_upload_put_sums(struct fb_upload *u, const uint8_t *sums, uint64_t first,
 			      uint64_t n)
 {
-	return n ? fb_pwrite_full(u->fd, sums, (size_t)(8 * n), FB_HDR_SIZE + u->total + 8 * first)
+	return n ? dnet_pwrite_full(u->fd, sums, (size_t)(8 * n), FB_HDR_SIZE + u->total + 8 * first)
 		 : 0;
 }
 
@@ -1214,7 +1151,7 @@ static int fb_upload_finish(struct fb_upload *u, struct fb_hdr *h)
 		for (uint64_t blk = 0; blk * bs < u->total; blk += per) {
 			uint64_t cs = blk * bs;
 			uint64_t ce = cs + FB_IO_CHUNK < u->total ? cs + FB_IO_CHUNK : u->total;
-			int64_t r = fb_pread_full(u->fd, scratch, (size_t)(ce - cs), FB_HDR_SIZE + cs);
+			int64_t r = dnet_pread_full(u->fd, scratch, (size_t)(ce - cs), FB_HDR_SIZE + cs);
 			if (r < 0)
 				return (int)r;
 			if ((uint64_t)r != ce - cs)
@@ -1265,7 +1202,7 @@ static void fb_write_upload(struct dnet_backend *b, const struct dnet_write_req 
 		return;
 	}
 	if (io->size) {
-		err = fb_pwrite_full(u->fd, req->data, (size_t)io->size, FB_HDR_SIZE + io->offset);
+		err = dnet_pwrite_full(u->fd, req->data, (size_t)io->size, FB_HDR_SIZE + io->offset);
 		if (!err && u->seq && io->offset == u->seq_pos)
 			err = fb_upload_hash(u, req->data, io->size);
 		else if (!err && u->seq)
@@ -1306,7 +1243,7 @@ static void fb_write_upload(struct dnet_backend *b, const struct dnet_write_req 
 	if ((err = fb_upload_finish(u, &h)))
 		goto out_abort;
 	fb_hdr_encode(hb, &h);
-	if ((err = fb_pwrite_full(u->fd, hb, FB_HDR_SIZE, 0)))
+	if ((err = dnet_pwrite_full(u->fd, hb, FB_HDR_SIZE, 0)))
 		goto out_abort;
 	struct dnet_obj_info info;
 	char name[FB_TMPNAME_MAX];
@@ -1400,7 +1337,7 @@ static int fb_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 		if (verify) {
 			err = fb_verify_range(fd, &h, offset, len, scratch, res->buf);
 		} else {
-			int64_t r = fb_pread_full(fd, res->buf, (size_t)len, FB_HDR_SIZE + offset);
+			int64_t r = dnet_pread_full(fd, res->buf, (size_t)len, FB_HDR_SIZE + offset);
 			err = r < 0 ? (int)r : (uint64_t)r != len ? DNET_ECORRUPT : 0;
 		}
 		if (err) {
