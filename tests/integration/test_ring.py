@@ -41,8 +41,8 @@ def routes(node):
         t = c.next_trans()
         hdr, payload = c.call(proto.simple_request(proto.CMD_ROUTES, b"\0" * 64, t), t)
     assert hdr.status == 0, hdr
-    (count,) = struct.unpack_from("<I", payload, 0)
-    off = 4
+    (count, _copies) = struct.unpack_from("<II", payload, 0)
+    off = 8
     nodes = []
     for _ in range(count):
         node_id = payload[off:off + 64]
