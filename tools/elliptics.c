@@ -575,7 +575,24 @@ static int cmd_lookup(const struct cli *g, int argc, char **argv)
 	}
 	struct dnet_object_info info;
 	err = dnet_lookup_id(c, a.id, &info);
-	if (err) {
+	int ncopies = 0;
+	const struct dnet_copy_status *cp = dnet_last_copies(c, &ncopies);
+	if (!err && ncopies) {
+		/* Copies: one line per copy that holds the object; the others on stderr. */
+		for (int i = 0; i < ncopies; i++) {
+			char cs[33], ts[64];
+			if (cp[i].status) {
+				fprintf(stderr, "elliptics: lookup: copy %d on %s: %s\n", cp[i].copy,
+					cp[i].node, dnet_strerror(cp[i].status));
+				continue;
+			}
+			dnet_csum_to_hex(cp[i].csum, cs);
+			fmt_time(cp[i].version, ts, sizeof(ts));
+			printf("%s size=%llu csum=%s timestamp=%s (%llu) copy=%d\n", cp[i].node,
+			       (unsigned long long)cp[i].size, cs, ts,
+			       (unsigned long long)cp[i].version, cp[i].copy);
+		}
+	} else if (err) {
 		rc = obj_fail(g, c, "lookup", &a, err);
 	} else {
 		char cs[33], ts[64];

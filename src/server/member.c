@@ -265,6 +265,20 @@ uint64_t dnet_member_digest(struct dnet_server *s)
 	return d;
 }
 
+/* Every node of a ring must force the same number of copies, or they would
+ * disagree on where objects live. */
+static int copies_match(struct dnet_server *s, const struct dnet_ring *r, const char *who)
+{
+	if (!r->copies || (int)r->copies == s->cfg.copies)
+		return 1;
+	static atomic_int warned;
+	if (!atomic_exchange(&warned, 1))
+		dnet_log_error("ring: %s has --copies %u but this node has --copies %d; refusing to "
+			       "share a ring with it (every node must use the same value)",
+			       who, r->copies, s->cfg.copies);
+	return 0;
+}
+
 int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint8_t **out,
 		     size_t *outlen)
 {
@@ -272,6 +286,10 @@ int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint
 	int err = dnet_ring_decode(&r, buf, len);
 	if (err)
 		return err;
+	if (!copies_match(s, &r, "a joining node")) {
+		dnet_ring_free(&r);
+		return DNET_EINVAL;
+	}
 	pthread_rwlock_wrlock(&s->member.lock);
 	size_t before = s->member.ring.nnodes;
 	int changed = do_merge(s, &r);
@@ -292,10 +310,13 @@ int dnet_member_owns(struct dnet_server *s, const uint8_t *id, struct dnet_addr_
 {
 	struct dnet_member *m = &s->member;
 	pthread_rwlock_rdlock(&m->lock);
-	int o = dnet_ring_owner(&m->ring, id);
-	int mine = o < 0 || o == m->self;
+	int homes[DNET_MAX_COPIES];
+	int n = dnet_ring_placement(&m->ring, id, s->cfg.copies, homes);
+	int mine = n == 0;
+	for (int i = 0; i < n; i++)
+		mine |= homes[i] == m->self;
 	if (!mine)
-		*owner = m->ring.nodes[o].addr;
+		*owner = m->ring.nodes[homes[0]].addr;
 	pthread_rwlock_unlock(&m->lock);
 	return mine;
 }
@@ -324,6 +345,10 @@ static int exchange(struct dnet_server *s, struct dnet_peer *p)
 	free(reply);
 	if (err)
 		return err;
+	if (!copies_match(s, &r, p->name)) {
+		dnet_ring_free(&r);
+		return DNET_EINVAL;
+	}
 	pthread_rwlock_wrlock(&s->member.lock);
 	if (do_merge(s, &r))
 		do_save_ring(s);
@@ -513,6 +538,7 @@ int dnet_member_start(struct dnet_server *s)
 		return err;
 	}
 	m->self = 0;
+	m->ring.copies = (uint32_t)s->cfg.copies;
 	do_load_ring(s);
 	err = do_grow(m);
 	pthread_rwlock_unlock(&m->lock);

@@ -49,12 +49,27 @@ struct dnet_config {
 	int fail_after_ms;
 	int handoff_s;        /* how long older rings are consulted for moved objects */
 	uint64_t move_rate;   /* bytes/s the mover may send (0 = unlimited) */
+	int copies;           /* copies per object (transformation functions) */
+	int tombstone_grace_s;
+};
+
+/* A request the node makes of itself (dnet_local_call): no connection; the
+ * result is handed back here. */
+struct dnet_local {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int done;
+	int status;
+	struct dnet_obj_info info;
+	int have_info;
 };
 
 /* One request read whole from the network, on its way through the IO pool. */
 struct dnet_trans {
 	struct dnet_trans *next;
-	struct dnet_conn *conn; /* holds a reference */
+	struct dnet_conn *conn; /* holds a reference; NULL for a local call */
+	struct dnet_local *local;
+	int had_live;           /* DEL with tombstones: a live object was there */
 	struct dnet_cmd_hdr hdr;
 	uint64_t recv_ns; /* monotonic time the header arrived */
 	uint64_t size;    /* payload bytes (== hdr.size) */
@@ -142,6 +157,12 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t);
 /* Free a transaction and drop its connection reference. */
 void dnet_trans_free(struct dnet_trans *t);
 
+/* Run one request (WRITE, DEL, LOOKUP) on this node's IO pool, in order with the
+ * requests for the same ID, and wait for it. Flags DIRECT. Returns its status;
+ * info (may be NULL) gets the object info a WRITE or LOOKUP returns. */
+int dnet_local_call(struct dnet_server *s, uint8_t cmd, const uint8_t *id,
+		    const struct dnet_io_attr *io, const void *data, struct dnet_obj_info *info);
+
 /* Membership: this node's view of the ring and the thread keeping it current. */
 struct dnet_peer;
 struct dnet_member {
@@ -227,7 +248,8 @@ int dnet_member_start(struct dnet_server *s);
 void dnet_member_stop(struct dnet_server *s);
 /* After the IO pool and network have stopped: nothing reads the ring any more. */
 void dnet_member_free(struct dnet_server *s);
-/* 1 if this node owns id (or the ring has only us); else 0 and *owner is set. */
+/* 1 if this node holds one of id's copies (its home nodes; with one copy: owns
+ * it), or the ring has only us; else 0 and *owner is set (the first home). */
 int dnet_member_owns(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *owner);
 /* ROUTES reply payload (malloc()ed). */
 uint8_t *dnet_member_routes(struct dnet_server *s, size_t *len);

@@ -215,7 +215,7 @@ def test_move_never_replaces_a_newer_write(node_factory):
         assert hdr.status == 0
         # An older copy arriving by data movement is refused...
         t = c.next_trans()
-        body = proto.encode_io(size=3, timestamp=1, ioflags=0x8) + b"old"
+        body = proto.encode_io(size=3, timestamp=2, ioflags=0x8) + b"old"
         msg = proto.encode_hdr(proto.CMD_WRITE, len(body), t,
                                proto.FLAG_NEED_ACK | proto.FLAG_DIRECT, id) + body
         hdr, _ = c.call(msg, t)
