@@ -165,6 +165,11 @@ int dnet_ping(dnet_client *c, char node[64]);
  * dead one) is removed by the remote; its ranges go to the others. */
 int dnet_leave(dnet_client *c, const char *member);
 
+/* Ask the first remote that answers to start an anti-entropy pass now (copies >
+ * 1): it compares its copies with every peer and copies what differs. Returns at
+ * once; its recover_* stat counters show progress. DNET_EUNSUPP with one copy. */
+int dnet_recover(dnet_client *c);
+
 /* --- the ring ------------------------------------------------------------- */
 
 enum { DNET_ROUTE_UP = 1, DNET_ROUTE_DOWN = 2, DNET_ROUTE_LEFT = 3 };

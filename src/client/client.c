@@ -1060,6 +1060,16 @@ int dnet_leave(dnet_client *c, const char *member)
 	return err;
 }
 
+int dnet_recover(dnet_client *c)
+{
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_RECOVER, zero_id);
+	if (!r)
+		return DNET_ENOMEM;
+	int err = run_sync(c, r);
+	dnet__req_free(c, r);
+	return err;
+}
+
 /* --- async --------------------------------------------------------------- */
 
 static int submit_async(dnet_client *c, struct dnet_req *r, dnet_done_fn done, void *arg)

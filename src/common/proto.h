@@ -30,7 +30,10 @@ enum dnet_cmd {
 	DNET_CMD_JOIN = 8,   /* route table of the sender; reply: the receiver's, after merging */
 	DNET_CMD_LEAVE = 9,  /* no payload: this node leaves the ring (moving its data out);
 			      * a dnet_addr_wire: remove the member with that address */
-	DNET_CMD_MAX_ = 10   /* first unused; the server answers PROTO/UNSUPP above */
+	DNET_CMD_SYNC = 10,  /* anti-entropy between copies (node to node): a u32 op, then
+			      * op data; see docs/replication.md */
+	DNET_CMD_RECOVER = 11, /* no payload: start a recovery pass now; reply: none */
+	DNET_CMD_MAX_ = 12   /* first unused; the server answers PROTO/UNSUPP above */
 };
 
 /* Header flags. */
@@ -100,6 +103,9 @@ struct dnet_io_attr {
  * for good only if its stored version is exactly io.timestamp (the data mover after
  * a hand-off, tombstone collection). */
 #define DNET_IO_IFVERSION 0x0100u
+/* Server-internal: a versioned WRITE that also replaces the same version (the
+ * stored copy is corrupt). */
+#define DNET_IO_FORCE 0x0200u
 
 /* Versions (docs/replication.md). An object's timestamp is its version: ns since
  * the epoch whose low 12 bits are replaced by the writer's tag (bits 1..11, random

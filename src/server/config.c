@@ -46,6 +46,7 @@ static const struct opt opts[] = {
 	{"move-rate", O_SIZE, "BYTES", "bytes per second the node may send when moving data (default 64M; 0 = unlimited)", OFF(move_rate), 0, 0, (long)(1ull << 40)},
 	{"fail-after-ms", O_INT, "MS", "a peer silent this long is marked down (default 3000)", OFF(fail_after_ms), 0, 100, 600000},
 	{"copies", O_INT, "N", "copies of every object, placed by transformation functions on distinct nodes (and zones); the same on every node of a ring (default 1)", OFF(copies), 0, 1, DNET_MAX_COPIES},
+	{"recover-interval-s", O_INT, "S", "copies > 1: compare copies with every peer at least this often (default 300; also at start, when a node comes back, and on `elliptics recover`)", OFF(recover_interval_s), 0, 1, 100000000},
 	{"tombstone-grace-s", O_INT, "S", "copies > 1: a deleted object's tombstone is kept this long so a copy that missed the delete cannot bring it back (default 86400)", OFF(tombstone_grace_s), 0, 1, 100000000},
 	{"zone", O_STR, "NAME", "zone (rack, room) label of this node, for copy placement", OFF(zone), LEN(zone), 0, 0},
 	{"http", O_LATER, "HOST:PORT", "S3 gateway and /metrics (not in this build)", 0, 0, 0, 0},
@@ -79,6 +80,7 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->move_rate = 64u << 20;
 	cfg->copies = 1;
 	cfg->tombstone_grace_s = 86400;
+	cfg->recover_interval_s = 300;
 }
 
 static void usage(FILE *f)

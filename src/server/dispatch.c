@@ -146,7 +146,7 @@ static uint64_t next_version(uint64_t cur)
  * nothing slips in between this check and the write. Returns 0 to go on, or the
  * status to answer with (DNET_EEXIST: this write or a newer one is here). */
 static int version_check(struct dnet_server *s, struct dnet_trans *t, struct dnet_io_attr *io,
-			 int versioned)
+			 int force)
 {
 	if (io->ioflags & DNET_IO_PLAIN)
 		return 0; /* a middle chunk: checked at PREPARE and COMMIT */
@@ -156,16 +156,19 @@ static int version_check(struct dnet_server *s, struct dnet_trans *t, struct dne
 		io->timestamp = have ? next_version(cur.timestamp) : next_version(0);
 		return 0;
 	}
-	if (!versioned || !have)
+	if (!have)
 		return 0;
+	if (force)
+		return cur.timestamp > io->timestamp ? DNET_EEXIST : 0;
 	return cur.timestamp >= io->timestamp ? DNET_EEXIST : 0;
 }
 
 static void do_write(struct dnet_server *s, struct dnet_trans *t)
 {
 	struct dnet_io_attr io;
+	uint32_t known = DNET_IO_FLAGS_KNOWN | (t->local ? DNET_IO_FORCE : 0);
 	if (dnet_io_attr_decode(t->payload, t->size, &io) != 0 ||
-	    io.size != t->size - DNET_IO_ATTR_SIZE || (io.ioflags & ~DNET_IO_FLAGS_KNOWN) ||
+	    io.size != t->size - DNET_IO_ATTR_SIZE || (io.ioflags & ~known) ||
 	    io.reserved != 0 || io.offset > UINT64_MAX - io.size) {
 		finish_status(t, DNET_EPROTO);
 		return;
@@ -177,10 +180,11 @@ static void do_write(struct dnet_server *s, struct dnet_trans *t)
 		finish_status(t, DNET_EPROTO);
 		return;
 	}
-	int versioned = (io.ioflags & DNET_IO_MOVE) || s->cfg.copies > 1;
-	io.ioflags &= ~DNET_IO_MOVE;
+	int versioned = (io.ioflags & (DNET_IO_MOVE | DNET_IO_FORCE)) || s->cfg.copies > 1;
+	int force = !!(io.ioflags & DNET_IO_FORCE);
+	io.ioflags &= ~(DNET_IO_MOVE | DNET_IO_FORCE);
 	if (versioned) {
-		int err = version_check(s, t, &io, 1);
+		int err = version_check(s, t, &io, force);
 		if (err) {
 			finish_status(t, err);
 			return;
@@ -188,6 +192,10 @@ static void do_write(struct dnet_server *s, struct dnet_trans *t)
 	} else if (io.timestamp == 0) {
 		io.timestamp = dnet_now_real_ns() & ~DNET_VERSION_TOMB;
 	}
+	struct dnet_addr_wire home;
+	if (s->cfg.copies > 1 && !t->local && !(io.ioflags & DNET_IO_PLAIN) &&
+	    !dnet_member_owns(s, t->hdr.id, &home))
+		dnet_mover_hint(s); /* a stand-in copy: hand it over when its home is back */
 	struct dnet_write_req req = {.id = t->hdr.id, .io = io, .data = t->payload + DNET_IO_ATTR_SIZE};
 	/* write_done may run inside this call or later on an engine thread; either
 	 * way it frees t, so t is not touched after this line. */
@@ -230,6 +238,9 @@ static void do_del(struct dnet_server *s, struct dnet_trans *t)
 		finish_status(t, t->had_live ? DNET_EEXIST : DNET_ENOENT);
 		return;
 	}
+	struct dnet_addr_wire home;
+	if (!t->local && !dnet_member_owns(s, t->hdr.id, &home))
+		dnet_mover_hint(s);
 	struct dnet_io_attr tio = {.timestamp = io.timestamp};
 	struct dnet_write_req req = {.id = t->hdr.id, .io = tio, .data = NULL};
 	s->bops->write(s->backend, &req, write_done, t);
@@ -260,6 +271,8 @@ static void do_read(struct dnet_server *s, struct dnet_trans *t)
 				t->hdr.flags & DNET_FLAG_NOCSUM, &res);
 	if (err == DNET_ENOENT && handoff_redirect(s, t))
 		return;
+	if (err == DNET_ECORRUPT && s->cfg.copies > 1)
+		dnet_recover_corrupt(s, t->hdr.id);
 	if (err) {
 		finish_status(t, err);
 		return;
@@ -487,6 +500,26 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 		break;
 	case DNET_CMD_STAT:
 		do_stat(s, t);
+		break;
+	case DNET_CMD_SYNC: {
+		uint8_t *out = NULL;
+		size_t len = 0;
+		int err = dnet_sync_request(s, t->payload, (size_t)t->size, &out, &len);
+		if (err)
+			finish_status(t, err);
+		else
+			finish_payload(t, out, len);
+		break;
+	}
+	case DNET_CMD_RECOVER:
+		if (t->size) {
+			finish_status(t, DNET_EPROTO);
+		} else if (s->cfg.copies <= 1) {
+			finish_status(t, DNET_EUNSUPP);
+		} else {
+			dnet_recover_kick(s);
+			finish_status(t, 0);
+		}
 		break;
 	default:
 		finish_status(t, DNET_EUNSUPP);

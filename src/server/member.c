@@ -217,6 +217,14 @@ static void urgent_kick(struct dnet_server *s)
 	pthread_mutex_unlock(&m->wait_lock);
 }
 
+static size_t count_up(const struct dnet_ring *r)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < r->nnodes; i++)
+		n += r->nodes[i].state == DNET_NODE_UP;
+	return n;
+}
+
 /* Merge a received table; returns 1 if ours changed. Write lock held. */
 static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 {
@@ -224,6 +232,7 @@ static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 	struct dnet_ring before;
 	if (dnet_ring_copy(&before, &s->member.ring) != 0)
 		dnet_ring_init(&before);
+	size_t ups_before = count_up(&s->member.ring);
 	for (size_t i = 0; i < r->nnodes; i++) {
 		const struct dnet_ring_node *n = &r->nodes[i];
 		int rc = dnet_ring_merge_node(&s->member.ring, n);
@@ -236,6 +245,11 @@ static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 	}
 	changed |= do_refute(s);
 	do_grow(&s->member);
+	if (count_up(&s->member.ring) > ups_before) {
+		/* A node came (back): copies it missed can be compared now. */
+		atomic_fetch_add(&s->member.node_ups, 1);
+		dnet_recover_kick(s);
+	}
 	do_remember(s, &before);
 	return changed;
 }

@@ -321,6 +321,7 @@ static void *mover_main(void *arg)
 		pthread_mutex_unlock(&mv->lock);
 		if (stop)
 			break;
+		atomic_store(&mv->hinted, 0);
 		left = move_pass(s);
 	}
 	return NULL;
@@ -339,6 +340,13 @@ int dnet_mover_start(struct dnet_server *s)
 		return DNET_ESYS;
 	mv->started = 1;
 	return 0;
+}
+
+void dnet_mover_hint(struct dnet_server *s)
+{
+	/* At most one wake-up per pass, however many stand-in writes arrive. */
+	if (!atomic_exchange(&s->mover.hinted, 1))
+		dnet_mover_kick(s);
 }
 
 void dnet_mover_kick(struct dnet_server *s)

@@ -127,7 +127,9 @@ int dnet_server_start(struct dnet_server *s)
 	 * already see this node. */
 	if (dnet_net_listen(s) != 0)
 		goto out_stop_pool;
-	if (dnet_member_start(s) != 0 || dnet_mover_start(s) != 0 || dnet_net_start(s) != 0) {
+	if (dnet_member_start(s) != 0 || dnet_mover_start(s) != 0 || dnet_recover_start(s) != 0 ||
+	    dnet_net_start(s) != 0) {
+		dnet_recover_stop(s);
 		dnet_mover_stop(s);
 		dnet_member_stop(s);
 		if (s->loops)
@@ -159,6 +161,7 @@ void dnet_server_stop(struct dnet_server *s)
 	 * its pending (group commit) writes, flush replies, close. An object is only
 	 * ever renamed into place whole, so nothing half-written can be left behind. */
 	atomic_store(&s->stopping, 1);
+	dnet_recover_stop(s);
 	dnet_mover_stop(s);
 	dnet_member_stop(s);
 	dnet_net_stop_reading(s);

@@ -51,6 +51,7 @@ struct dnet_config {
 	uint64_t move_rate;   /* bytes/s the mover may send (0 = unlimited) */
 	int copies;           /* copies per object (transformation functions) */
 	int tombstone_grace_s;
+	int recover_interval_s; /* copies > 1: anti-entropy pass at least this often */
 };
 
 /* A request the node makes of itself (dnet_local_call): no connection; the
@@ -188,6 +189,7 @@ struct dnet_member {
 	uint64_t new_until_ns;
 	int met_others;
 	atomic_uint_fast64_t layout_changes; /* wakes the mover */
+	atomic_uint_fast64_t node_ups;       /* nodes seen coming (back) up */
 	pthread_t thread;
 	pthread_mutex_t wait_lock;
 	pthread_cond_t wait_cond;
@@ -202,10 +204,26 @@ struct dnet_mover {
 	pthread_cond_t cond;
 	int stop, started, kick;
 	atomic_uint_fast64_t passes, moved, moved_bytes, skipped, errors, pending;
+	atomic_int hinted; /* a stand-in write arrived since the last pass began */
 	/* IDs handed over recently (direct-mapped by ID prefix; a collision just
 	 * forgets one): a read that reaches us for one of them, as the previous owner,
 	 * is sent back to the owner instead of "not found". */
 	_Atomic uint64_t *recent_id, *recent_ns;
+};
+
+/* Anti-entropy between copies (recover.c). */
+#define DNET_SYNC_BUCKETS 4096u
+struct dnet_recover {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int stop, kick, started;
+	atomic_int stop_flag;
+	uint64_t last_pass_ns;
+	uint8_t (*repair)[DNET_ID_SIZE]; /* corrupt copies to replace (under lock) */
+	int nrepair;
+	atomic_uint_fast64_t passes, running, buckets_checked, buckets_differ, pulled,
+		bytes, errors, repaired, tombstones_collected, last_ms;
 };
 
 struct dnet_server {
@@ -224,6 +242,7 @@ struct dnet_server {
 	struct dnet_stats stats;
 	struct dnet_member member;
 	struct dnet_mover mover;
+	struct dnet_recover recover;
 };
 
 /* The one server of this process (set by main). */
@@ -270,6 +289,8 @@ int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self
 /* move.c */
 int dnet_mover_start(struct dnet_server *s);
 void dnet_mover_kick(struct dnet_server *s);
+/* We stored a copy we are not a home of (standing in for a down node). */
+void dnet_mover_hint(struct dnet_server *s);
 void dnet_mover_stop(struct dnet_server *s);
 /* After the IO pool has stopped (workers consult the recent-moves table). */
 void dnet_mover_free(struct dnet_server *s);
@@ -277,6 +298,19 @@ void dnet_mover_free(struct dnet_server *s);
 int dnet_mover_moved_recently(struct dnet_server *s, const uint8_t *id);
 void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t *down,
 			size_t *left);
+
+/* recover.c */
+int dnet_recover_start(struct dnet_server *s);
+void dnet_recover_stop(struct dnet_server *s);
+/* Start a pass now (RECOVER command, a node back up). */
+void dnet_recover_kick(struct dnet_server *s);
+/* A read found our copy of id corrupt: replace it from another copy. */
+void dnet_recover_corrupt(struct dnet_server *s, const uint8_t *id);
+/* The SYNC command. */
+int dnet_sync_request(struct dnet_server *s, const uint8_t *p, size_t len, uint8_t **out,
+		      size_t *outlen);
+int dnet_recover_pull(struct dnet_server *s, struct dnet_peer *p, const uint8_t *id, uint64_t v,
+		      int force, uint8_t *buf, uint64_t *bytes);
 
 /* stats.c: "name value\n" lines in a malloc()ed buffer. */
 char *dnet_stats_text(struct dnet_server *s, size_t *len);

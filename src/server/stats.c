@@ -83,6 +83,18 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "move_bytes %llu\n", (unsigned long long)atomic_load(&s->mover.moved_bytes));
 	add(&b, "move_pending %llu\n", (unsigned long long)atomic_load(&s->mover.pending));
 	add(&b, "move_errors %llu\n", (unsigned long long)atomic_load(&s->mover.errors));
+	struct dnet_recover *rc = &s->recover;
+	add(&b, "copies %d\n", s->cfg.copies);
+	add(&b, "recover_passes %llu\n", (unsigned long long)atomic_load(&rc->passes));
+	add(&b, "recover_running %llu\n", (unsigned long long)atomic_load(&rc->running));
+	add(&b, "recover_last_ms %llu\n", (unsigned long long)atomic_load(&rc->last_ms));
+	add(&b, "recover_buckets_checked %llu\n", (unsigned long long)atomic_load(&rc->buckets_checked));
+	add(&b, "recover_buckets_differ %llu\n", (unsigned long long)atomic_load(&rc->buckets_differ));
+	add(&b, "recover_pulled %llu\n", (unsigned long long)atomic_load(&rc->pulled));
+	add(&b, "recover_bytes %llu\n", (unsigned long long)atomic_load(&rc->bytes));
+	add(&b, "recover_errors %llu\n", (unsigned long long)atomic_load(&rc->errors));
+	add(&b, "recover_repaired %llu\n", (unsigned long long)atomic_load(&rc->repaired));
+	add(&b, "tombstones_collected %llu\n", (unsigned long long)atomic_load(&rc->tombstones_collected));
 	struct dnet_backend_stat bs = {0};
 	if (s->bops->stat(s->backend, &bs) == 0) {
 		add(&b, "objects %llu\n", (unsigned long long)bs.objects);
