@@ -315,10 +315,34 @@ static int parse_obj_args(const char *cmd, int argc, char **argv, int nfiles, st
 	return 0;
 }
 
+/* "copy 0 on HOST: ok, copy 1 on HOST: connection refused, ..." of the last call,
+ * or "" without copies. */
+static void copies_summary(const dnet_client *c, char *out, size_t len)
+{
+	int n = 0;
+	const struct dnet_copy_status *cp = dnet_last_copies(c, &n);
+	size_t off = 0;
+	out[0] = '\0';
+	for (int i = 0; i < n && off < len; i++) {
+		int w = snprintf(out + off, len - off, "%scopy %d on %s%s: %s", i ? ", " : "",
+				 cp[i].copy, cp[i].node, cp[i].standin ? " (stand-in)" : "",
+				 cp[i].status == 0 || cp[i].status == DNET_EEXIST
+					 ? "ok" : dnet_strerror(cp[i].status));
+		if (w < 0)
+			break;
+		off += (size_t)w;
+	}
+}
+
 static int obj_fail(const struct cli *g, dnet_client *c, const char *cmd, const struct objarg *a,
 		    int err)
 {
-	cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), cli_node(g, c));
+	char copies[1024];
+	copies_summary(c, copies, sizeof(copies));
+	if (copies[0] && err == DNET_EQUORUM)
+		cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), copies);
+	else
+		cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), cli_node(g, c));
 	return cli_exit_code(err);
 }
 
@@ -413,6 +437,19 @@ static int cmd_put(const struct cli *g, int argc, char **argv)
 	err = dnet_write_fd_id(c, a.id, fd, UINT64_MAX, &info);
 	progress_end(&p);
 	rc = err ? obj_fail(g, c, "put", &a, err) : 0;
+	if (!err) {
+		/* Stored by a quorum, but not on every home: say so (not an error). */
+		int n = 0, bad = 0;
+		const struct dnet_copy_status *cp = dnet_last_copies(c, &n);
+		for (int i = 0; i < n; i++)
+			bad |= cp[i].standin || (cp[i].status && cp[i].status != DNET_EEXIST);
+		if (bad) {
+			char copies[1024];
+			copies_summary(c, copies, sizeof(copies));
+			fprintf(stderr, "elliptics: put %s: stored, but not on every home node: %s\n",
+				a.shown, copies);
+		}
+	}
 	if (fd > 0)
 		close(fd);
 	dnet_client_free(c);

@@ -489,7 +489,8 @@ static int upload_init(dnet_client *c, struct upload *u, const uint8_t *id)
 	struct dnet_plan plan;
 	if (dnet__plan(c, id, &plan)) {
 		/* Copies: every home that is up, a stand-in for each one that is down. */
-		int used[DNET_PLAN_MAX] = {0}, fb = plan.homes;
+		int used[DNET_PLAN_MAX] = {0}, fb = plan.homes, nmiss = 0;
+		struct dnet_copy_status miss[DNET_PLAN_MAX];
 		u->version = dnet__hlc_next(c, 0);
 		u->want = dnet__quorum(c, plan.homes);
 		for (int i = 0; i < plan.homes; i++) {
@@ -497,8 +498,15 @@ static int upload_init(dnet_client *c, struct upload *u, const uint8_t *id)
 			if (plan.down[i]) {
 				while (fb < plan.n && (used[fb] || plan.down[fb]))
 					fb++;
-				if (fb == plan.n)
+				if (fb == plan.n) {
+					/* Down, and nobody to stand in. */
+					struct dnet_copy_status *m = &miss[nmiss++];
+					memset(m, 0, sizeof(*m));
+					m->copy = i;
+					m->status = DNET_ENODEDOWN;
+					memcpy(m->node, plan.node[i]->name, sizeof(m->node));
 					continue;
+				}
 				ti = fb++;
 			}
 			used[ti] = 1;
@@ -507,8 +515,11 @@ static int upload_init(dnet_client *c, struct upload *u, const uint8_t *id)
 			t->copy = i;
 			t->standin = ti != i;
 		}
-		if (u->nt < u->want)
+		if (u->nt < u->want) {
+			/* Nothing was sent: the copies that cannot be written say why. */
+			dnet__set_last_copies(c, miss, nmiss);
 			return DNET_EQUORUM;
+		}
 		return 0;
 	}
 	struct dnet_req probe;

@@ -85,6 +85,13 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "move_errors %llu\n", (unsigned long long)atomic_load(&s->mover.errors));
 	struct dnet_recover *rc = &s->recover;
 	add(&b, "copies %d\n", s->cfg.copies);
+	add(&b, "transforms ");
+	for (int i = 0; i < s->cfg.copies; i++) {
+		char name[32];
+		dnet_copy_name(i, name, sizeof(name));
+		add(&b, "%s%s", i ? "," : "", name);
+	}
+	add(&b, "\n");
 	add(&b, "recover_passes %llu\n", (unsigned long long)atomic_load(&rc->passes));
 	add(&b, "recover_running %llu\n", (unsigned long long)atomic_load(&rc->running));
 	add(&b, "recover_last_ms %llu\n", (unsigned long long)atomic_load(&rc->last_ms));

@@ -320,3 +320,42 @@ def test_recovery_copies_only_what_differs(node_factory):
     # and each missed one was fetched from one peer only.
     assert missed <= pulled <= missed + 100, pulled
     assert moved <= (missed + 100) * size, moved
+
+
+def test_quorum_not_met_is_an_error_naming_the_copies(node_factory):
+    nodes = start_ring(node_factory, 3, copies=3)
+    nodes[2].kill()
+    wait_for(lambda: stat_values(nodes[0], "ring_down") == "1", DEADLINE,
+             what="the ring to mark the node down")
+    live = nodes[:2]
+    # W=3 cannot be met with a node down and no node to stand in.
+    r = put(live, "needs-three", b"x" * 100, "--w", "3")
+    assert r.rc == 3, (r.rc, r.err)
+    assert "write quorum" in r.err and nodes[2].addr in r.err, r.err
+    assert len(r.err.strip().splitlines()) == 1, r.err
+    # The default quorum (2 of 3) is met; the put says which copy is missing.
+    r = put(live, "two-of-three", b"y" * 100)
+    assert r.rc == 0, r.err
+    assert "not on every home" in r.err and nodes[2].addr in r.err, r.err
+    g = get(live, "two-of-three")
+    assert g.rc == 0 and g.out == b"y" * 100
+    # The transforms are visible in stat.
+    assert stat_values(nodes[0], "transforms") == "sha512,sha512+copy1,sha512+copy2"
+
+
+def test_tombstones_are_collected_after_the_grace_period(node_factory):
+    nodes = start_ring(node_factory, 3, copies=3, extra=("--tombstone-grace-s", "1"))
+    for i in range(10):
+        assert put(nodes, "gc-%d" % i, b"z" * 10).rc == 0
+    for i in range(10):
+        assert run_cli(["del", "gc-%d" % i], remotes=remotes(nodes)).rc == 0
+    # Deleted: not found, while the tombstones keep their place.
+    assert get(nodes, "gc-3").rc == 1
+    assert sum(int(stat_values(n, "objects")) for n in nodes) == 30
+
+    def collected():
+        recover(nodes)
+        return sum(int(stat_values(n, "objects")) for n in nodes) == 0
+    wait_for(collected, DEADLINE, interval=0.5, what="tombstones to be collected")
+    assert sum(int(stat_values(n, "tombstones_collected")) for n in nodes) == 30
+    assert get(nodes, "gc-3").rc == 1
