@@ -41,7 +41,7 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
 /* murmur3's 64-bit finalizer: a sum of raw FNV values lets small differences
  * cancel out (two nodes flipping state could leave the sum unchanged), a sum of
  * well-mixed values does not. */
-static uint64_t mix64(uint64_t h)
+uint64_t dnet_mix64(uint64_t h)
 {
 	h ^= h >> 33;
 	h *= 0xff51afd7ed558ccdull;
@@ -70,10 +70,10 @@ static int rebuild(struct dnet_ring *r)
 		nh = fnv(nh, nd->node_id, DNET_ID_SIZE);
 		nh = fnv(nh, &nd->incarnation, sizeof(nd->incarnation));
 		nh = fnv(nh, &nd->state, sizeof(nd->state));
-		h += mix64(nh);
+		h += dnet_mix64(nh);
 		if (nd->state == DNET_NODE_LEFT)
 			continue;
-		lay += mix64(fnv(0xcbf29ce484222325ull, nd->node_id, DNET_ID_SIZE));
+		lay += dnet_mix64(fnv(0xcbf29ce484222325ull, nd->node_id, DNET_ID_SIZE));
 		for (uint32_t j = 0; j < nd->nids; j++) {
 			memcpy(e[k].id, nd->ids[j], DNET_ID_SIZE);
 			e[k].node = (uint32_t)i;

@@ -49,6 +49,10 @@ struct dnet_ring {
 	uint32_t copies; /* copies per object the sender is configured for (0: not said) */
 };
 
+/* murmur3's 64-bit finalizer: a well-mixed hash of v (sums of them stay order-free
+ * digests without small differences cancelling out). */
+uint64_t dnet_mix64(uint64_t v);
+
 void dnet_ring_init(struct dnet_ring *r);
 void dnet_ring_free(struct dnet_ring *r);
 /* Deep copy (for handing a consistent snapshot to another thread). */

@@ -104,22 +104,6 @@ static int collect_cb(void *arg, const uint8_t *id, const struct dnet_obj_info *
 	return 0;
 }
 
-/* Sleep as needed to keep the average send rate under the cap. */
-static void throttle(struct dnet_server *s, uint64_t start_ns, uint64_t sent)
-{
-	uint64_t rate = s->cfg.move_rate;
-	if (!rate)
-		return;
-	uint64_t should_ns = sent * 1000000000ull / rate;
-	uint64_t spent = dnet_now_mono_ns() - start_ns;
-	if (should_ns > spent) {
-		uint64_t d = should_ns - spent;
-		struct timespec ts = {.tv_sec = (time_t)(d / 1000000000ull),
-				      .tv_nsec = (long)(d % 1000000000ull)};
-		nanosleep(&ts, NULL);
-	}
-}
-
 /* Reads [off, off+len) of a local object into buf. */
 static int read_local(struct dnet_server *s, const uint8_t *id, uint64_t off, uint64_t len,
 		      uint8_t *buf, uint64_t *got, struct dnet_obj_info *info)
@@ -282,7 +266,7 @@ static size_t move_pass(struct dnet_server *s)
 				      dnet_strerror(err));
 		}
 		atomic_store(&mv->pending, c.n - i - 1);
-		throttle(s, start, sent);
+		dnet_rate_wait(s->cfg.move_rate, start, sent);
 	}
 	for (size_t i = 0; peers && i < ring.nnodes; i++)
 		dnet_peer_close(&peers[i]);

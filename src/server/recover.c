@@ -41,16 +41,6 @@
 
 enum { SYNC_DIGEST = 1, SYNC_LIST = 2 };
 
-static uint64_t mix64(uint64_t h)
-{
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdull;
-	h ^= h >> 33;
-	h *= 0xc4ceb9fe1a85ec53ull;
-	h ^= h >> 33;
-	return h;
-}
-
 static uint32_t bucket_of(const uint8_t *id)
 {
 	return ((uint32_t)id[0] << 4 | id[1] >> 4) & (DNET_SYNC_BUCKETS - 1);
@@ -60,7 +50,7 @@ static uint64_t entry_hash(const uint8_t *id, uint64_t version)
 {
 	uint64_t a;
 	memcpy(&a, id, 8);
-	return mix64(a ^ mix64(version + 0x9e3779b97f4a7c15ull));
+	return dnet_mix64(a ^ dnet_mix64(version + 0x9e3779b97f4a7c15ull));
 }
 
 /* Do both nodes (indices a, b in ring) hold copies of id? */
@@ -198,17 +188,7 @@ struct rstate {
 
 static void throttle(struct rstate *st)
 {
-	uint64_t rate = st->s->cfg.move_rate;
-	if (!rate)
-		return;
-	uint64_t should = st->bytes * 1000000000ull / rate;
-	uint64_t spent = dnet_now_mono_ns() - st->start_ns;
-	if (should > spent) {
-		uint64_t d = should - spent;
-		struct timespec ts = {.tv_sec = (time_t)(d / 1000000000ull),
-				      .tv_nsec = (long)(d % 1000000000ull)};
-		nanosleep(&ts, NULL);
-	}
+	dnet_rate_wait(st->s->cfg.move_rate, st->start_ns, st->bytes);
 }
 
 static int sync_call(struct dnet_peer *p, const uint8_t *req, size_t len, uint8_t **reply,
