@@ -289,7 +289,7 @@ def test_recovery_copies_only_what_differs(node_factory):
     """A node misses many writes; recovery brings it up to date, moving only the
     objects it missed. Figures: objects/s and MB/s."""
     missed = int(os.environ.get("ELLIPTICS_RECOVER_OBJECTS", "10000" if sanitized() else "100000"))
-    size = 100
+    size = int(os.environ.get("ELLIPTICS_RECOVER_SIZE", "100"))
     nodes = start_ring(node_factory, 3, copies=3, extra=("--recover-interval-s", "100000"))
     # Objects all copies have, before.
     r = run_cli(["bench", "--op", "put", "--size", str(size), "--count", "2000", "--keys", "2000", "--conns", "8",
