@@ -45,6 +45,9 @@ static const struct opt opts[] = {
 	{"handoff-s", O_INT, "S", "after an ownership change, look for moved objects at their old node this long (default 300)", OFF(handoff_s), 0, 0, 86400},
 	{"move-rate", O_SIZE, "BYTES", "bytes per second the node may send when moving data (default 64M; 0 = unlimited)", OFF(move_rate), 0, 0, (long)(1ull << 40)},
 	{"fail-after-ms", O_INT, "MS", "a peer silent this long is marked down (default 3000)", OFF(fail_after_ms), 0, 100, 600000},
+	{"idle-timeout-s", O_INT, "S", "close a connection with no request and no reply pending for this long (default 600; 0 = never)", OFF(idle_timeout_s), 0, 0, 100000000},
+	{"request-timeout-s", O_INT, "S", "close a connection whose request is not received whole within this long, plus 1 s per 64 KiB of payload: slow senders (default 30; 0 = never)", OFF(request_timeout_s), 0, 0, 100000000},
+	{"send-timeout-s", O_INT, "S", "close a connection whose queued replies it has not read for this long: clients that never read (default 60; 0 = never)", OFF(send_timeout_s), 0, 0, 100000000},
 	{"copies", O_INT, "N", "copies of every object, placed by transformation functions on distinct nodes (and zones); the same on every node of a ring (default 1)", OFF(copies), 0, 1, DNET_MAX_COPIES},
 	{"recover-interval-s", O_INT, "S", "copies > 1: compare copies with every peer at least this often (default 300; also at start, when a node comes back, and on `elliptics recover`)", OFF(recover_interval_s), 0, 1, 100000000},
 	{"tombstone-grace-s", O_INT, "S", "copies > 1: a deleted object's tombstone is kept this long so a copy that missed the delete cannot bring it back (default 86400)", OFF(tombstone_grace_s), 0, 1, 100000000},
@@ -81,6 +84,9 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->copies = 1;
 	cfg->tombstone_grace_s = 86400;
 	cfg->recover_interval_s = 300;
+	cfg->idle_timeout_s = 600;
+	cfg->request_timeout_s = 30;
+	cfg->send_timeout_s = 60;
 }
 
 static void usage(FILE *f)

@@ -52,6 +52,10 @@ struct dnet_config {
 	int copies;           /* copies per object (transformation functions) */
 	int tombstone_grace_s;
 	int recover_interval_s; /* copies > 1: anti-entropy pass at least this often */
+	/* Connection timeouts (0 = none): no request and no output for idle_timeout_s;
+	 * a request not received whole within request_timeout_s (plus 1 s per 64 KiB
+	 * of payload); queued output of which nothing was sent for send_timeout_s. */
+	int idle_timeout_s, request_timeout_s, send_timeout_s;
 };
 
 /* A request the node makes of itself (dnet_local_call): no connection; the
@@ -105,6 +109,9 @@ struct dnet_conn {
 	uint32_t hpart_len;
 	struct dnet_trans *cur; /* transaction whose payload is being read */
 	uint64_t cur_have;
+	uint64_t rx_ns;      /* monotonic: last bytes received */
+	uint64_t partial_ns; /* when the request being received began (0: none) */
+	uint64_t nsubmitted; /* requests received whole */
 
 	/* Output and flow control, under lock. */
 	pthread_mutex_t lock;
@@ -117,6 +124,7 @@ struct dnet_conn {
 	uint32_t events;     /* epoll events currently armed */
 	int dead;            /* socket failed or closed: drop all output */
 	int close_after_flush;
+	uint64_t tx_ns;      /* last bytes sent, or output queued after none was */
 };
 
 struct dnet_stats {
@@ -125,6 +133,7 @@ struct dnet_stats {
 	atomic_uint_fast64_t lat_ns[DNET_CMD_MAX_];
 	atomic_uint_fast64_t bytes_in, bytes_out;
 	atomic_uint_fast64_t conns_total, conns_cur, conns_rejected;
+	atomic_uint_fast64_t conns_idle_closed, conns_slow_closed, conns_stalled_closed;
 	atomic_uint_fast64_t proto_errors;
 	atomic_uint_fast64_t redirects;   /* NOTOWNER replies: requests that were not one hop */
 	atomic_uint_fast64_t handoff_redirects; /* of which: to a previous owner */

@@ -56,6 +56,10 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "conns_current %llu\n", (unsigned long long)atomic_load(&st->conns_cur));
 	add(&b, "conns_total %llu\n", (unsigned long long)atomic_load(&st->conns_total));
 	add(&b, "conns_rejected %llu\n", (unsigned long long)atomic_load(&st->conns_rejected));
+	add(&b, "conns_idle_closed %llu\n", (unsigned long long)atomic_load(&st->conns_idle_closed));
+	add(&b, "conns_slow_closed %llu\n", (unsigned long long)atomic_load(&st->conns_slow_closed));
+	add(&b, "conns_stalled_closed %llu\n",
+	    (unsigned long long)atomic_load(&st->conns_stalled_closed));
 	add(&b, "proto_errors %llu\n", (unsigned long long)atomic_load(&st->proto_errors));
 	add(&b, "redirects %llu\n", (unsigned long long)atomic_load(&st->redirects));
 	add(&b, "handoff_redirects %llu\n", (unsigned long long)atomic_load(&st->handoff_redirects));
