@@ -5,6 +5,7 @@
 
 #include "common/log.h"
 #include "server.h"
+#include "storage/fault.h"
 
 int main(int argc, char **argv)
 {
@@ -19,6 +20,9 @@ int main(int argc, char **argv)
 	if (rc)
 		return 2;
 	dnet_log_level = s->cfg.log_level;
+	/* ELLIPTICS_FAULT: fault injection for crash-safety tests (storage/fault.h). */
+	if (dnet_fault_env() != 0)
+		return 2;
 
 	/* Signals are taken synchronously by main via sigwait; every thread created
 	 * from here on inherits the mask. */

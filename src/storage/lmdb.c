@@ -47,6 +47,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "backend.h"
+#include "fault.h"
 
 #define KV_MAGIC 0x4f564b44u /* "DKVO" */
 #define KV_VERSION 1
@@ -686,6 +687,17 @@ static int apply_up_drop(struct dnet_backend *b, MDB_txn *txn, struct lm_op *op,
 	return del_chunks(b, txn, op->up->id, op->up->gen);
 }
 
+/* Commits txn, or aborts it when fault injection (fault.h) fails this commit. */
+static int lm_commit(MDB_txn *txn)
+{
+	int fe = dnet_fault_check(DNET_FAULT_COMMIT);
+	if (fe) {
+		mdb_txn_abort(txn);
+		return fe;
+	}
+	return mdb_txn_commit(txn);
+}
+
 /* One op in its own write txn; grows the map and retries on MDB_MAP_FULL. */
 static int run_txn(struct dnet_backend *b, struct lm_op *op, apply_fn fn)
 {
@@ -702,7 +714,7 @@ static int run_txn(struct dnet_backend *b, struct lm_op *op, apply_fn fn)
 			if (err) {
 				mdb_txn_abort(txn);
 			} else {
-				rc = mdb_txn_commit(txn);
+				rc = lm_commit(txn);
 				err = lm_err(b, rc, "commit");
 			}
 		}
@@ -725,7 +737,9 @@ static void count(struct dnet_backend *b, const struct lm_op *op)
 static int env_sync(struct dnet_backend *b)
 {
 	atomic_fetch_add(&b->syncs, 1);
-	int rc = mdb_env_sync(b->env, 1);
+	int rc = dnet_fault_check(DNET_FAULT_SYNC);
+	if (!rc)
+		rc = mdb_env_sync(b->env, 1);
 	return rc ? lm_err(b, rc, "sync") : 0;
 }
 
@@ -774,7 +788,7 @@ static void commit_batch(struct dnet_backend *b, struct lm_op *batch)
 				mdb_txn_abort(txn);
 			} else if (!any) {
 				mdb_txn_abort(txn);
-			} else if ((rc = mdb_txn_commit(txn))) {
+			} else if ((rc = lm_commit(txn))) {
 				broken = lm_err(b, rc, "commit");
 			}
 		}
