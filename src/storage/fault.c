@@ -15,8 +15,10 @@ static atomic_int armed;
 static struct dnet_fault_plan plan; /* written only while disarmed */
 static atomic_uint_fast64_t calls[DNET_FAULT_NOPS];
 static atomic_uint_fast64_t fired;
-static atomic_int short_pending; /* a short write happened: the next write fails */
 static _Thread_local uint64_t tl_fired;
+/* A short write happened in this thread: its next write call (the retry of the rest)
+ * fails. Per thread, so another thread's write cannot take the failure instead. */
+static _Thread_local int short_pending;
 
 static const char *const op_names[DNET_FAULT_NOPS] = {"write", "sync", "rename", "space",
 						      "commit"};
@@ -35,14 +37,14 @@ void dnet_fault_arm(const struct dnet_fault_plan *p)
 	for (int i = 0; i < DNET_FAULT_NOPS; i++)
 		atomic_store(&calls[i], 0);
 	atomic_store(&fired, 0);
-	atomic_store(&short_pending, 0);
+	short_pending = 0;
 	atomic_store_explicit(&armed, 1, memory_order_release);
 }
 
 void dnet_fault_disarm(void)
 {
 	atomic_store(&armed, 0);
-	atomic_store(&short_pending, 0);
+	short_pending = 0;
 }
 
 int dnet_fault_armed(void)
@@ -79,7 +81,8 @@ static int decide(int op)
 	if (!atomic_load_explicit(&armed, memory_order_acquire))
 		return 0;
 	uint64_t n = atomic_fetch_add(&calls[op], 1) + 1;
-	if (op == DNET_FAULT_WRITE && atomic_exchange(&short_pending, 0)) {
+	if (op == DNET_FAULT_WRITE && short_pending) {
+		short_pending = 0;
 		note_fired(op, n, "after a short write");
 		errno = plan.err;
 		return -1;
@@ -90,7 +93,7 @@ static int decide(int op)
 		if (n != plan.nth)
 			return 0;
 		note_fired(op, n, "short write");
-		atomic_store(&short_pending, 1);
+		short_pending = 1;
 		return 1;
 	}
 	if (plan.count && n - plan.nth >= plan.count)

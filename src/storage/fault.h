@@ -5,7 +5,8 @@
  * The wrappers are compiled in always and cost one relaxed atomic load while no
  * plan is armed. A plan is process-global: "fail the Nth call of class OP (and the
  * COUNT-1 after it, or every later one with COUNT 0) with errno ERR", or for writes
- * "make the Nth write short": it moves half its bytes and the next write call fails
+ * "make the Nth write short": it moves half its bytes and the next write call of the same
+ * thread (the retry of the rest) fails
  * with ERR, as a disk that fills up mid-write does. Counting starts at arming.
  *
  * LMDB and BerkeleyDB write their files themselves; those engines are reached at
