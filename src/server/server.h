@@ -49,7 +49,13 @@ struct dnet_config {
 	int fail_after_ms;
 	int handoff_s;        /* how long older rings are consulted for moved objects */
 	uint64_t move_rate;   /* bytes/s the mover may send (0 = unlimited) */
+	/* Offline actions instead of serving (main.c): --check, --compact, --export,
+	 * --import. */
+	int offline;		 /* enum dnet_offline_mode */
+	char offline_arg[4096]; /* FILE or "-" of --export / --import */
 };
+enum dnet_offline_mode { DNET_OFFLINE_NONE = 0, DNET_OFFLINE_CHECK, DNET_OFFLINE_COMPACT,
+			 DNET_OFFLINE_EXPORT, DNET_OFFLINE_IMPORT };
 
 /* One request read whole from the network, on its way through the IO pool. */
 struct dnet_trans {
