@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -221,9 +222,17 @@ int main(int argc, char **argv)
 	if (rc)
 		return 2;
 	dnet_log_level = s->cfg.log_level;
-	/* ELLIPTICS_FAULT: fault injection for crash-safety tests (storage/fault.h). */
-	if (dnet_fault_env() != 0)
+	/* ELLIPTICS_FAULT: fault injection for crash-safety tests (storage/fault.h),
+	 * checked now, armed once the node serves (so calls count from the first
+	 * request, not from the engine's open). Offline actions ignore it. */
+	struct dnet_fault_plan fault;
+	const char *fault_spec = getenv("ELLIPTICS_FAULT");
+	char fault_err[256];
+	if (fault_spec && *fault_spec &&
+	    dnet_fault_parse(fault_spec, &fault, fault_err, sizeof(fault_err)) != 0) {
+		fprintf(stderr, "ellipticsd: ELLIPTICS_FAULT=%s: %s\n", fault_spec, fault_err);
 		return 2;
+	}
 	if (s->cfg.offline)
 		return offline(&s->cfg);
 
@@ -240,6 +249,10 @@ int main(int argc, char **argv)
 	rc = dnet_server_start(s);
 	if (rc)
 		return rc;
+	if (fault_spec && *fault_spec) {
+		dnet_fault_arm(&fault);
+		dnet_log_warn("fault injection armed (ELLIPTICS_FAULT=%s)", fault_spec);
+	}
 
 	int sig = 0;
 	for (;;) {
