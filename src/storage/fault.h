@@ -13,8 +13,8 @@
  * their commit and sync calls (class COMMIT: the transaction is aborted instead of
  * committed and the commit reports ERR; class SYNC: mdb_env_sync / log_flush).
  *
- * From the environment (read once by dnet_fault_env(), which ellipticsd calls at
- * start): ELLIPTICS_FAULT="op=write,n=5[,count=1][,err=EIO]" with op one of
+ * From the environment: ELLIPTICS_FAULT (ellipticsd checks it at start and arms it
+ * once the node serves; dnet_fault_env() arms it at once): ELLIPTICS_FAULT="op=write,n=5[,count=1][,err=EIO]" with op one of
  * write|short|sync|rename|space|commit; count=0 means "this call and every later
  * one"; err is EIO (default), ENOSPC, EDQUOT, EROFS or a number. */
 #ifndef DNET_FAULT_H
