@@ -210,11 +210,23 @@ static void report_corrupt(struct dnet_backend *b, const uint8_t *id, const char
 	dnet_log_error("lmdb backend %s: object %s is corrupt: %s", b->path, hex, what);
 }
 
+static int disk_nearly_full(struct dnet_backend *b);
+
 static int lm_err(struct dnet_backend *b, int rc, const char *what)
 {
 	switch (rc) {
 	case 0:
 		return 0;
+	case EIO:
+		/* LMDB reports a short page write as EIO ("short write, filesystem
+		 * full?"): a write that ran out of space stops short, so the disk is then
+		 * full to the last block. The txn was aborted, nothing committed. */
+		if (strcmp(what, "commit") == 0 && disk_nearly_full(b)) {
+			dnet_log_error("lmdb backend %s: commit: disk full", b->path);
+			return DNET_ENOSPC;
+		}
+		dnet_log_error("lmdb backend %s: %s: %s", b->path, what, mdb_strerror(rc));
+		return DNET_EIO;
 	case MDB_NOTFOUND:
 		return DNET_ENOENT;
 	case MDB_MAP_FULL:
@@ -228,6 +240,16 @@ static int lm_err(struct dnet_backend *b, int rc, const char *what)
 		dnet_log_error("lmdb backend %s: %s: %s", b->path, what, mdb_strerror(rc));
 		return rc > 0 ? dnet_from_errno(rc) : DNET_EIO;
 	}
+}
+
+/* Less free space than one chunk's pages plus slack: what a write that stopped
+ * short for lack of space leaves behind. */
+static int disk_nearly_full(struct dnet_backend *b)
+{
+	struct statvfs vfs;
+	if (statvfs(b->path, &vfs) != 0)
+		return 0;
+	return (uint64_t)vfs.f_bavail * vfs.f_frsize < KV_CHUNK + (64u << 10);
 }
 
 static uint64_t new_gen(struct dnet_backend *b, uint64_t avoid)
