@@ -11,7 +11,8 @@
 #include "common/util.h"
 #include "server.h"
 
-enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_JOIN, O_LATER, O_CONFIG, O_HELP };
+enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_JOIN, O_LATER, O_CONFIG, O_HELP,
+		O_MODE };
 
 struct opt {
 	const char *name;
@@ -58,6 +59,10 @@ static const struct opt opts[] = {
 	{"tls-cert", O_LATER, "FILE", "TLS certificate (not in this build)", 0, 0, 0, 0},
 	{"tls-key", O_LATER, "FILE", "TLS key (not in this build)", 0, 0, 0, 0},
 	{"tls-ca", O_LATER, "FILE", "TLS CA (not in this build)", 0, 0, 0, 0},
+	{"check", O_MODE, NULL, "offline: verify every object in --data (with --backend), print counts and each corrupt ID; exit 1 if any is corrupt", 0, 0, DNET_OFFLINE_CHECK, 0},
+	{"compact", O_MODE, NULL, "offline: compact the data directory now (blob engine; others have nothing to compact)", 0, 0, DNET_OFFLINE_COMPACT, 0},
+	{"export", O_MODE, "FILE|-", "offline: write every object (ID, timestamp, size, checksum, data) to FILE or stdout", 0, 0, DNET_OFFLINE_EXPORT, 0},
+	{"import", O_MODE, "FILE|-", "offline: store every object of an --export stream, timestamps kept; a corrupt stream is refused", 0, 0, DNET_OFFLINE_IMPORT, 0},
 	{"help", O_HELP, NULL, "this text", 0, 0, 0, 0},
 };
 
@@ -103,7 +108,11 @@ static void usage(FILE *f)
 			fprintf(f, ": %s (default %s)", dnet_backend_names(), DNET_DEFAULT_BACKEND);
 		fputc('\n', f);
 	}
-	fprintf(f, "\nEvery option can also be set in the --config file by its name without the dashes.\n");
+	fprintf(f, "\nEvery option can also be set in the --config file by its name without the dashes,\n"
+		   "except the offline actions --check, --compact, --export and --import: they are\n"
+		   "given on the command line, run against --data with --backend while no ellipticsd\n"
+		   "uses the directory (they take its lock), and exit: 0 done, 1 corrupt objects found,\n"
+		   "2 usage, 3 failure.\n");
 }
 
 static int set_opt(struct dnet_config *cfg, const struct opt *o, const char *val, const char *where,
@@ -251,6 +260,24 @@ static int set_opt(struct dnet_config *cfg, const struct opt *o, const char *val
 	case O_HELP:
 		usage(stdout);
 		return 1;
+	case O_MODE:
+		if (depth > 0) {
+			fprintf(stderr, "ellipticsd: %s: --%s is an action for the command line, not a config option\n",
+				where, o->name);
+			return 2;
+		}
+		if (cfg->offline) {
+			fprintf(stderr, "ellipticsd: only one of --check, --compact, --export, --import\n");
+			return 2;
+		}
+		if (o->arg && strlen(val) >= sizeof(cfg->offline_arg)) {
+			fprintf(stderr, "ellipticsd: %s: --%s value too long\n", where, o->name);
+			return 2;
+		}
+		cfg->offline = (int)o->min;
+		if (o->arg)
+			snprintf(cfg->offline_arg, sizeof(cfg->offline_arg), "%s", val);
+		return 0;
 	}
 	return 2;
 }

@@ -56,7 +56,13 @@ struct dnet_config {
 	 * a request not received whole within request_timeout_s (plus 1 s per 64 KiB
 	 * of payload); queued output of which nothing was sent for send_timeout_s. */
 	int idle_timeout_s, request_timeout_s, send_timeout_s;
+	/* Offline actions instead of serving (main.c): --check, --compact, --export,
+	 * --import. */
+	int offline;		 /* enum dnet_offline_mode */
+	char offline_arg[4096]; /* FILE or "-" of --export / --import */
 };
+enum dnet_offline_mode { DNET_OFFLINE_NONE = 0, DNET_OFFLINE_CHECK, DNET_OFFLINE_COMPACT,
+			 DNET_OFFLINE_EXPORT, DNET_OFFLINE_IMPORT };
 
 /* A request the node makes of itself (dnet_local_call): no connection; the
  * result is handed back here. */
