@@ -47,7 +47,7 @@ static const struct opt opts[] = {
 	{"fail-after-ms", O_INT, "MS", "a peer silent this long is marked down (default 3000)", OFF(fail_after_ms), 0, 100, 600000},
 	{"copies", O_LATER, "N", "copies forced by transformation functions (not in this build)", 0, 0, 0, 0},
 	{"zone", O_STR, "NAME", "zone (rack, room) label of this node, for copy placement", OFF(zone), LEN(zone), 0, 0},
-	{"http", O_LATER, "HOST:PORT", "S3 gateway and /metrics (not in this build)", 0, 0, 0, 0},
+	{"http", O_STR, "HOST:PORT", "HTTP endpoint: Prometheus /metrics, the ring page (/, /ring.json); the S3 gateway comes here next (default: off)", OFF(http), LEN(http), 0, 0},
 	{"keys", O_LATER, "FILE", "client keys (not in this build)", 0, 0, 0, 0},
 	{"cluster-key", O_LATER, "FILE", "cluster secret (not in this build)", 0, 0, 0, 0},
 	{"tls-cert", O_LATER, "FILE", "TLS certificate (not in this build)", 0, 0, 0, 0},
