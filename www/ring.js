@@ -76,7 +76,7 @@ function drawRing(nodes) {
 function render(ring) {
   const c = ring.counts;
   const sum = document.getElementById("summary");
-  sum.textContent = c.nodes + " nodes: " + c.up + " up, " + c.down + " down, " + c.left + " left";
+  sum.textContent = c.nodes + (c.nodes === 1 ? " node: " : " nodes: ") + c.up + " up, " + c.down + " down, " + c.left + " left";
   sum.dataset.nodes = c.nodes;
   sum.dataset.up = c.up;
   sum.dataset.down = c.down;

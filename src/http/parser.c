@@ -41,20 +41,43 @@ const struct dnet_http_hdr *dnet_http_find_hdr(const struct dnet_http_req *r, co
 	return NULL;
 }
 
-/* Is the start of an incomplete head already wrong? Looks at the request line only. */
+/* Is the start of an incomplete head already wrong? Checks the request line as far
+ * as it has arrived (method, target, version), so garbage is refused at once
+ * instead of when a head limit or deadline is reached. */
 static int check_prefix(const char *buf, size_t len)
 {
-	size_t i = 0;
-	while (i < len && i <= DNET_HTTP_MAX_METHOD && is_tchar((unsigned char)buf[i]))
-		i++;
-	if (i < len && (buf[i] != ' ' || i == 0 || i > DNET_HTTP_MAX_METHOD))
-		return -400;
 	const char *nl = memchr(buf, '\n', len);
+	size_t end = nl ? (size_t)(nl - buf) : len;
+	if (nl && (nl == buf || nl[-1] != '\r'))
+		return -400;
+	if (nl)
+		end--; /* the CR */
+	size_t i = 0;
+	while (i < end && i <= DNET_HTTP_MAX_METHOD && is_tchar((unsigned char)buf[i]))
+		i++;
+	if (i < end && (buf[i] != ' ' || i == 0 || i > DNET_HTTP_MAX_METHOD))
+		return -400;
+	if (i < end)
+		i++;
+	while (i < end && buf[i] != ' ') {
+		unsigned char c = (unsigned char)buf[i++];
+		if (c <= 0x20 || c >= 0x7f)
+			return -400;
+	}
+	if (i < end)
+		i++;
+	/* "HTTP/" digit "." digit, then CR (already cut off when the LF is here). */
+	static const char proto[] = "HTTP/9.9\r";
+	for (size_t k = 0; i < end && k < sizeof(proto) - 1; k++, i++) {
+		char c = buf[i];
+		if (proto[k] == '9' ? (c < '0' || c > '9') : c != proto[k])
+			return -400;
+	}
+	if (i < end)
+		return -400;
 	if (!nl)
 		return len > DNET_HTTP_MAX_LINE ? -414 : 0;
-	if (nl == buf || nl[-1] != '\r')
-		return -400;
-	if ((size_t)(nl - buf) > DNET_HTTP_MAX_LINE)
+	if (end > DNET_HTTP_MAX_LINE)
 		return -414;
 	return 0;
 }

@@ -120,6 +120,9 @@ static void test_hostile_heads(void **state)
 		{"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", -417},
 		{"AVERYVERYLONGMETHODNAME / HTTP/1.1\r\n", -400},
 		{" GET / HTTP/1.1\r\n", -400},
+		{"GET /a\x01", -400},            /* incomplete, but already wrong */
+		{"GET /a XTTP", -400},
+		{"GET /a HTTP/1.1\rX", -400},
 		{"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", -400},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
