@@ -5,11 +5,11 @@
 const POLL_MS = 1500;
 const SVG = "http://www.w3.org/2000/svg";
 
-function colorOf(id, state) {
+// Node colours: hues a golden angle apart, by the node's place in the (sorted)
+// list, so neighbours never look alike.
+function colorOf(index, state) {
   if (state !== "up") return state === "down" ? "#c9c9c9" : "#e8e8e8";
-  let h = 0;
-  for (let i = 0; i < id.length; i++) h = (h * 31 + id.charCodeAt(i)) >>> 0;
-  return "hsl(" + (h % 360) + ", 62%, 52%)";
+  return "hsl(" + Math.round((index * 137.508 + 210) % 360) + ", 62%, 50%)";
 }
 
 // The first 13 hex digits of an ID as a fraction of the ring (exact in a double).
@@ -49,8 +49,8 @@ function drawRing(nodes) {
   base.setAttribute("stroke", "#eef0f4");
   base.setAttribute("stroke-width", "22");
   svg.appendChild(base);
-  for (const n of nodes) {
-    if (n.state === "left") continue;
+  nodes.forEach((n, index) => {
+    if (n.state === "left") return;
     for (const r of n.ranges) {
       let a0 = pos(r[0]), a1 = pos(r[1]);
       if (a1 < a0) a1 += 1;              // the range wraps past the top
@@ -58,12 +58,12 @@ function drawRing(nodes) {
       const p = document.createElementNS(SVG, "path");
       p.setAttribute("d", arc(a0, a1, 100));
       p.setAttribute("fill", "none");
-      p.setAttribute("stroke", colorOf(n.id, n.state));
+      p.setAttribute("stroke", colorOf(index, n.state));
       p.setAttribute("stroke-width", "22");
       p.setAttribute("data-node", n.addr);
       svg.appendChild(p);
     }
-  }
+  });
   const t = document.createElementNS(SVG, "text");
   t.setAttribute("text-anchor", "middle");
   t.setAttribute("dy", "0.35em");
@@ -85,10 +85,10 @@ function render(ring) {
   drawRing(nodes);
   const tbody = document.querySelector("#nodes tbody");
   while (tbody.firstChild) tbody.removeChild(tbody.firstChild);
-  for (const n of nodes) {
+  nodes.forEach((n, index) => {
     const tr = el("tr", {"class": "node " + n.state, "data-addr": n.addr, "data-state": n.state});
     const sw = el("td");
-    sw.appendChild(el("span", {"class": "swatch", "style": "background:" + colorOf(n.id, n.state)}));
+    sw.appendChild(el("span", {"class": "swatch", "style": "background:" + colorOf(index, n.state)}));
     tr.appendChild(sw);
     const name = el("td", {"title": "node ID " + n.id + "…"}, n.addr);
     if (n.self) name.appendChild(el("span", {"class": "self"}, "this node"));
@@ -115,7 +115,7 @@ function render(ring) {
     }
     tr.appendChild(free);
     tbody.appendChild(tr);
-  }
+  });
   document.getElementById("status").textContent =
     "as seen by " + ring.listen + " · updated " + new Date().toLocaleTimeString();
   document.body.dataset.loaded = "1";

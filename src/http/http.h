@@ -48,9 +48,9 @@ struct dnet_http_req {
 	int version_minor; /* HTTP/1.0 or HTTP/1.1 */
 	struct dnet_http_hdr hdrs[DNET_HTTP_MAX_HEADERS];
 	uint32_t nhdrs;
-	int keep_alive;      /* the connection may serve another request after this one */
-	int chunked;         /* Transfer-Encoding: chunked */
-	int has_length;      /* Content-Length given */
+	int keep_alive; /* the connection may serve another request after this one */
+	int chunked;	/* Transfer-Encoding: chunked */
+	int has_length; /* Content-Length given */
 	uint64_t content_length;
 	int expect_continue; /* Expect: 100-continue */
 	size_t head_len;     /* bytes of the head, including the final CRLF CRLF */
@@ -72,11 +72,11 @@ const struct dnet_http_hdr *dnet_http_find_hdr(const struct dnet_http_req *r, co
  * Chunk extensions and trailers are read and dropped, within bounds. */
 struct dnet_http_chunked {
 	int state;
-	int digits;       /* hex digits of the current size line */
-	uint64_t left;    /* data bytes left in the current chunk */
-	uint64_t total;   /* data bytes so far */
-	uint64_t max;     /* limit on total (-413 beyond) */
-	uint32_t line;    /* length of the current extension or trailer line */
+	int digits;	  /* hex digits of the current size line */
+	uint64_t left;	  /* data bytes left in the current chunk */
+	uint64_t total;	  /* data bytes so far */
+	uint64_t max;	  /* limit on total (-413 beyond) */
+	uint32_t line;	  /* length of the current extension or trailer line */
 	uint32_t trailer; /* trailer bytes so far */
 };
 

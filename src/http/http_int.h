@@ -65,8 +65,8 @@ extern const size_t dnet_http_nassets;
 /* Per-node load and disk figures for the ring page, fetched with STAT. */
 struct dnet_http_load {
 	uint8_t node_id[DNET_ID_SIZE];
-	int have;       /* at least one sample */
-	int reachable;  /* the last attempt answered */
+	int have;      /* at least one sample */
+	int reachable; /* the last attempt answered */
 	uint64_t sample_ns;
 	uint64_t req_total;
 	double ops; /* requests/s between the last two samples; < 0 unknown */

@@ -20,10 +20,10 @@
 #define BUF_CAP (DNET_HTTP_MAX_HEAD + 16384)
 /* Bodies sent to routes that take none are read and dropped up to this size. */
 #define SMALL_BODY 65536
-#define IDLE_MS 60000        /* keep-alive connection with no request */
-#define HEAD_MS 10000        /* from the first byte of a head to its end (slowloris) */
-#define PROGRESS_MS 30000    /* body or response: longest pause between bytes */
-#define LINGER_MS 2000       /* reading what is left after an error, before close */
+#define IDLE_MS 60000	  /* keep-alive connection with no request */
+#define HEAD_MS 10000	  /* from the first byte of a head to its end (slowloris) */
+#define PROGRESS_MS 30000 /* body or response: longest pause between bytes */
+#define LINGER_MS 2000	  /* reading what is left after an error, before close */
 
 enum { H_HEAD, H_BODY, H_WRITE, H_LINGER };
 
@@ -35,7 +35,7 @@ struct dnet_http_conn {
 	int keep_alive;
 	char peer[64];
 	char *buf;
-	size_t len;     /* bytes in buf */
+	size_t len;	/* bytes in buf */
 	size_t checked; /* bytes of buf already looked at for the end of a head */
 	struct dnet_http_req req;
 	const struct dnet_http_route *route;
@@ -59,7 +59,8 @@ static uint64_t ms_from_now(int ms)
 static const struct dnet_http_asset *find_asset(const char *path, size_t n)
 {
 	for (size_t i = 0; i < dnet_http_nassets; i++)
-		if (strlen(dnet_http_assets[i].path) == n && !memcmp(dnet_http_assets[i].path, path, n))
+		if (strlen(dnet_http_assets[i].path) == n &&
+		    !memcmp(dnet_http_assets[i].path, path, n))
 			return &dnet_http_assets[i];
 	return NULL;
 }
@@ -73,7 +74,8 @@ static void serve_asset(struct dnet_http_resp *resp, const struct dnet_http_asse
 	resp->static_body = 1;
 }
 
-static void h_page(struct dnet_http *h, const struct dnet_http_req *req, struct dnet_http_resp *resp)
+static void h_page(struct dnet_http *h, const struct dnet_http_req *req,
+		   struct dnet_http_resp *resp)
 {
 	const struct dnet_http_asset *a = find_asset("/index.html", 11);
 	if (a)
@@ -103,10 +105,10 @@ static void h_ring_json(struct dnet_http *h, const struct dnet_http_req *req,
 #define GET_HEAD ((1u << DNET_HTTP_GET) | (1u << DNET_HTTP_HEAD))
 
 static const struct dnet_http_route routes[] = {
-	{"/", GET_HEAD, "GET, HEAD", h_page, NULL, 0},
-	{"/ring", GET_HEAD, "GET, HEAD", h_page, NULL, 0},
-	{"/ring.json", GET_HEAD, "GET, HEAD", h_ring_json, NULL, 0},
-	{"/metrics", GET_HEAD, "GET, HEAD", h_metrics, NULL, 0},
+    {"/", GET_HEAD, "GET, HEAD", h_page, NULL, 0},
+    {"/ring", GET_HEAD, "GET, HEAD", h_page, NULL, 0},
+    {"/ring.json", GET_HEAD, "GET, HEAD", h_ring_json, NULL, 0},
+    {"/metrics", GET_HEAD, "GET, HEAD", h_metrics, NULL, 0},
 };
 
 static const struct dnet_http_route asset_route = {NULL, GET_HEAD, "GET, HEAD", NULL, NULL, 0};
@@ -114,7 +116,8 @@ static const struct dnet_http_route asset_route = {NULL, GET_HEAD, "GET, HEAD", 
 static const struct dnet_http_route *find_route(const struct dnet_http_req *r)
 {
 	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
-		if (strlen(routes[i].path) == r->path_len && !memcmp(routes[i].path, r->path, r->path_len))
+		if (strlen(routes[i].path) == r->path_len &&
+		    !memcmp(routes[i].path, r->path, r->path_len))
 			return &routes[i];
 	if (find_asset(r->path, r->path_len))
 		return &asset_route;
@@ -156,10 +159,11 @@ static void respond(struct dnet_http *h, struct dnet_http_conn *c, struct dnet_h
 			  "HTTP/1.1 %d %s\r\nServer: ellipticsd\r\nContent-Type: %s\r\n"
 			  "Content-Length: %zu\r\nCache-Control: no-store\r\n"
 			  "X-Content-Type-Options: nosniff\r\n%s%s\r\n",
-			  r->status, dnet_http_reason(r->status), r->ctype ? r->ctype : "text/plain",
-			  r->len, r->extra ? r->extra : "",
-			  close_it ? "Connection: close\r\n"
-				   : c->req.version_minor == 0 ? "Connection: keep-alive\r\n" : "");
+			  r->status, dnet_http_reason(r->status),
+			  r->ctype ? r->ctype : "text/plain", r->len, r->extra ? r->extra : "",
+			  close_it		      ? "Connection: close\r\n"
+			  : c->req.version_minor == 0 ? "Connection: keep-alive\r\n"
+						      : "");
 	if (hl < 0 || (size_t)hl >= sizeof(head))
 		hl = 0;
 	size_t blen = head_only ? 0 : r->len;
@@ -311,65 +315,58 @@ static void start_request(struct dnet_http *h, struct dnet_http_conn *c)
 }
 
 /* Process what is in buf; returns -1 when the connection is to be closed now. */
-static int conn_process(struct dnet_http *h, struct dnet_http_conn *c, int new_nl)
+/* Feed the body bytes after the head; when the body is complete, run the request
+ * and keep only what follows it (a pipelined request). */
+static void body_step(struct dnet_http *h, struct dnet_http_conn *c)
 {
-	{
-		if (c->state == H_HEAD) {
-			if (!c->len)
-				return 0;
-			/* Parse when a line may have ended (a slow client costs one parse
-			 * per line, not per byte), and early on to refuse garbage at once. */
-			if (!new_nl && c->checked >= 32 && c->len < DNET_HTTP_MAX_HEAD)
-				return 0;
-			c->checked = c->len;
-			c->route = NULL;
-			int n = dnet_http_parse_head(c->buf, c->len, UINT64_MAX, &c->req);
-			if (n == 0)
-				return 0;
-			if (n < 0) {
-				respond_error(h, c, -n, 1);
-				return 0;
-			}
-			start_request(h, c);
-			if (c->state == H_BODY) {
-				int done;
-				ssize_t used = body_feed(h, c, c->req.head_len, &done);
-				if (used < 0)
-					return 0;
-				size_t rest = c->req.head_len + (size_t)used;
-				if (done) {
-					run_request(h, c);
-					memmove(c->buf, c->buf + rest, c->len - rest);
-					c->len -= rest;
-				} else {
-					c->len = c->req.head_len; /* all consumed: read more after it */
-				}
-			} else if (c->state == H_WRITE && c->after_write != H_BODY) {
-				memmove(c->buf, c->buf + c->req.head_len, c->len - c->req.head_len);
-				c->len -= c->req.head_len;
-			}
-			c->checked = 0;
-			return 0;
-		}
-		if (c->state == H_BODY) {
-			if (c->len == c->req.head_len)
-				return 0;
-			int done;
-			ssize_t used = body_feed(h, c, c->req.head_len, &done);
-			if (used < 0)
-				return 0;
-			size_t rest = c->req.head_len + (size_t)used;
-			if (done) {
-				run_request(h, c);
-				memmove(c->buf, c->buf + rest, c->len - rest);
-				c->len -= rest;
-				c->checked = 0;
-			} else {
-				c->len = c->req.head_len;
-			}
-			return 0;
-		}
-		return 0;
+	size_t hl = c->req.head_len;
+	if (c->len == hl)
+		return;
+	int done;
+	ssize_t used = body_feed(h, c, hl, &done);
+	if (used < 0)
+		return;
+	if (!done) {
+		c->len = hl; /* all consumed: read more right after the head */
+		return;
+	}
+	size_t rest = hl + (size_t)used;
+	run_request(h, c);
+	memmove(c->buf, c->buf + rest, c->len - rest);
+	c->len -= rest;
+	c->checked = 0;
+}
+
+/* Act on what is in buf. new_nl: the bytes just read contain a line end. */
+static void conn_process(struct dnet_http *h, struct dnet_http_conn *c, int new_nl)
+{
+	if (c->state == H_BODY) {
+		body_step(h, c);
+		return;
+	}
+	if (c->state != H_HEAD || !c->len)
+		return;
+	/* Parse when a line may have ended (a slow client costs one parse per line,
+	 * not per byte), and on the first bytes, to refuse garbage at once. */
+	if (!new_nl && c->checked >= 32 && c->len < DNET_HTTP_MAX_HEAD)
+		return;
+	c->checked = c->len;
+	c->route = NULL;
+	int n = dnet_http_parse_head(c->buf, c->len, UINT64_MAX, &c->req);
+	if (n == 0)
+		return;
+	if (n < 0) {
+		respond_error(h, c, -n, 1);
+		return;
+	}
+	start_request(h, c);
+	if (c->state == H_BODY) {
+		body_step(h, c);
+	} else if (c->state == H_WRITE && c->after_write != H_BODY) {
+		/* Answered without a body: keep what follows the head. */
+		memmove(c->buf, c->buf + c->req.head_len, c->len - c->req.head_len);
+		c->len -= c->req.head_len;
+		c->checked = 0;
 	}
 }
 
@@ -424,8 +421,9 @@ static int conn_write(struct dnet_http *h, struct dnet_http_conn *c)
 /* Read what the socket has; returns -1 to close. */
 static int conn_read(struct dnet_http *h, struct dnet_http_conn *c)
 {
-	for (int rounds = 0; rounds < 16 && (c->state == H_HEAD || c->state == H_BODY ||
-					     c->state == H_LINGER); rounds++) {
+	for (int rounds = 0;
+	     rounds < 16 && (c->state == H_HEAD || c->state == H_BODY || c->state == H_LINGER);
+	     rounds++) {
 		if (c->state == H_LINGER) {
 			char junk[4096];
 			ssize_t r = recv(c->fd, junk, sizeof(junk), MSG_DONTWAIT);
@@ -475,7 +473,8 @@ static void do_accept(struct dnet_http *h)
 	for (;;) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
-		int fd = accept4(h->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		int fd = accept4(h->listen_fd, (struct sockaddr *)&ss, &sl,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
@@ -484,8 +483,9 @@ static void do_accept(struct dnet_http *h)
 			return;
 		}
 		if (h->nconns >= MAX_CONNS) {
-			static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-						   "Connection: close\r\n\r\n";
+			static const char busy[] =
+			    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+			    "Connection: close\r\n\r\n";
 			ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 			(void)w;
 			close(fd);

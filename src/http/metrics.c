@@ -85,8 +85,7 @@ static void head(struct dnet_hbuf *b, const char *name, const char *type, const 
 	dnet_hbuf_add(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void one(struct dnet_hbuf *b, const char *name, const char *type, const char *help,
-		double v)
+static void one(struct dnet_hbuf *b, const char *name, const char *type, const char *help, double v)
 {
 	head(b, name, type, help);
 	dnet_hbuf_add(b, "%s %.17g\n", name, v);
@@ -120,7 +119,8 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 
 	char hex[2 * DNET_ID_SIZE + 1];
 	dnet_id_to_hex(hex, s->node_id, DNET_ID_SIZE);
-	head(&b, "elliptics_node_info", "gauge", "This node: ID, address, engine and zone (value 1).");
+	head(&b, "elliptics_node_info", "gauge",
+	     "This node: ID, address, engine and zone (value 1).");
 	dnet_hbuf_add(&b, "elliptics_node_info{node_id=\"%.16s\",listen=\"", hex);
 	label_value(&b, s->listen_str);
 	dnet_hbuf_add(&b, "\",backend=\"%s\",fsync=\"%s\",zone=\"", s->bops->name,
@@ -136,9 +136,10 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 		for (unsigned k = 0; k < DNET_STATUS_SLOTS; k++) {
 			uint64_t v = atomic_load(&st->status[c][k]);
 			if (v || k == 0)
-				dnet_hbuf_add(&b, "elliptics_requests_total{cmd=\"%s\",status=\"%s\"} %llu\n",
-					      dnet_cmd_name(c), dnet_stats_status_label(k),
-					      (unsigned long long)v);
+				dnet_hbuf_add(
+				    &b, "elliptics_requests_total{cmd=\"%s\",status=\"%s\"} %llu\n",
+				    dnet_cmd_name(c), dnet_stats_status_label(k),
+				    (unsigned long long)v);
 		}
 	head(&b, "elliptics_request_duration_seconds", "histogram",
 	     "Time from a request's arrival to its reply, by command.");
@@ -147,11 +148,15 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 		for (int k = 0; k <= DNET_LAT_BUCKETS; k++) {
 			cum += atomic_load(&st->lat_hist[c][k]);
 			if (k < DNET_LAT_BUCKETS)
-				dnet_hbuf_add(&b, "elliptics_request_duration_seconds_bucket{cmd=\"%s\",le=\"%g\"} %llu\n",
+				dnet_hbuf_add(&b,
+					      "elliptics_request_duration_seconds_bucket{cmd=\"%"
+					      "s\",le=\"%g\"} %llu\n",
 					      dnet_cmd_name(c), (double)dnet_lat_bucket_us[k] / 1e6,
 					      (unsigned long long)cum);
 			else
-				dnet_hbuf_add(&b, "elliptics_request_duration_seconds_bucket{cmd=\"%s\",le=\"+Inf\"} %llu\n",
+				dnet_hbuf_add(&b,
+					      "elliptics_request_duration_seconds_bucket{cmd=\"%"
+					      "s\",le=\"+Inf\"} %llu\n",
 					      dnet_cmd_name(c), (unsigned long long)cum);
 		}
 		/* _count is the +Inf bucket, so the histogram is consistent even while
@@ -181,8 +186,8 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 	one_u(&b, "elliptics_handoff_redirects_total", "counter",
 	      "Redirects to a key's previous owner while data moves.",
 	      atomic_load(&st->handoff_redirects));
-	one_u(&b, "elliptics_io_queue_depth", "gauge",
-	      "Requests waiting in the IO worker queues.", atomic_load(&st->queued));
+	one_u(&b, "elliptics_io_queue_depth", "gauge", "Requests waiting in the IO worker queues.",
+	      atomic_load(&st->queued));
 	one_u(&b, "elliptics_io_threads", "gauge", "IO worker threads.",
 	      (uint64_t)s->cfg.io_threads);
 	one(&b, "elliptics_io_busy_seconds_total", "counter",
@@ -191,12 +196,13 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 
 	struct dnet_backend_stat bs = {0};
 	if (s->bops->stat(s->backend, &bs) == 0) {
-		one_u(&b, "elliptics_backend_objects", "gauge", "Live objects in the storage engine.",
-		      bs.objects);
+		one_u(&b, "elliptics_backend_objects", "gauge",
+		      "Live objects in the storage engine.", bs.objects);
 		one_u(&b, "elliptics_backend_object_bytes", "gauge",
 		      "Logical bytes of the live objects.", bs.bytes);
 		one_u(&b, "elliptics_backend_disk_bytes", "gauge",
-		      "Bytes the engine uses on disk, with overhead and dead space.", bs.disk_bytes);
+		      "Bytes the engine uses on disk, with overhead and dead space.",
+		      bs.disk_bytes);
 		one_u(&b, "elliptics_backend_disk_free_bytes", "gauge",
 		      "Free bytes on the engine's filesystem.", bs.disk_free);
 		one_u(&b, "elliptics_backend_syncs_total", "counter",
@@ -209,7 +215,8 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 
 	size_t rn, ru, rd, rl;
 	dnet_member_counts(s, &rn, &ru, &rd, &rl);
-	head(&b, "elliptics_ring_members", "gauge", "Ring members as this node sees them, by state.");
+	head(&b, "elliptics_ring_members", "gauge",
+	     "Ring members as this node sees them, by state.");
 	dnet_hbuf_add(&b, "elliptics_ring_members{state=\"up\"} %zu\n", ru);
 	dnet_hbuf_add(&b, "elliptics_ring_members{state=\"down\"} %zu\n", rd);
 	dnet_hbuf_add(&b, "elliptics_ring_members{state=\"left\"} %zu\n", rl);
@@ -235,8 +242,8 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 	      "HTTP requests answered with a 4xx or 5xx status.", atomic_load(&st->http_errors));
 	one_u(&b, "elliptics_http_connections", "gauge", "Open HTTP connections.",
 	      atomic_load(&st->http_conns_cur));
-	one_u(&b, "elliptics_http_connections_accepted_total", "counter", "HTTP connections accepted.",
-	      atomic_load(&st->http_conns_total));
+	one_u(&b, "elliptics_http_connections_accepted_total", "counter",
+	      "HTTP connections accepted.", atomic_load(&st->http_conns_total));
 	one_u(&b, "elliptics_http_connections_rejected_total", "counter",
 	      "HTTP connections refused (503) at the connection limit.",
 	      atomic_load(&st->http_conns_rejected));

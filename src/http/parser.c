@@ -128,8 +128,8 @@ static int parse_request_line(const char *p, size_t n, struct dnet_http_req *r)
 	static const struct {
 		const char *name;
 		int m;
-	} methods[] = {{"GET", DNET_HTTP_GET},       {"HEAD", DNET_HTTP_HEAD},
-		       {"PUT", DNET_HTTP_PUT},       {"POST", DNET_HTTP_POST},
+	} methods[] = {{"GET", DNET_HTTP_GET},	     {"HEAD", DNET_HTTP_HEAD},
+		       {"PUT", DNET_HTTP_PUT},	     {"POST", DNET_HTTP_POST},
 		       {"DELETE", DNET_HTTP_DELETE}, {"OPTIONS", DNET_HTTP_OPTIONS}};
 	r->method = DNET_HTTP_OTHER;
 	for (size_t k = 0; k < sizeof(methods) / sizeof(methods[0]); k++)
@@ -146,8 +146,8 @@ static int parse_request_line(const char *p, size_t n, struct dnet_http_req *r)
 		return -400;
 	r->target = p + ts;
 	r->target_len = (uint32_t)(i - ts);
-	if (r->target[0] != '/' && !(r->target_len == 1 && r->target[0] == '*' &&
-				     r->method == DNET_HTTP_OPTIONS))
+	if (r->target[0] != '/' &&
+	    !(r->target_len == 1 && r->target[0] == '*' && r->method == DNET_HTTP_OPTIONS))
 		return -400;
 	const char *q = memchr(r->target, '?', r->target_len);
 	r->path = r->target;
@@ -171,7 +171,8 @@ int dnet_http_parse_head(const char *buf, size_t len, uint64_t max_body, struct 
 	size_t window = len < DNET_HTTP_MAX_HEAD ? len : DNET_HTTP_MAX_HEAD;
 	const char *end = NULL;
 	for (size_t i = 3; i < window; i++) {
-		if (buf[i] == '\n' && buf[i - 1] == '\r' && buf[i - 2] == '\n' && buf[i - 3] == '\r') {
+		if (buf[i] == '\n' && buf[i - 1] == '\r' && buf[i - 2] == '\n' &&
+		    buf[i - 3] == '\r') {
 			end = buf + i + 1;
 			break;
 		}
@@ -372,8 +373,8 @@ ssize_t dnet_http_chunked_decode(struct dnet_http_chunked *c, const uint8_t *in,
 		case CH_TRAILER_LINE:
 			if (ch == '\r')
 				c->state = CH_TRAILER_LF;
-			else if ((ch < 0x20 && ch != '\t') || ch == 0x7f || ++c->line > CH_MAX_LINE ||
-				 ++c->trailer > CH_MAX_TRAILER)
+			else if ((ch < 0x20 && ch != '\t') || ch == 0x7f ||
+				 ++c->line > CH_MAX_LINE || ++c->trailer > CH_MAX_TRAILER)
 				return -400;
 			i++;
 			break;
@@ -400,23 +401,41 @@ ssize_t dnet_http_chunked_decode(struct dnet_http_chunked *c, const uint8_t *in,
 const char *dnet_http_reason(int status)
 {
 	switch (status) {
-	case 100: return "Continue";
-	case 200: return "OK";
-	case 204: return "No Content";
-	case 400: return "Bad Request";
-	case 403: return "Forbidden";
-	case 404: return "Not Found";
-	case 405: return "Method Not Allowed";
-	case 408: return "Request Timeout";
-	case 411: return "Length Required";
-	case 413: return "Content Too Large";
-	case 414: return "URI Too Long";
-	case 417: return "Expectation Failed";
-	case 431: return "Request Header Fields Too Large";
-	case 500: return "Internal Server Error";
-	case 501: return "Not Implemented";
-	case 503: return "Service Unavailable";
-	case 505: return "HTTP Version Not Supported";
-	default: return "Unknown";
+	case 100:
+		return "Continue";
+	case 200:
+		return "OK";
+	case 204:
+		return "No Content";
+	case 400:
+		return "Bad Request";
+	case 403:
+		return "Forbidden";
+	case 404:
+		return "Not Found";
+	case 405:
+		return "Method Not Allowed";
+	case 408:
+		return "Request Timeout";
+	case 411:
+		return "Length Required";
+	case 413:
+		return "Content Too Large";
+	case 414:
+		return "URI Too Long";
+	case 417:
+		return "Expectation Failed";
+	case 431:
+		return "Request Header Fields Too Large";
+	case 500:
+		return "Internal Server Error";
+	case 501:
+		return "Not Implemented";
+	case 503:
+		return "Service Unavailable";
+	case 505:
+		return "HTTP Version Not Supported";
+	default:
+		return "Unknown";
 	}
 }

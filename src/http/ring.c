@@ -133,8 +133,10 @@ static void sample(struct dnet_http *h, struct cpeer **peers, size_t *npeers)
 			struct dnet_cmd_hdr rh;
 			uint8_t *reply = NULL;
 			size_t rlen = 0;
-			if (p && dnet_peer_call(p, DNET_CMD_STAT, 0, NULL, NULL, 0, NULL, 0, PEER_TIMEOUT_MS,
-						&rh, &reply, &rlen, MAX_STAT_REPLY) == 0 &&
+			if (p &&
+			    dnet_peer_call(p, DNET_CMD_STAT, 0, NULL, NULL, 0, NULL, 0,
+					   PEER_TIMEOUT_MS, &rh, &reply, &rlen,
+					   MAX_STAT_REPLY) == 0 &&
 			    rh.status == 0) {
 				text = (char *)reply;
 				len = rlen;
@@ -209,7 +211,10 @@ void dnet_http_ring_stop(struct dnet_http *h)
 
 static const char *state_name(uint32_t st)
 {
-	return st == DNET_NODE_UP ? "up" : st == DNET_NODE_DOWN ? "down" : st == DNET_NODE_LEFT ? "left" : "unknown";
+	return st == DNET_NODE_UP     ? "up"
+	       : st == DNET_NODE_DOWN ? "down"
+	       : st == DNET_NODE_LEFT ? "left"
+				      : "unknown";
 }
 
 char *dnet_http_ring_json(struct dnet_http *h, size_t *len)
@@ -246,10 +251,12 @@ char *dnet_http_ring_json(struct dnet_http *h, size_t *len)
 	}
 	dnet_hbuf_add(&b, "{\"self\":\"%.16s\",\"listen\":", hex);
 	dnet_hbuf_json_str(&b, s->listen_str, strlen(s->listen_str));
-	dnet_hbuf_add(&b, ",\"digest\":\"%016llx\",\"uptime_s\":%.1f,\"counts\":{\"nodes\":%zu,\"up\":%zu,"
-		      "\"down\":%zu,\"left\":%zu},\"nodes\":[",
-		      (unsigned long long)ring.digest, (double)(now - s->start_ns) / 1e9, ring.nnodes, up,
-		      down, left);
+	dnet_hbuf_add(
+	    &b,
+	    ",\"digest\":\"%016llx\",\"uptime_s\":%.1f,\"counts\":{\"nodes\":%zu,\"up\":%zu,"
+	    "\"down\":%zu,\"left\":%zu},\"nodes\":[",
+	    (unsigned long long)ring.digest, (double)(now - s->start_ns) / 1e9, ring.nnodes, up,
+	    down, left);
 	for (size_t i = 0; i < ring.nnodes; i++) {
 		const struct dnet_ring_node *rn = &ring.nodes[i];
 		struct sockaddr_storage ss;
@@ -263,7 +270,8 @@ char *dnet_http_ring_json(struct dnet_http *h, size_t *len)
 		dnet_hbuf_json_str(&b, addr, strlen(addr));
 		dnet_hbuf_add(&b, ",\"zone\":");
 		dnet_hbuf_json_str(&b, rn->zone, zl);
-		dnet_hbuf_add(&b, ",\"state\":\"%s\",\"self\":%s,\"incarnation\":%llu,\"ids\":%u,"
+		dnet_hbuf_add(&b,
+			      ",\"state\":\"%s\",\"self\":%s,\"incarnation\":%llu,\"ids\":%u,"
 			      "\"share\":%.6f,\"ranges\":[",
 			      state_name(rn->state), (int)i == self ? "true" : "false",
 			      (unsigned long long)rn->incarnation, rn->nids, share[i]);
@@ -290,12 +298,13 @@ char *dnet_http_ring_json(struct dnet_http *h, size_t *len)
 			}
 		pthread_mutex_unlock(&h->lock);
 		if (have) {
-			dnet_hbuf_add(&b, ",\"reachable\":%s,\"stats_age_s\":%.1f,\"objects\":%llu,"
-				      "\"object_bytes\":%llu,\"disk_bytes\":%llu,\"disk_free\":%llu",
-				      l.reachable ? "true" : "false",
-				      (double)(now - l.sample_ns) / 1e9, (unsigned long long)l.objects,
-				      (unsigned long long)l.object_bytes, (unsigned long long)l.disk_bytes,
-				      (unsigned long long)l.disk_free);
+			dnet_hbuf_add(
+			    &b,
+			    ",\"reachable\":%s,\"stats_age_s\":%.1f,\"objects\":%llu,"
+			    "\"object_bytes\":%llu,\"disk_bytes\":%llu,\"disk_free\":%llu",
+			    l.reachable ? "true" : "false", (double)(now - l.sample_ns) / 1e9,
+			    (unsigned long long)l.objects, (unsigned long long)l.object_bytes,
+			    (unsigned long long)l.disk_bytes, (unsigned long long)l.disk_free);
 			if (l.ops >= 0 && l.reachable)
 				dnet_hbuf_add(&b, ",\"ops\":%.1f", l.ops);
 			else

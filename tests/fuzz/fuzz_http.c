@@ -34,9 +34,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	check(n <= 0 || (size_t)n <= size, "head length within the input");
 	if (n > 0) {
 		check(r.nhdrs <= DNET_HTTP_MAX_HEADERS, "header count bounded");
-		check(r.target >= buf && r.target + r.target_len <= buf + n, "target inside the head");
+		check(r.target >= buf && r.target + r.target_len <= buf + n,
+		      "target inside the head");
 		for (uint32_t i = 0; i < r.nhdrs; i++)
-			check(r.hdrs[i].value >= buf && r.hdrs[i].value + r.hdrs[i].value_len <= buf + n,
+			check(r.hdrs[i].value >= buf &&
+				  r.hdrs[i].value + r.hdrs[i].value_len <= buf + n,
 			      "header inside the head");
 		check(!(r.chunked && r.has_length), "never both framings");
 		check(!r.has_length || r.content_length <= (1u << 20), "Content-Length bounded");
@@ -70,7 +72,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			u2 = dnet_http_chunked_decode(&c2, in2 + off, step, in2 + off, &got);
 			if (u2 < 0)
 				break;
-			check(!memcmp(in2 + off, out1 + total, got) || u1 < 0, "split decode equals whole");
+			check(!memcmp(in2 + off, out1 + total, got) || u1 < 0,
+			      "split decode equals whole");
 			total += got;
 			off += (size_t)u2;
 			if (dnet_http_chunked_done(&c2) || (size_t)u2 < step)
@@ -79,7 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		o2 = total;
 		check((u1 < 0) == (u2 < 0), "split and whole decode agree on errors");
 		if (u1 >= 0)
-			check(o1 == o2 && dnet_http_chunked_done(&c1) == dnet_http_chunked_done(&c2),
+			check(o1 == o2 &&
+				  dnet_http_chunked_done(&c1) == dnet_http_chunked_done(&c2),
 			      "split and whole decode agree");
 	}
 	free(out1);
@@ -99,12 +103,43 @@ static uint64_t next(void)
 }
 
 static const char *pieces[] = {
-	"GET ", "PUT ", "POST ", "HEAD ", "/", "/metrics", "/ring.json", "?a=b", " HTTP/1.1",
-	" HTTP/1.0", " HTTP/2.0", "\r\n", "\n", "\r", "Host: x", "Content-Length: ", "0", "12",
-	"99999999999999999999", "-1", "Transfer-Encoding: chunked", "Transfer-Encoding: gzip",
-	"Connection: close", "Expect: 100-continue", " ", "\t", ":", "X-A: b", "\r\n\r\n",
-	"5\r\nhello\r\n", "0\r\n\r\n", "ffffffffffffffffff\r\n", "1;ext=1\r\n", "Trailer: x\r\n",
-	"\x00", "\x7f", "\xff",
+    "GET ",
+    "PUT ",
+    "POST ",
+    "HEAD ",
+    "/",
+    "/metrics",
+    "/ring.json",
+    "?a=b",
+    " HTTP/1.1",
+    " HTTP/1.0",
+    " HTTP/2.0",
+    "\r\n",
+    "\n",
+    "\r",
+    "Host: x",
+    "Content-Length: ",
+    "0",
+    "12",
+    "99999999999999999999",
+    "-1",
+    "Transfer-Encoding: chunked",
+    "Transfer-Encoding: gzip",
+    "Connection: close",
+    "Expect: 100-continue",
+    " ",
+    "\t",
+    ":",
+    "X-A: b",
+    "\r\n\r\n",
+    "5\r\nhello\r\n",
+    "0\r\n\r\n",
+    "ffffffffffffffffff\r\n",
+    "1;ext=1\r\n",
+    "Trailer: x\r\n",
+    "\x00",
+    "\x7f",
+    "\xff",
 };
 
 int main(int argc, char **argv)

@@ -61,9 +61,12 @@ static void test_bodies(void **state)
 	assert_true(parse("PUT /k HTTP/1.1\r\nHost: a\r\nContent-Length: 42\r\n\r\n", &r) > 0);
 	assert_true(r.has_length);
 	assert_int_equal(r.content_length, 42);
-	assert_true(parse("PUT /k HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", &r) > 0);
+	assert_true(
+	    parse("PUT /k HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+		  &r) > 0);
 	assert_true(parse("PUT /k HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-			  "Expect: 100-continue\r\n\r\n", &r) > 0);
+			  "Expect: 100-continue\r\n\r\n",
+			  &r) > 0);
 	assert_true(r.chunked);
 	assert_true(r.expect_continue);
 }
@@ -86,49 +89,53 @@ static void test_hostile_heads(void **state)
 		const char *req;
 		int status;
 	} cases[] = {
-		{"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", -400}, /* a TLS hello: at once */
-		{"GET\t/ HTTP/1.1\r\n", -400},
-		{"GET / HTTP/1.1\n\n", -400},                          /* bare LF */
-		{"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", -400},
-		{"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", -400},
-		{"GET http://x/ HTTP/1.1\r\nHost: a\r\n\r\n", -400},
-		{"GET / HTTP/2.0\r\nHost: a\r\n\r\n", -505},
-		{"GET / HTTP/1.2\r\nHost: a\r\n\r\n", -505},
-		{"GET / FTP/1.1\r\nHost: a\r\n\r\n", -400},
-		{"GET / HTTP/1.1\r\n\r\n", -400},                      /* no Host */
-		{"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", -400},
-		{"GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n", -400},  /* space before colon */
-		{"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", -400}, /* obs-fold */
-		{"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", -400},
-		{"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", -400},
-		{"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", -400},
-		{"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n", -413},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", -501},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", -400},
-		{"PUT / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", -400},
-		{"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", -417},
-		{"AVERYVERYLONGMETHODNAME / HTTP/1.1\r\n", -400},
-		{" GET / HTTP/1.1\r\n", -400},
-		{"GET /a\x01", -400},            /* incomplete, but already wrong */
-		{"GET /a XTTP", -400},
-		{"GET /a HTTP/1.1\rX", -400},
-		{"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", -400},
+	    {"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", -400}, /* a TLS hello: at once */
+	    {"GET\t/ HTTP/1.1\r\n", -400},
+	    {"GET / HTTP/1.1\n\n", -400}, /* bare LF */
+	    {"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", -400},
+	    {"GET / HTTP/1.1 \r\nHost: a\r\n\r\n", -400},
+	    {"GET http://x/ HTTP/1.1\r\nHost: a\r\n\r\n", -400},
+	    {"GET / HTTP/2.0\r\nHost: a\r\n\r\n", -505},
+	    {"GET / HTTP/1.2\r\nHost: a\r\n\r\n", -505},
+	    {"GET / FTP/1.1\r\nHost: a\r\n\r\n", -400},
+	    {"GET / HTTP/1.1\r\n\r\n", -400}, /* no Host */
+	    {"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", -400},
+	    {"GET / HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n", -400},   /* space before colon */
+	    {"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", -400}, /* obs-fold */
+	    {"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n", -400},
+	    {"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", -400},
+	    {"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", -400},
+	    {"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n", -413},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+	     -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", -501},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: "
+	     "chunked\r\n\r\n",
+	     -400},
+	    {"PUT / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", -400},
+	    {"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", -417},
+	    {"AVERYVERYLONGMETHODNAME / HTTP/1.1\r\n", -400},
+	    {" GET / HTTP/1.1\r\n", -400},
+	    {"GET /a\x01", -400}, /* incomplete, but already wrong */
+	    {"GET /a XTTP", -400},
+	    {"GET /a HTTP/1.1\rX", -400},
+	    {"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", -400},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		int n = parse(cases[i].req, &r);
 		if (n != cases[i].status)
-			fail_msg("case %zu (%s): got %d, want %d", i, cases[i].req, n, cases[i].status);
+			fail_msg("case %zu (%s): got %d, want %d", i, cases[i].req, n,
+				 cases[i].status);
 	}
 }
 
@@ -198,7 +205,8 @@ static void test_chunked(void **state)
 	char out[256];
 	size_t ol;
 	int done;
-	const char *ok = "5\r\nhello\r\n1;ext=\"v\"\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\nGET";
+	const char *ok =
+	    "5\r\nhello\r\n1;ext=\"v\"\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\nGET";
 	ssize_t used = decode_all(ok, 1000, out, &ol, &done);
 	assert_int_equal(used, (ssize_t)strlen(ok) - 3);
 	assert_true(done);
@@ -209,17 +217,17 @@ static void test_chunked(void **state)
 		const char *in;
 		ssize_t rc;
 	} bad[] = {
-		{"x\r\n", -400},
-		{"\r\n", -400},
-		{"5\nhello\r\n", -400},
-		{"5\r\nhelloX\r\n", -400},
-		{"-5\r\n", -400},
-		{" 5\r\n", -400},
-		{"11111111111111111\r\n", -413},  /* 17 hex digits */
-		{"ffffffffffffffff\r\n", -413},   /* over the limit */
-		{"401\r\n", -413},                /* 1025 > 1000 */
-		{"1;\x01\r\n", -400},
-		{"0\r\nX: \x01\r\n\r\n", -400},
+	    {"x\r\n", -400},
+	    {"\r\n", -400},
+	    {"5\nhello\r\n", -400},
+	    {"5\r\nhelloX\r\n", -400},
+	    {"-5\r\n", -400},
+	    {" 5\r\n", -400},
+	    {"11111111111111111\r\n", -413}, /* 17 hex digits */
+	    {"ffffffffffffffff\r\n", -413},  /* over the limit */
+	    {"401\r\n", -413},		     /* 1025 > 1000 */
+	    {"1;\x01\r\n", -400},
+	    {"0\r\nX: \x01\r\n\r\n", -400},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		ssize_t rc = decode_all(bad[i].in, 1000, out, &ol, &done);
@@ -234,26 +242,29 @@ static void test_chunked(void **state)
 	size_t n;
 	uint8_t data[600];
 	memset(data, 'a', sizeof(data));
-	assert_int_equal(dnet_http_chunked_decode(&c, (const uint8_t *)big, strlen(big), data, &n), 5);
+	assert_int_equal(dnet_http_chunked_decode(&c, (const uint8_t *)big, strlen(big), data, &n),
+			 5);
 	assert_int_equal(dnet_http_chunked_decode(&c, data, 512, data, &n), 512);
 	assert_int_equal(dnet_http_chunked_decode(&c, (const uint8_t *)"\r\n", 2, data, &n), 2);
-	assert_int_equal(dnet_http_chunked_decode(&c, (const uint8_t *)"1ff\r\n", 5, data, &n), -413);
+	assert_int_equal(dnet_http_chunked_decode(&c, (const uint8_t *)"1ff\r\n", 5, data, &n),
+			 -413);
 	/* A long extension is refused, not buffered. */
 	char *ext = malloc(6000);
 	memset(ext, 'e', 6000);
 	memcpy(ext, "1;", 2);
 	dnet_http_chunked_init(&c, 1000);
-	assert_int_equal(dnet_http_chunked_decode(&c, (const uint8_t *)ext, 6000, (uint8_t *)ext, &n), -400);
+	assert_int_equal(
+	    dnet_http_chunked_decode(&c, (const uint8_t *)ext, 6000, (uint8_t *)ext, &n), -400);
 	free(ext);
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_simple_get),   cmocka_unit_test(test_keep_alive_rules),
-		cmocka_unit_test(test_bodies),       cmocka_unit_test(test_incremental),
-		cmocka_unit_test(test_hostile_heads), cmocka_unit_test(test_oversized),
-		cmocka_unit_test(test_chunked),
+	    cmocka_unit_test(test_simple_get),	  cmocka_unit_test(test_keep_alive_rules),
+	    cmocka_unit_test(test_bodies),	  cmocka_unit_test(test_incremental),
+	    cmocka_unit_test(test_hostile_heads), cmocka_unit_test(test_oversized),
+	    cmocka_unit_test(test_chunked),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
