@@ -211,7 +211,8 @@ static void respond_error(struct dnet_http *h, struct dnet_http_conn *c, int sta
 		c->keep_alive = 0;
 		dnet_log_debug("http %s: refused with %d", c->peer, status);
 	}
-	respond(h, c, &r, 0);
+	/* A complete HEAD request gets the head of the error only. */
+	respond(h, c, &r, !fatal && c->req.method == DNET_HTTP_HEAD);
 }
 
 /* The whole request (head and body) is in: run its handler. */
@@ -314,7 +315,6 @@ static void start_request(struct dnet_http *h, struct dnet_http_conn *c)
 	}
 }
 
-/* Process what is in buf; returns -1 when the connection is to be closed now. */
 /* Feed the body bytes after the head; when the body is complete, run the request
  * and keep only what follows it (a pipelined request). */
 static void body_step(struct dnet_http *h, struct dnet_http_conn *c)

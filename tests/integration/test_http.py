@@ -472,6 +472,11 @@ def test_keep_alive_pipelining_and_bodies(node_factory):
         assert st == 200 and body.startswith(b"# HELP")
         st, hd, body = response()
         assert st == 200 and b'"counts"' in body
+        # HEAD of an unknown path: the 404's head, no body; the connection goes on.
+        s.sendall(b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert f.readline().startswith(b"HTTP/1.1 404")
+        while f.readline() not in (b"\r\n", b""):
+            pass
         # Expect: 100-continue gets its interim answer before the body is sent.
         s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
                   b"Expect: 100-continue\r\n\r\n")
