@@ -218,6 +218,61 @@ def test_metrics_pass_promtool_and_strict_parser(node_factory, tmp_path):
     assert value(fams, "elliptics_backend_objects") == 1
 
 
+def test_real_prometheus_scrapes_the_node(node_factory, tmp_path):
+    """A real Prometheus server, started here, scrapes /metrics: the target is up
+    with no scrape error, and the series can be queried (histograms included)."""
+    prom = shutil.which("prometheus")
+    if not prom:
+        pytest.skip("prometheus is not installed: run scripts/deps.sh (Debian package prometheus)")
+    node, http = http_node(node_factory)
+    for i in range(5):
+        assert node.cli("put", "p%d" % i, input=b"x" * 100).rc == 0
+    conf = tmp_path / "prometheus.yml"
+    conf.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n"
+                    "scrape_configs:\n  - job_name: elliptics\n    static_configs:\n"
+                    "      - targets: ['%s']\n" % http)
+    web = "127.0.0.1:%d" % free_port()
+    log = open(tmp_path / "prometheus.log", "wb")
+    p = subprocess.Popen([prom, "--config.file=" + str(conf),
+                          "--storage.tsdb.path=" + str(tmp_path / "tsdb"),
+                          "--web.listen-address=" + web], stdout=log, stderr=log,
+                         stdin=subprocess.DEVNULL)
+
+    def query(q):
+        st, _, body = get(web, "/api/v1/query?query=" + urllib.request.quote(q), timeout=10)
+        if st != 200:
+            return None
+        return json.loads(body)["data"]["result"]
+
+    def target_up():
+        try:
+            st, _, body = get(web, "/api/v1/targets", timeout=10)
+        except OSError:
+            return False
+        if st != 200:
+            return False
+        ts = json.loads(body)["data"]["activeTargets"]
+        return ts and ts[0]["health"] == "up" and not ts[0]["lastError"] and ts[0]
+
+    try:
+        wait_for(target_up, 120, interval=0.5, what="Prometheus to scrape the node")
+        r = wait_for(lambda: query('elliptics_requests_total{cmd="write",status="ok"}'), 60,
+                     interval=0.5, what="the write counter in Prometheus")
+        assert float(r[0]["value"][1]) == 5
+        r = query('histogram_quantile(0.5, elliptics_request_duration_seconds_bucket{cmd="write"})')
+        assert r and 0 < float(r[0]["value"][1]) <= 10
+        r = query('elliptics_ring_members{state="up"}')
+        assert r and float(r[0]["value"][1]) == 1
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(30)
+        log.close()
+
+
 def test_counters_move_with_traffic_and_match_stat(node_factory, tmp_path):
     node, http = http_node(node_factory)
     before = parse_metrics(scrape(http))
