@@ -80,8 +80,9 @@ struct dnet_http {
 	int listen_fd, epfd, stop_fd;
 	pthread_t thread;
 	int started;
-	struct dnet_http_conn *conns;
+	struct dnet_http_conn *conns; /* newest first */
 	int nconns;
+	int nevicted; /* of which: marked for closing to make room */
 
 	/* Ring page load collector: a thread of its own, so the event loop never waits
 	 * on another node. Runs only while the page is being looked at. */

@@ -47,6 +47,7 @@ struct dnet_http_conn {
 	size_t out_len, out_off;
 	uint64_t deadline_ns;
 	char extra[128]; /* extra response header lines */
+	int evicted;	 /* closed to make room; freed by the deadline check */
 };
 
 static uint64_t ms_from_now(int ms)
@@ -137,6 +138,8 @@ static void conn_free(struct dnet_http *h, struct dnet_http_conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	h->nconns--;
+	if (c->evicted)
+		h->nevicted--;
 	atomic_fetch_sub(&h->s->stats.http_conns_cur, 1);
 	free(c->out);
 	free(c->buf);
@@ -468,6 +471,27 @@ static int conn_read(struct dnet_http *h, struct dnet_http_conn *c)
 	return 0;
 }
 
+/* At the connection limit, make room for a new client by closing the oldest
+ * connection that is idle or still sending its head: slow or idle clients cannot
+ * hold every slot and lock out a scraper. The victim is only marked here (an event
+ * for it may be pending in the current batch); it is freed by the deadline check. */
+static int evict_one(struct dnet_http *h)
+{
+	struct dnet_http_conn *victim = NULL;
+	for (struct dnet_http_conn *c = h->conns; c; c = c->next)
+		if (c->state == H_HEAD && !c->evicted)
+			victim = c; /* the list is newest first: keep the last one */
+	if (!victim)
+		return 0;
+	victim->evicted = 1;
+	h->nevicted++;
+	shutdown(victim->fd, SHUT_RDWR);
+	victim->state = H_LINGER;
+	victim->deadline_ns = 0;
+	atomic_fetch_add(&h->s->stats.http_conns_evicted, 1);
+	return 1;
+}
+
 static void do_accept(struct dnet_http *h)
 {
 	for (;;) {
@@ -482,7 +506,7 @@ static void do_accept(struct dnet_http *h)
 				dnet_log_warn("http accept: %s", strerror(errno));
 			return;
 		}
-		if (h->nconns >= MAX_CONNS) {
+		if (h->nconns - h->nevicted >= MAX_CONNS && !evict_one(h)) {
 			static const char busy[] =
 			    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
 			    "Connection: close\r\n\r\n";
@@ -575,7 +599,7 @@ static void *http_loop(void *arg)
 		if (stop)
 			break;
 		uint64_t now = dnet_now_mono_ns();
-		if (now - last_check > 100000000ull) {
+		if (h->nevicted || now - last_check > 100000000ull) {
 			check_deadlines(h);
 			last_check = now;
 		}

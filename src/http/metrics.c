@@ -247,6 +247,9 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 	one_u(&b, "elliptics_http_connections_rejected_total", "counter",
 	      "HTTP connections refused (503) at the connection limit.",
 	      atomic_load(&st->http_conns_rejected));
+	one_u(&b, "elliptics_http_connections_evicted_total", "counter",
+	      "Idle or slow HTTP connections closed at the limit to admit new ones.",
+	      atomic_load(&st->http_conns_evicted));
 
 	if (b.p)
 		*len = b.len;

@@ -130,6 +130,7 @@ struct dnet_stats {
 	/* The HTTP endpoint (src/http). */
 	atomic_uint_fast64_t http_requests, http_errors; /* errors: 4xx/5xx answers */
 	atomic_uint_fast64_t http_conns_cur, http_conns_total, http_conns_rejected;
+	atomic_uint_fast64_t http_conns_evicted; /* idle/slow ones closed for new ones */
 };
 
 /* stats.c: count one finished request (dispatch.c's finish()). */

@@ -169,6 +169,8 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "http_conns_total %llu\n", (unsigned long long)atomic_load(&st->http_conns_total));
 	add(&b, "http_conns_rejected %llu\n",
 	    (unsigned long long)atomic_load(&st->http_conns_rejected));
+	add(&b, "http_conns_evicted %llu\n",
+	    (unsigned long long)atomic_load(&st->http_conns_evicted));
 	struct dnet_backend_stat bs = {0};
 	if (s->bops->stat(s->backend, &bs) == 0) {
 		add(&b, "objects %llu\n", (unsigned long long)bs.objects);
