@@ -83,6 +83,14 @@ $(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o: tests/fuzz/fuzz_server.c
 $(FUZZ_BIN): $(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC)) $(ASSETS_O)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
+# The HTTP endpoint's connection handling, through a real in-process node.
+FUZZ_HTTPD_BIN := $(BUILD)/tests/fuzz_httpd
+$(BUILD)/obj/tests/fuzz/fuzz_httpd_standalone.o: tests/fuzz/fuzz_httpd.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) -DDNET_FUZZ_STANDALONE -c $< -o $@
+$(FUZZ_HTTPD_BIN): $(BUILD)/obj/tests/fuzz/fuzz_httpd_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC)) $(ASSETS_O)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
 # The HTTP request parser and chunked decoder on their own (pure functions).
 FUZZ_HTTP_BIN := $(BUILD)/tests/fuzz_http
 $(BUILD)/obj/tests/fuzz/fuzz_http_standalone.o: tests/fuzz/fuzz_http.c
@@ -93,16 +101,21 @@ $(FUZZ_HTTP_BIN): $(BUILD)/obj/tests/fuzz/fuzz_http_standalone.o $(call obj,src/
 	$(CC) $(LDFLAGS_ALL) -o $@ $^
 
 # Unit tests, then a bounded structured-random run of the server's receive path.
-unit: $(UNIT_BINS) $(FUZZ_BIN) $(FUZZ_HTTP_BIN)
+unit: $(UNIT_BINS) $(FUZZ_BIN) $(FUZZ_HTTP_BIN) $(FUZZ_HTTPD_BIN)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 	@echo "== $(FUZZ_BIN) -n 20000"; cd $(BUILD)/tests && ./fuzz_server -n 20000
 	@echo "== $(FUZZ_HTTP_BIN) -n 200000"; $(FUZZ_HTTP_BIN) -n 200000
+	@echo "== $(FUZZ_HTTPD_BIN) -n 20000"; cd $(BUILD)/tests && ./fuzz_httpd -n 20000
 
 # libFuzzer builds (clang): make fuzz && build/fuzz/fuzz_server -max_total_time=60 CORPUS_DIR
-# (and build/fuzz/fuzz_http the same way for the HTTP parser).
+# (and build/fuzz/fuzz_http, build/fuzz/fuzz_httpd the same way for the HTTP parser and
+# the HTTP connection handling).
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -pthread -fsanitize=fuzzer,address,undefined -Iinclude -Isrc
-fuzz: build/fuzz/fuzz_server build/fuzz/fuzz_http
+fuzz: build/fuzz/fuzz_server build/fuzz/fuzz_http build/fuzz/fuzz_httpd
 build/fuzz/fuzz_server: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(ASSETS_C) tests/fuzz/fuzz_server.c
+	@mkdir -p build/fuzz
+	clang $(FUZZ_CFLAGS) -o $@ $^ $(SERVER_LIBS)
+build/fuzz/fuzz_httpd: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(ASSETS_C) tests/fuzz/fuzz_httpd.c
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ $(SERVER_LIBS)
 build/fuzz/fuzz_http: src/http/parser.c tests/fuzz/fuzz_http.c

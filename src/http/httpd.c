@@ -52,7 +52,7 @@ struct dnet_http_conn {
 
 static uint64_t ms_from_now(int ms)
 {
-	return dnet_now_mono_ns() + (uint64_t)ms * 1000000ull;
+	return dnet_now_mono_ns() + (uint64_t)ms * UINT64_C(1000000);
 }
 
 /* ---- routes ---- */
