@@ -53,7 +53,7 @@ static const struct opt opts[] = {
 	{"recover-interval-s", O_INT, "S", "copies > 1: compare copies with every peer at least this often (default 300; also at start, when a node comes back, and on `elliptics recover`)", OFF(recover_interval_s), 0, 1, 100000000},
 	{"tombstone-grace-s", O_INT, "S", "copies > 1: a deleted object's tombstone is kept this long so a copy that missed the delete cannot bring it back (default 86400)", OFF(tombstone_grace_s), 0, 1, 100000000},
 	{"zone", O_STR, "NAME", "zone (rack, room) label of this node, for copy placement", OFF(zone), LEN(zone), 0, 0},
-	{"http", O_LATER, "HOST:PORT", "S3 gateway and /metrics (not in this build)", 0, 0, 0, 0},
+	{"http", O_STR, "HOST:PORT", "HTTP endpoint: Prometheus /metrics, the ring page (/, /ring.json); the S3 gateway comes here next (default: off)", OFF(http), LEN(http), 0, 0},
 	{"keys", O_LATER, "FILE", "client keys (not in this build)", 0, 0, 0, 0},
 	{"cluster-key", O_LATER, "FILE", "cluster secret (not in this build)", 0, 0, 0, 0},
 	{"tls-cert", O_LATER, "FILE", "TLS certificate (not in this build)", 0, 0, 0, 0},

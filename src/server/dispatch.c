@@ -80,10 +80,7 @@ static void finish(struct dnet_trans *t, struct dnet_out *o, int status)
 		return;
 	}
 	unsigned cmd = t->hdr.cmd < DNET_CMD_MAX_ ? t->hdr.cmd : 0;
-	atomic_fetch_add(&s->stats.cmds[cmd], 1);
-	if (status < 0 && status != DNET_ENOENT)
-		atomic_fetch_add(&s->stats.errors[cmd], 1);
-	atomic_fetch_add(&s->stats.lat_ns[cmd], dnet_now_mono_ns() - t->recv_ns);
+	dnet_stats_request(&s->stats, cmd, status, dnet_now_mono_ns() - t->recv_ns);
 	if (status < 0 && status != DNET_ENOENT && status != DNET_ERANGE)
 		dnet_log_debug("%s: %s failed: %s", c->peer, dnet_cmd_name(cmd),
 			       dnet_strerror(status));

@@ -14,6 +14,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "http/http.h"
 #include "server.h"
 
 /* Load DATA/node_id, or create it (random, written atomically). */
@@ -127,8 +128,15 @@ int dnet_server_start(struct dnet_server *s)
 	 * already see this node. */
 	if (dnet_net_listen(s) != 0)
 		goto out_stop_pool;
+	/* Bind the HTTP port now too, so a busy one stops the start before anything
+	 * runs; it serves once the node does. */
+	if (dnet_http_listen(s) != 0) {
+		close(s->listen_fd);
+		goto out_stop_pool;
+	}
 	if (dnet_member_start(s) != 0 || dnet_mover_start(s) != 0 || dnet_recover_start(s) != 0 ||
-	    dnet_net_start(s) != 0) {
+	    dnet_net_start(s) != 0 || dnet_http_start(s) != 0) {
+		dnet_http_stop(s);
 		dnet_recover_stop(s);
 		dnet_mover_stop(s);
 		dnet_member_stop(s);
@@ -161,6 +169,7 @@ void dnet_server_stop(struct dnet_server *s)
 	 * its pending (group commit) writes, flush replies, close. An object is only
 	 * ever renamed into place whole, so nothing half-written can be left behind. */
 	atomic_store(&s->stopping, 1);
+	dnet_http_stop(s); /* first: it reads the ring and the stats of everything below */
 	dnet_recover_stop(s);
 	dnet_mover_stop(s);
 	dnet_member_stop(s);

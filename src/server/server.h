@@ -21,6 +21,7 @@
 
 struct dnet_server;
 struct dnet_loop;
+struct dnet_http;
 
 struct dnet_config {
 	char listen[256];
@@ -60,6 +61,7 @@ struct dnet_config {
 	 * --import. */
 	int offline;		 /* enum dnet_offline_mode */
 	char offline_arg[4096]; /* FILE or "-" of --export / --import */
+	char http[256];       /* --http HOST:PORT: metrics, ring page (empty: off) */
 };
 enum dnet_offline_mode { DNET_OFFLINE_NONE = 0, DNET_OFFLINE_CHECK, DNET_OFFLINE_COMPACT,
 			 DNET_OFFLINE_EXPORT, DNET_OFFLINE_IMPORT };
@@ -133,6 +135,14 @@ struct dnet_conn {
 	uint64_t tx_ns;      /* last bytes sent, or output queued after none was */
 };
 
+/* Request latency histogram buckets (upper bounds, microseconds); one more slot
+ * counts everything above the last bound (+Inf). Shared by /metrics and STAT. */
+#define DNET_LAT_BUCKETS 16
+extern const uint64_t dnet_lat_bucket_us[DNET_LAT_BUCKETS];
+/* Request outcomes per command: slot 0 = success, slot -status = that DNET_E*
+ * code, the last slot any status outside the table. */
+#define DNET_STATUS_SLOTS 25
+
 struct dnet_stats {
 	atomic_uint_fast64_t cmds[DNET_CMD_MAX_];
 	atomic_uint_fast64_t errors[DNET_CMD_MAX_];
@@ -145,7 +155,20 @@ struct dnet_stats {
 	atomic_uint_fast64_t handoff_redirects; /* of which: to a previous owner */
 	atomic_uint_fast64_t queued;      /* transactions waiting in IO queues */
 	atomic_uint_fast64_t busy_ns;     /* time IO workers spent executing */
+	/* Lock-free: each slot is an independent relaxed counter. */
+	atomic_uint_fast64_t lat_hist[DNET_CMD_MAX_][DNET_LAT_BUCKETS + 1];
+	atomic_uint_fast64_t status[DNET_CMD_MAX_][DNET_STATUS_SLOTS];
+	/* The HTTP endpoint (src/http). */
+	atomic_uint_fast64_t http_requests, http_errors; /* errors: 4xx/5xx answers */
+	atomic_uint_fast64_t http_conns_cur, http_conns_total, http_conns_rejected;
+	atomic_uint_fast64_t http_conns_evicted; /* idle/slow ones closed for new ones */
 };
+
+/* stats.c: count one finished request (dispatch.c's finish()). */
+void dnet_stats_request(struct dnet_stats *st, unsigned cmd, int status, uint64_t lat_ns);
+/* Slot of a status in dnet_stats.status, and the label it is shown with. */
+unsigned dnet_stats_status_slot(int status);
+const char *dnet_stats_status_label(unsigned slot);
 
 /* IO pool: one FIFO per worker; transactions are sharded by object ID so the
  * requests for one object execute in arrival order on one worker. */
@@ -258,6 +281,8 @@ struct dnet_server {
 	struct dnet_member member;
 	struct dnet_mover mover;
 	struct dnet_recover recover;
+	struct dnet_http *http; /* src/http: NULL when --http is not given */
+	char http_str[64];      /* its bound address */
 };
 
 /* The one server of this process (set by main). */

@@ -1,11 +1,64 @@
-/* stats.c - the node's counters as "name value" text lines (STAT command). */
+/* stats.c - the node's counters: request accounting (lock-free) and their
+ * "name value" text lines (STAT command). /metrics (src/http/metrics.c) shows the
+ * same counters in the Prometheus format. */
+#include <ctype.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/errors.h"
 #include "common/id.h"
 #include "common/util.h"
 #include "server.h"
+
+const uint64_t dnet_lat_bucket_us[DNET_LAT_BUCKETS] = {
+	50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+	1000000, 2500000, 10000000};
+
+unsigned dnet_stats_status_slot(int status)
+{
+	if (status <= 0 && status > -(DNET_STATUS_SLOTS - 1))
+		return (unsigned)-status;
+	return DNET_STATUS_SLOTS - 1;
+}
+
+static char status_labels[DNET_STATUS_SLOTS][16];
+static pthread_once_t status_labels_once = PTHREAD_ONCE_INIT;
+
+static void status_labels_init(void)
+{
+	for (int i = 0; i < DNET_STATUS_SLOTS; i++) {
+		const char *n = i == DNET_STATUS_SLOTS - 1 ? "other" : i ? dnet_errname(-i) : "ok";
+		size_t k = 0;
+		for (; n[k] && k < sizeof(status_labels[i]) - 1; k++)
+			status_labels[i][k] = (char)tolower((unsigned char)n[k]);
+		status_labels[i][k] = '\0';
+	}
+}
+
+const char *dnet_stats_status_label(unsigned slot)
+{
+	pthread_once(&status_labels_once, status_labels_init);
+	return status_labels[slot < DNET_STATUS_SLOTS ? slot : DNET_STATUS_SLOTS - 1];
+}
+
+void dnet_stats_request(struct dnet_stats *st, unsigned cmd, int status, uint64_t lat_ns)
+{
+	if (cmd >= DNET_CMD_MAX_)
+		cmd = 0;
+	atomic_fetch_add_explicit(&st->cmds[cmd], 1, memory_order_relaxed);
+	if (status < 0 && status != DNET_ENOENT)
+		atomic_fetch_add_explicit(&st->errors[cmd], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&st->lat_ns[cmd], lat_ns, memory_order_relaxed);
+	atomic_fetch_add_explicit(&st->status[cmd][dnet_stats_status_slot(status)], 1,
+				  memory_order_relaxed);
+	uint64_t us = lat_ns / 1000;
+	unsigned b = 0;
+	while (b < DNET_LAT_BUCKETS && us > dnet_lat_bucket_us[b])
+		b++;
+	atomic_fetch_add_explicit(&st->lat_hist[cmd][b], 1, memory_order_relaxed);
+}
 
 struct sbuf {
 	char *p;
@@ -67,6 +120,10 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "bytes_out %llu\n", (unsigned long long)atomic_load(&st->bytes_out));
 	add(&b, "io_queue_depth %llu\n", (unsigned long long)atomic_load(&st->queued));
 	add(&b, "io_busy_s %.3f\n", (double)atomic_load(&st->busy_ns) / 1e9);
+	uint64_t req_total = 0;
+	for (int c = 0; c < DNET_CMD_MAX_; c++)
+		req_total += atomic_load(&st->cmds[c]);
+	add(&b, "requests_total %llu\n", (unsigned long long)req_total);
 	for (int c = 1; c < DNET_CMD_MAX_; c++) {
 		uint64_t n = atomic_load(&st->cmds[c]);
 		add(&b, "cmd_%s %llu\n", dnet_cmd_name(c), (unsigned long long)n);
@@ -74,6 +131,26 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 		    (unsigned long long)atomic_load(&st->errors[c]));
 		add(&b, "cmd_%s_avg_us %.1f\n", dnet_cmd_name(c),
 		    n ? (double)atomic_load(&st->lat_ns[c]) / (double)n / 1e3 : 0.0);
+		if (!n)
+			continue;
+		/* Outcomes other than success, and the latency histogram (cumulative
+		 * counts at each bound, as /metrics shows them). */
+		for (unsigned k = 1; k < DNET_STATUS_SLOTS; k++) {
+			uint64_t v = atomic_load(&st->status[c][k]);
+			if (v)
+				add(&b, "cmd_%s_status_%s %llu\n", dnet_cmd_name(c),
+				    dnet_stats_status_label(k), (unsigned long long)v);
+		}
+		add(&b, "cmd_%s_hist_us ", dnet_cmd_name(c));
+		uint64_t cum = 0;
+		for (int k = 0; k <= DNET_LAT_BUCKETS; k++) {
+			cum += atomic_load(&st->lat_hist[c][k]);
+			if (k < DNET_LAT_BUCKETS)
+				add(&b, "%llu=%llu,", (unsigned long long)dnet_lat_bucket_us[k],
+				    (unsigned long long)cum);
+			else
+				add(&b, "inf=%llu\n", (unsigned long long)cum);
+		}
 	}
 	size_t rn, ru, rd, rl;
 	dnet_member_counts(s, &rn, &ru, &rd, &rl);
@@ -106,6 +183,17 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "recover_errors %llu\n", (unsigned long long)atomic_load(&rc->errors));
 	add(&b, "recover_repaired %llu\n", (unsigned long long)atomic_load(&rc->repaired));
 	add(&b, "tombstones_collected %llu\n", (unsigned long long)atomic_load(&rc->tombstones_collected));
+	add(&b, "move_skipped %llu\n", (unsigned long long)atomic_load(&s->mover.skipped));
+	if (s->http_str[0])
+		add(&b, "http_listen %s\n", s->http_str);
+	add(&b, "http_requests %llu\n", (unsigned long long)atomic_load(&st->http_requests));
+	add(&b, "http_errors %llu\n", (unsigned long long)atomic_load(&st->http_errors));
+	add(&b, "http_conns_current %llu\n", (unsigned long long)atomic_load(&st->http_conns_cur));
+	add(&b, "http_conns_total %llu\n", (unsigned long long)atomic_load(&st->http_conns_total));
+	add(&b, "http_conns_rejected %llu\n",
+	    (unsigned long long)atomic_load(&st->http_conns_rejected));
+	add(&b, "http_conns_evicted %llu\n",
+	    (unsigned long long)atomic_load(&st->http_conns_evicted));
 	struct dnet_backend_stat bs = {0};
 	if (s->bops->stat(s->backend, &bs) == 0) {
 		add(&b, "objects %llu\n", (unsigned long long)bs.objects);
