@@ -18,7 +18,7 @@ struct cli {
 	const char **remotes;
 	int nremotes;
 	int timeout_ms;
-	const char *auth; /* NAME:SECRET, not used yet */
+	const char *auth; /* NAME:SECRET: the client key (-k or $ELLIPTICS_KEY) */
 	int w, r;         /* copies: write quorum and read copies (0: defaults) */
 };
 

@@ -210,6 +210,11 @@ int cli_client_one(const struct cli *g, const char *remote, dnet_client **out)
 		return err;
 	dnet_client_set_timeout(c, g->timeout_ms);
 	dnet_client_set_quorum(c, g->w, g->r);
+	if (g->auth && dnet_client_set_key(c, g->auth) != 0) {
+		cli_error("-k wants NAME:SECRET (name up to 64 bytes, secret up to 256)");
+		dnet_client_free(c);
+		return DNET_EINVAL;
+	}
 	if (remote) {
 		err = dnet_client_add_remote(c, remote);
 		if (err) {

@@ -58,6 +58,11 @@ int dnet_client_new(dnet_client **out);
 /* Add a node address "HOST:PORT" (may be called several times; the first that
  * answers is used). Does not connect yet. DNET_EADDR if it cannot be parsed. */
 int dnet_client_add_remote(dnet_client *c, const char *hostport);
+/* Authenticate every connection with a key from the node's --keys file:
+ * "NAME:SECRET" (the secret never travels: an HMAC challenge proves it; see
+ * docs/security.md). NULL: no key. DNET_EINVAL if malformed. A node that refuses
+ * the key makes requests fail with DNET_EPERM. */
+int dnet_client_set_key(dnet_client *c, const char *name_colon_secret);
 /* Per-request timeout in milliseconds (default 30000). */
 void dnet_client_set_timeout(dnet_client *c, int timeout_ms);
 /* Number of connections per node the handle spreads asynchronous requests over

@@ -13,7 +13,10 @@
 #include <unistd.h>
 
 
+#include <openssl/crypto.h>
+
 #include "client_int.h"
+#include "common/auth.h"
 #include "common/errors.h"
 #include "common/id.h"
 #include "common/util.h"
@@ -54,6 +57,20 @@ int dnet_client_add_remote(dnet_client *c, const char *hostport)
 	if (!nr[c->nremotes])
 		return DNET_ENOMEM;
 	c->nremotes++;
+	return 0;
+}
+
+int dnet_client_set_key(dnet_client *c, const char *spec)
+{
+	if (!spec) {
+		c->key_name[0] = c->key_secret[0] = '\0';
+		return 0;
+	}
+	char name[DNET_AUTH_NAME_MAX + 1], secret[DNET_AUTH_SECRET_MAX + 1];
+	if (dnet_auth_split(spec, name, secret) != 0)
+		return DNET_EINVAL;
+	snprintf(c->key_name, sizeof(c->key_name), "%s", name);
+	snprintf(c->key_secret, sizeof(c->key_secret), "%s", secret);
 	return 0;
 }
 
@@ -115,6 +132,7 @@ void dnet_client_free(dnet_client *c)
 	free(c->id_hash);
 	free(c->sbuf);
 	free(c->last_copies);
+	OPENSSL_cleanse(c->key_secret, sizeof(c->key_secret));
 	close(c->epfd);
 	free(c);
 }

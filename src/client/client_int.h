@@ -201,6 +201,7 @@ struct dnet_client {
 	struct dnet_copy_status *last_copies; /* per-copy results of the last call */
 	int nlast_copies;
 	uint64_t repairs; /* read repairs sent */
+	char key_name[65], key_secret[257]; /* dnet_client_set_key (empty: none) */
 };
 
 /* Where an object's copies go: the home nodes (copy 0..homes-1), then fallback

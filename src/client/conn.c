@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "client_int.h"
+#include "common/auth.h"
 #include "common/errors.h"
 #include "common/util.h"
 
@@ -495,6 +496,14 @@ static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *con
 		}
 	}
 	dnet_set_nodelay(fd);
+	if (c->key_name[0]) {
+		/* A key: prove it before anything else goes on this connection. */
+		uint32_t perm;
+		err = dnet_auth_handshake(fd, c->key_name, c->key_secret,
+					  dnet_now_mono_ns() + (uint64_t)tmo_ms * 1000000ull, &perm);
+		if (err)
+			goto out_close;
+	}
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = conn};
 	if (epoll_ctl(c->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		err = dnet_from_errno(errno);

@@ -141,6 +141,8 @@ const char *dnet_cmd_name(int cmd)
 		return "sync";
 	case DNET_CMD_RECOVER:
 		return "recover";
+	case DNET_CMD_AUTH:
+		return "auth";
 	default:
 		return "unknown";
 	}

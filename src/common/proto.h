@@ -33,7 +33,8 @@ enum dnet_cmd {
 	DNET_CMD_SYNC = 10,  /* anti-entropy between copies (node to node): a u32 op, then
 			      * op data; see docs/replication.md */
 	DNET_CMD_RECOVER = 11, /* no payload: start a recovery pass now; reply: none */
-	DNET_CMD_MAX_ = 12   /* first unused; the server answers PROTO/UNSUPP above */
+	DNET_CMD_AUTH = 12,  /* the key handshake (common/auth.h, docs/security.md) */
+	DNET_CMD_MAX_ = 13   /* first unused; the server answers PROTO/UNSUPP above */
 };
 
 /* Header flags. */

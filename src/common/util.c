@@ -236,3 +236,20 @@ void dnet_rate_wait(uint64_t rate, uint64_t start_ns, uint64_t bytes)
 		nanosleep(&ts, NULL);
 	}
 }
+
+int dnet_addr_is_loopback(const char *hostport)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	if (dnet_parse_addr(hostport, 1025, &ss, &sl) != 0)
+		return 0;
+	if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+	}
+	if (ss.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+		return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+	}
+	return 0;
+}

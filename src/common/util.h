@@ -34,6 +34,9 @@ int dnet_parse_size(const char *s, uint64_t *out);
 int dnet_write_full(int fd, const void *buf, size_t len);
 int dnet_read_full(int fd, void *buf, size_t len);
 
+/* Does "HOST:PORT" name a loopback address (127.0.0.0/8, ::1, localhost)? */
+int dnet_addr_is_loopback(const char *hostport);
+
 /* Sleep as needed to keep `bytes` sent since start_ns (monotonic) at or under
  * `rate` bytes/s on average (0: no cap). */
 void dnet_rate_wait(uint64_t rate, uint64_t start_ns, uint64_t bytes);

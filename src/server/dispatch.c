@@ -177,6 +177,11 @@ static void do_write(struct dnet_server *s, struct dnet_trans *t)
 		finish_status(t, DNET_EPROTO);
 		return;
 	}
+	if ((io.ioflags & DNET_IO_MOVE) && !dnet_auth_allowed(t, 1)) {
+		atomic_fetch_add(&s->stats.auth_denied, 1);
+		finish_status(t, DNET_EPERM);
+		return;
+	}
 	int versioned = (io.ioflags & (DNET_IO_MOVE | DNET_IO_FORCE)) || s->cfg.copies > 1;
 	int force = !!(io.ioflags & DNET_IO_FORCE);
 	io.ioflags &= ~(DNET_IO_MOVE | DNET_IO_FORCE);
@@ -453,6 +458,12 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 		finish_status(t, DNET_ESHUTDOWN);
 		return;
 	}
+	if (!dnet_auth_allowed(t, 0)) {
+		atomic_fetch_add(&s->stats.auth_denied, 1);
+		finish_status(t, DNET_EPERM);
+		atomic_fetch_add(&s->stats.busy_ns, dnet_now_mono_ns() - t0);
+		return;
+	}
 	struct dnet_addr_wire owner;
 	if (is_keyed(t->hdr.cmd) && !(t->hdr.flags & DNET_FLAG_DIRECT) &&
 	    !dnet_member_owns(s, t->hdr.id, &owner)) {
@@ -506,6 +517,29 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 			finish_status(t, err);
 		else
 			finish_payload(t, out, len);
+		break;
+	}
+	case DNET_CMD_AUTH: {
+		uint8_t reply[64];
+		size_t len = 0;
+		int close_conn = 0;
+		int err = dnet_auth_step(s, t->conn, t->payload, (size_t)t->size, reply, &len,
+					 &close_conn);
+		struct dnet_conn *c = t->conn;
+		if (close_conn)
+			dnet_conn_get(c);
+		if (err) {
+			finish_status(t, err);
+		} else {
+			uint8_t *buf = malloc(len ? len : 1);
+			if (buf)
+				memcpy(buf, reply, len);
+			finish_payload(t, buf, len);
+		}
+		if (close_conn) {
+			dnet_conn_shut(c);
+			dnet_conn_put(c);
+		}
 		break;
 	}
 	case DNET_CMD_RECOVER:

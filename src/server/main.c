@@ -259,7 +259,7 @@ int main(int argc, char **argv)
 		if (sigwait(&set, &sig) != 0)
 			continue;
 		if (sig == SIGHUP) {
-			dnet_log_info("SIGHUP: nothing to reload yet");
+			dnet_auth_reload(s);
 			continue;
 		}
 		break;

@@ -304,6 +304,7 @@ static void accept_conns(struct dnet_loop *l)
 		}
 		c->fd = fd;
 		c->rx_ns = c->tx_ns = dnet_now_mono_ns();
+		atomic_init(&c->perm, (int)dnet_auth_initial_perm());
 		c->loop = l;
 		atomic_init(&c->refs, 1);
 		pthread_mutex_init(&c->lock, NULL);
@@ -592,6 +593,15 @@ static void loop_sweep(struct dnet_loop *l, uint64_t now)
 		}
 		c = next;
 	}
+}
+
+void dnet_conn_shut(struct dnet_conn *c)
+{
+	pthread_mutex_lock(&c->lock);
+	c->close_after_flush = 1;
+	c->read_closed = 1;
+	do_update_events(c);
+	pthread_mutex_unlock(&c->lock);
 }
 
 static void loop_stop_reading(struct dnet_loop *l)

@@ -8,7 +8,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include "common/auth.h"
 #include "common/errors.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "peer.h"
 
@@ -63,6 +69,33 @@ static int wait_fd(int fd, short ev, uint64_t deadline)
 	}
 }
 
+static pthread_mutex_t auth_lock = PTHREAD_MUTEX_INITIALIZER;
+static char auth_name[DNET_AUTH_NAME_MAX + 1], auth_secret[DNET_AUTH_SECRET_MAX + 1];
+
+void dnet_peer_set_auth(const char *name, const char *secret)
+{
+	pthread_mutex_lock(&auth_lock);
+	snprintf(auth_name, sizeof(auth_name), "%s", name);
+	snprintf(auth_secret, sizeof(auth_secret), "%s", secret);
+	pthread_mutex_unlock(&auth_lock);
+}
+
+/* The cluster key handshake on a fresh connection, if one is set. */
+static int peer_auth(int fd, uint64_t deadline)
+{
+	char name[sizeof(auth_name)], secret[sizeof(auth_secret)];
+	pthread_mutex_lock(&auth_lock);
+	memcpy(name, auth_name, sizeof(name));
+	memcpy(secret, auth_secret, sizeof(secret));
+	pthread_mutex_unlock(&auth_lock);
+	if (!name[0])
+		return 0;
+	uint32_t perm;
+	int err = dnet_auth_handshake(fd, name, secret, deadline, &perm);
+	OPENSSL_cleanse(secret, sizeof(secret));
+	return err;
+}
+
 static int do_connect(struct dnet_peer *p, uint64_t deadline)
 {
 	int fd = socket(p->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -85,6 +118,15 @@ static int do_connect(struct dnet_peer *p, uint64_t deadline)
 		}
 	}
 	dnet_set_nodelay(fd);
+	int err = peer_auth(fd, deadline);
+	if (err) {
+		static atomic_int warned;
+		if (err == DNET_EPERM && !atomic_exchange(&warned, 1))
+			dnet_log_error("%s refused this node's cluster key: is --cluster-key the same "
+				       "on every node?", p->name);
+		close(fd);
+		return err;
+	}
 	p->fd = fd;
 	return 0;
 }

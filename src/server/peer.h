@@ -21,6 +21,9 @@ struct dnet_peer {
 void dnet_peer_init(struct dnet_peer *p, const struct sockaddr_storage *ss, socklen_t sl);
 int dnet_peer_init_str(struct dnet_peer *p, const char *hostport);
 void dnet_peer_close(struct dnet_peer *p);
+/* Every peer connection made from now on authenticates with name and secret
+ * (the cluster key) before its first request. */
+void dnet_peer_set_auth(const char *name, const char *secret);
 
 /* Send one request (header + payload parts a and b) and wait for its reply, all
  * within timeout_ms. The reply header goes to *rh; a reply payload (at most

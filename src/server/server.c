@@ -118,6 +118,8 @@ int dnet_server_start(struct dnet_server *s)
 			       dnet_strerror(err));
 		goto out_unlock;
 	}
+	if (dnet_auth_start(s) != 0)
+		goto out_close_backend;
 	dnet_member_init(s);
 	if (dnet_pool_start(&s->pool, s->cfg.io_threads, dnet_dispatch, s, &s->stats.queued) != 0) {
 		dnet_log_error("cannot start the IO pool");
@@ -179,6 +181,7 @@ void dnet_server_stop(struct dnet_server *s)
 	dnet_net_stop(s, 5000);
 	dnet_mover_free(s);
 	dnet_member_free(s);
+	dnet_auth_stop();
 	close(s->lock_fd);
 	s->lock_fd = -1;
 }

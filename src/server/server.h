@@ -62,6 +62,8 @@ struct dnet_config {
 	int offline;		 /* enum dnet_offline_mode */
 	char offline_arg[4096]; /* FILE or "-" of --export / --import */
 	char http[256];       /* --http HOST:PORT: metrics, ring page (empty: off) */
+	char keys[4096];        /* --keys FILE (empty: clients need no key) */
+	char cluster_key[4096]; /* --cluster-key FILE (empty: nodes need no key) */
 };
 enum dnet_offline_mode { DNET_OFFLINE_NONE = 0, DNET_OFFLINE_CHECK, DNET_OFFLINE_COMPACT,
 			 DNET_OFFLINE_EXPORT, DNET_OFFLINE_IMPORT };
@@ -133,6 +135,10 @@ struct dnet_conn {
 	int dead;            /* socket failed or closed: drop all output */
 	int close_after_flush;
 	uint64_t tx_ns;      /* last bytes sent, or output queued after none was */
+	/* Authentication (auth.c): what this connection may do, and the handshake. */
+	atomic_int perm;     /* enum dnet_perm */
+	uint8_t nonce[32];
+	int have_nonce, auth_failures;
 };
 
 /* Request latency histogram buckets (upper bounds, microseconds); one more slot
@@ -150,6 +156,7 @@ struct dnet_stats {
 	atomic_uint_fast64_t bytes_in, bytes_out;
 	atomic_uint_fast64_t conns_total, conns_cur, conns_rejected;
 	atomic_uint_fast64_t conns_idle_closed, conns_slow_closed, conns_stalled_closed;
+	atomic_uint_fast64_t auth_ok, auth_failed, auth_denied;
 	atomic_uint_fast64_t proto_errors;
 	atomic_uint_fast64_t redirects;   /* NOTOWNER replies: requests that were not one hop */
 	atomic_uint_fast64_t handoff_redirects; /* of which: to a previous owner */
@@ -184,6 +191,8 @@ int dnet_pool_threads(const struct dnet_pool *p);
 /* Connections (net.c). */
 void dnet_conn_get(struct dnet_conn *c);
 void dnet_conn_put(struct dnet_conn *c);
+/* Close the connection once its queued replies are out; read nothing more. */
+void dnet_conn_shut(struct dnet_conn *c);
 /* Queue a reply built by a worker (takes ownership of o) and try to send it. */
 void dnet_conn_send(struct dnet_conn *c, struct dnet_out *o);
 /* A transaction handed to the pool has been answered (or needs no answer). */
@@ -351,6 +360,16 @@ int dnet_sync_request(struct dnet_server *s, const uint8_t *p, size_t len, uint8
 		      size_t *outlen);
 int dnet_recover_pull(struct dnet_server *s, struct dnet_peer *p, const uint8_t *id, uint64_t v,
 		      int force, uint8_t *buf, uint64_t *bytes);
+
+/* auth.c */
+int dnet_auth_start(struct dnet_server *s);
+void dnet_auth_reload(struct dnet_server *s);
+void dnet_auth_stop(void);
+uint32_t dnet_auth_initial_perm(void);
+/* May t's connection do t (node_op: a node-to-node operation such as a data move)? */
+int dnet_auth_allowed(const struct dnet_trans *t, int node_op);
+int dnet_auth_step(struct dnet_server *s, struct dnet_conn *c, const uint8_t *p, size_t len,
+		   uint8_t *reply, size_t *rlen, int *close_conn);
 
 /* stats.c: "name value\n" lines in a malloc()ed buffer. */
 char *dnet_stats_text(struct dnet_server *s, size_t *len);

@@ -113,6 +113,9 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "conns_slow_closed %llu\n", (unsigned long long)atomic_load(&st->conns_slow_closed));
 	add(&b, "conns_stalled_closed %llu\n",
 	    (unsigned long long)atomic_load(&st->conns_stalled_closed));
+	add(&b, "auth_ok %llu\n", (unsigned long long)atomic_load(&st->auth_ok));
+	add(&b, "auth_failed %llu\n", (unsigned long long)atomic_load(&st->auth_failed));
+	add(&b, "auth_denied %llu\n", (unsigned long long)atomic_load(&st->auth_denied));
 	add(&b, "proto_errors %llu\n", (unsigned long long)atomic_load(&st->proto_errors));
 	add(&b, "redirects %llu\n", (unsigned long long)atomic_load(&st->redirects));
 	add(&b, "handoff_redirects %llu\n", (unsigned long long)atomic_load(&st->handoff_redirects));

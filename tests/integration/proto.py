@@ -28,7 +28,8 @@ CMD_JOIN = 8
 CMD_LEAVE = 9
 CMD_SYNC = 10
 CMD_RECOVER = 11
-CMD_MAX_ = 12
+CMD_AUTH = 12
+CMD_MAX_ = 13
 
 FLAG_REPLY = 0x0001
 FLAG_MORE = 0x0002
@@ -53,6 +54,8 @@ ETOOBIG = -7
 ECORRUPT = -12
 EUNSUPP = -13
 EBUSY = -15
+EEXIST = -16
+EPERM = -17
 ERANGE = -18
 
 # <: little-endian, no padding. magic u32, version u8, cmd u8, flags u16,
