@@ -19,6 +19,7 @@ struct cli {
 	int nremotes;
 	int timeout_ms;
 	const char *auth; /* NAME:SECRET, not used yet */
+	int w, r;         /* copies: write quorum and read copies (0: defaults) */
 };
 
 /* A handle with every remote and the timeout set. Returns 0 or DNET_E*. */

@@ -39,10 +39,13 @@ static void usage_main(FILE *f)
 		"  get KEY [FILE|-]        fetch object KEY into FILE (default or '-': stdout)\n"
 		"  del KEY                 remove object KEY\n"
 		"  lookup KEY              which nodes hold KEY: HOST:PORT size= csum= timestamp=\n"
+		"                          (one line per copy, with copy=I, when there are copies)\n"
 		"  stat [--json] [--all]   per-node counters\n"
 		"  routes                  the ring: START_ID END_ID HOST:PORT per range\n"
 		"  leave [HOST:PORT]       the -r node leaves the ring (handing its objects over),\n"
 		"                          or the member HOST:PORT (a dead node) is removed\n"
+		"  recover [--no-wait]     copies > 1: every node compares its copies with its\n"
+		"                          peers now and copies what differs; waits for all\n"
 		"  check [options]         integrity run: store, read back and verify many objects\n"
 		"  bench [options]         throughput and latency: ops/s, MB/s, p50/p99/p999\n"
 		"\n"
@@ -52,6 +55,10 @@ static void usage_main(FILE *f)
 		"  -r, --remote HOST:PORT  node to talk to (repeatable; default $ELLIPTICS_REMOTE\n"
 		"                          or " DNET_DEFAULT_REMOTE ")\n"
 		"  -k, --key NAME:SECRET   client credentials (default $ELLIPTICS_KEY)\n"
+		"  --w N                   copies that must acknowledge a write or delete\n"
+		"                          (default: a majority of the ring's --copies)\n"
+		"  --r N                   copies read in parallel, newest wins (default 1:\n"
+		"                          one at a time, failing over)\n"
 		"  --timeout SEC           per-request timeout (default 30)\n"
 		"  -h, --help              this text; `elliptics COMMAND --help` for a command\n"
 		"\n"
@@ -92,6 +99,14 @@ static void usage_cmd(const char *cmd)
 		       "the new owners (watch `elliptics -r NODE stat` until move_pending is 0),\n"
 		       "then can be stopped. With HOST:PORT: NODE removes that member (a node that\n"
 		       "is dead for good); its ranges go to the others.\n");
+	else if (!strcmp(cmd, "recover"))
+		printf("usage: elliptics recover [--no-wait]\n"
+		       "With copies (ellipticsd --copies N > 1): every node of the ring that is up\n"
+		       "starts an anti-entropy pass now, comparing its copies with each peer's by\n"
+		       "range digests and copying only what differs (newest version wins; deletes\n"
+		       "travel as tombstones). Waits until every node has finished and prints per\n"
+		       "node: passes, objects pulled (fetched from a peer), bytes, the pass's duration;\n"
+		       "then a total line. --no-wait: start the passes and return.\n");
 	else if (!strcmp(cmd, "check"))
 		usage_check();
 	else if (!strcmp(cmd, "bench"))
@@ -194,6 +209,7 @@ int cli_client_one(const struct cli *g, const char *remote, dnet_client **out)
 	if (err)
 		return err;
 	dnet_client_set_timeout(c, g->timeout_ms);
+	dnet_client_set_quorum(c, g->w, g->r);
 	if (remote) {
 		err = dnet_client_add_remote(c, remote);
 		if (err) {
@@ -299,10 +315,34 @@ static int parse_obj_args(const char *cmd, int argc, char **argv, int nfiles, st
 	return 0;
 }
 
+/* "copy 0 on HOST: ok, copy 1 on HOST: connection refused, ..." of the last call,
+ * or "" without copies. */
+static void copies_summary(const dnet_client *c, char *out, size_t len)
+{
+	int n = 0;
+	const struct dnet_copy_status *cp = dnet_last_copies(c, &n);
+	size_t off = 0;
+	out[0] = '\0';
+	for (int i = 0; i < n && off < len; i++) {
+		int w = snprintf(out + off, len - off, "%scopy %d on %s%s: %s", i ? ", " : "",
+				 cp[i].copy, cp[i].node, cp[i].standin ? " (stand-in)" : "",
+				 cp[i].status == 0 || cp[i].status == DNET_EEXIST
+					 ? "ok" : dnet_strerror(cp[i].status));
+		if (w < 0)
+			break;
+		off += (size_t)w;
+	}
+}
+
 static int obj_fail(const struct cli *g, dnet_client *c, const char *cmd, const struct objarg *a,
 		    int err)
 {
-	cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), cli_node(g, c));
+	char copies[1024];
+	copies_summary(c, copies, sizeof(copies));
+	if (copies[0] && err == DNET_EQUORUM)
+		cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), copies);
+	else
+		cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), cli_node(g, c));
 	return cli_exit_code(err);
 }
 
@@ -397,6 +437,19 @@ static int cmd_put(const struct cli *g, int argc, char **argv)
 	err = dnet_write_fd_id(c, a.id, fd, UINT64_MAX, &info);
 	progress_end(&p);
 	rc = err ? obj_fail(g, c, "put", &a, err) : 0;
+	if (!err) {
+		/* Stored by a quorum, but not on every home: say so (not an error). */
+		int n = 0, bad = 0;
+		const struct dnet_copy_status *cp = dnet_last_copies(c, &n);
+		for (int i = 0; i < n; i++)
+			bad |= cp[i].standin || (cp[i].status && cp[i].status != DNET_EEXIST);
+		if (bad) {
+			char copies[1024];
+			copies_summary(c, copies, sizeof(copies));
+			fprintf(stderr, "elliptics: put %s: stored, but not on every home node: %s\n",
+				a.shown, copies);
+		}
+	}
 	if (fd > 0)
 		close(fd);
 	dnet_client_free(c);
@@ -575,7 +628,24 @@ static int cmd_lookup(const struct cli *g, int argc, char **argv)
 	}
 	struct dnet_object_info info;
 	err = dnet_lookup_id(c, a.id, &info);
-	if (err) {
+	int ncopies = 0;
+	const struct dnet_copy_status *cp = dnet_last_copies(c, &ncopies);
+	if (!err && ncopies) {
+		/* Copies: one line per copy that holds the object; the others on stderr. */
+		for (int i = 0; i < ncopies; i++) {
+			char cs[33], ts[64];
+			if (cp[i].status) {
+				fprintf(stderr, "elliptics: lookup: copy %d on %s: %s\n", cp[i].copy,
+					cp[i].node, dnet_strerror(cp[i].status));
+				continue;
+			}
+			dnet_csum_to_hex(cp[i].csum, cs);
+			fmt_time(cp[i].version, ts, sizeof(ts));
+			printf("%s size=%llu csum=%s timestamp=%s (%llu) copy=%d\n", cp[i].node,
+			       (unsigned long long)cp[i].size, cs, ts,
+			       (unsigned long long)cp[i].version, cp[i].copy);
+		}
+	} else if (err) {
 		rc = obj_fail(g, c, "lookup", &a, err);
 	} else {
 		char cs[33], ts[64];
@@ -802,6 +872,130 @@ static int cmd_leave(const struct cli *g, int argc, char **argv)
 	return 0;
 }
 
+/* A counter from a node's stat text, or -1. */
+static long long stat_value(const char *text, const char *name)
+{
+	size_t n = strlen(name);
+	for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+		if (!strncmp(p, name, n) && p[n] == ' ')
+			return strtoll(p + n + 1, NULL, 10);
+	return -1;
+}
+
+static int node_stat(const struct cli *g, const char *node, char **text)
+{
+	dnet_client *c;
+	if (cli_client_one(g, node, &c))
+		return DNET_EINVAL;
+	char where[64];
+	int err = dnet_stat(c, text, where);
+	dnet_client_free(c);
+	return err;
+}
+
+/* recover: every node that is up starts an anti-entropy pass; wait for all. */
+static int cmd_recover(const struct cli *g, int argc, char **argv)
+{
+	int wait = 1;
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			usage_cmd("recover");
+			return 0;
+		}
+		if (!strcmp(argv[i], "--no-wait"))
+			wait = 0;
+		else
+			return cli_usage_error("recover", "unexpected argument %s", argv[i]);
+	}
+	dnet_client *c;
+	if (cli_client(g, &c))
+		return CLI_EXIT_FAIL;
+	struct dnet_ring_member *m = NULL;
+	size_t n = 0;
+	int err = dnet_ring_members(c, &m, &n);
+	dnet_client_free(c);
+	if (err) {
+		cli_error("recover: cannot get the ring: %s", dnet_strerror(err));
+		return CLI_EXIT_FAIL;
+	}
+	long long *before = calloc(n + 1, sizeof(*before));
+	int *done = calloc(n + 1, sizeof(*done));
+	int rc = 0, asked = 0;
+	for (size_t i = 0; before && done && i < n; i++) {
+		char *text = NULL;
+		done[i] = 1;
+		if (m[i].state != DNET_ROUTE_UP) {
+			fprintf(stderr, "elliptics: recover: %s is down: skipped (it is brought up to "
+					"date when it comes back)\n", m[i].node);
+			continue;
+		}
+		if (node_stat(g, m[i].node, &text) == 0)
+			before[i] = stat_value(text, "recover_passes");
+		free(text);
+		dnet_client *one;
+		if (cli_client_one(g, m[i].node, &one))
+			continue;
+		err = dnet_recover(one);
+		dnet_client_free(one);
+		if (err) {
+			cli_error("recover: %s: %s", m[i].node,
+				  err == DNET_EUNSUPP ? "the ring keeps one copy: nothing to recover"
+						      : dnet_strerror(err));
+			rc = CLI_EXIT_FAIL;
+			continue;
+		}
+		done[i] = 0;
+		asked++;
+	}
+	uint64_t t0 = dnet_now_mono_ns();
+	long long tp = 0, tb = 0;
+	while (wait && asked && before && done) {
+		int left = 0;
+		for (size_t i = 0; i < n; i++) {
+			if (done[i])
+				continue;
+			char *text = NULL;
+			if (node_stat(g, m[i].node, &text) != 0) {
+				free(text);
+				left++;
+				continue;
+			}
+			/* A pass that began after we asked, and has ended. */
+			if (stat_value(text, "recover_passes") >= before[i] + 2 ||
+			    (stat_value(text, "recover_passes") > before[i] &&
+			     stat_value(text, "recover_running") == 0)) {
+				done[i] = 1;
+				long long p = stat_value(text, "recover_pulled");
+				long long b = stat_value(text, "recover_bytes");
+				printf("%s passes=%lld pulled=%lld bytes=%lld last_ms=%lld\n",
+				       m[i].node, stat_value(text, "recover_passes"), p, b,
+				       stat_value(text, "recover_last_ms"));
+				tp += p, tb += b;
+			} else {
+				left++;
+			}
+			free(text);
+		}
+		if (!left)
+			break;
+		if (dnet_now_mono_ns() - t0 > (uint64_t)g->timeout_ms * 1000000ull * 20) {
+			cli_error("recover: not finished after %d s; see `elliptics stat` "
+				  "(recover_*)", g->timeout_ms / 1000 * 20);
+			rc = CLI_EXIT_FAIL;
+			break;
+		}
+		struct timespec ts = {0, 100 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	if (wait && asked && !rc)
+		printf("total pulled=%lld bytes=%lld in %.3f s\n", tp, tb,
+		       (double)(dnet_now_mono_ns() - t0) / 1e9);
+	free(before);
+	free(done);
+	free(m);
+	return rc;
+}
+
 /* --- main ---------------------------------------------------------------- */
 
 static int cli_main(struct cli *gp, int argc, char **argv)
@@ -814,6 +1008,20 @@ static int cli_main(struct cli *gp, int argc, char **argv)
 		if (!strcmp(s, "-h") || !strcmp(s, "--help")) {
 			usage_main(stdout);
 			return 0;
+		}
+		if (!strcmp(s, "--w") || !strcmp(s, "--r")) {
+			if (i + 1 >= argc)
+				return cli_usage_error(NULL, "%s needs a value", s);
+			char *end;
+			long v = strtol(argv[++i], &end, 10);
+			if (*end || v < 1 || v > 16)
+				return cli_usage_error(NULL, "%s wants a number of copies 1..16, got \"%s\"",
+						       s, argv[i]);
+			if (s[2] == 'w')
+				g.w = (int)v;
+			else
+				g.r = (int)v;
+			continue;
 		}
 		if (!strcmp(s, "-r") || !strcmp(s, "--remote") || !strcmp(s, "-k") ||
 		    !strcmp(s, "--key") || !strcmp(s, "--timeout")) {
@@ -876,6 +1084,8 @@ static int cli_main(struct cli *gp, int argc, char **argv)
 		rc = cmd_routes(&g, cargc, cargv);
 	else if (!strcmp(cmd, "leave"))
 		rc = cmd_leave(&g, cargc, cargv);
+	else if (!strcmp(cmd, "recover"))
+		rc = cmd_recover(&g, cargc, cargv);
 	else if (!strcmp(cmd, "check"))
 		rc = cmd_check(&g, cargc, cargv);
 	else if (!strcmp(cmd, "bench"))

@@ -74,6 +74,35 @@ const char *dnet_client_node(const dnet_client *c);
  * run), frees the handle. NULL is a no-op. */
 void dnet_client_free(dnet_client *c);
 
+/* --- copies -------------------------------------------------------------- */
+/* When the ring forces several copies (ellipticsd --copies N), the handle learns N
+ * with the route table and talks to the copies itself (docs/replication.md):
+ *  - writes and removes go to every copy in parallel, each with a version (a
+ *    hybrid logical clock: the greatest version wins on every copy); a copy whose
+ *    node is down or unreachable is written to a stand-in node instead, which
+ *    hands it over when the node is back. The call succeeds when w copies
+ *    acknowledged (default: a majority of N).
+ *  - reads go to the copies in turn (the ones the table says are up first) until
+ *    one has the object, or to r copies at once (newest version wins); copies
+ *    found stale or missing are repaired in the background.
+ * With one copy (or one node) everything goes to the ID's owner as before. */
+/* w: copies that must acknowledge a write or remove (0: a majority); r: copies
+ * read in parallel (0 or 1: one at a time, failing over). */
+int dnet_client_set_quorum(dnet_client *c, int w, int r);
+
+/* Outcome per copy of the last call on the handle (write, remove, read, lookup). */
+struct dnet_copy_status {
+	int copy;        /* copy index (transform); -1: not a home of the object */
+	int status;      /* 0 or DNET_E* (DNET_EEXIST on a write: a newer version is there) */
+	int standin;     /* written to a stand-in node for a home that was down */
+	uint64_t version;/* the version seen or written (0 if none): the object's timestamp */
+	uint64_t size;   /* reads, lookups: the object's size there */
+	uint8_t csum[16];/* lookups: its checksum there */
+	char node[64];
+};
+/* Pointer to n results, valid until the next call on the handle. */
+const struct dnet_copy_status *dnet_last_copies(const dnet_client *c, int *n);
+
 /* --- blocking calls ------------------------------------------------------ */
 
 /* Store data[0..len) as the whole object `key`, replacing any previous one atomically. */
@@ -135,6 +164,11 @@ int dnet_ping(dnet_client *c, char node[64]);
  * once its move_pending stat is 0). member "HOST:PORT": that ring member (usually a
  * dead one) is removed by the remote; its ranges go to the others. */
 int dnet_leave(dnet_client *c, const char *member);
+
+/* Ask the first remote that answers to start an anti-entropy pass now (copies >
+ * 1): it compares its copies with every peer and copies what differs. Returns at
+ * once; its recover_* stat counters show progress. DNET_EUNSUPP with one copy. */
+int dnet_recover(dnet_client *c);
 
 /* --- the ring ------------------------------------------------------------- */
 

@@ -28,14 +28,15 @@
 	XX(ADDR, -20, "bad address or host name")                                  \
 	XX(SYS, -21, "system call failed")                                         \
 	XX(NOTOWNER, -22, "node does not own this ID (reply names the owner)")    \
-	XX(NODEDOWN, -23, "the node owning this ID is down")
+	XX(NODEDOWN, -23, "the node owning this ID is down")                     \
+	XX(QUORUM, -24, "fewer copies than the write quorum acknowledged")
 
 typedef enum {
 	DNET_OK = 0,
 #define DNET_ERR_ENUM_(name, val, msg) DNET_E##name = (val),
 	DNET_ERRNO_MAP(DNET_ERR_ENUM_)
 #undef DNET_ERR_ENUM_
-	DNET_E_MIN_ = -24
+	DNET_E_MIN_ = -25
 } dnet_status_t;
 
 /* Text for a status code; never NULL (unknown codes get a generic text). */

@@ -114,6 +114,7 @@ void dnet_client_free(dnet_client *c)
 	free(c->free_slots);
 	free(c->id_hash);
 	free(c->sbuf);
+	free(c->last_copies);
 	close(c->epfd);
 	free(c);
 }
@@ -138,7 +139,7 @@ static int key_id(const void *key, size_t klen, uint8_t id[DNET_ID_SIZE])
 
 /* --- blocking plumbing --------------------------------------------------- */
 
-static struct dnet_req *req_make(dnet_client *c, int cmd, const uint8_t *id)
+struct dnet_req *dnet__req_make(dnet_client *c, int cmd, const uint8_t *id)
 {
 	struct dnet_req *r = dnet__req_new(c);
 	if (!r)
@@ -151,7 +152,7 @@ static struct dnet_req *req_make(dnet_client *c, int cmd, const uint8_t *id)
 	return r;
 }
 
-static void req_set_io(struct dnet_req *r, const struct dnet_io_attr *io)
+void dnet__req_set_io(struct dnet_req *r, const struct dnet_io_attr *io)
 {
 	dnet_io_attr_encode(r->obuf + DNET_HDR_SIZE, io);
 	r->olen = DNET_IO_ATTR_SIZE;
@@ -189,11 +190,20 @@ static void copy_info(struct dnet_object_info *info, const struct dnet_req *r)
 enum { SRC_MEM, SRC_FILE, SRC_STREAM };
 #define UPLOAD_BUFS 3
 
+/* One node an upload goes to: the owner, or with copies each copy's node. */
+struct upload_target {
+	struct dnet_conn *conn;
+	struct dnet_node *node; /* copies: the node (DIRECT); NULL: routed (one copy) */
+	int status;   /* its first error: this copy is out (DNET_EEXIST: a newer version is there) */
+	int prepared; /* its PREPARE was acked: it owns the upload */
+	int copy, standin;
+};
+
 struct upload {
 	dnet_client *c;
-	struct dnet_conn *conn;
 	uint8_t id[DNET_ID_SIZE];
 	uint64_t cookie;
+	uint64_t version; /* copies: every chunk carries it; 0 with one copy */
 	int kind;
 	const uint8_t *mem;
 	int fd;
@@ -204,9 +214,10 @@ struct upload {
 	uint64_t off;   /* next chunk's offset */
 	uint64_t acked;
 	int inflight, window, last_submitted, status, finished;
-	int prepared; /* the PREPARE chunk was acked: its node owns the upload */
+	int nt, want; /* targets, and how many must take the whole object */
+	struct upload_target t[DNET_PLAN_MAX];
 	uint8_t *buf[UPLOAD_BUFS];
-	int busy[UPLOAD_BUFS];
+	int busy[UPLOAD_BUFS]; /* requests still using the buffer */
 	int cur, nxt;
 	size_t cur_len, nxt_len;
 	int eof;
@@ -241,11 +252,49 @@ static int free_buf(struct upload *u)
 	return -1;
 }
 
+static int upload_live(const struct upload *u)
+{
+	int n = 0;
+	for (int i = 0; i < u->nt; i++)
+		n += !u->t[i].status;
+	return n;
+}
+
+static int upload_prepared(const struct upload *u)
+{
+	for (int i = 0; i < u->nt; i++)
+		if (!u->t[i].status && !u->t[i].prepared)
+			return 0;
+	return 1;
+}
+
 static void upload_pump(struct upload *u);
 
 static void upload_finish(struct upload *u)
 {
 	u->finished = 1;
+	if (u->t[0].node) {
+		/* Copies: the upload stands if enough of them took it whole. */
+		struct dnet_copy_status res[DNET_PLAN_MAX];
+		int ok = 0, first_err = 0;
+		for (int i = 0; i < u->nt; i++) {
+			memset(&res[i], 0, sizeof(res[i]));
+			res[i].copy = u->t[i].copy;
+			res[i].standin = u->t[i].standin;
+			res[i].status = u->t[i].status;
+			res[i].version = u->version;
+			res[i].size = u->off;
+			memcpy(res[i].node, u->t[i].node->name, sizeof(res[i].node));
+			if (!u->t[i].status || u->t[i].status == DNET_EEXIST)
+				ok++;
+			else if (!first_err)
+				first_err = u->t[i].status;
+		}
+		dnet__set_last_copies(u->c, res, u->nt);
+		if (!u->status || dnet__unreachable(u->status) || u->status == DNET_EQUORUM)
+			u->status = ok >= u->want ? 0
+				    : (first_err && !dnet__unreachable(first_err) ? first_err : DNET_EQUORUM);
+	}
 	if (u->parent) {
 		struct dnet_req *p = u->parent;
 		if (u->have_info)
@@ -259,21 +308,36 @@ static void chunk_done(struct dnet_req *r)
 {
 	struct upload *u = r->hook_arg;
 	dnet_client *c = u->c;
+	struct upload_target *t = &u->t[(r->hook_val >> 16) & 0xff];
 	u->inflight--;
-	if (r->status && !u->status)
-		u->status = r->status;
+	if (r->status && !t->status) {
+		t->status = r->status;
+		/* One copy: its error is the upload's. Copies: the upload goes on while
+		 * enough of them are left. */
+		if (!t->node || upload_live(u) + (r->status == DNET_EEXIST) < u->want) {
+			if (!u->status)
+				u->status = t->node ? DNET_EQUORUM : r->status;
+		}
+	}
 	if (!r->status) {
-		u->prepared = 1;
-		u->acked += r->data_len;
-		if (r->have_info && r->hook_val & 0x100) {
+		t->prepared = 1;
+		/* Progress follows the first copy still going. */
+		int first = 0;
+		while (first < u->nt && u->t[first].status)
+			first++;
+		if (t == &u->t[first]) {
+			u->acked += r->data_len;
+			if (c->progress)
+				c->progress(c->progress_arg, u->acked,
+					    u->total == UINT64_MAX ? 0 : u->total);
+		}
+		if (r->have_info && (r->hook_val & 0x100) && !u->have_info) {
 			u->info = r->info;
 			u->have_info = 1;
 		}
-		if (c->progress)
-			c->progress(c->progress_arg, u->acked, u->total == UINT64_MAX ? 0 : u->total);
 	}
 	if (u->kind == SRC_STREAM)
-		u->busy[r->hook_val & 0xff] = 0;
+		u->busy[r->hook_val & 0xff]--;
 	dnet__req_free(c, r);
 	upload_pump(u);
 }
@@ -304,55 +368,81 @@ static int upload_submit_chunk(struct upload *u)
 			len = DNET_CHUNK_SIZE;
 		last = u->off + len == u->total;
 	}
-	if (u->conn->fd < 0)
-		return DNET_ECONNRESET;
-	struct dnet_req *r = req_make(c, DNET_CMD_WRITE, u->id);
-	if (!r)
-		return DNET_ENOMEM;
 	struct dnet_io_attr io = {
 		.offset = u->off,
 		.size = len,
 		.total_size = last ? u->off + len : (u->total == UINT64_MAX ? 0 : u->total),
+		.timestamp = u->version,
 		.cookie = u->cookie,
 		.ioflags = u->off == 0 ? DNET_IO_PREPARE : (last ? DNET_IO_COMMIT : DNET_IO_PLAIN),
 	};
-	req_set_io(r, &io);
-	r->data_len = len;
-	if (u->kind == SRC_MEM) {
-		r->data = u->mem + u->off;
-	} else if (u->kind == SRC_FILE) {
-		r->file_fd = u->fd;
-		r->file_off = u->fd_off + u->off;
-	} else {
-		r->data = u->buf[bi];
-		u->busy[bi] = 1;
+	int sent = 0, first_err = 0;
+	for (int ti = 0; ti < u->nt; ti++) {
+		struct upload_target *t = &u->t[ti];
+		if (t->status)
+			continue;
+		int err = 0;
+		struct dnet_req *r = dnet__req_make(c, DNET_CMD_WRITE, u->id);
+		if (!r) {
+			err = DNET_ENOMEM;
+			goto fail;
+		}
+		dnet__req_set_io(r, &io);
+		r->data_len = len;
+		if (u->kind == SRC_MEM) {
+			r->data = u->mem + u->off;
+		} else if (u->kind == SRC_FILE) {
+			r->file_fd = u->fd;
+			r->file_off = u->fd_off + u->off;
+		} else {
+			r->data = u->buf[bi];
+		}
+		r->hook = chunk_done;
+		r->hook_arg = u;
+		r->hook_val = (uint64_t)bi | (last ? 0x100u : 0u) | ((uint64_t)ti << 16);
+		uint16_t hflags = DNET_FLAG_NEED_ACK;
+		if (t->node) {
+			/* A copy: that node, whatever its routes say. */
+			r->reroute = 0;
+			r->target = t->node;
+			hflags |= DNET_FLAG_DIRECT;
+			if (!t->conn || t->conn->fd < 0)
+				t->conn = dnet__pick_conn(c, r, &err);
+		} else if (io.ioflags & DNET_IO_PREPARE) {
+			/* The PREPARE is routed (and follows redirects, taking the upload
+			 * along); the node that accepted it keeps the upload's state, so the
+			 * other chunks go to it whatever its routes say by then. */
+			r->reroute = DNET_RR_KEYED | DNET_RR_REDIRECT;
+			r->stick = &t->conn;
+		} else {
+			r->reroute = 0;
+			hflags |= DNET_FLAG_DIRECT;
+		}
+		if (!err && (!t->conn || t->conn->fd < 0))
+			err = DNET_ECONNRESET;
+		if (!err)
+			err = dnet__submit(c, t->conn, r, hflags);
+		if (err) {
+			dnet__req_free(c, r);
+		fail:
+			t->status = err;
+			if (!first_err)
+				first_err = err;
+			continue;
+		}
+		sent++;
+		u->inflight++;
+		if (u->kind == SRC_STREAM)
+			u->busy[bi]++;
+	}
+	if (!sent || upload_live(u) < u->want)
+		return first_err ? first_err : DNET_EQUORUM;
+	if (u->kind == SRC_STREAM) {
 		u->cur = u->nxt;
 		u->cur_len = u->nxt_len;
 		u->nxt = -1;
 		u->nxt_len = 0;
 	}
-	r->hook = chunk_done;
-	r->hook_arg = u;
-	r->hook_val = (uint64_t)bi | (last ? 0x100u : 0u);
-	/* The PREPARE is routed (and follows redirects, taking the upload along); the
-	 * node that accepted it keeps the upload's state, so the other chunks go to it
-	 * whatever its routes say by then. */
-	uint16_t hflags = DNET_FLAG_NEED_ACK;
-	if (io.ioflags & DNET_IO_PREPARE) {
-		r->reroute = DNET_RR_KEYED | DNET_RR_REDIRECT;
-		r->stick = &u->conn;
-	} else {
-		r->reroute = 0;
-		hflags |= DNET_FLAG_DIRECT;
-	}
-	int err = dnet__submit(c, u->conn, r, hflags);
-	if (err) {
-		if (u->kind == SRC_STREAM)
-			u->busy[bi] = 0;
-		dnet__req_free(c, r);
-		return err;
-	}
-	u->inflight++;
 	u->off += len;
 	if (last)
 		u->last_submitted = 1;
@@ -361,8 +451,15 @@ static int upload_submit_chunk(struct upload *u)
 
 static void upload_pump(struct upload *u)
 {
-	/* One chunk at a time until the PREPARE is acked: a redirect moves it alone. */
-	while (!u->status && !u->last_submitted && u->inflight < (u->prepared ? u->window : 1)) {
+	/* One chunk at a time until the PREPAREs are acked: a redirect moves it alone. */
+	for (;;) {
+		int live = upload_live(u);
+		int lim = (upload_prepared(u) ? u->window : 1) * (live ? live : 1);
+		if (u->status || u->last_submitted || u->inflight >= lim)
+			break;
+		/* A slow copy holds its chunks' buffers: wait for one to refill. */
+		if (u->kind == SRC_STREAM && u->nxt < 0 && !u->eof && free_buf(u) < 0)
+			break;
 		int err = upload_submit_chunk(u);
 		if (err)
 			u->status = err;
@@ -389,13 +486,50 @@ static int upload_init(dnet_client *c, struct upload *u, const uint8_t *id)
 	u->window = 4;
 	u->cur = u->nxt = -1;
 	u->fd = -1;
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan)) {
+		/* Copies: every home that is up, a stand-in for each one that is down. */
+		int used[DNET_PLAN_MAX] = {0}, fb = plan.homes, nmiss = 0;
+		struct dnet_copy_status miss[DNET_PLAN_MAX];
+		u->version = dnet__hlc_next(c, 0);
+		u->want = dnet__quorum(c, plan.homes);
+		for (int i = 0; i < plan.homes; i++) {
+			int ti = i;
+			if (plan.down[i]) {
+				while (fb < plan.n && (used[fb] || plan.down[fb]))
+					fb++;
+				if (fb == plan.n) {
+					/* Down, and nobody to stand in. */
+					struct dnet_copy_status *m = &miss[nmiss++];
+					memset(m, 0, sizeof(*m));
+					m->copy = i;
+					m->status = DNET_ENODEDOWN;
+					memcpy(m->node, plan.node[i]->name, sizeof(m->node));
+					continue;
+				}
+				ti = fb++;
+			}
+			used[ti] = 1;
+			struct upload_target *t = &u->t[u->nt++];
+			t->node = plan.node[ti];
+			t->copy = i;
+			t->standin = ti != i;
+		}
+		if (u->nt < u->want) {
+			/* Nothing was sent: the copies that cannot be written say why. */
+			dnet__set_last_copies(c, miss, nmiss);
+			return DNET_EQUORUM;
+		}
+		return 0;
+	}
 	struct dnet_req probe;
 	memset(&probe, 0, sizeof(probe));
 	probe.cmd = DNET_CMD_WRITE;
 	probe.reroute = DNET_RR_KEYED;
 	memcpy(probe.id, id, DNET_ID_SIZE);
-	u->conn = dnet__pick_conn(c, &probe, &err);
-	return u->conn ? 0 : err;
+	u->nt = u->want = 1;
+	u->t[0].conn = dnet__pick_conn(c, &probe, &err);
+	return u->t[0].conn ? 0 : err;
 }
 
 static void upload_wait(dnet_client *c, struct upload *u)
@@ -411,11 +545,14 @@ static void upload_wait(dnet_client *c, struct upload *u)
 static int write_single(dnet_client *c, const uint8_t *id, const void *data, int fd,
 			uint64_t fd_off, uint64_t len, struct dnet_object_info *info)
 {
-	struct dnet_req *r = req_make(c, DNET_CMD_WRITE, id);
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan))
+		return dnet__rep_write(c, &plan, id, data, fd, fd_off, len, info, NULL);
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_WRITE, id);
 	if (!r)
 		return DNET_ENOMEM;
 	struct dnet_io_attr io = {.size = len, .total_size = len};
-	req_set_io(r, &io);
+	dnet__req_set_io(r, &io);
 	r->data_len = len;
 	if (fd >= 0) {
 		r->file_fd = fd;
@@ -448,8 +585,8 @@ static int upload_result(struct upload *u, struct dnet_object_info *info)
 			memset(info, 0, sizeof(*info));
 			info->size = u->off;
 		}
-		if (!info->node[0])
-			memcpy(info->node, u->conn->node, sizeof(info->node));
+		if (!info->node[0] && u->t[0].conn)
+			memcpy(info->node, u->t[0].conn->node, sizeof(info->node));
 	}
 	upload_free_bufs(u);
 	return u->status;
@@ -633,13 +770,16 @@ static void read_info(struct dnet_object_info *info, const struct dnet_req *r)
 int dnet_read_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
 		 void **data, size_t *len, struct dnet_object_info *info)
 {
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan))
+		return dnet__rep_read(c, &plan, id, offset, size, data, len, info, NULL);
 	int err = DNET_ECONNRESET;
 	for (int attempt = 0; attempt < 2 && err == DNET_ECONNRESET; attempt++) {
-		struct dnet_req *r = req_make(c, DNET_CMD_READ, id);
+		struct dnet_req *r = dnet__req_make(c, DNET_CMD_READ, id);
 		if (!r)
 			return DNET_ENOMEM;
 		struct dnet_io_attr io = {.offset = offset, .size = size};
-		req_set_io(r, &io);
+		dnet__req_set_io(r, &io);
 		r->rd_size = size;
 		err = run_sync(c, r);
 		if (!err) {
@@ -669,6 +809,7 @@ struct stream_ctx {
 	uint64_t delivered;
 	uint64_t total;
 	uint64_t timestamp; /* of the first attempt: a retry must see the same object */
+	uint64_t tomb_v;    /* copies: a tombstone seen; older data is not served */
 	int attempt, started;
 };
 
@@ -677,7 +818,9 @@ static int stream_sink(void *arg, const void *data, size_t len)
 	struct stream_ctx *s = arg;
 	if (!s->started) {
 		s->started = 1;
-		if (s->attempt && s->r->rio.timestamp != s->timestamp)
+		if (s->tomb_v && s->r->rio.timestamp < s->tomb_v)
+			return DNET_ENOENT; /* deleted after this copy was written */
+		if (s->delivered && s->r->rio.timestamp != s->timestamp)
 			return DNET_EAGAIN; /* the object changed between attempts */
 		s->timestamp = s->r->rio.timestamp;
 		s->total = s->r->rio.size + s->delivered;
@@ -691,6 +834,50 @@ static int stream_sink(void *arg, const void *data, size_t len)
 	return 0;
 }
 
+/* One streamed READ attempt (from `target`, or routed when NULL). */
+static int stream_attempt(dnet_client *c, struct stream_ctx *s, const uint8_t *id,
+			  uint64_t offset, uint64_t size, struct dnet_node *target,
+			  struct dnet_object_info *info, uint64_t *tomb_v)
+{
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_READ, id);
+	if (!r)
+		return DNET_ENOMEM;
+	/* A retry resumes where the broken reply stopped. */
+	struct dnet_io_attr io = {.offset = offset + s->delivered,
+				  .size = size ? size - s->delivered : 0};
+	dnet__req_set_io(r, &io);
+	r->rd_size = io.size;
+	r->sink = stream_sink;
+	r->sink_arg = s;
+	s->r = r;
+	s->started = 0;
+	int err;
+	if (target) {
+		r->target = target;
+		r->reroute = 0;
+		struct dnet_conn *conn = dnet__pick_conn(c, r, &err);
+		r->flags |= DNET_REQ_SYNC;
+		if (conn && !(err = dnet__submit(c, conn, r, DNET_FLAG_NEED_ACK | DNET_FLAG_DIRECT))) {
+			dnet__wait(c, r);
+			err = r->status;
+		}
+	} else {
+		err = run_sync(c, r);
+	}
+	if (err == DNET_ENOENT && r->have_info && tomb_v && r->info.timestamp > *tomb_v)
+		*tomb_v = r->info.timestamp;
+	if (!err && r->have_rio) {
+		if (s->delivered && r->rio.timestamp != s->timestamp)
+			err = DNET_EAGAIN;
+		else if (s->tomb_v && r->rio.timestamp < s->tomb_v)
+			err = DNET_ENOENT; /* an empty object older than a delete */
+		else
+			read_info(info, r);
+	}
+	dnet__req_free(c, r);
+	return err;
+}
+
 int dnet_read_stream_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
 			dnet_sink_fn sink, void *arg, struct dnet_object_info *info)
 {
@@ -700,29 +887,37 @@ int dnet_read_stream_id(dnet_client *c, const uint8_t id[64], uint64_t offset, u
 		return DNET_EINVAL;
 	if (!c->sbuf && !(c->sbuf = malloc(DNET_CLIENT_SBUF)))
 		return DNET_ENOMEM;
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan)) {
+		/* Copies: one after the other, the ones the table says are up first; a
+		 * copy that breaks off mid-stream is resumed from the next one if it
+		 * holds the same version. A tombstone newer than a copy's data wins. */
+		uint64_t tomb_v = 0;
+		int first_err = 0, tried[DNET_PLAN_MAX] = {0};
+		for (int pass = 0; pass < 2; pass++) {
+			for (int ti = 0; ti < plan.n; ti++) {
+				if (tried[ti] || (pass == 0 && plan.down[ti]))
+					continue;
+				tried[ti] = 1;
+				s.tomb_v = tomb_v;
+				err = stream_attempt(c, &s, id, offset, size, plan.node[ti], info, &tomb_v);
+				s.attempt++;
+				if (!err)
+					return 0;
+				if (err != DNET_ENOENT && err != DNET_ECORRUPT && !dnet__unreachable(err))
+					return err; /* the sink failed, or the object changed */
+				if (!first_err || first_err == DNET_ENOENT)
+					first_err = err;
+				if (err == DNET_ENOENT && tomb_v)
+					return DNET_ENOENT;
+			}
+		}
+		return first_err ? first_err : DNET_ENOENT;
+	}
 	for (s.attempt = 0; s.attempt < 2 && err == DNET_ECONNRESET; s.attempt++) {
 		if (size && s.delivered >= size)
 			break;
-		struct dnet_req *r = req_make(c, DNET_CMD_READ, id);
-		if (!r)
-			return DNET_ENOMEM;
-		/* A retry resumes where the broken reply stopped. */
-		struct dnet_io_attr io = {.offset = offset + s.delivered,
-					  .size = size ? size - s.delivered : 0};
-		req_set_io(r, &io);
-		r->rd_size = io.size;
-		r->sink = stream_sink;
-		r->sink_arg = &s;
-		s.r = r;
-		s.started = 0;
-		err = run_sync(c, r);
-		if (!err && r->have_rio) {
-			if (s.attempt && r->rio.timestamp != s.timestamp)
-				err = DNET_EAGAIN;
-			else
-				read_info(info, r);
-		}
-		dnet__req_free(c, r);
+		err = stream_attempt(c, &s, id, offset, size, NULL, info, NULL);
 	}
 	return err;
 }
@@ -763,7 +958,10 @@ int dnet_read_fd(dnet_client *c, const void *key, size_t klen, int fd,
 
 int dnet_remove_id(dnet_client *c, const uint8_t id[64])
 {
-	struct dnet_req *r = req_make(c, DNET_CMD_DEL, id);
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan))
+		return dnet__rep_remove(c, &plan, id, NULL);
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_DEL, id);
 	if (!r)
 		return DNET_ENOMEM;
 	int err = run_sync(c, r);
@@ -785,7 +983,7 @@ static int simple_retry(dnet_client *c, int cmd, const uint8_t *id, struct dnet_
 	for (int attempt = 0; attempt < 2 && err == DNET_ECONNRESET; attempt++) {
 		if (*out)
 			dnet__req_free(c, *out);
-		*out = req_make(c, cmd, id);
+		*out = dnet__req_make(c, cmd, id);
 		if (!*out)
 			return DNET_ENOMEM;
 		err = run_sync(c, *out);
@@ -795,6 +993,9 @@ static int simple_retry(dnet_client *c, int cmd, const uint8_t *id, struct dnet_
 
 int dnet_lookup_id(dnet_client *c, const uint8_t id[64], struct dnet_object_info *info)
 {
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan))
+		return dnet__rep_lookup(c, &plan, id, 1, info, NULL);
 	struct dnet_req *r = NULL;
 	int err = simple_retry(c, DNET_CMD_LOOKUP, id, &r);
 	if (!err && !r->have_info)
@@ -858,13 +1059,23 @@ int dnet_leave(dnet_client *c, const char *member)
 			return DNET_EADDR;
 		dnet_addr_encode(payload, &a);
 	}
-	struct dnet_req *r = req_make(c, DNET_CMD_LEAVE, zero_id);
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_LEAVE, zero_id);
 	if (!r)
 		return DNET_ENOMEM;
 	if (member) {
 		r->data = payload;
 		r->data_len = DNET_ADDR_WIRE_SIZE;
 	}
+	int err = run_sync(c, r);
+	dnet__req_free(c, r);
+	return err;
+}
+
+int dnet_recover(dnet_client *c)
+{
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_RECOVER, zero_id);
+	if (!r)
+		return DNET_ENOMEM;
 	int err = run_sync(c, r);
 	dnet__req_free(c, r);
 	return err;
@@ -896,12 +1107,18 @@ int dnet_submit_write_id(dnet_client *c, const uint8_t id[64], const void *data,
 {
 	if (len && !data)
 		return DNET_EINVAL;
-	struct dnet_req *r = req_make(c, DNET_CMD_WRITE, id);
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_WRITE, id);
 	if (!r)
 		return DNET_ENOMEM;
+	struct dnet_plan plan;
+	if (len <= DNET_CHUNK_SIZE && dnet__plan(c, id, &plan)) {
+		r->done = done;
+		r->done_arg = arg;
+		return dnet__rep_write(c, &plan, id, data, -1, 0, len, NULL, r);
+	}
 	if (len <= DNET_CHUNK_SIZE) {
 		struct dnet_io_attr io = {.size = len, .total_size = len};
-		req_set_io(r, &io);
+		dnet__req_set_io(r, &io);
 		r->data = data;
 		r->data_len = len;
 		return submit_async(c, r, done, arg);
@@ -928,28 +1145,46 @@ int dnet_submit_write_id(dnet_client *c, const uint8_t id[64], const void *data,
 int dnet_submit_read_id(dnet_client *c, const uint8_t id[64], uint64_t offset, uint64_t size,
 			dnet_done_fn done, void *arg)
 {
-	struct dnet_req *r = req_make(c, DNET_CMD_READ, id);
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_READ, id);
 	if (!r)
 		return DNET_ENOMEM;
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan)) {
+		r->done = done;
+		r->done_arg = arg;
+		return dnet__rep_read(c, &plan, id, offset, size, NULL, NULL, NULL, r);
+	}
 	struct dnet_io_attr io = {.offset = offset, .size = size};
-	req_set_io(r, &io);
+	dnet__req_set_io(r, &io);
 	r->rd_size = size;
 	return submit_async(c, r, done, arg);
 }
 
 int dnet_submit_remove_id(dnet_client *c, const uint8_t id[64], dnet_done_fn done, void *arg)
 {
-	struct dnet_req *r = req_make(c, DNET_CMD_DEL, id);
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_DEL, id);
 	if (!r)
 		return DNET_ENOMEM;
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan)) {
+		r->done = done;
+		r->done_arg = arg;
+		return dnet__rep_remove(c, &plan, id, r);
+	}
 	return submit_async(c, r, done, arg);
 }
 
 int dnet_submit_lookup_id(dnet_client *c, const uint8_t id[64], dnet_done_fn done, void *arg)
 {
-	struct dnet_req *r = req_make(c, DNET_CMD_LOOKUP, id);
+	struct dnet_req *r = dnet__req_make(c, DNET_CMD_LOOKUP, id);
 	if (!r)
 		return DNET_ENOMEM;
+	struct dnet_plan plan;
+	if (dnet__plan(c, id, &plan)) {
+		r->done = done;
+		r->done_arg = arg;
+		return dnet__rep_lookup(c, &plan, id, 0, NULL, r);
+	}
 	return submit_async(c, r, done, arg);
 }
 

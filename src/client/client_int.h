@@ -67,6 +67,7 @@ struct dnet_req {
 	uint64_t deadline; /* monotonic ns; pushed forward while its bytes move */
 	struct dnet_req *retry_next;
 	struct dnet_node *redirect_to; /* NOTOWNER: where to resend */
+	struct dnet_node *target;      /* copies: this node, whatever the routes say */
 	struct dnet_conn **stick;      /* chunked uploads: the connection all chunks use */
 
 	/* Output: obuf[0..olen) then data_len bytes from `data` or from file_fd. */
@@ -96,6 +97,7 @@ struct dnet_req {
 	void *done_arg;
 	dnet_req_hook hook; /* internal completion (chunked uploads); runs inside the loop */
 	void *hook_arg;
+	void *hook_arg2;
 	uint64_t hook_val;
 };
 
@@ -191,7 +193,48 @@ struct dnet_client {
 
 	void (*progress)(void *arg, uint64_t done, uint64_t total);
 	void *progress_arg;
+
+	/* Copies (replica.c). */
+	int w, r;       /* write quorum and read copies asked for (0: defaults) */
+	uint64_t hlc;   /* last version made or seen, low bits clear */
+	uint16_t tag;   /* this handle's writer tag (version bits 1..11) */
+	struct dnet_copy_status *last_copies; /* per-copy results of the last call */
+	int nlast_copies;
+	uint64_t repairs; /* read repairs sent */
 };
+
+/* Where an object's copies go: the home nodes (copy 0..homes-1), then fallback
+ * nodes that stand in for homes that are down. */
+#define DNET_PLAN_MAX (DNET_MAX_COPIES + 4)
+struct dnet_plan {
+	int n, homes;
+	struct dnet_node *node[DNET_PLAN_MAX];
+	int down[DNET_PLAN_MAX]; /* the (fresh) table says it is down */
+};
+/* 1 and the plan when the ring forces more than one copy on more than one node;
+ * 0 when requests go the one-owner way. */
+int dnet__plan(dnet_client *c, const uint8_t *id, struct dnet_plan *p);
+/* client.c */
+struct dnet_req *dnet__req_make(dnet_client *c, int cmd, const uint8_t *id);
+void dnet__req_set_io(struct dnet_req *r, const struct dnet_io_attr *io);
+/* replica.c */
+uint64_t dnet__hlc_next(dnet_client *c, int tomb);
+void dnet__hlc_observe(dnet_client *c, uint64_t v);
+int dnet__quorum(const dnet_client *c, int homes);
+int dnet__unreachable(int status);
+void dnet__set_last_copies(dnet_client *c, const struct dnet_copy_status *res, int n);
+/* Replicated operations: blocking (parent NULL) or completing an async parent. */
+int dnet__rep_write(dnet_client *c, const struct dnet_plan *plan, const uint8_t *id,
+		    const void *data, int fd, uint64_t fd_off, uint64_t len,
+		    struct dnet_object_info *info, struct dnet_req *parent);
+int dnet__rep_remove(dnet_client *c, const struct dnet_plan *plan, const uint8_t *id,
+		     struct dnet_req *parent);
+int dnet__rep_read(dnet_client *c, const struct dnet_plan *plan, const uint8_t *id,
+		   uint64_t offset, uint64_t size, void **data, size_t *len,
+		   struct dnet_object_info *info, struct dnet_req *parent);
+/* all: ask every home at once (dnet_last_copies then lists each). */
+int dnet__rep_lookup(dnet_client *c, const struct dnet_plan *plan, const uint8_t *id, int all,
+		     struct dnet_object_info *info, struct dnet_req *parent);
 
 enum { DNET_RING_UNKNOWN = 0, DNET_RING_HAVE, DNET_RING_NONE };
 

@@ -939,6 +939,9 @@ static void reply_done(dnet_client *c, struct dnet_conn *conn)
 		r->rbuf[r->rlen] = '\0';
 	if (!r->status && (r->cmd == DNET_CMD_WRITE || r->cmd == DNET_CMD_LOOKUP))
 		reply_info(conn, r);
+	/* Not found, but a tombstone: its info says which delete (version). */
+	if (r->status == DNET_ENOENT && r->rbuf && r->rgot >= DNET_OBJ_INFO_SIZE)
+		reply_info(conn, r);
 	if (r->flags & DNET_REQ_SENT) {
 		req_complete(c, r, r->status);
 	} else {

@@ -261,10 +261,39 @@ static struct dnet_node *route(dnet_client *c, const uint8_t *id, int *err)
 	return n;
 }
 
+int dnet__plan(dnet_client *c, const uint8_t *id, struct dnet_plan *p)
+{
+	int err = 0;
+	c->nlast_copies = 0;
+	route(c, id, &err); /* fetches or refreshes the table as needed */
+	if (c->ring_state != DNET_RING_HAVE || c->ring_single || c->ring.copies <= 1)
+		return 0;
+	int idx[DNET_PLAN_MAX];
+	int homes = (int)c->ring.copies;
+	int n = dnet_ring_placement(&c->ring, id, homes + 4, idx);
+	if (n < 2)
+		return 0;
+	uint64_t now = dnet_now_mono_ns();
+	int fresh = now - c->ring_time <= DNET_ROUTES_TTL_NS;
+	p->n = 0;
+	p->homes = homes < n ? homes : n;
+	for (int i = 0; i < n; i++) {
+		struct dnet_node *nd = ring_node(c, idx[i]);
+		if (!nd)
+			return 0;
+		p->node[p->n] = nd;
+		p->down[p->n] = fresh && c->ring.nodes[idx[i]].state == DNET_NODE_DOWN;
+		p->n++;
+	}
+	return 1;
+}
+
 struct dnet_conn *dnet__pick_conn(dnet_client *c, struct dnet_req *r, int *err)
 {
 	struct dnet_node *n;
-	if (r->reroute & DNET_RR_KEYED)
+	if (r->target)
+		n = r->target;
+	else if (r->reroute & DNET_RR_KEYED)
 		n = route(c, r->id, err);
 	else if (!(n = dnet__boot_node(c)))
 		*err = DNET_ENOMEM;

@@ -137,6 +137,10 @@ const char *dnet_cmd_name(int cmd)
 		return "join";
 	case DNET_CMD_LEAVE:
 		return "leave";
+	case DNET_CMD_SYNC:
+		return "sync";
+	case DNET_CMD_RECOVER:
+		return "recover";
 	default:
 		return "unknown";
 	}

@@ -22,14 +22,18 @@ enum dnet_cmd {
 	DNET_CMD_PING = 1,   /* no payload; reply with no payload */
 	DNET_CMD_WRITE = 2,  /* io_attr + data; reply: obj_info */
 	DNET_CMD_READ = 3,   /* io_attr; reply: io_attr + data */
-	DNET_CMD_DEL = 4,    /* no payload; reply: none */
+	DNET_CMD_DEL = 4,    /* no payload, or an io_attr whose timestamp is the delete's
+			      * version (copies > 1: a tombstone); reply: none */
 	DNET_CMD_LOOKUP = 5, /* no payload; reply: obj_info (+ node addr) */
 	DNET_CMD_STAT = 6,   /* no payload; reply: "name value\n" text lines */
 	DNET_CMD_ROUTES = 7, /* no payload; reply: the node's route table (ring.h wire form) */
 	DNET_CMD_JOIN = 8,   /* route table of the sender; reply: the receiver's, after merging */
 	DNET_CMD_LEAVE = 9,  /* no payload: this node leaves the ring (moving its data out);
 			      * a dnet_addr_wire: remove the member with that address */
-	DNET_CMD_MAX_ = 10   /* first unused; the server answers PROTO/UNSUPP above */
+	DNET_CMD_SYNC = 10,  /* anti-entropy between copies (node to node): a u32 op, then
+			      * op data; see docs/replication.md */
+	DNET_CMD_RECOVER = 11, /* no payload: start a recovery pass now; reply: none */
+	DNET_CMD_MAX_ = 12   /* first unused; the server answers PROTO/UNSUPP above */
 };
 
 /* Header flags. */
@@ -95,6 +99,22 @@ struct dnet_io_attr {
 #define DNET_IO_MOVE 0x0008u
 #define DNET_IO_FLAGS_KNOWN 0x000fu
 #define DNET_IO_ENGINE_FLAGS 0x0007u /* the flags passed on to storage engines */
+/* Server-internal (never accepted from the network): a DEL that removes the object
+ * for good only if its stored version is exactly io.timestamp (the data mover after
+ * a hand-off, tombstone collection). */
+#define DNET_IO_IFVERSION 0x0100u
+/* Server-internal: a versioned WRITE that also replaces the same version (the
+ * stored copy is corrupt). */
+#define DNET_IO_FORCE 0x0200u
+
+/* Versions (docs/replication.md). An object's timestamp is its version: ns since
+ * the epoch whose low 12 bits are replaced by the writer's tag (bits 1..11, random
+ * per client handle) and a tombstone bit (bit 0: the object was deleted; a
+ * tombstone is stored as a 0-byte object). With copies > 1 a WRITE or DEL carrying
+ * version v is applied only if the stored version is < v, else DNET_EEXIST (the
+ * node has this write or a newer one): every copy keeps the greatest version. */
+#define DNET_VERSION_TOMB 0x1ull
+#define DNET_VERSION_LOW 0xfffull
 
 /* DNET_ENOTOWNER replies carry a dnet_addr_wire (the node to ask) and then a u32 of
  * hints: */
@@ -103,7 +123,7 @@ struct dnet_io_attr {
 /* Object info, 48 bytes: WRITE and LOOKUP replies.
  *   0 u64 size
  *   8 u64 timestamp   ns since epoch
- *  16 u64 version     reserved for replication (0 for now)
+ *  16 u64 version     reserved (0); the timestamp is the version
  *  24 u8  csum[16]    XXH3-128 of the whole object, canonical (big-endian) form
  *  40 u32 flags       reserved
  *  44 u32 reserved

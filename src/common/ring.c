@@ -1,8 +1,10 @@
 /* ring.c - route table: nodes, their IDs, ownership lookups, wire encoding. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "errors.h"
+#include "id.h"
 #include "ring.h"
 
 void dnet_ring_init(struct dnet_ring *r)
@@ -39,7 +41,7 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n)
 /* murmur3's 64-bit finalizer: a sum of raw FNV values lets small differences
  * cancel out (two nodes flipping state could leave the sum unchanged), a sum of
  * well-mixed values does not. */
-static uint64_t mix64(uint64_t h)
+uint64_t dnet_mix64(uint64_t h)
 {
 	h ^= h >> 33;
 	h *= 0xff51afd7ed558ccdull;
@@ -68,10 +70,10 @@ static int rebuild(struct dnet_ring *r)
 		nh = fnv(nh, nd->node_id, DNET_ID_SIZE);
 		nh = fnv(nh, &nd->incarnation, sizeof(nd->incarnation));
 		nh = fnv(nh, &nd->state, sizeof(nd->state));
-		h += mix64(nh);
+		h += dnet_mix64(nh);
 		if (nd->state == DNET_NODE_LEFT)
 			continue;
-		lay += mix64(fnv(0xcbf29ce484222325ull, nd->node_id, DNET_ID_SIZE));
+		lay += dnet_mix64(fnv(0xcbf29ce484222325ull, nd->node_id, DNET_ID_SIZE));
 		for (uint32_t j = 0; j < nd->nids; j++) {
 			memcpy(e[k].id, nd->ids[j], DNET_ID_SIZE);
 			e[k].node = (uint32_t)i;
@@ -179,15 +181,15 @@ int dnet_ring_copy(struct dnet_ring *dst, const struct dnet_ring *src)
 	int err = rebuild(dst);
 	if (err)
 		dnet_ring_free(dst);
+	else
+		dst->copies = src->copies;
 	return err;
 }
 
-int dnet_ring_owner_without(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE], int skip)
+/* The owning entry of key: the greatest id <= key, found by binary search for the
+ * first id > key (index 0 wraps around to the last entry). nentries must be > 0. */
+static size_t owning_entry(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE])
 {
-	if (!r->nentries)
-		return -1;
-	/* The owning entry: the greatest id <= key, found by binary search for the
-	 * first id > key (index 0 wraps around to the last entry). */
 	size_t lo = 0, hi = r->nentries;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
@@ -196,8 +198,15 @@ int dnet_ring_owner_without(const struct dnet_ring *r, const uint8_t key[DNET_ID
 		else
 			hi = mid;
 	}
+	return lo == 0 ? r->nentries - 1 : lo - 1;
+}
+
+int dnet_ring_owner_without(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE], int skip)
+{
+	if (!r->nentries)
+		return -1;
 	/* Walk down (wrapping) from the owning entry to the first one not skip's. */
-	size_t i = lo == 0 ? r->nentries - 1 : lo - 1;
+	size_t i = owning_entry(r, key);
 	for (size_t n = 0; n < r->nentries; n++) {
 		if ((int)r->entries[i].node != skip)
 			return (int)r->entries[i].node;
@@ -209,6 +218,80 @@ int dnet_ring_owner_without(const struct dnet_ring *r, const uint8_t key[DNET_ID
 int dnet_ring_owner(const struct dnet_ring *r, const uint8_t key[DNET_ID_SIZE])
 {
 	return dnet_ring_owner_without(r, key, -1);
+}
+
+void dnet_copy_id(const uint8_t id[DNET_ID_SIZE], int copy, uint8_t out[DNET_ID_SIZE])
+{
+	if (copy == 0) {
+		memcpy(out, id, DNET_ID_SIZE);
+		return;
+	}
+	uint8_t buf[DNET_ID_SIZE + 5];
+	memcpy(buf, id, DNET_ID_SIZE);
+	memcpy(buf + DNET_ID_SIZE, "copy", 4);
+	buf[DNET_ID_SIZE + 4] = (uint8_t)copy;
+	dnet_id_from_key(out, buf, sizeof(buf));
+}
+
+void dnet_copy_name(int copy, char *out, size_t len)
+{
+	if (copy == 0)
+		snprintf(out, len, "sha512");
+	else
+		snprintf(out, len, "sha512+copy%d", copy);
+}
+
+static int zone_taken(const struct dnet_ring *r, const int *chosen, int k, uint32_t node)
+{
+	const char *z = r->nodes[node].zone;
+	if (!z[0])
+		return 0;
+	for (int j = 0; j < k; j++)
+		if (!strcmp(r->nodes[chosen[j]].zone, z))
+			return 1;
+	return 0;
+}
+
+static int node_taken(const int *chosen, int k, uint32_t node)
+{
+	for (int j = 0; j < k; j++)
+		if (chosen[j] == (int)node)
+			return 1;
+	return 0;
+}
+
+int dnet_ring_placement(const struct dnet_ring *r, const uint8_t id[DNET_ID_SIZE], int n,
+			int *out)
+{
+	int k = 0;
+	if (!r->nentries || n <= 0)
+		return 0;
+	if (n > DNET_MAX_COPIES)
+		n = DNET_MAX_COPIES;
+	for (int copy = 0; copy < n; copy++) {
+		uint8_t cid[DNET_ID_SIZE];
+		dnet_copy_id(id, copy, cid);
+		size_t i = owning_entry(r, cid);
+		int pick = -1, spare = -1;
+		for (size_t step = 0; step < r->nentries; step++) {
+			uint32_t node = r->entries[i].node;
+			if (!node_taken(out, k, node)) {
+				if (!zone_taken(r, out, k, node)) {
+					pick = (int)node;
+					break;
+				}
+				if (spare < 0)
+					spare = (int)node;
+			}
+			i = i == 0 ? r->nentries - 1 : i - 1;
+		}
+		if (pick < 0)
+			pick = spare;
+		if (pick < 0)
+			break; /* every node holds a copy already */
+		out[k++] = pick;
+	}
+	return k;
 }
 
 /* out = id - 1 (mod 2^512). */
@@ -256,7 +339,7 @@ void dnet_ring_shares(const struct dnet_ring *r, double *share)
 
 size_t dnet_ring_encoded_size(const struct dnet_ring *r)
 {
-	size_t n = 4;
+	size_t n = 8;
 	for (size_t i = 0; i < r->nnodes; i++)
 		n += NODE_FIXED + (size_t)r->nodes[i].nids * DNET_ID_SIZE;
 	return n;
@@ -266,7 +349,8 @@ void dnet_ring_encode(const struct dnet_ring *r, uint8_t *out)
 {
 	uint8_t *p = out;
 	dnet_put_u32(p, (uint32_t)r->nnodes);
-	p += 4;
+	dnet_put_u32(p + 4, r->copies);
+	p += 8;
 	for (size_t i = 0; i < r->nnodes; i++) {
 		const struct dnet_ring_node *n = &r->nodes[i];
 		memcpy(p, n->node_id, DNET_ID_SIZE);
@@ -288,12 +372,13 @@ void dnet_ring_encode(const struct dnet_ring *r, uint8_t *out)
 int dnet_ring_decode(struct dnet_ring *r, const uint8_t *buf, size_t len)
 {
 	dnet_ring_init(r);
-	if (len < 4)
+	if (len < 8)
 		return DNET_EPROTO;
 	uint32_t count = dnet_get_u32(buf);
-	if (count > DNET_RING_MAX_NODES)
+	uint32_t copies = dnet_get_u32(buf + 4);
+	if (count > DNET_RING_MAX_NODES || copies > DNET_MAX_COPIES)
 		return DNET_EPROTO;
-	size_t off = 4;
+	size_t off = 8;
 	for (uint32_t i = 0; i < count; i++) {
 		if (len - off < NODE_FIXED)
 			goto bad;
@@ -321,6 +406,7 @@ int dnet_ring_decode(struct dnet_ring *r, const uint8_t *buf, size_t len)
 	}
 	if (off != len || rebuild(r) != 0)
 		goto bad;
+	r->copies = copies;
 	return 0;
 bad:
 	dnet_ring_free(r);

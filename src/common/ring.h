@@ -46,7 +46,12 @@ struct dnet_ring {
 	size_t nentries;
 	uint64_t digest; /* changes whenever membership or a state changes */
 	uint64_t layout; /* changes only when ownership can change (a node added or LEFT) */
+	uint32_t copies; /* copies per object the sender is configured for (0: not said) */
 };
+
+/* murmur3's 64-bit finalizer: a well-mixed hash of v (sums of them stay order-free
+ * digests without small differences cancelling out). */
+uint64_t dnet_mix64(uint64_t v);
 
 void dnet_ring_init(struct dnet_ring *r);
 void dnet_ring_free(struct dnet_ring *r);
@@ -74,7 +79,25 @@ void dnet_ring_range(const struct dnet_ring *r, size_t i, uint8_t start[DNET_ID_
 /* Fraction of the ID space each node owns, into share[nnodes] (sums to 1). */
 void dnet_ring_shares(const struct dnet_ring *r, double *share);
 
-/* Wire form: u32 count, then per node: node_id[64], addr[24], zone[32],
+/* Copies: the transformation functions. Copy i of an object lives at the owner of
+ * transform i of its ID: T0 is the ID itself ("sha512"), Ti = SHA-512(ID || "copy"
+ * || i) ("sha512+copy<i>"). Copies must sit on distinct nodes, and on distinct zones
+ * while unused zones remain (nodes without a zone label count as zones of their
+ * own): when the owner is taken, the walk goes on to the owners of the ranges
+ * below it, as ranges pass on when a node leaves. Nodes that are DOWN keep their
+ * place (their copies wait for them; see docs/replication.md); LEFT ones do not. */
+#define DNET_MAX_COPIES 16
+void dnet_copy_id(const uint8_t id[DNET_ID_SIZE], int copy, uint8_t out[DNET_ID_SIZE]);
+/* Name of transform i ("sha512", "sha512+copy1", ...) into out. */
+void dnet_copy_name(int copy, char *out, size_t len);
+/* The nodes holding copies 0..n-1 of id, into out[n] (node indices); returns how
+ * many there are: n, or fewer when the ring has fewer nodes (not LEFT). Asking for
+ * more than the configured copies gives the fallback nodes, in order, after the
+ * homes (the first ones do not depend on n). */
+int dnet_ring_placement(const struct dnet_ring *r, const uint8_t id[DNET_ID_SIZE], int n,
+			int *out);
+
+/* Wire form: u32 count, u32 copies, then per node: node_id[64], addr[24], zone[32],
  * u64 incarnation, u32 state, u32 nids, ids[nids][64]. Decode bounds every count
  * and length against the buffer and the limits above. */
 size_t dnet_ring_encoded_size(const struct dnet_ring *r);

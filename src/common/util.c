@@ -222,3 +222,17 @@ void dnet_sockaddr_from_addr(const struct dnet_addr_wire *a, struct sockaddr_sto
 		*sl = sizeof(*in);
 	}
 }
+
+void dnet_rate_wait(uint64_t rate, uint64_t start_ns, uint64_t bytes)
+{
+	if (!rate)
+		return;
+	uint64_t should_ns = bytes * 1000000000ull / rate;
+	uint64_t spent = dnet_now_mono_ns() - start_ns;
+	if (should_ns > spent) {
+		uint64_t d = should_ns - spent;
+		struct timespec ts = {.tv_sec = (time_t)(d / 1000000000ull),
+				      .tv_nsec = (long)(d % 1000000000ull)};
+		nanosleep(&ts, NULL);
+	}
+}

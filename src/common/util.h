@@ -34,4 +34,8 @@ int dnet_parse_size(const char *s, uint64_t *out);
 int dnet_write_full(int fd, const void *buf, size_t len);
 int dnet_read_full(int fd, void *buf, size_t len);
 
+/* Sleep as needed to keep `bytes` sent since start_ns (monotonic) at or under
+ * `rate` bytes/s on average (0: no cap). */
+void dnet_rate_wait(uint64_t rate, uint64_t start_ns, uint64_t bytes);
+
 #endif

@@ -11,7 +11,8 @@
 #include "common/util.h"
 #include "server.h"
 
-enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_JOIN, O_LATER, O_CONFIG, O_HELP };
+enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_JOIN, O_LATER, O_CONFIG, O_HELP,
+		O_MODE };
 
 struct opt {
 	const char *name;
@@ -45,7 +46,12 @@ static const struct opt opts[] = {
 	{"handoff-s", O_INT, "S", "after an ownership change, look for moved objects at their old node this long (default 300)", OFF(handoff_s), 0, 0, 86400},
 	{"move-rate", O_SIZE, "BYTES", "bytes per second the node may send when moving data (default 64M; 0 = unlimited)", OFF(move_rate), 0, 0, (long)(1ull << 40)},
 	{"fail-after-ms", O_INT, "MS", "a peer silent this long is marked down (default 3000)", OFF(fail_after_ms), 0, 100, 600000},
-	{"copies", O_LATER, "N", "copies forced by transformation functions (not in this build)", 0, 0, 0, 0},
+	{"idle-timeout-s", O_INT, "S", "close a connection with no request and no reply pending for this long (default 600; 0 = never)", OFF(idle_timeout_s), 0, 0, 100000000},
+	{"request-timeout-s", O_INT, "S", "close a connection whose request is not received whole within this long, plus 1 s per 64 KiB of payload: slow senders (default 30; 0 = never)", OFF(request_timeout_s), 0, 0, 100000000},
+	{"send-timeout-s", O_INT, "S", "close a connection whose queued replies it has not read for this long: clients that never read (default 60; 0 = never)", OFF(send_timeout_s), 0, 0, 100000000},
+	{"copies", O_INT, "N", "copies of every object, placed by transformation functions on distinct nodes (and zones); the same on every node of a ring (default 1)", OFF(copies), 0, 1, DNET_MAX_COPIES},
+	{"recover-interval-s", O_INT, "S", "copies > 1: compare copies with every peer at least this often (default 300; also at start, when a node comes back, and on `elliptics recover`)", OFF(recover_interval_s), 0, 1, 100000000},
+	{"tombstone-grace-s", O_INT, "S", "copies > 1: a deleted object's tombstone is kept this long so a copy that missed the delete cannot bring it back (default 86400)", OFF(tombstone_grace_s), 0, 1, 100000000},
 	{"zone", O_STR, "NAME", "zone (rack, room) label of this node, for copy placement", OFF(zone), LEN(zone), 0, 0},
 	{"http", O_STR, "HOST:PORT", "HTTP endpoint: Prometheus /metrics, the ring page (/, /ring.json); the S3 gateway comes here next (default: off)", OFF(http), LEN(http), 0, 0},
 	{"keys", O_LATER, "FILE", "client keys (not in this build)", 0, 0, 0, 0},
@@ -53,6 +59,10 @@ static const struct opt opts[] = {
 	{"tls-cert", O_LATER, "FILE", "TLS certificate (not in this build)", 0, 0, 0, 0},
 	{"tls-key", O_LATER, "FILE", "TLS key (not in this build)", 0, 0, 0, 0},
 	{"tls-ca", O_LATER, "FILE", "TLS CA (not in this build)", 0, 0, 0, 0},
+	{"check", O_MODE, NULL, "offline: verify every object in --data (with --backend), print counts and each corrupt ID; exit 1 if any is corrupt", 0, 0, DNET_OFFLINE_CHECK, 0},
+	{"compact", O_MODE, NULL, "offline: compact the data directory now (blob engine; others have nothing to compact)", 0, 0, DNET_OFFLINE_COMPACT, 0},
+	{"export", O_MODE, "FILE|-", "offline: write every object (ID, timestamp, size, checksum, data) to FILE or stdout", 0, 0, DNET_OFFLINE_EXPORT, 0},
+	{"import", O_MODE, "FILE|-", "offline: store every object of an --export stream, timestamps kept; a corrupt stream is refused", 0, 0, DNET_OFFLINE_IMPORT, 0},
 	{"help", O_HELP, NULL, "this text", 0, 0, 0, 0},
 };
 
@@ -76,6 +86,12 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->fail_after_ms = 3000;
 	cfg->handoff_s = 300;
 	cfg->move_rate = 64u << 20;
+	cfg->copies = 1;
+	cfg->tombstone_grace_s = 86400;
+	cfg->recover_interval_s = 300;
+	cfg->idle_timeout_s = 600;
+	cfg->request_timeout_s = 30;
+	cfg->send_timeout_s = 60;
 }
 
 static void usage(FILE *f)
@@ -92,7 +108,11 @@ static void usage(FILE *f)
 			fprintf(f, ": %s (default %s)", dnet_backend_names(), DNET_DEFAULT_BACKEND);
 		fputc('\n', f);
 	}
-	fprintf(f, "\nEvery option can also be set in the --config file by its name without the dashes.\n");
+	fprintf(f, "\nEvery option can also be set in the --config file by its name without the dashes,\n"
+		   "except the offline actions --check, --compact, --export and --import: they are\n"
+		   "given on the command line, run against --data with --backend while no ellipticsd\n"
+		   "uses the directory (they take its lock), and exit: 0 done, 1 corrupt objects found,\n"
+		   "2 usage, 3 failure.\n");
 }
 
 static int set_opt(struct dnet_config *cfg, const struct opt *o, const char *val, const char *where,
@@ -240,6 +260,24 @@ static int set_opt(struct dnet_config *cfg, const struct opt *o, const char *val
 	case O_HELP:
 		usage(stdout);
 		return 1;
+	case O_MODE:
+		if (depth > 0) {
+			fprintf(stderr, "ellipticsd: %s: --%s is an action for the command line, not a config option\n",
+				where, o->name);
+			return 2;
+		}
+		if (cfg->offline) {
+			fprintf(stderr, "ellipticsd: only one of --check, --compact, --export, --import\n");
+			return 2;
+		}
+		if (o->arg && strlen(val) >= sizeof(cfg->offline_arg)) {
+			fprintf(stderr, "ellipticsd: %s: --%s value too long\n", where, o->name);
+			return 2;
+		}
+		cfg->offline = (int)o->min;
+		if (o->arg)
+			snprintf(cfg->offline_arg, sizeof(cfg->offline_arg), "%s", val);
+		return 0;
 	}
 	return 2;
 }

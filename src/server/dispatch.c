@@ -56,11 +56,29 @@ static void reply_hdr(struct dnet_out *o, const struct dnet_trans *t, int status
 	o->inl_len = DNET_HDR_SIZE;
 }
 
+/* A local call is over: wake its caller (who owns t->local). */
+static void finish_local(struct dnet_trans *t, struct dnet_out *o, int status)
+{
+	struct dnet_local *l = t->local;
+	if (o)
+		dnet_out_free(o);
+	pthread_mutex_lock(&l->lock);
+	l->status = status;
+	l->done = 1;
+	pthread_cond_signal(&l->cond);
+	pthread_mutex_unlock(&l->lock);
+	free(t);
+}
+
 /* Account for, answer (o may be NULL: no reply) and free a transaction. */
 static void finish(struct dnet_trans *t, struct dnet_out *o, int status)
 {
 	struct dnet_server *s = dnet_srv;
 	struct dnet_conn *c = t->conn;
+	if (t->local) {
+		finish_local(t, o, status);
+		return;
+	}
 	unsigned cmd = t->hdr.cmd < DNET_CMD_MAX_ ? t->hdr.cmd : 0;
 	dnet_stats_request(&s->stats, cmd, status, dnet_now_mono_ns() - t->recv_ns);
 	if (status < 0 && status != DNET_ENOENT && status != DNET_ERANGE)
@@ -89,6 +107,15 @@ static int handoff_redirect(struct dnet_server *s, struct dnet_trans *t);
 static void write_done(void *arg, int status, const struct dnet_obj_info *info)
 {
 	struct dnet_trans *t = arg;
+	if (t->local && info && !status) {
+		t->local->info = *info;
+		t->local->have_info = 1;
+	}
+	if (t->hdr.cmd == DNET_CMD_DEL) {
+		/* A tombstone was written: say whether there was anything to delete. */
+		finish_status(t, status ? status : (t->had_live ? 0 : DNET_ENOENT));
+		return;
+	}
 	if (status < 0 || !(t->hdr.flags & DNET_FLAG_NEED_ACK) || !info) {
 		finish_status(t, status);
 		return;
@@ -102,32 +129,131 @@ static void write_done(void *arg, int status, const struct dnet_obj_info *info)
 	finish(t, o, status);
 }
 
+/* The version a write without one gets (copies > 1): newer than what is stored and
+ * than the clock, with no tag and no tombstone bit. */
+static uint64_t next_version(uint64_t cur)
+{
+	uint64_t v = dnet_now_real_ns() & ~DNET_VERSION_LOW;
+	uint64_t after = (cur & ~DNET_VERSION_LOW) + DNET_VERSION_LOW + 1;
+	return v > after ? v : after;
+}
+
+/* Versioned writes (copies > 1, data movement, recovery): apply only what is newer
+ * than the stored object. Requests for one ID run on one IO worker in order, so
+ * nothing slips in between this check and the write. Returns 0 to go on, or the
+ * status to answer with (DNET_EEXIST: this write or a newer one is here). */
+static int version_check(struct dnet_server *s, struct dnet_trans *t, struct dnet_io_attr *io,
+			 int force)
+{
+	if (io->ioflags & DNET_IO_PLAIN)
+		return 0; /* a middle chunk: checked at PREPARE and COMMIT */
+	struct dnet_obj_info cur;
+	int have = s->bops->lookup(s->backend, t->hdr.id, &cur) == 0;
+	if (!io->timestamp) {
+		io->timestamp = have ? next_version(cur.timestamp) : next_version(0);
+		return 0;
+	}
+	if (!have)
+		return 0;
+	if (force)
+		return cur.timestamp > io->timestamp ? DNET_EEXIST : 0;
+	return cur.timestamp >= io->timestamp ? DNET_EEXIST : 0;
+}
+
 static void do_write(struct dnet_server *s, struct dnet_trans *t)
 {
 	struct dnet_io_attr io;
+	uint32_t known = DNET_IO_FLAGS_KNOWN | (t->local ? DNET_IO_FORCE : 0);
 	if (dnet_io_attr_decode(t->payload, t->size, &io) != 0 ||
-	    io.size != t->size - DNET_IO_ATTR_SIZE || (io.ioflags & ~DNET_IO_FLAGS_KNOWN) ||
+	    io.size != t->size - DNET_IO_ATTR_SIZE || (io.ioflags & ~known) ||
 	    io.reserved != 0 || io.offset > UINT64_MAX - io.size) {
 		finish_status(t, DNET_EPROTO);
 		return;
 	}
-	if (io.timestamp == 0)
-		io.timestamp = dnet_now_real_ns();
-	if (io.ioflags & DNET_IO_MOVE) {
-		/* Data movement: never let an older copy replace what is here. Requests
-		 * for one ID run on one IO worker, so nothing slips in between. */
-		io.ioflags &= ~DNET_IO_MOVE;
-		struct dnet_obj_info cur;
-		if (!(io.ioflags & (DNET_IO_PLAIN | DNET_IO_COMMIT)) &&
-		    s->bops->lookup(s->backend, t->hdr.id, &cur) == 0 && cur.timestamp >= io.timestamp) {
-			finish_status(t, DNET_EEXIST);
+	/* An odd version is a tombstone: only ever a whole 0-byte object (moved or
+	 * recovered from another node). */
+	if ((io.timestamp & DNET_VERSION_TOMB) &&
+	    (io.size || io.offset || (io.ioflags & (DNET_IO_PREPARE | DNET_IO_PLAIN | DNET_IO_COMMIT)))) {
+		finish_status(t, DNET_EPROTO);
+		return;
+	}
+	int versioned = (io.ioflags & (DNET_IO_MOVE | DNET_IO_FORCE)) || s->cfg.copies > 1;
+	int force = !!(io.ioflags & DNET_IO_FORCE);
+	io.ioflags &= ~(DNET_IO_MOVE | DNET_IO_FORCE);
+	if (versioned) {
+		int err = version_check(s, t, &io, force);
+		if (err) {
+			finish_status(t, err);
 			return;
 		}
+	} else if (io.timestamp == 0) {
+		io.timestamp = dnet_now_real_ns() & ~DNET_VERSION_TOMB;
 	}
+	struct dnet_addr_wire home;
+	if (s->cfg.copies > 1 && !t->local && !(io.ioflags & DNET_IO_PLAIN) &&
+	    !dnet_member_owns(s, t->hdr.id, &home))
+		dnet_mover_hint(s); /* a stand-in copy: hand it over when its home is back */
 	struct dnet_write_req req = {.id = t->hdr.id, .io = io, .data = t->payload + DNET_IO_ATTR_SIZE};
 	/* write_done may run inside this call or later on an engine thread; either
 	 * way it frees t, so t is not touched after this line. */
 	s->bops->write(s->backend, &req, write_done, t);
+}
+
+/* DEL. With one copy the object is removed. With more, a tombstone (a 0-byte
+ * object with the delete's version, odd) replaces it, so a copy that missed the
+ * delete cannot bring it back; tombstones are collected after a grace period. */
+static void do_del(struct dnet_server *s, struct dnet_trans *t)
+{
+	struct dnet_io_attr io = {0};
+	if (t->size && (t->size != DNET_IO_ATTR_SIZE ||
+			dnet_io_attr_decode(t->payload, t->size, &io) != 0 || io.reserved ||
+			(io.ioflags & ~DNET_IO_IFVERSION) || (io.ioflags && !t->local))) {
+		finish_status(t, DNET_EPROTO);
+		return;
+	}
+	struct dnet_obj_info cur;
+	if (io.ioflags & DNET_IO_IFVERSION) {
+		int err = s->bops->lookup(s->backend, t->hdr.id, &cur);
+		if (!err && cur.timestamp != io.timestamp)
+			err = DNET_EEXIST;
+		finish_status(t, err ? err : s->bops->del(s->backend, t->hdr.id));
+		return;
+	}
+	if (s->cfg.copies <= 1) {
+		int err = s->bops->del(s->backend, t->hdr.id);
+		if (err != DNET_ENOENT || !handoff_redirect(s, t))
+			finish_status(t, err);
+		return;
+	}
+	int have = s->bops->lookup(s->backend, t->hdr.id, &cur) == 0;
+	t->had_live = have && !(cur.timestamp & DNET_VERSION_TOMB);
+	if (!io.timestamp)
+		io.timestamp = next_version(have ? cur.timestamp : 0);
+	io.timestamp |= DNET_VERSION_TOMB;
+	if (have && cur.timestamp >= io.timestamp) {
+		/* A newer write (or this delete) is here already. */
+		finish_status(t, t->had_live ? DNET_EEXIST : DNET_ENOENT);
+		return;
+	}
+	struct dnet_addr_wire home;
+	if (!t->local && !dnet_member_owns(s, t->hdr.id, &home))
+		dnet_mover_hint(s);
+	struct dnet_io_attr tio = {.timestamp = io.timestamp};
+	struct dnet_write_req req = {.id = t->hdr.id, .io = tio, .data = NULL};
+	s->bops->write(s->backend, &req, write_done, t);
+}
+
+/* Not found, but a tombstone is here: the reply carries its info (version), so a
+ * client comparing copies knows the delete is newer than what others may have. */
+static void finish_tomb(struct dnet_trans *t, const struct dnet_obj_info *info)
+{
+	struct dnet_out *o = dnet_out_new();
+	if (o) {
+		reply_hdr(o, t, DNET_ENOENT, DNET_OBJ_INFO_SIZE);
+		dnet_obj_info_encode(o->inl + DNET_HDR_SIZE, info);
+		o->inl_len += DNET_OBJ_INFO_SIZE;
+	}
+	finish(t, o, DNET_ENOENT);
 }
 
 static void do_read(struct dnet_server *s, struct dnet_trans *t)
@@ -142,8 +268,17 @@ static void do_read(struct dnet_server *s, struct dnet_trans *t)
 				t->hdr.flags & DNET_FLAG_NOCSUM, &res);
 	if (err == DNET_ENOENT && handoff_redirect(s, t))
 		return;
+	if (err == DNET_ECORRUPT && s->cfg.copies > 1)
+		dnet_recover_corrupt(s, t->hdr.id);
 	if (err) {
 		finish_status(t, err);
+		return;
+	}
+	if (res.info.timestamp & DNET_VERSION_TOMB) {
+		if (res.fd >= 0)
+			close(res.fd);
+		free(res.buf);
+		finish_tomb(t, &res.info);
 		return;
 	}
 	struct dnet_out *o = dnet_out_new();
@@ -181,6 +316,16 @@ static void do_lookup(struct dnet_server *s, struct dnet_trans *t)
 		return;
 	if (err) {
 		finish_status(t, err);
+		return;
+	}
+	if (info.timestamp & DNET_VERSION_TOMB) {
+		finish_tomb(t, &info);
+		return;
+	}
+	if (t->local) {
+		t->local->info = info;
+		t->local->have_info = 1;
+		finish(t, NULL, 0);
 		return;
 	}
 	struct dnet_out *o = dnet_out_new();
@@ -248,6 +393,10 @@ static void finish_notowner(struct dnet_trans *t, const struct dnet_addr_wire *o
 static int handoff_redirect(struct dnet_server *s, struct dnet_trans *t)
 {
 	struct dnet_addr_wire prev, owner;
+	/* With several copies the client tries the others itself; local calls ask
+	 * about this node only. */
+	if (s->cfg.copies > 1 || t->local)
+		return 0;
 	/* Asked as the previous owner for a key we have just handed over: it moved
 	 * between the client's two hops; send it back to the owner, which has it. */
 	if ((t->hdr.flags & DNET_FLAG_DIRECT) && dnet_mover_moved_recently(s, t->hdr.id) &&
@@ -341,13 +490,7 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 		do_read(s, t);
 		break;
 	case DNET_CMD_DEL:
-		if (t->size) {
-			finish_status(t, DNET_EPROTO);
-		} else {
-			int err = s->bops->del(s->backend, t->hdr.id);
-			if (err != DNET_ENOENT || !handoff_redirect(s, t))
-				finish_status(t, err);
-		}
+		do_del(s, t);
 		break;
 	case DNET_CMD_LOOKUP:
 		do_lookup(s, t);
@@ -355,9 +498,69 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 	case DNET_CMD_STAT:
 		do_stat(s, t);
 		break;
+	case DNET_CMD_SYNC: {
+		uint8_t *out = NULL;
+		size_t len = 0;
+		int err = dnet_sync_request(s, t->payload, (size_t)t->size, &out, &len);
+		if (err)
+			finish_status(t, err);
+		else
+			finish_payload(t, out, len);
+		break;
+	}
+	case DNET_CMD_RECOVER:
+		if (t->size) {
+			finish_status(t, DNET_EPROTO);
+		} else if (s->cfg.copies <= 1) {
+			finish_status(t, DNET_EUNSUPP);
+		} else {
+			dnet_recover_kick(s);
+			finish_status(t, 0);
+		}
+		break;
 	default:
 		finish_status(t, DNET_EUNSUPP);
 		break;
 	}
 	atomic_fetch_add(&s->stats.busy_ns, dnet_now_mono_ns() - t0);
+}
+
+int dnet_local_call(struct dnet_server *s, uint8_t cmd, const uint8_t *id,
+		    const struct dnet_io_attr *io, const void *data, struct dnet_obj_info *info)
+{
+	uint64_t dlen = io ? io->size : 0;
+	size_t plen = io ? DNET_IO_ATTR_SIZE + (size_t)dlen : 0;
+	struct dnet_trans *t = malloc(sizeof(*t) + plen);
+	if (!t)
+		return DNET_ENOMEM;
+	memset(t, 0, sizeof(*t));
+	struct dnet_local l;
+	memset(&l, 0, sizeof(l));
+	pthread_mutex_init(&l.lock, NULL);
+	pthread_cond_init(&l.cond, NULL);
+	t->local = &l;
+	t->hdr.magic = DNET_MAGIC;
+	t->hdr.version = DNET_PROTO_VERSION;
+	t->hdr.cmd = cmd;
+	t->hdr.flags = DNET_FLAG_DIRECT | DNET_FLAG_NEED_ACK;
+	t->hdr.size = plen;
+	memcpy(t->hdr.id, id, DNET_ID_SIZE);
+	t->recv_ns = dnet_now_mono_ns();
+	t->size = plen;
+	t->payload = (uint8_t *)(t + 1);
+	if (io) {
+		dnet_io_attr_encode(t->payload, io);
+		if (dlen)
+			memcpy(t->payload + DNET_IO_ATTR_SIZE, data, (size_t)dlen);
+	}
+	dnet_pool_push(s->pool, t);
+	pthread_mutex_lock(&l.lock);
+	while (!l.done)
+		pthread_cond_wait(&l.cond, &l.lock);
+	pthread_mutex_unlock(&l.lock);
+	pthread_mutex_destroy(&l.lock);
+	pthread_cond_destroy(&l.cond);
+	if (info && l.have_info)
+		*info = l.info;
+	return l.status;
 }

@@ -217,6 +217,14 @@ static void urgent_kick(struct dnet_server *s)
 	pthread_mutex_unlock(&m->wait_lock);
 }
 
+static size_t count_up(const struct dnet_ring *r)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < r->nnodes; i++)
+		n += r->nodes[i].state == DNET_NODE_UP;
+	return n;
+}
+
 /* Merge a received table; returns 1 if ours changed. Write lock held. */
 static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 {
@@ -224,6 +232,7 @@ static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 	struct dnet_ring before;
 	if (dnet_ring_copy(&before, &s->member.ring) != 0)
 		dnet_ring_init(&before);
+	size_t ups_before = count_up(&s->member.ring);
 	for (size_t i = 0; i < r->nnodes; i++) {
 		const struct dnet_ring_node *n = &r->nodes[i];
 		int rc = dnet_ring_merge_node(&s->member.ring, n);
@@ -236,6 +245,11 @@ static int do_merge(struct dnet_server *s, const struct dnet_ring *r)
 	}
 	changed |= do_refute(s);
 	do_grow(&s->member);
+	if (count_up(&s->member.ring) > ups_before) {
+		/* A node came (back): copies it missed can be compared now. */
+		atomic_fetch_add(&s->member.node_ups, 1);
+		dnet_recover_kick(s);
+	}
 	do_remember(s, &before);
 	return changed;
 }
@@ -265,6 +279,20 @@ uint64_t dnet_member_digest(struct dnet_server *s)
 	return d;
 }
 
+/* Every node of a ring must force the same number of copies, or they would
+ * disagree on where objects live. */
+static int copies_match(struct dnet_server *s, const struct dnet_ring *r, const char *who)
+{
+	if (!r->copies || (int)r->copies == s->cfg.copies)
+		return 1;
+	static atomic_int warned;
+	if (!atomic_exchange(&warned, 1))
+		dnet_log_error("ring: %s has --copies %u but this node has --copies %d; refusing to "
+			       "share a ring with it (every node must use the same value)",
+			       who, r->copies, s->cfg.copies);
+	return 0;
+}
+
 int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint8_t **out,
 		     size_t *outlen)
 {
@@ -272,6 +300,10 @@ int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint
 	int err = dnet_ring_decode(&r, buf, len);
 	if (err)
 		return err;
+	if (!copies_match(s, &r, "a joining node")) {
+		dnet_ring_free(&r);
+		return DNET_EINVAL;
+	}
 	pthread_rwlock_wrlock(&s->member.lock);
 	size_t before = s->member.ring.nnodes;
 	int changed = do_merge(s, &r);
@@ -292,10 +324,13 @@ int dnet_member_owns(struct dnet_server *s, const uint8_t *id, struct dnet_addr_
 {
 	struct dnet_member *m = &s->member;
 	pthread_rwlock_rdlock(&m->lock);
-	int o = dnet_ring_owner(&m->ring, id);
-	int mine = o < 0 || o == m->self;
+	int homes[DNET_MAX_COPIES];
+	int n = dnet_ring_placement(&m->ring, id, s->cfg.copies, homes);
+	int mine = n == 0;
+	for (int i = 0; i < n; i++)
+		mine |= homes[i] == m->self;
 	if (!mine)
-		*owner = m->ring.nodes[o].addr;
+		*owner = m->ring.nodes[homes[0]].addr;
 	pthread_rwlock_unlock(&m->lock);
 	return mine;
 }
@@ -324,6 +359,10 @@ static int exchange(struct dnet_server *s, struct dnet_peer *p)
 	free(reply);
 	if (err)
 		return err;
+	if (!copies_match(s, &r, p->name)) {
+		dnet_ring_free(&r);
+		return DNET_EINVAL;
+	}
 	pthread_rwlock_wrlock(&s->member.lock);
 	if (do_merge(s, &r))
 		do_save_ring(s);
@@ -513,6 +552,7 @@ int dnet_member_start(struct dnet_server *s)
 		return err;
 	}
 	m->self = 0;
+	m->ring.copies = (uint32_t)s->cfg.copies;
 	do_load_ring(s);
 	err = do_grow(m);
 	pthread_rwlock_unlock(&m->lock);

@@ -32,12 +32,14 @@
 struct misplaced {
 	uint8_t id[DNET_ID_SIZE];
 	uint64_t timestamp;
-	uint32_t owner; /* node index in the pass's ring snapshot */
+	uint16_t nhomes;
+	uint16_t homes[DNET_MAX_COPIES]; /* node indices in the pass's ring snapshot */
 };
 
 struct collect {
 	const struct dnet_ring *ring;
 	int self;
+	int copies;
 	struct misplaced *v;
 	size_t n, cap;
 	int oom;
@@ -76,9 +78,13 @@ int dnet_mover_moved_recently(struct dnet_server *s, const uint8_t *id)
 static int collect_cb(void *arg, const uint8_t *id, const struct dnet_obj_info *info)
 {
 	struct collect *c = arg;
-	int o = dnet_ring_owner(c->ring, id);
-	if (o < 0 || o == c->self)
+	int homes[DNET_MAX_COPIES];
+	int n = dnet_ring_placement(c->ring, id, c->copies, homes);
+	if (n <= 0)
 		return 0;
+	for (int i = 0; i < n; i++)
+		if (homes[i] == c->self)
+			return 0;
 	if (c->n == c->cap) {
 		size_t cap = c->cap ? c->cap * 2 : 1024;
 		struct misplaced *nv = realloc(c->v, cap * sizeof(*nv));
@@ -91,25 +97,11 @@ static int collect_cb(void *arg, const uint8_t *id, const struct dnet_obj_info *
 	}
 	memcpy(c->v[c->n].id, id, DNET_ID_SIZE);
 	c->v[c->n].timestamp = info->timestamp;
-	c->v[c->n].owner = (uint32_t)o;
+	c->v[c->n].nhomes = (uint16_t)n;
+	for (int i = 0; i < n; i++)
+		c->v[c->n].homes[i] = (uint16_t)homes[i];
 	c->n++;
 	return 0;
-}
-
-/* Sleep as needed to keep the average send rate under the cap. */
-static void throttle(struct dnet_server *s, uint64_t start_ns, uint64_t sent)
-{
-	uint64_t rate = s->cfg.move_rate;
-	if (!rate)
-		return;
-	uint64_t should_ns = sent * 1000000000ull / rate;
-	uint64_t spent = dnet_now_mono_ns() - start_ns;
-	if (should_ns > spent) {
-		uint64_t d = should_ns - spent;
-		struct timespec ts = {.tv_sec = (time_t)(d / 1000000000ull),
-				      .tv_nsec = (long)(d % 1000000000ull)};
-		nanosleep(&ts, NULL);
-	}
 }
 
 /* Reads [off, off+len) of a local object into buf. */
@@ -208,7 +200,7 @@ static size_t move_pass(struct dnet_server *s)
 	int self;
 	if (dnet_member_snapshot(s, &ring, &self) != 0)
 		return 1;
-	struct collect c = {.ring = &ring, .self = self};
+	struct collect c = {.ring = &ring, .self = self, .copies = s->cfg.copies};
 	if (ring.nnodes > 1)
 		s->bops->iterate(s->backend, collect_cb, &c);
 	size_t left = c.oom ? 1 : 0;
@@ -231,26 +223,34 @@ static size_t move_pass(struct dnet_server *s)
 			break;
 		}
 		const struct misplaced *m = &c.v[i];
-		const struct dnet_ring_node *owner = &ring.nodes[m->owner];
-		if (owner->state != DNET_NODE_UP) {
-			left++;
-			continue;
-		}
-		struct dnet_peer *p = &peers[m->owner];
-		if (p->fd < 0 && !p->sl) {
-			struct sockaddr_storage ss;
-			socklen_t sl;
-			dnet_sockaddr_from_addr(&owner->addr, &ss, &sl);
-			dnet_peer_init(p, &ss, sl);
-		}
+		/* Hand it to every home node; keep it (a hint for the down ones) until
+		 * they all have it. */
 		uint64_t before = sent;
-		int err = push_one(s, p, m, buf, &sent);
-		if (!err) {
-			/* Delete only the copy we sent: if it was rewritten meanwhile (a client
-			 * with old routes, DIRECT), keep it for the next pass. */
-			struct dnet_obj_info now;
-			if (s->bops->lookup(s->backend, m->id, &now) == 0 && now.timestamp == m->timestamp)
-				s->bops->del(s->backend, m->id);
+		int err = 0, waiting = 0;
+		struct dnet_peer *p = NULL;
+		for (int h = 0; h < m->nhomes && !err; h++) {
+			const struct dnet_ring_node *home = &ring.nodes[m->homes[h]];
+			if (home->state != DNET_NODE_UP) {
+				waiting = 1;
+				continue;
+			}
+			p = &peers[m->homes[h]];
+			if (p->fd < 0 && !p->sl) {
+				struct sockaddr_storage ss;
+				socklen_t sl;
+				dnet_sockaddr_from_addr(&home->addr, &ss, &sl);
+				dnet_peer_init(p, &ss, sl);
+			}
+			err = push_one(s, p, m, buf, &sent);
+		}
+		if (!err && waiting) {
+			left++;
+		} else if (!err) {
+			/* Delete only the version we sent, in order with the ID's other
+			 * requests: if it was rewritten meanwhile (a client with old routes),
+			 * the next pass sends the new one. */
+			struct dnet_io_attr dio = {.timestamp = m->timestamp, .ioflags = DNET_IO_IFVERSION};
+			dnet_local_call(s, DNET_CMD_DEL, m->id, &dio, NULL, NULL);
 			remember_moved(mv, m->id);
 			moved++;
 			atomic_fetch_add(&mv->moved, 1);
@@ -262,11 +262,11 @@ static size_t move_pass(struct dnet_server *s)
 			atomic_fetch_add(&mv->errors, 1);
 			char hex[17];
 			dnet_id_to_hex(hex, m->id, 8);
-			dnet_log_warn("move: %s... to %s failed: %s; will retry", hex, p->name,
+			dnet_log_warn("move: %s... to %s failed: %s; will retry", hex, p ? p->name : "?",
 				      dnet_strerror(err));
 		}
 		atomic_store(&mv->pending, c.n - i - 1);
-		throttle(s, start, sent);
+		dnet_rate_wait(s->cfg.move_rate, start, sent);
 	}
 	for (size_t i = 0; peers && i < ring.nnodes; i++)
 		dnet_peer_close(&peers[i]);
@@ -305,6 +305,7 @@ static void *mover_main(void *arg)
 		pthread_mutex_unlock(&mv->lock);
 		if (stop)
 			break;
+		atomic_store(&mv->hinted, 0);
 		left = move_pass(s);
 	}
 	return NULL;
@@ -323,6 +324,13 @@ int dnet_mover_start(struct dnet_server *s)
 		return DNET_ESYS;
 	mv->started = 1;
 	return 0;
+}
+
+void dnet_mover_hint(struct dnet_server *s)
+{
+	/* At most one wake-up per pass, however many stand-in writes arrive. */
+	if (!atomic_exchange(&s->mover.hinted, 1))
+		dnet_mover_kick(s);
 }
 
 void dnet_mover_kick(struct dnet_server *s)

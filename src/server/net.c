@@ -155,6 +155,8 @@ static int do_flush(struct dnet_conn *c)
 				goto fail;
 			}
 			atomic_fetch_add(&st->bytes_out, (uint64_t)w);
+			if (w > 0)
+				c->tx_ns = dnet_now_mono_ns();
 			size_t left = (size_t)w;
 			/* Advance through the gathered replies, freeing finished ones. */
 			while (c->out_head && left) {
@@ -199,6 +201,7 @@ static int do_flush(struct dnet_conn *c)
 			goto fail;
 		}
 		atomic_fetch_add(&st->bytes_out, (uint64_t)w);
+		c->tx_ns = dnet_now_mono_ns();
 		o->file_off += (uint64_t)w;
 		o->file_len -= (uint64_t)w;
 		if (o->file_len == 0) {
@@ -225,10 +228,12 @@ void dnet_conn_send(struct dnet_conn *c, struct dnet_out *o)
 		dnet_out_free(o);
 		return;
 	}
-	if (c->out_tail)
+	if (c->out_tail) {
 		c->out_tail->next = o;
-	else
+	} else {
 		c->out_head = o;
+		c->tx_ns = dnet_now_mono_ns(); /* the send timeout counts from here */
+	}
 	c->out_tail = o;
 	c->out_items++;
 	c->out_mem += (o->inl_len - o->inl_off) + (o->buf_len - o->buf_off);
@@ -298,6 +303,7 @@ static void accept_conns(struct dnet_loop *l)
 			continue;
 		}
 		c->fd = fd;
+		c->rx_ns = c->tx_ns = dnet_now_mono_ns();
 		c->loop = l;
 		atomic_init(&c->refs, 1);
 		pthread_mutex_init(&c->lock, NULL);
@@ -360,6 +366,7 @@ static void submit(struct dnet_conn *c, struct dnet_trans *t)
 {
 	struct dnet_server *s = c->loop->s;
 	atomic_fetch_add(&s->stats.bytes_in, DNET_HDR_SIZE + t->size);
+	c->nsubmitted++;
 	pthread_mutex_lock(&c->lock);
 	c->inflight++;
 	c->inflight_bytes += t->size;
@@ -457,6 +464,7 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 		return 0; /* shutting down: bytes still arriving stay in the socket */
 	for (int i = 0; i < READS_PER_EVENT; i++) {
 		ssize_t n;
+		uint64_t submitted = c->nsubmitted;
 		if (c->cur && c->cur->size - c->cur_have >= LOOP_RBUF_SIZE / 4) {
 			/* Large payload: read straight into the transaction, no copy. */
 			struct dnet_trans *t = c->cur;
@@ -484,6 +492,14 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 			n = read(c->fd, l->rbuf, want);
 			if (n > 0 && parse_buf(c, l->rbuf, (size_t)n) < 0)
 				return 0; /* protocol error: reply queued, close after flush */
+		}
+		if (n > 0) {
+			/* The request now being received: when its first byte came. */
+			c->rx_ns = dnet_now_mono_ns();
+			if (!c->hpart_len && !c->cur)
+				c->partial_ns = 0;
+			else if (!c->partial_ns || c->nsubmitted != submitted)
+				c->partial_ns = c->rx_ns;
 		}
 		if (n == 0) {
 			pthread_mutex_lock(&c->lock);
@@ -538,6 +554,46 @@ static void conn_event(struct dnet_loop *l, struct dnet_conn *c, uint32_t ev)
 		conn_close(l, c);
 }
 
+/* Once a second: close connections that are idle too long, that dribble a request
+ * (slowloris), or that never read their replies. */
+static void loop_sweep(struct dnet_loop *l, uint64_t now)
+{
+	const struct dnet_config *cfg = &l->s->cfg;
+	struct dnet_stats *st = &l->s->stats;
+	const uint64_t sec = 1000000000ull;
+	struct dnet_conn *c = l->conns;
+	while (c) {
+		struct dnet_conn *next = c->next;
+		const char *why = NULL;
+		pthread_mutex_lock(&c->lock);
+		int busy = c->inflight || c->out_head;
+		int stalled = c->out_head && cfg->send_timeout_s &&
+			      now - c->tx_ns > (uint64_t)cfg->send_timeout_s * sec;
+		pthread_mutex_unlock(&c->lock);
+		int partial = c->hpart_len || c->cur;
+		if (stalled) {
+			why = "it has not read its replies";
+			atomic_fetch_add(&st->conns_stalled_closed, 1);
+		} else if (partial && cfg->request_timeout_s && c->partial_ns) {
+			uint64_t allow = (uint64_t)cfg->request_timeout_s * sec +
+					 (c->cur ? c->cur->size / 65536 * sec : 0);
+			if (now - c->partial_ns > allow) {
+				why = "its request did not arrive in time";
+				atomic_fetch_add(&st->conns_slow_closed, 1);
+			}
+		} else if (!partial && !busy && cfg->idle_timeout_s &&
+			   now - c->rx_ns > (uint64_t)cfg->idle_timeout_s * sec) {
+			why = "idle";
+			atomic_fetch_add(&st->conns_idle_closed, 1);
+		}
+		if (why) {
+			dnet_log_info("%s: closing the connection: %s", c->peer, why);
+			conn_close(l, c);
+		}
+		c = next;
+	}
+}
+
 static void loop_stop_reading(struct dnet_loop *l)
 {
 	epoll_ctl(l->epfd, EPOLL_CTL_DEL, l->s->listen_fd, NULL);
@@ -553,9 +609,12 @@ static void *loop_main(void *arg)
 	struct dnet_loop *l = arg;
 	struct epoll_event evs[256];
 	int reading = 1;
+	uint64_t last_sweep = dnet_now_mono_ns();
+	const struct dnet_config *cfg = &l->s->cfg;
+	int sweeping = cfg->idle_timeout_s || cfg->request_timeout_s || cfg->send_timeout_s;
 
 	for (;;) {
-		int timeout = l->exiting ? 50 : -1;
+		int timeout = l->exiting ? 50 : sweeping ? 1000 : -1;
 		int n = epoll_wait(l->epfd, evs, 256, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
@@ -574,6 +633,13 @@ static void *loop_main(void *arg)
 				(void)r;
 			} else {
 				conn_event(l, p, evs[i].events);
+			}
+		}
+		if (sweeping && reading) {
+			uint64_t now = dnet_now_mono_ns();
+			if (now - last_sweep >= 1000000000ull) {
+				last_sweep = now;
+				loop_sweep(l, now);
 			}
 		}
 		if (reading && __atomic_load_n(&l->stop_reading, __ATOMIC_ACQUIRE)) {

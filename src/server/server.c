@@ -134,9 +134,10 @@ int dnet_server_start(struct dnet_server *s)
 		close(s->listen_fd);
 		goto out_stop_pool;
 	}
-	if (dnet_member_start(s) != 0 || dnet_mover_start(s) != 0 || dnet_net_start(s) != 0 ||
-	    dnet_http_start(s) != 0) {
+	if (dnet_member_start(s) != 0 || dnet_mover_start(s) != 0 || dnet_recover_start(s) != 0 ||
+	    dnet_net_start(s) != 0 || dnet_http_start(s) != 0) {
 		dnet_http_stop(s);
+		dnet_recover_stop(s);
 		dnet_mover_stop(s);
 		dnet_member_stop(s);
 		if (s->loops)
@@ -169,6 +170,7 @@ void dnet_server_stop(struct dnet_server *s)
 	 * ever renamed into place whole, so nothing half-written can be left behind. */
 	atomic_store(&s->stopping, 1);
 	dnet_http_stop(s); /* first: it reads the ring and the stats of everything below */
+	dnet_recover_stop(s);
 	dnet_mover_stop(s);
 	dnet_member_stop(s);
 	dnet_net_stop_reading(s);

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 
 #include "common/proto.h"
+#include "elliptics/errors.h"
 #include "common/ring.h"
 #include "storage/backend.h"
 
@@ -51,12 +52,38 @@ struct dnet_config {
 	int handoff_s;        /* how long older rings are consulted for moved objects */
 	uint64_t move_rate;   /* bytes/s the mover may send (0 = unlimited) */
 	char http[256];       /* --http HOST:PORT: metrics, ring page (empty: off) */
+	int copies;           /* copies per object (transformation functions) */
+	int tombstone_grace_s;
+	int recover_interval_s; /* copies > 1: anti-entropy pass at least this often */
+	/* Connection timeouts (0 = none): no request and no output for idle_timeout_s;
+	 * a request not received whole within request_timeout_s (plus 1 s per 64 KiB
+	 * of payload); queued output of which nothing was sent for send_timeout_s. */
+	int idle_timeout_s, request_timeout_s, send_timeout_s;
+	/* Offline actions instead of serving (main.c): --check, --compact, --export,
+	 * --import. */
+	int offline;		 /* enum dnet_offline_mode */
+	char offline_arg[4096]; /* FILE or "-" of --export / --import */
+};
+enum dnet_offline_mode { DNET_OFFLINE_NONE = 0, DNET_OFFLINE_CHECK, DNET_OFFLINE_COMPACT,
+			 DNET_OFFLINE_EXPORT, DNET_OFFLINE_IMPORT };
+
+/* A request the node makes of itself (dnet_local_call): no connection; the
+ * result is handed back here. */
+struct dnet_local {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int done;
+	int status;
+	struct dnet_obj_info info;
+	int have_info;
 };
 
 /* One request read whole from the network, on its way through the IO pool. */
 struct dnet_trans {
 	struct dnet_trans *next;
-	struct dnet_conn *conn; /* holds a reference */
+	struct dnet_conn *conn; /* holds a reference; NULL for a local call */
+	struct dnet_local *local;
+	int had_live;           /* DEL with tombstones: a live object was there */
 	struct dnet_cmd_hdr hdr;
 	uint64_t recv_ns; /* monotonic time the header arrived */
 	uint64_t size;    /* payload bytes (== hdr.size) */
@@ -91,6 +118,9 @@ struct dnet_conn {
 	uint32_t hpart_len;
 	struct dnet_trans *cur; /* transaction whose payload is being read */
 	uint64_t cur_have;
+	uint64_t rx_ns;      /* monotonic: last bytes received */
+	uint64_t partial_ns; /* when the request being received began (0: none) */
+	uint64_t nsubmitted; /* requests received whole */
 
 	/* Output and flow control, under lock. */
 	pthread_mutex_t lock;
@@ -103,6 +133,7 @@ struct dnet_conn {
 	uint32_t events;     /* epoll events currently armed */
 	int dead;            /* socket failed or closed: drop all output */
 	int close_after_flush;
+	uint64_t tx_ns;      /* last bytes sent, or output queued after none was */
 };
 
 /* Request latency histogram buckets (upper bounds, microseconds); one more slot
@@ -111,7 +142,7 @@ struct dnet_conn {
 extern const uint64_t dnet_lat_bucket_us[DNET_LAT_BUCKETS];
 /* Request outcomes per command: slot 0 = success, slot -status = that DNET_E*
  * code, the last slot any status outside the table. */
-#define DNET_STATUS_SLOTS 25
+#define DNET_STATUS_SLOTS (1 - DNET_E_MIN_)
 
 struct dnet_stats {
 	atomic_uint_fast64_t cmds[DNET_CMD_MAX_];
@@ -119,6 +150,7 @@ struct dnet_stats {
 	atomic_uint_fast64_t lat_ns[DNET_CMD_MAX_];
 	atomic_uint_fast64_t bytes_in, bytes_out;
 	atomic_uint_fast64_t conns_total, conns_cur, conns_rejected;
+	atomic_uint_fast64_t conns_idle_closed, conns_slow_closed, conns_stalled_closed;
 	atomic_uint_fast64_t proto_errors;
 	atomic_uint_fast64_t redirects;   /* NOTOWNER replies: requests that were not one hop */
 	atomic_uint_fast64_t handoff_redirects; /* of which: to a previous owner */
@@ -165,6 +197,12 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t);
 /* Free a transaction and drop its connection reference. */
 void dnet_trans_free(struct dnet_trans *t);
 
+/* Run one request (WRITE, DEL, LOOKUP) on this node's IO pool, in order with the
+ * requests for the same ID, and wait for it. Flags DIRECT. Returns its status;
+ * info (may be NULL) gets the object info a WRITE or LOOKUP returns. */
+int dnet_local_call(struct dnet_server *s, uint8_t cmd, const uint8_t *id,
+		    const struct dnet_io_attr *io, const void *data, struct dnet_obj_info *info);
+
 /* Membership: this node's view of the ring and the thread keeping it current. */
 struct dnet_peer;
 struct dnet_member {
@@ -190,6 +228,7 @@ struct dnet_member {
 	uint64_t new_until_ns;
 	int met_others;
 	atomic_uint_fast64_t layout_changes; /* wakes the mover */
+	atomic_uint_fast64_t node_ups;       /* nodes seen coming (back) up */
 	pthread_t thread;
 	pthread_mutex_t wait_lock;
 	pthread_cond_t wait_cond;
@@ -204,10 +243,26 @@ struct dnet_mover {
 	pthread_cond_t cond;
 	int stop, started, kick;
 	atomic_uint_fast64_t passes, moved, moved_bytes, skipped, errors, pending;
+	atomic_int hinted; /* a stand-in write arrived since the last pass began */
 	/* IDs handed over recently (direct-mapped by ID prefix; a collision just
 	 * forgets one): a read that reaches us for one of them, as the previous owner,
 	 * is sent back to the owner instead of "not found". */
 	_Atomic uint64_t *recent_id, *recent_ns;
+};
+
+/* Anti-entropy between copies (recover.c). */
+#define DNET_SYNC_BUCKETS 4096u
+struct dnet_recover {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int stop, kick, started;
+	atomic_int stop_flag;
+	uint64_t last_pass_ns;
+	uint8_t (*repair)[DNET_ID_SIZE]; /* corrupt copies to replace (under lock) */
+	int nrepair;
+	atomic_uint_fast64_t passes, running, buckets_checked, buckets_differ, pulled,
+		bytes, errors, repaired, tombstones_collected, last_ms;
 };
 
 struct dnet_server {
@@ -228,6 +283,7 @@ struct dnet_server {
 	struct dnet_mover mover;
 	struct dnet_http *http; /* src/http: NULL when --http is not given */
 	char http_str[64];      /* its bound address */
+	struct dnet_recover recover;
 };
 
 /* The one server of this process (set by main). */
@@ -252,7 +308,8 @@ int dnet_member_start(struct dnet_server *s);
 void dnet_member_stop(struct dnet_server *s);
 /* After the IO pool and network have stopped: nothing reads the ring any more. */
 void dnet_member_free(struct dnet_server *s);
-/* 1 if this node owns id (or the ring has only us); else 0 and *owner is set. */
+/* 1 if this node holds one of id's copies (its home nodes; with one copy: owns
+ * it), or the ring has only us; else 0 and *owner is set (the first home). */
 int dnet_member_owns(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *owner);
 /* ROUTES reply payload (malloc()ed). */
 uint8_t *dnet_member_routes(struct dnet_server *s, size_t *len);
@@ -273,6 +330,8 @@ int dnet_member_snapshot(struct dnet_server *s, struct dnet_ring *out, int *self
 /* move.c */
 int dnet_mover_start(struct dnet_server *s);
 void dnet_mover_kick(struct dnet_server *s);
+/* We stored a copy we are not a home of (standing in for a down node). */
+void dnet_mover_hint(struct dnet_server *s);
 void dnet_mover_stop(struct dnet_server *s);
 /* After the IO pool has stopped (workers consult the recent-moves table). */
 void dnet_mover_free(struct dnet_server *s);
@@ -280,6 +339,19 @@ void dnet_mover_free(struct dnet_server *s);
 int dnet_mover_moved_recently(struct dnet_server *s, const uint8_t *id);
 void dnet_member_counts(struct dnet_server *s, size_t *nodes, size_t *up, size_t *down,
 			size_t *left);
+
+/* recover.c */
+int dnet_recover_start(struct dnet_server *s);
+void dnet_recover_stop(struct dnet_server *s);
+/* Start a pass now (RECOVER command, a node back up). */
+void dnet_recover_kick(struct dnet_server *s);
+/* A read found our copy of id corrupt: replace it from another copy. */
+void dnet_recover_corrupt(struct dnet_server *s, const uint8_t *id);
+/* The SYNC command. */
+int dnet_sync_request(struct dnet_server *s, const uint8_t *p, size_t len, uint8_t **out,
+		      size_t *outlen);
+int dnet_recover_pull(struct dnet_server *s, struct dnet_peer *p, const uint8_t *id, uint64_t v,
+		      int force, uint8_t *buf, uint64_t *bytes);
 
 /* stats.c: "name value\n" lines in a malloc()ed buffer. */
 char *dnet_stats_text(struct dnet_server *s, size_t *len);

@@ -109,6 +109,10 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "conns_current %llu\n", (unsigned long long)atomic_load(&st->conns_cur));
 	add(&b, "conns_total %llu\n", (unsigned long long)atomic_load(&st->conns_total));
 	add(&b, "conns_rejected %llu\n", (unsigned long long)atomic_load(&st->conns_rejected));
+	add(&b, "conns_idle_closed %llu\n", (unsigned long long)atomic_load(&st->conns_idle_closed));
+	add(&b, "conns_slow_closed %llu\n", (unsigned long long)atomic_load(&st->conns_slow_closed));
+	add(&b, "conns_stalled_closed %llu\n",
+	    (unsigned long long)atomic_load(&st->conns_stalled_closed));
 	add(&b, "proto_errors %llu\n", (unsigned long long)atomic_load(&st->proto_errors));
 	add(&b, "redirects %llu\n", (unsigned long long)atomic_load(&st->redirects));
 	add(&b, "handoff_redirects %llu\n", (unsigned long long)atomic_load(&st->handoff_redirects));
@@ -160,6 +164,25 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	add(&b, "move_bytes %llu\n", (unsigned long long)atomic_load(&s->mover.moved_bytes));
 	add(&b, "move_pending %llu\n", (unsigned long long)atomic_load(&s->mover.pending));
 	add(&b, "move_errors %llu\n", (unsigned long long)atomic_load(&s->mover.errors));
+	struct dnet_recover *rc = &s->recover;
+	add(&b, "copies %d\n", s->cfg.copies);
+	add(&b, "transforms ");
+	for (int i = 0; i < s->cfg.copies; i++) {
+		char name[32];
+		dnet_copy_name(i, name, sizeof(name));
+		add(&b, "%s%s", i ? "," : "", name);
+	}
+	add(&b, "\n");
+	add(&b, "recover_passes %llu\n", (unsigned long long)atomic_load(&rc->passes));
+	add(&b, "recover_running %llu\n", (unsigned long long)atomic_load(&rc->running));
+	add(&b, "recover_last_ms %llu\n", (unsigned long long)atomic_load(&rc->last_ms));
+	add(&b, "recover_buckets_checked %llu\n", (unsigned long long)atomic_load(&rc->buckets_checked));
+	add(&b, "recover_buckets_differ %llu\n", (unsigned long long)atomic_load(&rc->buckets_differ));
+	add(&b, "recover_pulled %llu\n", (unsigned long long)atomic_load(&rc->pulled));
+	add(&b, "recover_bytes %llu\n", (unsigned long long)atomic_load(&rc->bytes));
+	add(&b, "recover_errors %llu\n", (unsigned long long)atomic_load(&rc->errors));
+	add(&b, "recover_repaired %llu\n", (unsigned long long)atomic_load(&rc->repaired));
+	add(&b, "tombstones_collected %llu\n", (unsigned long long)atomic_load(&rc->tombstones_collected));
 	add(&b, "move_skipped %llu\n", (unsigned long long)atomic_load(&s->mover.skipped));
 	if (s->http_str[0])
 		add(&b, "http_listen %s\n", s->http_str);

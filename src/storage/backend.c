@@ -8,6 +8,7 @@
 
 #include "common/errors.h"
 #include "backend.h"
+#include "fault.h"
 
 extern const struct dnet_backend_ops dnet_blob_backend_ops;
 extern const struct dnet_backend_ops dnet_file_backend_ops;
@@ -113,7 +114,7 @@ int64_t dnet_pread_full(int fd, void *buf, size_t len, uint64_t off)
 int dnet_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off)
 {
 	while (cnt > 0) {
-		ssize_t n = pwritev(fd, iov, cnt, (off_t)off);
+		ssize_t n = dnet_f_pwritev(fd, iov, cnt, (off_t)off);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;

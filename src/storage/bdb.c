@@ -45,6 +45,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "backend.h"
+#include "fault.h"
 
 #define KV_MAGIC 0x4f564b44u /* "DKVO" */
 #define KV_VERSION 1
@@ -660,7 +661,10 @@ static int run_txn(struct dnet_backend *b, struct bd_op *op, apply_fn fn)
 			txn->abort(txn);
 			continue;
 		}
-		rc = txn->commit(txn, b->cfg.fsync == DNET_FSYNC_ALWAYS ? DB_TXN_SYNC : 0);
+		if ((rc = dnet_fault_check(DNET_FAULT_COMMIT)))
+			txn->abort(txn); /* fault injection: this commit fails */
+		else
+			rc = txn->commit(txn, b->cfg.fsync == DNET_FSYNC_ALWAYS ? DB_TXN_SYNC : 0);
 		err = bd_err(b, rc, "commit");
 	}
 	if (err == BD_AGAIN) {
@@ -705,7 +709,9 @@ static void *syncer(void *arg)
 		pthread_mutex_unlock(&b->q_lock);
 
 		/* every commit before this point is in the log buffer or the OS */
-		int rc = b->env->log_flush(b->env, NULL);
+		int rc = dnet_fault_check(DNET_FAULT_SYNC);
+		if (!rc)
+			rc = b->env->log_flush(b->env, NULL);
 		int err = bd_err(b, rc, "log flush");
 		atomic_fetch_add(&b->syncs, 1);
 		uint64_t n = 0;
@@ -1212,7 +1218,8 @@ static int bd_sync(struct dnet_backend *b)
 	if (b->cfg.fsync == DNET_FSYNC_BATCH)
 		return wait_durable(b);
 	atomic_fetch_add(&b->syncs, 1);
-	return bd_err(b, b->env->log_flush(b->env, NULL), "log flush");
+	int rc = dnet_fault_check(DNET_FAULT_SYNC);
+	return bd_err(b, rc ? rc : b->env->log_flush(b->env, NULL), "log flush");
 }
 
 /* Batches of keys, each batch in its own read-committed txn; fn runs outside. */

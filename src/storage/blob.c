@@ -77,6 +77,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "backend.h"
+#include "fault.h"
 #include "blob.h"
 
 #define BL_ENGINE_MAGIC 0x424c4f42u /* marks a blob engine handle for blob.h calls */
@@ -139,7 +140,7 @@ static int bl_errno(void)
 
 static int bl_fdatasync(int fd)
 {
-	while (fdatasync(fd) < 0) {
+	while (dnet_f_fdatasync(fd) < 0) {
 		if (errno != EINTR)
 			return bl_errno();
 	}
@@ -533,7 +534,7 @@ static void blob_name(char *out, uint32_t num, const char *suffix)
 
 static int fsync_dir(struct dnet_backend *b)
 {
-	while (fsync(b->dirfd) < 0) {
+	while (dnet_f_fsync(b->dirfd) < 0) {
 		if (errno != EINTR)
 			return bl_errno();
 	}
@@ -669,7 +670,7 @@ static int prealloc_locked(struct dnet_backend *b, struct blob *B, uint64_t end)
 		return 0;
 	uint64_t want = end + BL_PREALLOC;
 	for (int exact = 0; exact < 2; exact++, want = end) {
-		if (fallocate(B->fd, FALLOC_FL_KEEP_SIZE, (off_t)B->prealloc,
+		if (dnet_f_fallocate(B->fd, FALLOC_FL_KEEP_SIZE, (off_t)B->prealloc,
 			      (off_t)(want - B->prealloc)) == 0) {
 			B->prealloc = want;
 			return 0;
@@ -924,7 +925,7 @@ static int reclaim(struct dnet_backend *b, int steps)
 			keep = d;
 			continue;
 		}
-		if (fallocate(d->B->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)s,
+		if (dnet_f_fallocate(d->B->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)s,
 			      (off_t)l) == 0) {
 			atomic_fetch_add(&b->punched, l);
 			done++;
@@ -1596,7 +1597,7 @@ static int up_unspool(struct dnet_backend *b, struct bl_upload *u)
 	record_done(b, u->blob);
 	loff_t in = 0, out = (loff_t)(u->off + BL_RHDR);
 	while ((uint64_t)in < u->hwm) {
-		ssize_t n = copy_file_range(u->spool_fd, &in, u->blob->fd, &out,
+		ssize_t n = dnet_f_copy_file_range(u->spool_fd, &in, u->blob->fd, &out,
 					    (size_t)(u->hwm - (uint64_t)in), 0);
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -2171,7 +2172,7 @@ static int index_write(struct dnet_backend *b, const char *name, uint32_t num, u
 	dnet_put_u64(h + 56, XXH3_64bits(h, 56));
 	if ((err = dnet_pwrite_full(fd, h, BL_IHDR, 0)) || (err = bl_fdatasync(fd)))
 		goto out;
-	if (renameat(b->dirfd, tmp, b->dirfd, name) < 0) {
+	if (dnet_f_renameat(b->dirfd, tmp, b->dirfd, name) < 0) {
 		err = bl_errno();
 		goto out;
 	}
@@ -2201,7 +2202,7 @@ static int seal(struct dnet_backend *b, struct blob *B)
 	size_t n;
 	uint64_t size = atomic_load(&B->size);
 	int err = bl_fdatasync(B->fd);
-	if (!err && ftruncate(B->fd, (off_t)size) < 0)
+	if (!err && dnet_f_ftruncate(B->fd, (off_t)size) < 0)
 		err = bl_errno();
 	if (!err)
 		err = index_build(b, B, &e, &n);
@@ -2547,7 +2548,7 @@ static int load_blob(struct dnet_backend *b, uint32_t num, int last, struct blob
 		blob_name(bad, num, "data.bad");
 		dnet_log_error("blob backend %s: %s has a bad file header; moved to %s", b->path,
 			       name, bad);
-		renameat(b->dirfd, name, b->dirfd, bad);
+		dnet_f_renameat(b->dirfd, name, b->dirfd, bad);
 		return 1;
 	}
 	struct blob *B = blob_alloc(num, dnet_get_u64(hb + 16), fd, fsize);
@@ -2576,7 +2577,7 @@ static int load_blob(struct dnet_backend *b, uint32_t num, int last, struct blob
 			    b->path, name, (unsigned long long)(fsize - valid_end),
 			    (unsigned long long)valid_end);
 			b->torn += fsize - valid_end;
-			if (ftruncate(fd, (off_t)valid_end) < 0)
+			if (dnet_f_ftruncate(fd, (off_t)valid_end) < 0)
 				return bl_errno();
 			fsize = valid_end;
 		}
@@ -2828,8 +2829,8 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 			atomic_fetch_sub(&NB->live, (int64_t)rec_len(c.m[i].size));
 		pthread_mutex_unlock(&s->lock);
 	}
-	if (renameat(b->dirfd, tmp, b->dirfd, name) < 0 ||
-	    renameat(b->dirfd, itmp, b->dirfd, iname) < 0) {
+	if (dnet_f_renameat(b->dirfd, tmp, b->dirfd, name) < 0 ||
+	    dnet_f_renameat(b->dirfd, itmp, b->dirfd, iname) < 0) {
 		/* both files are complete; the next open scans if generations differ */
 		err = bl_errno();
 		dnet_log_error("blob backend %s: compaction rename of blob %u: %s", b->path, B->num,
@@ -3232,7 +3233,7 @@ static void bl_close(struct dnet_backend *b)
 		struct bl_lrec *e;
 		size_t n;
 		uint64_t size = atomic_load(&A->size);
-		if (bl_fdatasync(A->fd) == 0 && ftruncate(A->fd, (off_t)size) == 0 &&
+		if (bl_fdatasync(A->fd) == 0 && dnet_f_ftruncate(A->fd, (off_t)size) == 0 &&
 		    index_build(b, A, &e, &n) == 0) {
 			char name[BL_NAME_MAX];
 			blob_name(name, A->num, "index");

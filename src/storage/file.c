@@ -72,6 +72,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "backend.h"
+#include "fault.h"
 
 #define FB_MAGIC 0x4a424f44u /* "DOBJ" */
 #define FB_VERSION 1
@@ -428,7 +429,7 @@ static int fb_publish(struct dnet_backend *b, const uint8_t *id, const char *tmp
 	int dfd = b->dirfd[id[0]];
 	fb_hex(hex, id);
 	if (!atomic_load(&b->no_renameat2)) {
-		if (renameat2(b->tmpfd, tmpname, dfd, hex, RENAME_NOREPLACE) == 0) {
+		if (dnet_f_renameat2(b->tmpfd, tmpname, dfd, hex, RENAME_NOREPLACE) == 0) {
 			atomic_fetch_add(&b->objects, 1);
 			fb_count_add(b, file_size);
 			return 0;
@@ -440,7 +441,7 @@ static int fb_publish(struct dnet_backend *b, const uint8_t *id, const char *tmp
 	}
 	struct stat st;
 	int had_old = fstatat(dfd, hex, &st, AT_SYMLINK_NOFOLLOW) == 0;
-	if (renameat(b->tmpfd, tmpname, dfd, hex) < 0)
+	if (dnet_f_renameat(b->tmpfd, tmpname, dfd, hex) < 0)
 		goto out_err;
 	if (had_old)
 		fb_count_sub(b, (uint64_t)st.st_size);
@@ -474,7 +475,7 @@ static int fb_unlink_obj(struct dnet_backend *b, const uint8_t *id)
 
 static int fb_sync_fd(struct dnet_backend *b, int fd, int data_only)
 {
-	int r = data_only ? fdatasync(fd) : fsync(fd);
+	int r = data_only ? dnet_f_fdatasync(fd) : dnet_f_fsync(fd);
 	atomic_fetch_add(&b->syncs, 1);
 	return r < 0 ? fb_errno() : 0;
 }
@@ -503,7 +504,7 @@ static void fb_commit_batch(struct dnet_backend *b, struct fb_bent *batch)
 
 	int err = 0;
 	if (need_sync) {
-		if (syncfs(b->basefd) < 0)
+		if (dnet_f_syncfs(b->basefd) < 0)
 			err = fb_errno();
 		atomic_fetch_add(&b->syncs, 1);
 	}
@@ -528,7 +529,7 @@ static void fb_commit_batch(struct dnet_backend *b, struct fb_bent *batch)
 		}
 	}
 	if (applied || need_sync) {
-		int err2 = syncfs(b->basefd) < 0 ? fb_errno() : 0;
+		int err2 = dnet_f_syncfs(b->basefd) < 0 ? fb_errno() : 0;
 		atomic_fetch_add(&b->syncs, 1);
 		if (err2) {
 			dnet_log_error("file backend %s: syncfs: %s", b->path, dnet_strerror(err2));
@@ -1048,7 +1049,7 @@ static int fb_upload_prepare(struct dnet_backend *b, const struct dnet_write_req
 	}
 	/* Reserve the space now: ENOSPC at PREPARE, not after gigabytes of chunks. */
 	if (!u->unknown && u->total > FB_BLOCK_SIZE &&
-	    fallocate(u->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)fb_file_size(u->total)) < 0 &&
+	    dnet_f_fallocate(u->fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)fb_file_size(u->total)) < 0 &&
 	    errno != EOPNOTSUPP && errno != ENOSYS) {
 		err = fb_errno();
 		goto out_unlink;
@@ -1397,7 +1398,7 @@ static int fb_sync(struct dnet_backend *b)
 	if (b->cfg.fsync == DNET_FSYNC_BATCH)
 		return fb_enqueue_wait(b, FB_BE_SYNC, NULL);
 	atomic_fetch_add(&b->syncs, 1);
-	return syncfs(b->basefd) < 0 ? fb_errno() : 0;
+	return dnet_f_syncfs(b->basefd) < 0 ? fb_errno() : 0;
 }
 
 static int fb_is_obj_name(const char *name, int dir, uint8_t *id)
@@ -1642,7 +1643,7 @@ static int fb_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 			goto out_log;
 		}
 	}
-	if (created && cfg->fsync != DNET_FSYNC_NEVER && fsync(b->basefd) < 0) {
+	if (created && cfg->fsync != DNET_FSYNC_NEVER && dnet_f_fsync(b->basefd) < 0) {
 		err = fb_errno();
 		goto out_log;
 	}

@@ -33,9 +33,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -47,6 +49,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "backend.h"
+#include "fault.h"
 
 #define KV_MAGIC 0x4f564b44u /* "DKVO" */
 #define KV_VERSION 1
@@ -56,8 +59,8 @@
 #define KV_MAX_OBJECT (1ull << 44)
 #define KV_CKEY (DNET_ID_SIZE + 16)
 #define KV_UKEY (DNET_ID_SIZE + 8)
-#define KV_BUF_MAX (64ull << 20)  /* larger reads are spooled to an unlinked temp file */
-#define KV_PIECE (64ull << 20)	  /* bytes read per read txn when spooling */
+#define KV_BUF_MAX (8ull << 20)  /* larger reads are spooled to an unlinked temp file */
+#define KV_PIECE (8ull << 20)	 /* bytes read per read txn when spooling (bounds RSS) */
 #define KV_QUEUE_MAX (1ull << 20) /* batch mode: writes up to this go through the committer */
 #define KV_ITER_BATCH 256
 #define KV_PEND_BUCKETS 1024
@@ -105,6 +108,8 @@ struct dnet_backend {
 	MDB_dbi obj, chunk, upl;
 	pthread_rwlock_t maplock;
 	uint64_t mapsize; /* under maplock */
+	char *mapaddr;    /* where the map is (moves when it grows), under maplock */
+	uint64_t maplen;  /* its length */
 	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt, gen_seq;
 
 	pthread_mutex_t up_lock;
@@ -205,11 +210,23 @@ static void report_corrupt(struct dnet_backend *b, const uint8_t *id, const char
 	dnet_log_error("lmdb backend %s: object %s is corrupt: %s", b->path, hex, what);
 }
 
+static int disk_nearly_full(struct dnet_backend *b);
+
 static int lm_err(struct dnet_backend *b, int rc, const char *what)
 {
 	switch (rc) {
 	case 0:
 		return 0;
+	case EIO:
+		/* LMDB reports a short page write as EIO ("short write, filesystem
+		 * full?"): a write that ran out of space stops short, so the disk is then
+		 * full to the last block. The txn was aborted, nothing committed. */
+		if (strcmp(what, "commit") == 0 && disk_nearly_full(b)) {
+			dnet_log_error("lmdb backend %s: commit: disk full", b->path);
+			return DNET_ENOSPC;
+		}
+		dnet_log_error("lmdb backend %s: %s: %s", b->path, what, mdb_strerror(rc));
+		return DNET_EIO;
 	case MDB_NOTFOUND:
 		return DNET_ENOENT;
 	case MDB_MAP_FULL:
@@ -223,6 +240,16 @@ static int lm_err(struct dnet_backend *b, int rc, const char *what)
 		dnet_log_error("lmdb backend %s: %s: %s", b->path, what, mdb_strerror(rc));
 		return rc > 0 ? dnet_from_errno(rc) : DNET_EIO;
 	}
+}
+
+/* Less free space than one chunk's pages plus slack: what a write that stopped
+ * short for lack of space leaves behind. */
+static int disk_nearly_full(struct dnet_backend *b)
+{
+	struct statvfs vfs;
+	if (statvfs(b->path, &vfs) != 0)
+		return 0;
+	return (uint64_t)vfs.f_bavail * vfs.f_frsize < KV_CHUNK + (64u << 10);
 }
 
 static uint64_t new_gen(struct dnet_backend *b, uint64_t avoid)
@@ -245,6 +272,37 @@ static uint64_t file_bytes(struct dnet_backend *b, int allocated)
 
 /* After MDB_MAP_FULL: double the map (at most +4 GiB a step), but never past what
  * the filesystem could hold; when it cannot grow, the disk is full: DNET_ENOSPC. */
+/* Finds the map of data.mdb in /proc/self/maps (LMDB does not tell where it is:
+ * me_mapaddr is only set with MDB_FIXEDMAP). Under maplock held exclusively, or
+ * before any other thread uses b. Not found: map_drop() does nothing. */
+static void map_locate(struct dnet_backend *b)
+{
+	b->mapaddr = NULL;
+	b->maplen = 0;
+	int fd;
+	struct stat st;
+	if (mdb_env_get_fd(b->env, &fd) || fstat(fd, &st) != 0)
+		return;
+	FILE *f = fopen("/proc/self/maps", "r");
+	if (!f)
+		return;
+	char line[8192];
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi, off, ino;
+		char perms[8];
+		unsigned maj, mn;
+		if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &lo, &hi, perms, &off, &maj, &mn,
+			   &ino) != 7)
+			continue;
+		if (ino == (unsigned long)st.st_ino && off == 0 && makedev(maj, mn) == st.st_dev) {
+			b->mapaddr = (char *)lo;
+			b->maplen = hi - lo;
+			break;
+		}
+	}
+	fclose(f);
+}
+
 static int grow_map(struct dnet_backend *b, uint64_t seen)
 {
 	struct statvfs vfs;
@@ -275,9 +333,28 @@ static int grow_map(struct dnet_backend *b, uint64_t seen)
 	dnet_log_info("lmdb backend %s: map grown %llu -> %llu MiB", b->path,
 		      (unsigned long long)(seen >> 20), (unsigned long long)(want >> 20));
 	b->mapsize = want;
+	map_locate(b);
 out:
 	pthread_rwlock_unlock(&b->maplock);
 	return err;
+}
+
+/* Done with a value read through the map (under maplock, inside its txn): take its
+ * pages out of this process's page tables. The data stays in the page cache (and
+ * comes back on the next touch), but the process's RSS does not grow by every
+ * byte of a large object read, written back at COMMIT or verified: a 100 MiB
+ * object would otherwise add 100 MiB of file-backed RSS. Only ranges inside the
+ * read-only map are dropped (a value in a dirty page of a write txn is heap). */
+static void map_drop(struct dnet_backend *b, const void *p, size_t len)
+{
+	uintptr_t lo = (uintptr_t)p, hi = lo + len, mlo = (uintptr_t)b->mapaddr;
+	if (!b->mapaddr || len < (64u << 10) || lo < mlo || hi > mlo + b->maplen)
+		return;
+	const uintptr_t pg = 4096;
+	lo = (lo + pg - 1) & ~(pg - 1);
+	hi &= ~(pg - 1);
+	if (hi > lo)
+		madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
 /* ---- chunk helpers (inside a txn) --------------------------------------------- */
@@ -303,6 +380,7 @@ static int64_t get_chunk(struct dnet_backend *b, MDB_txn *txn, const uint8_t *id
 		return DNET_ECORRUPT;
 	}
 	memcpy(out, v + 8, want);
+	map_drop(b, v, val.mv_size);
 	return want;
 }
 
@@ -574,8 +652,10 @@ static int apply_up_data(struct dnet_backend *b, MDB_txn *txn, struct lm_op *op,
 			break;
 		}
 		memset(buf, 0, KV_CHUNK);
-		if (have)
+		if (have) {
 			memcpy(buf, (uint8_t *)val.mv_data + 8, have);
+			map_drop(b, val.mv_data, val.mv_size);
+		}
 		memcpy(buf + (ws - cs), op->data + (ws - off), we - ws);
 		uint32_t nl = (uint32_t)(we - cs > have ? we - cs : have);
 		*mut = 1;
@@ -633,6 +713,7 @@ static int apply_up_commit(struct dnet_backend *b, MDB_txn *txn, struct lm_op *o
 		XXH3_128bits_update(st, v + 8, val.mv_size - 8);
 		if (size <= KV_CHUNK)
 			memcpy(buf, v + 8, val.mv_size - 8);
+		map_drop(b, v, val.mv_size);
 	}
 	XXH128_canonical_t c;
 	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
@@ -686,6 +767,17 @@ static int apply_up_drop(struct dnet_backend *b, MDB_txn *txn, struct lm_op *op,
 	return del_chunks(b, txn, op->up->id, op->up->gen);
 }
 
+/* Commits txn, or aborts it when fault injection (fault.h) fails this commit. */
+static int lm_commit(MDB_txn *txn)
+{
+	int fe = dnet_fault_check(DNET_FAULT_COMMIT);
+	if (fe) {
+		mdb_txn_abort(txn);
+		return fe;
+	}
+	return mdb_txn_commit(txn);
+}
+
 /* One op in its own write txn; grows the map and retries on MDB_MAP_FULL. */
 static int run_txn(struct dnet_backend *b, struct lm_op *op, apply_fn fn)
 {
@@ -702,7 +794,7 @@ static int run_txn(struct dnet_backend *b, struct lm_op *op, apply_fn fn)
 			if (err) {
 				mdb_txn_abort(txn);
 			} else {
-				rc = mdb_txn_commit(txn);
+				rc = lm_commit(txn);
 				err = lm_err(b, rc, "commit");
 			}
 		}
@@ -725,7 +817,9 @@ static void count(struct dnet_backend *b, const struct lm_op *op)
 static int env_sync(struct dnet_backend *b)
 {
 	atomic_fetch_add(&b->syncs, 1);
-	int rc = mdb_env_sync(b->env, 1);
+	int rc = dnet_fault_check(DNET_FAULT_SYNC);
+	if (!rc)
+		rc = mdb_env_sync(b->env, 1);
 	return rc ? lm_err(b, rc, "sync") : 0;
 }
 
@@ -774,7 +868,7 @@ static void commit_batch(struct dnet_backend *b, struct lm_op *batch)
 				mdb_txn_abort(txn);
 			} else if (!any) {
 				mdb_txn_abort(txn);
-			} else if ((rc = mdb_txn_commit(txn))) {
+			} else if ((rc = lm_commit(txn))) {
 				broken = lm_err(b, rc, "commit");
 			}
 		}
@@ -1695,6 +1789,7 @@ static int lm_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	MDB_envinfo ei;
 	if (!mdb_env_info(b->env, &ei))
 		b->mapsize = ei.me_mapsize;
+	map_locate(b);
 	MDB_txn *txn;
 	if ((rc = mdb_txn_begin(b->env, NULL, 0, &txn))) {
 		err = lm_err(b, rc, "txn begin");

@@ -67,9 +67,9 @@ class Net:
     def ns(self, name, *cmd, check=True):
         return sh("ip", "netns", "exec", name, *cmd, check=check)
 
-    def run(self, i, *cmd, check=False, timeout=120):
+    def run(self, i, *cmd, check=False, timeout=120, input=None):
         return subprocess.run(["ip", "netns", "exec", self.hosts[i]] + list(cmd),
-                              capture_output=True, timeout=timeout, check=check)
+                              capture_output=True, timeout=timeout, check=check, input=input)
 
     def popen(self, i, cmd, **kw):
         p = subprocess.Popen(["ip", "netns", "exec", self.hosts[i]] + list(cmd), **kw)

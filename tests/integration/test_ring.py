@@ -41,8 +41,8 @@ def routes(node):
         t = c.next_trans()
         hdr, payload = c.call(proto.simple_request(proto.CMD_ROUTES, b"\0" * 64, t), t)
     assert hdr.status == 0, hdr
-    (count,) = struct.unpack_from("<I", payload, 0)
-    off = 4
+    (count, _copies) = struct.unpack_from("<II", payload, 0)
+    off = 8
     nodes = []
     for _ in range(count):
         node_id = payload[off:off + 64]
@@ -215,7 +215,7 @@ def test_move_never_replaces_a_newer_write(node_factory):
         assert hdr.status == 0
         # An older copy arriving by data movement is refused...
         t = c.next_trans()
-        body = proto.encode_io(size=3, timestamp=1, ioflags=0x8) + b"old"
+        body = proto.encode_io(size=3, timestamp=2, ioflags=0x8) + b"old"
         msg = proto.encode_hdr(proto.CMD_WRITE, len(body), t,
                                proto.FLAG_NEED_ACK | proto.FLAG_DIRECT, id) + body
         hdr, _ = c.call(msg, t)

@@ -212,10 +212,129 @@ static void test_wire_roundtrip_and_hostile(void **state)
 	dnet_put_u32(buf, 0xffffffffu);
 	assert_int_equal(dnet_ring_decode(&d, buf, len), DNET_EPROTO);
 	memcpy(buf, save, 4);
-	dnet_put_u32(buf + 4 + DNET_ID_SIZE + DNET_ADDR_WIRE_SIZE + DNET_ZONE_MAX + 12, 0x7fffffffu);
+	dnet_put_u32(buf + 4, DNET_MAX_COPIES + 1); /* copies out of range */
+	assert_int_equal(dnet_ring_decode(&d, buf, len), DNET_EPROTO);
+	memcpy(buf + 4, save, 4);
+	dnet_put_u32(buf + 4, 0);
+	dnet_put_u32(buf + 8 + DNET_ID_SIZE + DNET_ADDR_WIRE_SIZE + DNET_ZONE_MAX + 12, 0x7fffffffu);
 	assert_int_equal(dnet_ring_decode(&d, buf, len), DNET_EPROTO);
 	free(buf);
 	dnet_ring_free(&r);
+}
+
+/* A ring of n nodes with 32 IDs each; zones "z<i % nz>" (nz 0: no zone labels). */
+static void mk_ring(struct dnet_ring *r, int n, int nz, unsigned *seed)
+{
+	dnet_ring_init(r);
+	for (int i = 0; i < n; i++) {
+		struct dnet_ring_node nd;
+		mk_node(&nd, i, 32, seed);
+		if (nz)
+			snprintf(nd.zone, sizeof(nd.zone), "z%d", i % nz);
+		else
+			nd.zone[0] = '\0';
+		assert_int_equal(dnet_ring_merge_node(r, &nd), 1);
+		free(nd.ids);
+	}
+}
+
+static void test_placement_distinct_nodes(void **state)
+{
+	(void)state;
+	unsigned seed = 11;
+	struct dnet_ring r;
+	mk_ring(&r, 5, 0, &seed);
+	int count[5] = {0};
+	for (int k = 0; k < 20000; k++) {
+		uint8_t key[DNET_ID_SIZE];
+		int out[5], more[5];
+		rand_id(key, &seed);
+		assert_int_equal(dnet_ring_placement(&r, key, 3, out), 3);
+		assert_int_equal(out[0], dnet_ring_owner(&r, key)); /* copy 0: the owner */
+		assert_true(out[0] != out[1] && out[0] != out[2] && out[1] != out[2]);
+		/* Asking for more gives the same homes, then fallbacks, all distinct. */
+		assert_int_equal(dnet_ring_placement(&r, key, 5, more), 5);
+		assert_memory_equal(out, more, sizeof(int) * 3);
+		for (int i = 0; i < 5; i++)
+			for (int j = i + 1; j < 5; j++)
+				assert_true(more[i] != more[j]);
+		/* More copies than nodes: every node once. */
+		int all[8];
+		assert_int_equal(dnet_ring_placement(&r, key, 8, all), 5);
+		for (int i = 0; i < 3; i++)
+			count[out[i]]++;
+	}
+	/* Copies spread evenly: each node holds about 3/5 of the objects. */
+	for (int i = 0; i < 5; i++)
+		assert_true(count[i] > 20000 * 3 / 5 * 0.7 && count[i] < 20000 * 3 / 5 * 1.3);
+	dnet_ring_free(&r);
+}
+
+static void test_placement_zones(void **state)
+{
+	(void)state;
+	unsigned seed = 12;
+	struct dnet_ring r;
+	/* 6 nodes in 3 zones: 3 copies always in 3 zones. */
+	mk_ring(&r, 6, 3, &seed);
+	for (int k = 0; k < 5000; k++) {
+		uint8_t key[DNET_ID_SIZE];
+		int out[3];
+		rand_id(key, &seed);
+		assert_int_equal(dnet_ring_placement(&r, key, 3, out), 3);
+		assert_string_not_equal(r.nodes[out[0]].zone, r.nodes[out[1]].zone);
+		assert_string_not_equal(r.nodes[out[0]].zone, r.nodes[out[2]].zone);
+		assert_string_not_equal(r.nodes[out[1]].zone, r.nodes[out[2]].zone);
+	}
+	dnet_ring_free(&r);
+	/* 4 nodes in 2 zones: 3 copies on 3 nodes, both zones used. */
+	mk_ring(&r, 4, 2, &seed);
+	for (int k = 0; k < 5000; k++) {
+		uint8_t key[DNET_ID_SIZE];
+		int out[3];
+		rand_id(key, &seed);
+		assert_int_equal(dnet_ring_placement(&r, key, 3, out), 3);
+		assert_true(out[0] != out[1] && out[0] != out[2] && out[1] != out[2]);
+		assert_string_not_equal(r.nodes[out[0]].zone, r.nodes[out[1]].zone);
+	}
+	dnet_ring_free(&r);
+}
+
+/* A node leaving moves only the copies it held: every object whose copies were all
+ * elsewhere keeps exactly its placement. DOWN nodes keep theirs. */
+static void test_placement_stability(void **state)
+{
+	(void)state;
+	unsigned seed = 13;
+	struct dnet_ring r, down, left;
+	mk_ring(&r, 7, 0, &seed);
+	assert_int_equal(dnet_ring_copy(&down, &r), 0);
+	assert_int_equal(dnet_ring_copy(&left, &r), 0);
+	assert_int_equal(dnet_ring_set_state(&down, 2, DNET_NODE_DOWN), 1);
+	assert_int_equal(dnet_ring_set_state(&left, 2, DNET_NODE_LEFT), 1);
+	int moved = 0, had = 0;
+	for (int k = 0; k < 20000; k++) {
+		uint8_t key[DNET_ID_SIZE];
+		int a[3], b[3], c[3];
+		rand_id(key, &seed);
+		dnet_ring_placement(&r, key, 3, a);
+		dnet_ring_placement(&down, key, 3, b);
+		assert_memory_equal(a, b, sizeof(a));
+		assert_int_equal(dnet_ring_placement(&left, key, 3, c), 3);
+		int held = a[0] == 2 || a[1] == 2 || a[2] == 2;
+		assert_true(c[0] != 2 && c[1] != 2 && c[2] != 2);
+		if (!held)
+			assert_memory_equal(a, c, sizeof(a));
+		had += held;
+		for (int i = 0; i < 3; i++)
+			moved += a[i] != c[i];
+	}
+	/* About 3/7 of the objects had a copy there; most of those move one copy. */
+	assert_true(had > 20000 * 3 / 7 * 0.8 && had < 20000 * 3 / 7 * 1.2);
+	assert_true(moved < had * 2);
+	dnet_ring_free(&r);
+	dnet_ring_free(&down);
+	dnet_ring_free(&left);
 }
 
 int main(void)
@@ -226,6 +345,9 @@ int main(void)
 		cmocka_unit_test(test_merge_rules),
 		cmocka_unit_test(test_digest_mirror_states),
 		cmocka_unit_test(test_wire_roundtrip_and_hostile),
+		cmocka_unit_test(test_placement_distinct_nodes),
+		cmocka_unit_test(test_placement_zones),
+		cmocka_unit_test(test_placement_stability),
 	};
 	return cmocka_run_group_tests_name("ring", tests, NULL, NULL);
 }
