@@ -51,7 +51,6 @@ struct dnet_config {
 	int fail_after_ms;
 	int handoff_s;        /* how long older rings are consulted for moved objects */
 	uint64_t move_rate;   /* bytes/s the mover may send (0 = unlimited) */
-	char http[256];       /* --http HOST:PORT: metrics, ring page (empty: off) */
 	int copies;           /* copies per object (transformation functions) */
 	int tombstone_grace_s;
 	int recover_interval_s; /* copies > 1: anti-entropy pass at least this often */
@@ -63,6 +62,7 @@ struct dnet_config {
 	 * --import. */
 	int offline;		 /* enum dnet_offline_mode */
 	char offline_arg[4096]; /* FILE or "-" of --export / --import */
+	char http[256];       /* --http HOST:PORT: metrics, ring page (empty: off) */
 };
 enum dnet_offline_mode { DNET_OFFLINE_NONE = 0, DNET_OFFLINE_CHECK, DNET_OFFLINE_COMPACT,
 			 DNET_OFFLINE_EXPORT, DNET_OFFLINE_IMPORT };
@@ -281,9 +281,9 @@ struct dnet_server {
 	struct dnet_stats stats;
 	struct dnet_member member;
 	struct dnet_mover mover;
+	struct dnet_recover recover;
 	struct dnet_http *http; /* src/http: NULL when --http is not given */
 	char http_str[64];      /* its bound address */
-	struct dnet_recover recover;
 };
 
 /* The one server of this process (set by main). */
