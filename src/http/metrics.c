@@ -179,6 +179,15 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 	one_u(&b, "elliptics_connections_rejected_total", "counter",
 	      "Connections closed at once because --max-conns was reached.",
 	      atomic_load(&st->conns_rejected));
+	head(&b, "elliptics_connections_timed_out_total", "counter",
+	     "Storage protocol connections closed by a timeout: idle (no request), slow (a "
+	     "request not received whole in time), stalled (output not read).");
+	dnet_hbuf_add(&b, "elliptics_connections_timed_out_total{reason=\"idle\"} %llu\n",
+		      (unsigned long long)atomic_load(&st->conns_idle_closed));
+	dnet_hbuf_add(&b, "elliptics_connections_timed_out_total{reason=\"slow\"} %llu\n",
+		      (unsigned long long)atomic_load(&st->conns_slow_closed));
+	dnet_hbuf_add(&b, "elliptics_connections_timed_out_total{reason=\"stalled\"} %llu\n",
+		      (unsigned long long)atomic_load(&st->conns_stalled_closed));
 	one_u(&b, "elliptics_protocol_errors_total", "counter",
 	      "Connections closed for violating the protocol.", atomic_load(&st->proto_errors));
 	one_u(&b, "elliptics_redirects_total", "counter",
@@ -235,6 +244,31 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 	one_u(&b, "elliptics_move_pending", "gauge",
 	      "Objects left to move after the last pass (0: settled).",
 	      atomic_load(&s->mover.pending));
+
+	struct dnet_recover *rc = &s->recover;
+	one_u(&b, "elliptics_copies", "gauge", "Copies kept of every object (--copies).",
+	      (uint64_t)s->cfg.copies);
+	one_u(&b, "elliptics_recover_passes_total", "counter",
+	      "Anti-entropy recovery passes completed.", atomic_load(&rc->passes));
+	one_u(&b, "elliptics_recover_running", "gauge", "1 while a recovery pass runs.",
+	      atomic_load(&rc->running));
+	one(&b, "elliptics_recover_last_pass_seconds", "gauge",
+	    "Duration of the last recovery pass.", (double)atomic_load(&rc->last_ms) / 1e3);
+	one_u(&b, "elliptics_recover_buckets_checked_total", "counter",
+	      "Range digests compared with other copies.", atomic_load(&rc->buckets_checked));
+	one_u(&b, "elliptics_recover_buckets_differ_total", "counter",
+	      "Range digests that differed (and were walked).", atomic_load(&rc->buckets_differ));
+	one_u(&b, "elliptics_recover_pulled_objects_total", "counter",
+	      "Objects pulled from other copies by recovery.", atomic_load(&rc->pulled));
+	one_u(&b, "elliptics_recover_pulled_bytes_total", "counter", "Bytes pulled by recovery.",
+	      atomic_load(&rc->bytes));
+	one_u(&b, "elliptics_recover_errors_total", "counter", "Recovery errors (retried).",
+	      atomic_load(&rc->errors));
+	one_u(&b, "elliptics_recover_repaired_total", "counter",
+	      "Corrupt copies replaced from a good copy.", atomic_load(&rc->repaired));
+	one_u(&b, "elliptics_tombstones_collected_total", "counter",
+	      "Delete tombstones removed after their grace period.",
+	      atomic_load(&rc->tombstones_collected));
 
 	one_u(&b, "elliptics_http_requests_total", "counter", "HTTP requests answered.",
 	      atomic_load(&st->http_requests));

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 
 #include "common/proto.h"
+#include "elliptics/errors.h"
 #include "common/ring.h"
 #include "storage/backend.h"
 
@@ -147,7 +148,7 @@ struct dnet_conn {
 extern const uint64_t dnet_lat_bucket_us[DNET_LAT_BUCKETS];
 /* Request outcomes per command: slot 0 = success, slot -status = that DNET_E*
  * code, the last slot any status outside the table. */
-#define DNET_STATUS_SLOTS 25
+#define DNET_STATUS_SLOTS (1 - DNET_E_MIN_)
 
 struct dnet_stats {
 	atomic_uint_fast64_t cmds[DNET_CMD_MAX_];

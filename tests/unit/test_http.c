@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "http/http.h"
+#include "server/server.h"
 
 #define MAXB (1u << 20)
 
@@ -258,13 +259,28 @@ static void test_chunked(void **state)
 	free(ext);
 }
 
+/* /metrics labels request results by status: every code has its own name. */
+static void test_status_labels(void **state)
+{
+	assert_string_equal(dnet_stats_status_label(dnet_stats_status_slot(0)), "ok");
+	assert_string_equal(dnet_stats_status_label(dnet_stats_status_slot(DNET_ENOENT)), "noent");
+	for (int e = -1; e > DNET_E_MIN_; e--) {
+		const char *l = dnet_stats_status_label(dnet_stats_status_slot(e));
+		assert_string_not_equal(l, "other");
+		assert_string_not_equal(l, "unknown");
+	}
+	assert_string_equal(dnet_stats_status_label(dnet_stats_status_slot(DNET_E_MIN_)), "other");
+	assert_string_equal(dnet_stats_status_label(dnet_stats_status_slot(1)), "other");
+	assert_string_equal(dnet_stats_status_label(dnet_stats_status_slot(-100000)), "other");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_simple_get),	  cmocka_unit_test(test_keep_alive_rules),
 	    cmocka_unit_test(test_bodies),	  cmocka_unit_test(test_incremental),
 	    cmocka_unit_test(test_hostile_heads), cmocka_unit_test(test_oversized),
-	    cmocka_unit_test(test_chunked),
+	    cmocka_unit_test(test_chunked),	  cmocka_unit_test(test_status_labels),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
