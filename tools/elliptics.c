@@ -344,7 +344,7 @@ static int obj_fail(const struct cli *g, dnet_client *c, const char *cmd, const 
 {
 	char copies[1024];
 	copies_summary(c, copies, sizeof(copies));
-	if (copies[0] && err == DNET_EQUORUM)
+	if (copies[0])
 		cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), copies);
 	else
 		cli_error("%s %s: %s (%s)", cmd, a->shown, dnet_strerror(err), cli_node(g, c));

@@ -223,17 +223,18 @@ static size_t move_pass(struct dnet_server *s)
 			break;
 		}
 		const struct misplaced *m = &c.v[i];
-		/* Hand it to every home node; keep it (a hint for the down ones) until
-		 * they all have it. */
+		/* Hand it to every home node once they are all up, then drop it. While
+		 * one is down we are its stand-in and keep the copy; the homes that are
+		 * up got the write from the client itself (pushing to them now would
+		 * only race with the client's own requests). */
 		uint64_t before = sent;
 		int err = 0, waiting = 0;
 		struct dnet_peer *p = NULL;
-		for (int h = 0; h < m->nhomes && !err; h++) {
-			const struct dnet_ring_node *home = &ring.nodes[m->homes[h]];
-			if (home->state != DNET_NODE_UP) {
+		for (int h = 0; h < m->nhomes; h++)
+			if (ring.nodes[m->homes[h]].state != DNET_NODE_UP)
 				waiting = 1;
-				continue;
-			}
+		for (int h = 0; h < m->nhomes && !err && !waiting; h++) {
+			const struct dnet_ring_node *home = &ring.nodes[m->homes[h]];
 			p = &peers[m->homes[h]];
 			if (p->fd < 0 && !p->sl) {
 				struct sockaddr_storage ss;

@@ -624,7 +624,7 @@ static void *loop_main(void *arg)
 	int sweeping = cfg->idle_timeout_s || cfg->request_timeout_s || cfg->send_timeout_s;
 
 	for (;;) {
-		int timeout = l->exiting ? 50 : sweeping ? 1000 : -1;
+		int timeout = __atomic_load_n(&l->exiting, __ATOMIC_ACQUIRE) ? 50 : sweeping ? 1000 : -1;
 		int n = epoll_wait(l->epfd, evs, 256, timeout);
 		if (n < 0) {
 			if (errno == EINTR)

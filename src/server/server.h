@@ -250,7 +250,8 @@ struct dnet_mover {
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	int stop, started, kick;
+	int stop, kick;
+	atomic_int started; /* read by kickers on other threads */
 	atomic_uint_fast64_t passes, moved, moved_bytes, skipped, errors, pending;
 	atomic_int hinted; /* a stand-in write arrived since the last pass began */
 	/* IDs handed over recently (direct-mapped by ID prefix; a collision just
@@ -265,7 +266,8 @@ struct dnet_recover {
 	pthread_t thread;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	int stop, kick, started;
+	int stop, kick;
+	atomic_int started;
 	atomic_int stop_flag;
 	uint64_t last_pass_ns;
 	uint8_t (*repair)[DNET_ID_SIZE]; /* corrupt copies to replace (under lock) */
