@@ -188,6 +188,14 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 		      (unsigned long long)atomic_load(&st->conns_slow_closed));
 	dnet_hbuf_add(&b, "elliptics_connections_timed_out_total{reason=\"stalled\"} %llu\n",
 		      (unsigned long long)atomic_load(&st->conns_stalled_closed));
+	head(&b, "elliptics_auth_total", "counter",
+	     "Key handshakes (AUTH) by result, and requests refused for lack of permission.");
+	dnet_hbuf_add(&b, "elliptics_auth_total{result=\"ok\"} %llu\n",
+		      (unsigned long long)atomic_load(&st->auth_ok));
+	dnet_hbuf_add(&b, "elliptics_auth_total{result=\"failed\"} %llu\n",
+		      (unsigned long long)atomic_load(&st->auth_failed));
+	dnet_hbuf_add(&b, "elliptics_auth_total{result=\"denied\"} %llu\n",
+		      (unsigned long long)atomic_load(&st->auth_denied));
 	one_u(&b, "elliptics_protocol_errors_total", "counter",
 	      "Connections closed for violating the protocol.", atomic_load(&st->proto_errors));
 	one_u(&b, "elliptics_redirects_total", "counter",
