@@ -59,7 +59,8 @@
 #define KV_MAX_OBJECT (1ull << 44)
 #define KV_CKEY (DNET_ID_SIZE + 16)
 #define KV_UKEY (DNET_ID_SIZE + 8)
-#define KV_BUF_MAX (8ull << 20)  /* larger reads are spooled to an unlinked temp file */
+#define KV_BUF_MAX (1ull << 20) /* larger reads are spooled to an unlinked temp file: a file
+				 * range reply, not memory queued on the connection */
 #define KV_PIECE (8ull << 20)	 /* bytes read per read txn when spooling (bounds RSS) */
 #define KV_QUEUE_MAX (1ull << 20) /* batch mode: writes up to this go through the committer */
 #define KV_ITER_BATCH 256
