@@ -102,6 +102,9 @@ struct bd_wait {
 struct dnet_backend {
 	char *path;
 	int lockfd;
+	uint64_t reserve;      /* size of DIR/RESERVE: disk kept for deletes (0: none) */
+	uint32_t lg_max;       /* log file size */
+	atomic_int reserve_held;
 	struct dnet_backend_config cfg;
 	DB_ENV *env;
 	DB *obj, *chunk, *upl;
@@ -639,8 +642,79 @@ static int apply_up_drop(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
 	return err ? err : del_chunks(b, txn, op->up->id, op->up->gen);
 }
 
-/* One op in its own txn, retried while it is chosen as a deadlock victim. */
+/* ---- a full disk ------------------------------------------------------------------
+ * BDB writes every change to its log before the database, and a delete logs the
+ * bytes it removes (for undo), so on a full disk even deletes fail, and the space
+ * that deleted pages free stays inside the database files for reuse. Two things
+ * make room: a forced checkpoint (log files no longer needed are then removed,
+ * DB_LOG_AUTO_REMOVE; log files are small on small filesystems, see bd_open), and
+ * DIR/RESERVE, a file of allocated space given up only so that deletes can go
+ * through, and taken again once there is room. */
+static void reserve_take(struct dnet_backend *b)
+{
+	if (!b->reserve || atomic_load(&b->reserve_held))
+		return;
+	char p[4200];
+	snprintf(p, sizeof(p), "%s/RESERVE", b->path);
+	struct statvfs vfs;
+	if (statvfs(b->path, &vfs) != 0 ||
+	    (uint64_t)vfs.f_bavail * vfs.f_frsize < 3 * b->reserve)
+		return;
+	int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	if (dnet_f_fallocate(fd, 0, 0, (off_t)b->reserve) == 0)
+		atomic_store(&b->reserve_held, 1);
+	else
+		(void)dnet_f_ftruncate(fd, 0);
+	close(fd);
+}
+
+static void reserve_give(struct dnet_backend *b)
+{
+	char p[4200];
+	snprintf(p, sizeof(p), "%s/RESERVE", b->path);
+	if (atomic_exchange(&b->reserve_held, 0) && unlink(p) == 0)
+		dnet_log_warn("bdb backend %s: disk full: reserve given up for a delete", b->path);
+}
+
+static void make_room(struct dnet_backend *b)
+{
+	int rc = b->env->txn_checkpoint(b->env, 0, 0, DB_FORCE);
+	if (rc)
+		bd_err(b, rc, "checkpoint");
+}
+
+static int run_txn1(struct dnet_backend *b, struct bd_op *op, apply_fn fn);
 static int run_txn(struct dnet_backend *b, struct bd_op *op, apply_fn fn)
+{
+	int err = run_txn1(b, op, fn);
+	if (err != DNET_ENOSPC)
+		goto out;
+	make_room(b);
+	err = run_txn1(b, op, fn);
+	if (err == DNET_ENOSPC && (fn == apply_del || fn == apply_up_drop) &&
+	    atomic_load(&b->reserve_held)) {
+		reserve_give(b);
+		make_room(b);
+		err = run_txn1(b, op, fn);
+	}
+out:
+	if (!err && b->reserve) {
+		/* small filesystem: checkpoint after every log file's worth of changes,
+		 * so that what is only in the log (and must reach the database files
+		 * before the log can go) stays small when the disk fills up */
+		int rc = b->env->txn_checkpoint(b->env, b->lg_max >> 10, 0, 0);
+		if (rc)
+			bd_err(b, rc, "checkpoint");
+		if (!atomic_load(&b->reserve_held))
+			reserve_take(b);
+	}
+	return err;
+}
+
+/* One op in its own txn, retried while it is chosen as a deadlock victim. */
+static int run_txn1(struct dnet_backend *b, struct bd_op *op, apply_fn fn)
 {
 	uint8_t *own = NULL;
 	int err = BD_AGAIN;
@@ -1530,9 +1604,22 @@ static int bd_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	}
 	b->env->set_errcall(b->env, bd_errcall);
 	u_int32_t lk = 200000;
+	/* Log files of 64 MiB (8 MiB buffer), but on a small filesystem 1/32 of it
+	 * (at least 256 KiB): a log file is removed only whole, once a checkpoint no
+	 * longer needs it, so a big one would pin most of a small disk. */
+	uint32_t lg_max = 64u << 20;
+	struct statvfs fsv;
+	if (statvfs(b->path, &fsv) == 0) {
+		uint64_t fs = (uint64_t)fsv.f_blocks * fsv.f_frsize;
+		while (lg_max > (256u << 10) && lg_max > fs / 32)
+			lg_max /= 2;
+	}
+	uint32_t lg_bsize = lg_max / 8 < (8u << 20) ? lg_max / 8 : (8u << 20);
+	b->reserve = lg_max < (64u << 20) ? 2ull * lg_max : 0;
+	b->lg_max = lg_max;
 	if ((rc = b->env->set_cachesize(b->env, 0, 64u << 20, 1)) ||
-	    (rc = b->env->set_lg_bsize(b->env, 8u << 20)) ||
-	    (rc = b->env->set_lg_max(b->env, 64u << 20)) ||
+	    (rc = b->env->set_lg_bsize(b->env, lg_bsize)) ||
+	    (rc = b->env->set_lg_max(b->env, lg_max)) ||
 	    (rc = b->env->set_lk_detect(b->env, DB_LOCK_DEFAULT)) ||
 	    (rc = b->env->set_lk_max_locks(b->env, lk)) ||
 	    (rc = b->env->set_lk_max_objects(b->env, lk)) ||
@@ -1554,6 +1641,7 @@ static int bd_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 		err = bd_err(b, rc, "env open");
 		goto out_log;
 	}
+	reserve_take(b);
 	if ((err = open_db(b, &b->obj, "objects.db")) ||
 	    (err = open_db(b, &b->chunk, "chunks.db")) ||
 	    (err = open_db(b, &b->upl, "uploads.db")) || (err = recover(b)))

@@ -59,7 +59,8 @@
 #define KV_MAX_OBJECT (1ull << 44)
 #define KV_CKEY (DNET_ID_SIZE + 16)
 #define KV_UKEY (DNET_ID_SIZE + 8)
-#define KV_BUF_MAX (8ull << 20)  /* larger reads are spooled to an unlinked temp file */
+#define KV_BUF_MAX (1ull << 20) /* larger reads are spooled to an unlinked temp file: a file
+				 * range reply, not memory queued on the connection */
 #define KV_PIECE (8ull << 20)	 /* bytes read per read txn when spooling (bounds RSS) */
 #define KV_QUEUE_MAX (1ull << 20) /* batch mode: writes up to this go through the committer */
 #define KV_ITER_BATCH 256
@@ -344,15 +345,24 @@ out:
  * comes back on the next touch), but the process's RSS does not grow by every
  * byte of a large object read, written back at COMMIT or verified: a 100 MiB
  * object would otherwise add 100 MiB of file-backed RSS. Only ranges inside the
- * read-only map are dropped (a value in a dirty page of a write txn is heap). */
+ * read-only map are dropped (a value in a dirty page of a write txn is heap).
+ * After a txn of 1 MiB or more (an upload piece, a spooled read piece) the whole
+ * map is dropped: the B-tree pages it walked, and the neighbours the kernel maps
+ * around each fault, add up to tens of MiB over a 4 GiB object otherwise. */
 static void map_drop(struct dnet_backend *b, const void *p, size_t len)
 {
 	uintptr_t lo = (uintptr_t)p, hi = lo + len, mlo = (uintptr_t)b->mapaddr;
 	if (!b->mapaddr || len < (64u << 10) || lo < mlo || hi > mlo + b->maplen)
 		return;
+	/* every page touched, including the first one (it holds the overflow page's
+	 * header): any page of a read-only file map may go */
 	const uintptr_t pg = 4096;
-	lo = (lo + pg - 1) & ~(pg - 1);
-	hi &= ~(pg - 1);
+	lo &= ~(pg - 1);
+	hi = (hi + pg - 1) & ~(pg - 1);
+	if (lo < mlo)
+		lo = mlo;
+	if (hi > mlo + b->maplen)
+		hi = mlo + b->maplen;
 	if (hi > lo)
 		madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
@@ -714,6 +724,8 @@ static int apply_up_commit(struct dnet_backend *b, MDB_txn *txn, struct lm_op *o
 		if (size <= KV_CHUNK)
 			memcpy(buf, v + 8, val.mv_size - 8);
 		map_drop(b, v, val.mv_size);
+		if (i % 32 == 31)
+			map_drop(b, b->mapaddr, b->maplen);
 	}
 	XXH128_canonical_t c;
 	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
@@ -798,6 +810,8 @@ static int run_txn(struct dnet_backend *b, struct lm_op *op, apply_fn fn)
 				err = lm_err(b, rc, "commit");
 			}
 		}
+		if (op->io.size >= (1u << 20))
+			map_drop(b, b->mapaddr, b->maplen); /* see map_drop */
 		pthread_rwlock_unlock(&b->maplock);
 		if (err != LM_MAPFULL)
 			return err;
@@ -1350,6 +1364,8 @@ static int read_piece(struct dnet_backend *b, const uint8_t *id, const struct kv
 		err = read_into(b, txn, id, &h, &v, off, len, out, verify, scratch);
 	if (!rc)
 		mdb_txn_abort(txn);
+	if (len >= (1u << 20))
+		map_drop(b, b->mapaddr, b->maplen);
 	pthread_rwlock_unlock(&b->maplock);
 	return err;
 }

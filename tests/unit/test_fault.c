@@ -20,6 +20,7 @@
  *
  * For each engine, class and fsync policy, a dry run counts the calls the workload
  * makes; the Nth call is then failed for N = 1..10 and 6 more spread to the end
+ * (1..6 and 3 more under ASan)
  * (N odd: crash without close; N & 2: the fault stays on from N; N % 5 == 0: ENOSPC).
  * FAULT_TEST_SCALE=k multiplies the number of N tried (default 1);
  * FAULT_TEST_ENGINES=blob,lmdb runs only those engines. */
@@ -51,6 +52,15 @@
 #define MAXV 64
 #define NOPS 44
 #define SHM_SIZE (256u << 20)
+/* N = 1..FIRST_N, then SPREAD_N more spread to the end (x FAULT_TEST_SCALE);
+ * fewer under ASan, whose runs are several times slower */
+#if defined(__SANITIZE_ADDRESS__)
+#define FIRST_N 6u
+#define SPREAD_N 3u
+#else
+#define FIRST_N 10u
+#define SPREAD_N 6u
+#endif
 
 /* ---- shared result area (child -> parent) -------------------------------------- */
 
@@ -572,10 +582,11 @@ static void run_engine(const struct variant *v)
 			continue; /* e.g. no syncs with fsync never */
 		uint64_t ns[64];
 		int nn = 0;
-		for (uint64_t n = 1; n <= total && n <= 10u * (unsigned)scale && nn < 48; n++)
+		for (uint64_t n = 1; n <= total && n <= FIRST_N * (unsigned)scale && nn < 48; n++)
 			ns[nn++] = n;
-		for (int i = 1; i <= 6 * scale && nn < 64; i++) {
-			uint64_t n = 10u * (unsigned)scale + (total * (uint64_t)i) / (6u * (unsigned)scale);
+		for (unsigned i = 1; i <= SPREAD_N * (unsigned)scale && nn < 64; i++) {
+			uint64_t n = FIRST_N * (unsigned)scale +
+				     (total * (uint64_t)i) / (SPREAD_N * (unsigned)scale);
 			if (n <= total && n > ns[nn - 1])
 				ns[nn++] = n;
 		}
