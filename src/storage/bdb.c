@@ -55,8 +55,8 @@
 #define KV_MAX_OBJECT (1ull << 44)
 #define KV_CKEY (DNET_ID_SIZE + 16)
 #define KV_UKEY (DNET_ID_SIZE + 8)
-#define KV_BUF_MAX (64ull << 20)
-#define KV_PIECE (64ull << 20)
+#define KV_BUF_MAX (1ull << 20) /* larger reads: a temp file, sent as a file range */
+#define KV_PIECE (8ull << 20)	/* bytes per read txn when spooling (bounds RSS) */
 #define KV_ITER_BATCH 256
 #define KV_UP_BUCKETS 64
 #define BD_RETRIES 200
