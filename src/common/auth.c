@@ -2,9 +2,9 @@
 #include <errno.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "auth.h"
 #include "errors.h"
@@ -41,44 +41,6 @@ int dnet_auth_split(const char *spec, char name[DNET_AUTH_NAME_MAX + 1],
 	return 0;
 }
 
-static int wait_io(int fd, short ev, uint64_t deadline)
-{
-	for (;;) {
-		uint64_t now = dnet_now_mono_ns();
-		if (now >= deadline)
-			return DNET_ETIMEDOUT;
-		struct pollfd p = {.fd = fd, .events = ev};
-		int n = poll(&p, 1, (int)((deadline - now) / 1000000ull) + 1);
-		if (n > 0)
-			return 0;
-		if (n < 0 && errno != EINTR)
-			return dnet_from_errno(errno);
-	}
-}
-
-static int xfer(int fd, void *buf, size_t len, int out, uint64_t deadline)
-{
-	uint8_t *p = buf;
-	while (len) {
-		ssize_t n = out ? send(fd, p, len, MSG_NOSIGNAL) : recv(fd, p, len, 0);
-		if (n > 0) {
-			p += n;
-			len -= (size_t)n;
-			continue;
-		}
-		if (n == 0)
-			return DNET_ECONNRESET;
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return dnet_from_errno(errno);
-		int err = wait_io(fd, out ? POLLOUT : POLLIN, deadline);
-		if (err)
-			return err;
-	}
-	return 0;
-}
-
 /* One AUTH request and its reply (payload up to `max` bytes into reply). */
 static int auth_call(int fd, uint64_t trans, const uint8_t *payload, size_t len, uint8_t *reply,
 		     size_t max, size_t *rlen, uint64_t deadline)
@@ -91,11 +53,10 @@ static int auth_call(int fd, uint64_t trans, const uint8_t *payload, size_t len,
 				 .trans = trans,
 				 .size = len};
 	dnet_hdr_encode(hb, &h);
-	int err = xfer(fd, hb, sizeof(hb), 1, deadline);
+	struct iovec iov[2] = {{hb, sizeof(hb)}, {(void *)payload, len}};
+	int err = dnet_send_iov_deadline(fd, iov, 2, deadline);
 	if (!err)
-		err = xfer(fd, (void *)payload, len, 1, deadline);
-	if (!err)
-		err = xfer(fd, hb, sizeof(hb), 0, deadline);
+		err = dnet_recv_deadline(fd, hb, sizeof(hb), deadline);
 	if (err)
 		return err;
 	struct dnet_cmd_hdr r;
@@ -103,7 +64,7 @@ static int auth_call(int fd, uint64_t trans, const uint8_t *payload, size_t len,
 	    !(r.flags & DNET_FLAG_REPLY) || r.trans != trans || r.cmd != DNET_CMD_AUTH ||
 	    r.size > max)
 		return DNET_EPROTO;
-	if ((err = xfer(fd, reply, (size_t)r.size, 0, deadline)))
+	if ((err = dnet_recv_deadline(fd, reply, (size_t)r.size, deadline)))
 		return err;
 	*rlen = (size_t)r.size;
 	return r.status;

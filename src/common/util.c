@@ -1,5 +1,8 @@
 /* util.c - time, address parsing, socket options, sizes, full reads/writes. */
 #include <errno.h>
+#include <sys/uio.h>
+#include <sys/socket.h>
+#include <poll.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -253,3 +256,83 @@ int dnet_addr_is_loopback(const char *hostport)
 	}
 	return 0;
 }
+
+/* --- blocking IO against a deadline (node-to-node calls, handshakes) --- */
+
+static int remaining_ms(uint64_t deadline)
+{
+	uint64_t now = dnet_now_mono_ns();
+	return now >= deadline ? 0 : (int)((deadline - now) / 1000000) + 1;
+}
+
+int dnet_wait_fd(int fd, short ev, uint64_t deadline)
+{
+	for (;;) {
+		struct pollfd pf = {.fd = fd, .events = ev};
+		int ms = remaining_ms(deadline);
+		if (ms == 0)
+			return DNET_ETIMEDOUT;
+		int n = poll(&pf, 1, ms);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return dnet_from_errno(errno);
+		if (n == 0)
+			return DNET_ETIMEDOUT;
+		return 0;
+	}
+}
+
+int dnet_send_iov_deadline(int fd, struct iovec *iov, int n, uint64_t deadline)
+{
+	while (n > 0) {
+		struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+		ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				int err = dnet_wait_fd(fd, POLLOUT, deadline);
+				if (err)
+					return err;
+				continue;
+			}
+			return dnet_from_errno(errno);
+		}
+		size_t left = (size_t)w;
+		while (n > 0 && left >= iov->iov_len) {
+			left -= iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + left;
+			iov->iov_len -= left;
+		}
+	}
+	return 0;
+}
+
+int dnet_recv_deadline(int fd, void *buf, size_t len, uint64_t deadline)
+{
+	char *p = buf;
+	while (len) {
+		ssize_t r = recv(fd, p, len, 0);
+		if (r > 0) {
+			p += r;
+			len -= (size_t)r;
+			continue;
+		}
+		if (r == 0)
+			return DNET_ECONNRESET;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return dnet_from_errno(errno);
+		int err = dnet_wait_fd(fd, POLLIN, deadline);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+

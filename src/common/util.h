@@ -41,4 +41,12 @@ int dnet_addr_is_loopback(const char *hostport);
  * `rate` bytes/s on average (0: no cap). */
 void dnet_rate_wait(uint64_t rate, uint64_t start_ns, uint64_t bytes);
 
+/* Blocking IO on a (possibly non-blocking) socket, polled until `deadline`
+ * (monotonic ns): 0, DNET_ETIMEDOUT, DNET_ECONNRESET on EOF, or DNET_E*. */
+struct iovec;
+int dnet_wait_fd(int fd, short events, uint64_t deadline);
+/* Advances through (modifies) iov. */
+int dnet_send_iov_deadline(int fd, struct iovec *iov, int n, uint64_t deadline);
+int dnet_recv_deadline(int fd, void *buf, size_t len, uint64_t deadline);
+
 #endif

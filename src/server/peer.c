@@ -45,30 +45,6 @@ void dnet_peer_close(struct dnet_peer *p)
 	p->fd = -1;
 }
 
-static int remaining_ms(uint64_t deadline)
-{
-	uint64_t now = dnet_now_mono_ns();
-	return now >= deadline ? 0 : (int)((deadline - now) / 1000000) + 1;
-}
-
-static int wait_fd(int fd, short ev, uint64_t deadline)
-{
-	for (;;) {
-		struct pollfd pf = {.fd = fd, .events = ev};
-		int ms = remaining_ms(deadline);
-		if (ms == 0)
-			return DNET_ETIMEDOUT;
-		int n = poll(&pf, 1, ms);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return dnet_from_errno(errno);
-		if (n == 0)
-			return DNET_ETIMEDOUT;
-		return 0;
-	}
-}
-
 static pthread_mutex_t auth_lock = PTHREAD_MUTEX_INITIALIZER;
 static char auth_name[DNET_AUTH_NAME_MAX + 1], auth_secret[DNET_AUTH_SECRET_MAX + 1];
 
@@ -107,7 +83,7 @@ static int do_connect(struct dnet_peer *p, uint64_t deadline)
 			close(fd);
 			return e;
 		}
-		int err = wait_fd(fd, POLLOUT, deadline);
+		int err = dnet_wait_fd(fd, POLLOUT, deadline);
 		int so = 0;
 		socklen_t sol = sizeof(so);
 		if (!err && getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &sol) == 0 && so)
@@ -128,59 +104,6 @@ static int do_connect(struct dnet_peer *p, uint64_t deadline)
 		return err;
 	}
 	p->fd = fd;
-	return 0;
-}
-
-static int send_all(int fd, struct iovec *iov, int n, uint64_t deadline)
-{
-	while (n > 0) {
-		struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-		ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				int err = wait_fd(fd, POLLOUT, deadline);
-				if (err)
-					return err;
-				continue;
-			}
-			return dnet_from_errno(errno);
-		}
-		size_t left = (size_t)w;
-		while (n > 0 && left >= iov->iov_len) {
-			left -= iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (char *)iov->iov_base + left;
-			iov->iov_len -= left;
-		}
-	}
-	return 0;
-}
-
-static int recv_all(int fd, void *buf, size_t len, uint64_t deadline)
-{
-	char *p = buf;
-	while (len) {
-		ssize_t r = recv(fd, p, len, 0);
-		if (r > 0) {
-			p += r;
-			len -= (size_t)r;
-			continue;
-		}
-		if (r == 0)
-			return DNET_ECONNRESET;
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return dnet_from_errno(errno);
-		int err = wait_fd(fd, POLLIN, deadline);
-		if (err)
-			return err;
-	}
 	return 0;
 }
 
@@ -206,11 +129,11 @@ int dnet_peer_call(struct dnet_peer *p, uint8_t cmd, uint16_t flags, const uint8
 		memcpy(h.id, id, DNET_ID_SIZE);
 	dnet_hdr_encode(hb, &h);
 	struct iovec iov[3] = {{hb, sizeof(hb)}, {(void *)a, alen}, {(void *)b, blen}};
-	if ((err = send_all(p->fd, iov, 3, deadline)))
+	if ((err = dnet_send_iov_deadline(p->fd, iov, 3, deadline)))
 		goto fail;
 	/* Replies to earlier, timed-out calls on this connection are skipped. */
 	for (;;) {
-		if ((err = recv_all(p->fd, hb, sizeof(hb), deadline)))
+		if ((err = dnet_recv_deadline(p->fd, hb, sizeof(hb), deadline)))
 			goto fail;
 		dnet_hdr_decode(hb, sizeof(hb), rh);
 		if (rh->magic != DNET_MAGIC || rh->version != DNET_PROTO_VERSION ||
@@ -225,7 +148,7 @@ int dnet_peer_call(struct dnet_peer *p, uint8_t cmd, uint16_t flags, const uint8
 				err = DNET_ENOMEM;
 				goto fail;
 			}
-			if ((err = recv_all(p->fd, buf, (size_t)rh->size, deadline))) {
+			if ((err = dnet_recv_deadline(p->fd, buf, (size_t)rh->size, deadline))) {
 				free(buf);
 				goto fail;
 			}
