@@ -16,7 +16,7 @@
  *    first -r remote that answers and sends each keyed request straight to the
  *    node owning its ID, over connections of its own to each node (made lazily,
  *    dnet_client_set_conns per node). A node answering NOTOWNER names the owner:
- *    the request follows (at most 3 redirects, then DNET_ENOTOWNER) and the table
+ *    the request follows (at most 5 redirects, then DNET_ENOTOWNER) and the table
  *    is refreshed. The table is also refreshed in the background every few
  *    seconds. A node the table marks down fails at once with DNET_ENODEDOWN.
  *    Stat and ping go to the first remote that answers.

@@ -18,7 +18,7 @@
 /* An error reply's payload (NOTOWNER: the owner's address) is kept up to this size. */
 #define DNET_CLIENT_MAX_ERRINFO 4096u
 /* Routing: a request follows at most this many NOTOWNER redirects. */
-#define DNET_MAX_REDIRECTS 3
+#define DNET_MAX_REDIRECTS 5
 /* The route table is refreshed (in the background) when older than this. */
 #define DNET_ROUTES_TTL_NS (5ull * 1000000000ull)
 /* After a failed connect to a ring node, requests to it fail at once for this long. */
