@@ -108,7 +108,10 @@ def test_join_under_load(node_factory):
     assert all(0.4 * avg <= o <= 1.8 * avg for o in objs), objs
     # Moved volume: objects only move to the nodes that joined, so what moved is at
     # most what those two nodes hold (the rest of their data was written to them).
+    # An object that reached the 4th node before the 5th joined may move on to the
+    # 5th: a second hop, counted by the 4th node's own move_objects.
     moved = sum(istat(n, "move_objects") for n in ring) - moved_before
-    assert moved <= objs[3] + objs[4] + 5, (moved, objs)
+    second_hops = istat(ring[3], "move_objects")
+    assert moved <= objs[3] + objs[4] + second_hops + 5, (moved, objs, second_hops)
     print("\njoin under load: %d writes, %d reads, 0 errors; objects per node %s; moved %d "
           "(new nodes hold %d)" % (counts["writes"], counts["reads"], objs, moved, objs[3] + objs[4]))
