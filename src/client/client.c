@@ -296,13 +296,9 @@ static void upload_finish(struct upload *u)
 		struct dnet_copy_status res[DNET_PLAN_MAX];
 		int ok = 0, first_err = 0;
 		for (int i = 0; i < u->nt; i++) {
-			memset(&res[i], 0, sizeof(res[i]));
-			res[i].copy = u->t[i].copy;
-			res[i].standin = u->t[i].standin;
-			res[i].status = u->t[i].status;
-			res[i].version = u->version;
+			dnet__copy_status(&res[i], u->t[i].copy, u->t[i].standin, u->t[i].status,
+					  u->version, u->t[i].node->name);
 			res[i].size = u->off;
-			memcpy(res[i].node, u->t[i].node->name, sizeof(res[i].node));
 			if (!u->t[i].status || u->t[i].status == DNET_EEXIST)
 				ok++;
 			else if (!first_err)
@@ -507,25 +503,17 @@ static int upload_init(dnet_client *c, struct upload *u, const uint8_t *id)
 	struct dnet_plan plan;
 	if (dnet__plan(c, id, &plan)) {
 		/* Copies: every home that is up, a stand-in for each one that is down. */
-		int used[DNET_PLAN_MAX] = {0}, fb = plan.homes, nmiss = 0;
+		int used[DNET_PLAN_MAX] = {0}, nmiss = 0;
 		struct dnet_copy_status miss[DNET_PLAN_MAX];
 		u->version = dnet__hlc_next(c, 0);
 		u->want = dnet__quorum(c, plan.homes);
 		for (int i = 0; i < plan.homes; i++) {
 			int ti = i;
-			if (plan.down[i]) {
-				while (fb < plan.n && (used[fb] || plan.down[fb]))
-					fb++;
-				if (fb == plan.n) {
-					/* Down, and nobody to stand in. */
-					struct dnet_copy_status *m = &miss[nmiss++];
-					memset(m, 0, sizeof(*m));
-					m->copy = i;
-					m->status = DNET_ENODEDOWN;
-					memcpy(m->node, plan.node[i]->name, sizeof(m->node));
-					continue;
-				}
-				ti = fb++;
+			if (plan.down[i] && (ti = dnet__next_standin(&plan, used)) < 0) {
+				/* Down, and nobody to stand in. */
+				dnet__copy_status(&miss[nmiss++], i, 0, DNET_ENODEDOWN, 0,
+						  plan.node[i]->name);
+				continue;
 			}
 			used[ti] = 1;
 			struct upload_target *t = &u->t[u->nt++];

@@ -215,6 +215,11 @@ struct dnet_plan {
 /* 1 and the plan when the ring forces more than one copy on more than one node;
  * 0 when requests go the one-owner way. */
 int dnet__plan(dnet_client *c, const uint8_t *id, struct dnet_plan *p);
+/* The first fallback of p neither used nor down (a stand-in for a down home), or -1. */
+int dnet__next_standin(const struct dnet_plan *p, const int *used);
+/* One copy's outcome, for dnet_last_copies(). */
+void dnet__copy_status(struct dnet_copy_status *st, int copy, int standin, int status,
+		       uint64_t version, const char *node);
 /* client.c */
 struct dnet_req *dnet__req_make(dnet_client *c, int cmd, const uint8_t *id);
 void dnet__req_set_io(struct dnet_req *r, const struct dnet_io_attr *io);

@@ -54,6 +54,25 @@ const struct dnet_copy_status *dnet_last_copies(const dnet_client *c, int *n)
 	return c->last_copies;
 }
 
+int dnet__next_standin(const struct dnet_plan *p, const int *used)
+{
+	for (int ti = p->homes; ti < p->n; ti++)
+		if (!used[ti] && !p->down[ti])
+			return ti;
+	return -1;
+}
+
+void dnet__copy_status(struct dnet_copy_status *st, int copy, int standin, int status,
+		       uint64_t version, const char *node)
+{
+	memset(st, 0, sizeof(*st));
+	st->copy = copy;
+	st->standin = standin;
+	st->status = status;
+	st->version = version;
+	memcpy(st->node, node, sizeof(st->node));
+}
+
 int dnet__quorum(const dnet_client *c, int homes)
 {
 	int w = c->w ? c->w : homes / 2 + 1;
@@ -130,11 +149,7 @@ static int fan_send(struct fan *f, int ti, int copy, int standin)
 		return DNET_EINVAL;
 	int slot = f->nres++;
 	struct dnet_copy_status *st = &f->res[slot];
-	memset(st, 0, sizeof(*st));
-	st->copy = copy;
-	st->standin = standin;
-	st->version = f->io.timestamp;
-	memcpy(st->node, f->plan.node[ti]->name, sizeof(st->node));
+	dnet__copy_status(st, copy, standin, 0, f->io.timestamp, f->plan.node[ti]->name);
 	f->res_target[slot] = ti;
 	f->used[ti] = 1;
 	int cmd = f->kind == FAN_WRITE ? DNET_CMD_WRITE
@@ -182,12 +197,11 @@ static int fan_send(struct fan *f, int ti, int copy, int standin)
 /* A stand-in for a home that is down: the next unused fallback not down. */
 static int fan_standin(struct fan *f, int copy)
 {
-	for (int ti = f->plan.homes; ti < f->plan.n; ti++) {
-		if (f->used[ti] || f->plan.down[ti])
-			continue;
+	int ti;
+	/* fan_send marks ti used even when it fails: the loop ends. */
+	while ((ti = dnet__next_standin(&f->plan, f->used)) >= 0)
 		if (fan_send(f, ti, copy, 1) == 0)
 			return 0;
-	}
 	return DNET_ENODEDOWN;
 }
 
@@ -412,10 +426,8 @@ static void fan_start(struct fan *f)
 					continue; /* could not even be queued (memory) */
 				/* Down: recorded, and a stand-in takes the copy. */
 				int slot = f->nres++;
-				memset(&f->res[slot], 0, sizeof(f->res[slot]));
-				f->res[slot].copy = i;
-				f->res[slot].status = DNET_ENODEDOWN;
-				memcpy(f->res[slot].node, f->plan.node[i]->name, sizeof(f->res[slot].node));
+				dnet__copy_status(&f->res[slot], i, 0, DNET_ENODEDOWN, 0,
+						  f->plan.node[i]->name);
 				f->res_target[slot] = i;
 				f->used[i] = 1;
 				fan_standin(f, i);

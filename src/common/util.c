@@ -1,5 +1,6 @@
 /* util.c - time, address parsing, socket options, sizes, full reads/writes. */
 #include <errno.h>
+#include <stdarg.h>
 #include <sys/uio.h>
 #include <sys/socket.h>
 #include <poll.h>
@@ -336,3 +337,75 @@ int dnet_recv_deadline(int fd, void *buf, size_t len, uint64_t deadline)
 	return 0;
 }
 
+
+/* --- a growing text buffer (stat text, /metrics, JSON) --- */
+
+void dnet_hbuf_init(struct dnet_hbuf *b, size_t cap)
+{
+	b->p = malloc(cap);
+	b->len = 0;
+	b->cap = b->p ? cap : 0;
+}
+
+static int hbuf_reserve(struct dnet_hbuf *b, size_t n)
+{
+	if (!b->p)
+		return -1;
+	if (b->cap - b->len > n)
+		return 0;
+	size_t cap = b->cap;
+	while (cap - b->len <= n)
+		cap *= 2;
+	char *np = realloc(b->p, cap);
+	if (!np) {
+		free(b->p);
+		b->p = NULL;
+		return -1;
+	}
+	b->p = np;
+	b->cap = cap;
+	return 0;
+}
+
+void dnet_hbuf_add(struct dnet_hbuf *b, const char *fmt, ...)
+{
+	for (;;) {
+		if (!b->p)
+			return;
+		va_list ap;
+		va_start(ap, fmt);
+		int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+		va_end(ap);
+		if (n < 0)
+			return;
+		if ((size_t)n < b->cap - b->len) {
+			b->len += (size_t)n;
+			return;
+		}
+		if (hbuf_reserve(b, (size_t)n + 1) != 0)
+			return;
+	}
+}
+
+void dnet_hbuf_put(struct dnet_hbuf *b, const char *s, size_t n)
+{
+	if (hbuf_reserve(b, n + 1) != 0)
+		return;
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+}
+
+void dnet_hbuf_json_str(struct dnet_hbuf *b, const char *s, size_t n)
+{
+	dnet_hbuf_put(b, "\"", 1);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c == '"' || c == '\\')
+			dnet_hbuf_add(b, "\\%c", c);
+		else if (c < 0x20 || c >= 0x7f)
+			dnet_hbuf_add(b, "\\u%04x", c); /* bytes, not UTF-8: keep JSON valid */
+		else
+			dnet_hbuf_put(b, (const char *)&c, 1);
+	}
+	dnet_hbuf_put(b, "\"", 1);
+}

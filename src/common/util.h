@@ -49,4 +49,15 @@ int dnet_wait_fd(int fd, short events, uint64_t deadline);
 int dnet_send_iov_deadline(int fd, struct iovec *iov, int n, uint64_t deadline);
 int dnet_recv_deadline(int fd, void *buf, size_t len, uint64_t deadline);
 
+/* A growing text buffer; after an allocation failure p is NULL and stays so. */
+struct dnet_hbuf {
+	char *p;
+	size_t len, cap;
+};
+void dnet_hbuf_init(struct dnet_hbuf *b, size_t cap);
+void dnet_hbuf_add(struct dnet_hbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void dnet_hbuf_put(struct dnet_hbuf *b, const char *s, size_t n);
+/* s as a JSON string literal (quotes included). */
+void dnet_hbuf_json_str(struct dnet_hbuf *b, const char *s, size_t n);
+
 #endif

@@ -9,20 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/util.h"
 #include "http.h"
 #include "server/peer.h"
 #include "server/server.h"
-
-/* A growing text buffer; after an allocation failure p is NULL and stays so. */
-struct dnet_hbuf {
-	char *p;
-	size_t len, cap;
-};
-void dnet_hbuf_init(struct dnet_hbuf *b, size_t cap);
-void dnet_hbuf_add(struct dnet_hbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void dnet_hbuf_put(struct dnet_hbuf *b, const char *s, size_t n);
-/* s as a JSON string literal (quotes included). */
-void dnet_hbuf_json_str(struct dnet_hbuf *b, const char *s, size_t n);
 
 /* A response built by a route handler. body is malloc()ed (owned by the response)
  * unless static_body is set. */

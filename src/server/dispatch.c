@@ -160,6 +160,15 @@ static int version_check(struct dnet_server *s, struct dnet_trans *t, struct dne
 	return cur.timestamp >= io->timestamp ? DNET_EEXIST : 0;
 }
 
+/* A client stored a copy here although we are not one of its homes: we stand in
+ * for a home that is down; the mover hands it over once that home is back. */
+static void hint_standin(struct dnet_server *s, struct dnet_trans *t)
+{
+	struct dnet_addr_wire home;
+	if (!t->local && !dnet_member_owns(s, t->hdr.id, &home))
+		dnet_mover_hint(s);
+}
+
 static void do_write(struct dnet_server *s, struct dnet_trans *t)
 {
 	struct dnet_io_attr io;
@@ -194,10 +203,8 @@ static void do_write(struct dnet_server *s, struct dnet_trans *t)
 	} else if (io.timestamp == 0) {
 		io.timestamp = dnet_now_real_ns() & ~DNET_VERSION_TOMB;
 	}
-	struct dnet_addr_wire home;
-	if (s->cfg.copies > 1 && !t->local && !(io.ioflags & DNET_IO_PLAIN) &&
-	    !dnet_member_owns(s, t->hdr.id, &home))
-		dnet_mover_hint(s); /* a stand-in copy: hand it over when its home is back */
+	if (s->cfg.copies > 1 && !(io.ioflags & DNET_IO_PLAIN))
+		hint_standin(s, t);
 	struct dnet_write_req req = {.id = t->hdr.id, .io = io, .data = t->payload + DNET_IO_ATTR_SIZE};
 	/* write_done may run inside this call or later on an engine thread; either
 	 * way it frees t, so t is not touched after this line. */
@@ -240,9 +247,7 @@ static void do_del(struct dnet_server *s, struct dnet_trans *t)
 		finish_status(t, t->had_live ? DNET_EEXIST : DNET_ENOENT);
 		return;
 	}
-	struct dnet_addr_wire home;
-	if (!t->local && !dnet_member_owns(s, t->hdr.id, &home))
-		dnet_mover_hint(s);
+	hint_standin(s, t);
 	struct dnet_io_attr tio = {.timestamp = io.timestamp};
 	struct dnet_write_req req = {.id = t->hdr.id, .io = tio, .data = NULL};
 	s->bops->write(s->backend, &req, write_done, t);

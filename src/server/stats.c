@@ -3,7 +3,6 @@
  * same counters in the Prometheus format. */
 #include <ctype.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -60,79 +59,48 @@ void dnet_stats_request(struct dnet_stats *st, unsigned cmd, int status, uint64_
 	atomic_fetch_add_explicit(&st->lat_hist[cmd][b], 1, memory_order_relaxed);
 }
 
-struct sbuf {
-	char *p;
-	size_t len, cap;
-};
-
-static void add(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void add(struct sbuf *b, const char *fmt, ...)
-{
-	if (!b->p)
-		return;
-	for (;;) {
-		va_list ap;
-		va_start(ap, fmt);
-		int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-		va_end(ap);
-		if (n < 0)
-			return;
-		if ((size_t)n < b->cap - b->len) {
-			b->len += (size_t)n;
-			return;
-		}
-		char *np = realloc(b->p, b->cap * 2);
-		if (!np) {
-			free(b->p);
-			b->p = NULL;
-			return;
-		}
-		b->p = np;
-		b->cap *= 2;
-	}
-}
-
 char *dnet_stats_text(struct dnet_server *s, size_t *len)
 {
-	struct sbuf b = {.p = malloc(4096), .cap = 4096};
+	struct dnet_hbuf b;
+	dnet_hbuf_init(&b, 4096);
 	struct dnet_stats *st = &s->stats;
 	char hex[2 * DNET_ID_SIZE + 1];
 
 	dnet_id_to_hex(hex, s->node_id, DNET_ID_SIZE);
-	add(&b, "node_id %s\n", hex);
-	add(&b, "listen %s\n", s->listen_str);
-	add(&b, "uptime_s %.3f\n", (double)(dnet_now_mono_ns() - s->start_ns) / 1e9);
-	add(&b, "backend %s\n", s->bops->name);
-	add(&b, "fsync %s\n", dnet_fsync_policy_name(s->cfg.fsync));
-	add(&b, "io_threads %d\n", s->cfg.io_threads);
-	add(&b, "net_threads %d\n", s->cfg.net_threads);
-	add(&b, "conns_current %llu\n", (unsigned long long)atomic_load(&st->conns_cur));
-	add(&b, "conns_total %llu\n", (unsigned long long)atomic_load(&st->conns_total));
-	add(&b, "conns_rejected %llu\n", (unsigned long long)atomic_load(&st->conns_rejected));
-	add(&b, "conns_idle_closed %llu\n", (unsigned long long)atomic_load(&st->conns_idle_closed));
-	add(&b, "conns_slow_closed %llu\n", (unsigned long long)atomic_load(&st->conns_slow_closed));
-	add(&b, "conns_stalled_closed %llu\n",
+	dnet_hbuf_add(&b, "node_id %s\n", hex);
+	dnet_hbuf_add(&b, "listen %s\n", s->listen_str);
+	dnet_hbuf_add(&b, "uptime_s %.3f\n", (double)(dnet_now_mono_ns() - s->start_ns) / 1e9);
+	dnet_hbuf_add(&b, "backend %s\n", s->bops->name);
+	dnet_hbuf_add(&b, "fsync %s\n", dnet_fsync_policy_name(s->cfg.fsync));
+	dnet_hbuf_add(&b, "io_threads %d\n", s->cfg.io_threads);
+	dnet_hbuf_add(&b, "net_threads %d\n", s->cfg.net_threads);
+	dnet_hbuf_add(&b, "conns_current %llu\n", (unsigned long long)atomic_load(&st->conns_cur));
+	dnet_hbuf_add(&b, "conns_total %llu\n", (unsigned long long)atomic_load(&st->conns_total));
+	dnet_hbuf_add(&b, "conns_rejected %llu\n", (unsigned long long)atomic_load(&st->conns_rejected));
+	dnet_hbuf_add(&b, "conns_idle_closed %llu\n", (unsigned long long)atomic_load(&st->conns_idle_closed));
+	dnet_hbuf_add(&b, "conns_slow_closed %llu\n", (unsigned long long)atomic_load(&st->conns_slow_closed));
+	dnet_hbuf_add(&b, "conns_stalled_closed %llu\n",
 	    (unsigned long long)atomic_load(&st->conns_stalled_closed));
-	add(&b, "auth_ok %llu\n", (unsigned long long)atomic_load(&st->auth_ok));
-	add(&b, "auth_failed %llu\n", (unsigned long long)atomic_load(&st->auth_failed));
-	add(&b, "auth_denied %llu\n", (unsigned long long)atomic_load(&st->auth_denied));
-	add(&b, "proto_errors %llu\n", (unsigned long long)atomic_load(&st->proto_errors));
-	add(&b, "redirects %llu\n", (unsigned long long)atomic_load(&st->redirects));
-	add(&b, "handoff_redirects %llu\n", (unsigned long long)atomic_load(&st->handoff_redirects));
-	add(&b, "bytes_in %llu\n", (unsigned long long)atomic_load(&st->bytes_in));
-	add(&b, "bytes_out %llu\n", (unsigned long long)atomic_load(&st->bytes_out));
-	add(&b, "io_queue_depth %llu\n", (unsigned long long)atomic_load(&st->queued));
-	add(&b, "io_busy_s %.3f\n", (double)atomic_load(&st->busy_ns) / 1e9);
+	dnet_hbuf_add(&b, "auth_ok %llu\n", (unsigned long long)atomic_load(&st->auth_ok));
+	dnet_hbuf_add(&b, "auth_failed %llu\n", (unsigned long long)atomic_load(&st->auth_failed));
+	dnet_hbuf_add(&b, "auth_denied %llu\n", (unsigned long long)atomic_load(&st->auth_denied));
+	dnet_hbuf_add(&b, "proto_errors %llu\n", (unsigned long long)atomic_load(&st->proto_errors));
+	dnet_hbuf_add(&b, "redirects %llu\n", (unsigned long long)atomic_load(&st->redirects));
+	dnet_hbuf_add(&b, "handoff_redirects %llu\n", (unsigned long long)atomic_load(&st->handoff_redirects));
+	dnet_hbuf_add(&b, "bytes_in %llu\n", (unsigned long long)atomic_load(&st->bytes_in));
+	dnet_hbuf_add(&b, "bytes_out %llu\n", (unsigned long long)atomic_load(&st->bytes_out));
+	dnet_hbuf_add(&b, "io_queue_depth %llu\n", (unsigned long long)atomic_load(&st->queued));
+	dnet_hbuf_add(&b, "io_busy_s %.3f\n", (double)atomic_load(&st->busy_ns) / 1e9);
 	uint64_t req_total = 0;
 	for (int c = 0; c < DNET_CMD_MAX_; c++)
 		req_total += atomic_load(&st->cmds[c]);
-	add(&b, "requests_total %llu\n", (unsigned long long)req_total);
+	dnet_hbuf_add(&b, "requests_total %llu\n", (unsigned long long)req_total);
 	for (int c = 1; c < DNET_CMD_MAX_; c++) {
 		uint64_t n = atomic_load(&st->cmds[c]);
-		add(&b, "cmd_%s %llu\n", dnet_cmd_name(c), (unsigned long long)n);
-		add(&b, "cmd_%s_errors %llu\n", dnet_cmd_name(c),
+		dnet_hbuf_add(&b, "cmd_%s %llu\n", dnet_cmd_name(c), (unsigned long long)n);
+		dnet_hbuf_add(&b, "cmd_%s_errors %llu\n", dnet_cmd_name(c),
 		    (unsigned long long)atomic_load(&st->errors[c]));
-		add(&b, "cmd_%s_avg_us %.1f\n", dnet_cmd_name(c),
+		dnet_hbuf_add(&b, "cmd_%s_avg_us %.1f\n", dnet_cmd_name(c),
 		    n ? (double)atomic_load(&st->lat_ns[c]) / (double)n / 1e3 : 0.0);
 		if (!n)
 			continue;
@@ -141,71 +109,71 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 		for (unsigned k = 1; k < DNET_STATUS_SLOTS; k++) {
 			uint64_t v = atomic_load(&st->status[c][k]);
 			if (v)
-				add(&b, "cmd_%s_status_%s %llu\n", dnet_cmd_name(c),
+				dnet_hbuf_add(&b, "cmd_%s_status_%s %llu\n", dnet_cmd_name(c),
 				    dnet_stats_status_label(k), (unsigned long long)v);
 		}
-		add(&b, "cmd_%s_hist_us ", dnet_cmd_name(c));
+		dnet_hbuf_add(&b, "cmd_%s_hist_us ", dnet_cmd_name(c));
 		uint64_t cum = 0;
 		for (int k = 0; k <= DNET_LAT_BUCKETS; k++) {
 			cum += atomic_load(&st->lat_hist[c][k]);
 			if (k < DNET_LAT_BUCKETS)
-				add(&b, "%llu=%llu,", (unsigned long long)dnet_lat_bucket_us[k],
+				dnet_hbuf_add(&b, "%llu=%llu,", (unsigned long long)dnet_lat_bucket_us[k],
 				    (unsigned long long)cum);
 			else
-				add(&b, "inf=%llu\n", (unsigned long long)cum);
+				dnet_hbuf_add(&b, "inf=%llu\n", (unsigned long long)cum);
 		}
 	}
 	size_t rn, ru, rd, rl;
 	dnet_member_counts(s, &rn, &ru, &rd, &rl);
-	add(&b, "ring_nodes %zu\n", rn);
-	add(&b, "ring_up %zu\n", ru);
-	add(&b, "ring_down %zu\n", rd);
-	add(&b, "ring_left %zu\n", rl);
-	add(&b, "ring_digest %016llx\n", (unsigned long long)dnet_member_digest(s));
-	add(&b, "move_passes %llu\n", (unsigned long long)atomic_load(&s->mover.passes));
-	add(&b, "move_objects %llu\n", (unsigned long long)atomic_load(&s->mover.moved));
-	add(&b, "move_bytes %llu\n", (unsigned long long)atomic_load(&s->mover.moved_bytes));
-	add(&b, "move_pending %llu\n", (unsigned long long)atomic_load(&s->mover.pending));
-	add(&b, "move_errors %llu\n", (unsigned long long)atomic_load(&s->mover.errors));
+	dnet_hbuf_add(&b, "ring_nodes %zu\n", rn);
+	dnet_hbuf_add(&b, "ring_up %zu\n", ru);
+	dnet_hbuf_add(&b, "ring_down %zu\n", rd);
+	dnet_hbuf_add(&b, "ring_left %zu\n", rl);
+	dnet_hbuf_add(&b, "ring_digest %016llx\n", (unsigned long long)dnet_member_digest(s));
+	dnet_hbuf_add(&b, "move_passes %llu\n", (unsigned long long)atomic_load(&s->mover.passes));
+	dnet_hbuf_add(&b, "move_objects %llu\n", (unsigned long long)atomic_load(&s->mover.moved));
+	dnet_hbuf_add(&b, "move_bytes %llu\n", (unsigned long long)atomic_load(&s->mover.moved_bytes));
+	dnet_hbuf_add(&b, "move_pending %llu\n", (unsigned long long)atomic_load(&s->mover.pending));
+	dnet_hbuf_add(&b, "move_errors %llu\n", (unsigned long long)atomic_load(&s->mover.errors));
 	struct dnet_recover *rc = &s->recover;
-	add(&b, "copies %d\n", s->cfg.copies);
-	add(&b, "transforms ");
+	dnet_hbuf_add(&b, "copies %d\n", s->cfg.copies);
+	dnet_hbuf_add(&b, "transforms ");
 	for (int i = 0; i < s->cfg.copies; i++) {
 		char name[32];
 		dnet_copy_name(i, name, sizeof(name));
-		add(&b, "%s%s", i ? "," : "", name);
+		dnet_hbuf_add(&b, "%s%s", i ? "," : "", name);
 	}
-	add(&b, "\n");
-	add(&b, "recover_passes %llu\n", (unsigned long long)atomic_load(&rc->passes));
-	add(&b, "recover_running %llu\n", (unsigned long long)atomic_load(&rc->running));
-	add(&b, "recover_last_ms %llu\n", (unsigned long long)atomic_load(&rc->last_ms));
-	add(&b, "recover_buckets_checked %llu\n", (unsigned long long)atomic_load(&rc->buckets_checked));
-	add(&b, "recover_buckets_differ %llu\n", (unsigned long long)atomic_load(&rc->buckets_differ));
-	add(&b, "recover_pulled %llu\n", (unsigned long long)atomic_load(&rc->pulled));
-	add(&b, "recover_bytes %llu\n", (unsigned long long)atomic_load(&rc->bytes));
-	add(&b, "recover_errors %llu\n", (unsigned long long)atomic_load(&rc->errors));
-	add(&b, "recover_repaired %llu\n", (unsigned long long)atomic_load(&rc->repaired));
-	add(&b, "tombstones_collected %llu\n", (unsigned long long)atomic_load(&rc->tombstones_collected));
-	add(&b, "move_skipped %llu\n", (unsigned long long)atomic_load(&s->mover.skipped));
+	dnet_hbuf_add(&b, "\n");
+	dnet_hbuf_add(&b, "recover_passes %llu\n", (unsigned long long)atomic_load(&rc->passes));
+	dnet_hbuf_add(&b, "recover_running %llu\n", (unsigned long long)atomic_load(&rc->running));
+	dnet_hbuf_add(&b, "recover_last_ms %llu\n", (unsigned long long)atomic_load(&rc->last_ms));
+	dnet_hbuf_add(&b, "recover_buckets_checked %llu\n", (unsigned long long)atomic_load(&rc->buckets_checked));
+	dnet_hbuf_add(&b, "recover_buckets_differ %llu\n", (unsigned long long)atomic_load(&rc->buckets_differ));
+	dnet_hbuf_add(&b, "recover_pulled %llu\n", (unsigned long long)atomic_load(&rc->pulled));
+	dnet_hbuf_add(&b, "recover_bytes %llu\n", (unsigned long long)atomic_load(&rc->bytes));
+	dnet_hbuf_add(&b, "recover_errors %llu\n", (unsigned long long)atomic_load(&rc->errors));
+	dnet_hbuf_add(&b, "recover_repaired %llu\n", (unsigned long long)atomic_load(&rc->repaired));
+	dnet_hbuf_add(&b, "tombstones_collected %llu\n", (unsigned long long)atomic_load(&rc->tombstones_collected));
+	dnet_hbuf_add(&b, "move_skipped %llu\n", (unsigned long long)atomic_load(&s->mover.skipped));
 	if (s->http_str[0])
-		add(&b, "http_listen %s\n", s->http_str);
-	add(&b, "http_requests %llu\n", (unsigned long long)atomic_load(&st->http_requests));
-	add(&b, "http_errors %llu\n", (unsigned long long)atomic_load(&st->http_errors));
-	add(&b, "http_conns_current %llu\n", (unsigned long long)atomic_load(&st->http_conns_cur));
-	add(&b, "http_conns_total %llu\n", (unsigned long long)atomic_load(&st->http_conns_total));
-	add(&b, "http_conns_rejected %llu\n",
+		dnet_hbuf_add(&b, "http_listen %s\n", s->http_str);
+	dnet_hbuf_add(&b, "http_requests %llu\n", (unsigned long long)atomic_load(&st->http_requests));
+	dnet_hbuf_add(&b, "http_errors %llu\n", (unsigned long long)atomic_load(&st->http_errors));
+	dnet_hbuf_add(&b, "http_conns_current %llu\n", (unsigned long long)atomic_load(&st->http_conns_cur));
+	dnet_hbuf_add(&b, "http_conns_total %llu\n", (unsigned long long)atomic_load(&st->http_conns_total));
+	dnet_hbuf_add(&b, "http_conns_rejected %llu\n",
 	    (unsigned long long)atomic_load(&st->http_conns_rejected));
-	add(&b, "http_conns_evicted %llu\n",
+	dnet_hbuf_add(&b, "http_conns_evicted %llu\n",
 	    (unsigned long long)atomic_load(&st->http_conns_evicted));
 	struct dnet_backend_stat bs = {0};
 	if (s->bops->stat(s->backend, &bs) == 0) {
-		add(&b, "objects %llu\n", (unsigned long long)bs.objects);
-		add(&b, "object_bytes %llu\n", (unsigned long long)bs.bytes);
-		add(&b, "disk_bytes %llu\n", (unsigned long long)bs.disk_bytes);
-		add(&b, "disk_free %llu\n", (unsigned long long)bs.disk_free);
-		add(&b, "syncs %llu\n", (unsigned long long)bs.syncs);
-		add(&b, "synced_writes %llu\n", (unsigned long long)bs.synced_writes);
-		add(&b, "corrupt_objects %llu\n", (unsigned long long)bs.corrupt);
+		dnet_hbuf_add(&b, "objects %llu\n", (unsigned long long)bs.objects);
+		dnet_hbuf_add(&b, "object_bytes %llu\n", (unsigned long long)bs.bytes);
+		dnet_hbuf_add(&b, "disk_bytes %llu\n", (unsigned long long)bs.disk_bytes);
+		dnet_hbuf_add(&b, "disk_free %llu\n", (unsigned long long)bs.disk_free);
+		dnet_hbuf_add(&b, "syncs %llu\n", (unsigned long long)bs.syncs);
+		dnet_hbuf_add(&b, "synced_writes %llu\n", (unsigned long long)bs.synced_writes);
+		dnet_hbuf_add(&b, "corrupt_objects %llu\n", (unsigned long long)bs.corrupt);
 	}
 	if (b.p)
 		*len = b.len;
