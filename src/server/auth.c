@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,15 @@ struct dnet_keys {
 
 static pthread_rwlock_t keys_lock = PTHREAD_RWLOCK_INITIALIZER;
 static struct dnet_keys keys;
+/* keys.have_keys and keys.have_cluster, read by every request without the lock
+ * (set under it). */
+static atomic_int need_client_key, need_node_key;
+
+static void publish(void)
+{
+	atomic_store(&need_client_key, keys.have_keys);
+	atomic_store(&need_node_key, keys.have_cluster);
+}
 
 static int perm_parse(const char *s, uint32_t *perm)
 {
@@ -183,6 +193,7 @@ int dnet_auth_start(struct dnet_server *s)
 		return err;
 	pthread_rwlock_wrlock(&keys_lock);
 	keys = k;
+	publish();
 	pthread_rwlock_unlock(&keys_lock);
 	if (k.have_cluster)
 		dnet_peer_set_auth(DNET_AUTH_CLUSTER_NAME, k.cluster);
@@ -206,13 +217,21 @@ void dnet_auth_reload(struct dnet_server *s)
 	}
 	pthread_rwlock_wrlock(&keys_lock);
 	struct dnet_keys old = keys;
+	int toggled = old.have_cluster != k.have_cluster;
+	if (toggled) {
+		/* This node's own peer connections would not match: keep the old state. */
+		k.have_cluster = old.have_cluster;
+		memcpy(k.cluster, old.cluster, sizeof(k.cluster));
+	}
 	keys = k;
+	publish();
 	pthread_rwlock_unlock(&keys_lock);
-	if (old.have_cluster != k.have_cluster)
+	if (toggled)
 		dnet_log_warn("SIGHUP: turning the cluster key on or off needs a restart");
 	else if (k.have_cluster)
 		dnet_peer_set_auth(DNET_AUTH_CLUSTER_NAME, k.cluster);
 	free(old.v);
+	OPENSSL_cleanse(&old, sizeof(old));
 	dnet_log_info("SIGHUP: %zu client keys%s reloaded", k.n, k.have_cluster ? " and the cluster key" : "");
 }
 
@@ -222,15 +241,13 @@ void dnet_auth_stop(void)
 	free(keys.v);
 	OPENSSL_cleanse(&keys, sizeof(keys));
 	memset(&keys, 0, sizeof(keys));
+	publish();
 	pthread_rwlock_unlock(&keys_lock);
 }
 
 uint32_t dnet_auth_initial_perm(void)
 {
-	pthread_rwlock_rdlock(&keys_lock);
-	uint32_t p = keys.have_keys ? DNET_PERM_NONE : DNET_PERM_ADMIN;
-	pthread_rwlock_unlock(&keys_lock);
-	return p;
+	return atomic_load(&need_client_key) ? DNET_PERM_NONE : DNET_PERM_ADMIN;
 }
 
 /* What a command needs. */
@@ -262,16 +279,11 @@ int dnet_auth_allowed(const struct dnet_trans *t, int node_op)
 		return 1;
 	uint32_t need = node_op ? DNET_PERM_NODE : needed(t);
 	uint32_t have = (uint32_t)atomic_load(&t->conn->perm);
-	pthread_rwlock_rdlock(&keys_lock);
-	int ok;
 	if (need == DNET_PERM_NONE)
-		ok = 1;
-	else if (need == DNET_PERM_NODE)
-		ok = !keys.have_cluster || have == DNET_PERM_NODE;
-	else
-		ok = !keys.have_keys || have >= need;
-	pthread_rwlock_unlock(&keys_lock);
-	return ok;
+		return 1;
+	if (need == DNET_PERM_NODE)
+		return !atomic_load(&need_node_key) || have == DNET_PERM_NODE;
+	return !atomic_load(&need_client_key) || have >= need;
 }
 
 /* The AUTH command (see common/auth.h). Returns 0 with a reply payload, or
