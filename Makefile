@@ -65,7 +65,8 @@ $(LIBCLIENT): $(call obj,$(COMMON_SRC) $(CLIENT_SRC))
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/ellipticsd: $(call obj,src/server/main.c $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC)) $(ASSETS_O)
+# The node links the client library: its S3 gateway is a client of the ring.
+$(BUILD)/ellipticsd: $(call obj,src/server/main.c $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) $(ASSETS_O)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
 
 $(BUILD)/elliptics: $(call obj,$(TOOLS_SRC)) $(LIBCLIENT)
@@ -80,7 +81,7 @@ FUZZ_BIN := $(BUILD)/tests/fuzz_server
 $(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o: tests/fuzz/fuzz_server.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -DDNET_FUZZ_STANDALONE -c $< -o $@
-$(FUZZ_BIN): $(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC)) $(ASSETS_O)
+$(FUZZ_BIN): $(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) $(ASSETS_O)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
 # The HTTP endpoint's connection handling, through a real in-process node.
@@ -88,7 +89,7 @@ FUZZ_HTTPD_BIN := $(BUILD)/tests/fuzz_httpd
 $(BUILD)/obj/tests/fuzz/fuzz_httpd_standalone.o: tests/fuzz/fuzz_httpd.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -DDNET_FUZZ_STANDALONE -c $< -o $@
-$(FUZZ_HTTPD_BIN): $(BUILD)/obj/tests/fuzz/fuzz_httpd_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC)) $(ASSETS_O)
+$(FUZZ_HTTPD_BIN): $(BUILD)/obj/tests/fuzz/fuzz_httpd_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) $(ASSETS_O)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
 # The HTTP request parser and chunked decoder on their own (pure functions).
@@ -112,10 +113,10 @@ unit: $(UNIT_BINS) $(FUZZ_BIN) $(FUZZ_HTTP_BIN) $(FUZZ_HTTPD_BIN)
 # the HTTP connection handling).
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -pthread -fsanitize=fuzzer,address,undefined -Iinclude -Isrc
 fuzz: build/fuzz/fuzz_server build/fuzz/fuzz_http build/fuzz/fuzz_httpd
-build/fuzz/fuzz_server: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(ASSETS_C) tests/fuzz/fuzz_server.c
+build/fuzz/fuzz_server: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC) $(ASSETS_C) tests/fuzz/fuzz_server.c
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ $(SERVER_LIBS)
-build/fuzz/fuzz_httpd: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(ASSETS_C) tests/fuzz/fuzz_httpd.c
+build/fuzz/fuzz_httpd: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC) $(ASSETS_C) tests/fuzz/fuzz_httpd.c
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ $(SERVER_LIBS)
 build/fuzz/fuzz_http: src/http/parser.c tests/fuzz/fuzz_http.c

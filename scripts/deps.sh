@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # deps.sh - install the Debian packages Elliptics needs to build, test and benchmark,
 # but only those that are missing. Quiet and idempotent when nothing is missing.
-#   scripts/deps.sh            build + test packages (prometheus: promtool, chromium: the ring page test)
+#   scripts/deps.sh            build + test packages (prometheus: promtool, chromium: the ring page test,
+#                              awscli, s3cmd, rclone, python3-boto3: the S3 gateway test)
 #   scripts/deps.sh --bench    also the benchmark peers (redis, memcached, fio)
 set -euo pipefail
 
 BUILD_PKGS=(gcc make pkg-config libssl-dev libxxhash-dev libcmocka-dev liblmdb-dev libdb-dev)
-TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core)
+TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core awscli s3cmd rclone python3-boto3)
 BENCH_PKGS=(redis-server redis-tools memcached fio)
 
 want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")

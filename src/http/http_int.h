@@ -63,11 +63,48 @@ struct dnet_http_load {
 	uint64_t objects, object_bytes, disk_bytes, disk_free;
 };
 
-struct dnet_http_conn;
+/* One HTTP connection (httpd.c; the S3 gateway borrows it while it serves a
+ * request: fd, buf/len, req). */
+/* Connection states; H_GW: handed to the S3 gateway's threads (s3.c). */
+enum { H_HEAD, H_BODY, H_WRITE, H_LINGER, H_GW };
+
+struct dnet_http_conn {
+	struct dnet_http_conn *prev, *next;
+	int fd;
+	int state;
+	int after_write; /* H_HEAD, H_BODY (after 100 Continue) or H_LINGER */
+	int keep_alive;
+	char peer[64];
+	char *buf;
+	size_t len;	/* bytes in buf */
+	size_t checked; /* bytes of buf already looked at for the end of a head */
+	struct dnet_http_req req;
+	const struct dnet_http_route *route;
+	int status_pending; /* > 0: answer with this error once the body is read */
+	uint64_t body_left;
+	uint64_t body_got;
+	struct dnet_http_chunked ch;
+	char *out;
+	size_t out_len, out_off;
+	uint64_t deadline_ns;
+	char extra[128]; /* extra response header lines */
+	int evicted;	 /* closed to make room; freed by the deadline check */
+};
+
+
+/* Room for a whole head plus at least this much body per read. */
+#define DNET_HTTP_BUF_CAP (DNET_HTTP_MAX_HEAD + 16384)
+
+struct dnet_s3;
 
 struct dnet_http {
 	struct dnet_server *s;
 	int listen_fd, epfd, stop_fd;
+	/* The S3 gateway (s3.c) and the connections it hands back (keep-alive). */
+	struct dnet_s3 *s3;
+	int back_fd;
+	pthread_mutex_t back_lock;
+	struct dnet_http_conn *back;
 	pthread_t thread;
 	int started;
 	struct dnet_http_conn *conns; /* newest first */
@@ -85,6 +122,11 @@ struct dnet_http {
 	struct dnet_http_load *loads;
 	size_t nloads, loads_cap;
 };
+
+/* httpd.c, for the gateway: give a connection back to the loop (buf holds only
+ * bytes after the finished request), or close and free it. */
+void dnet_http_conn_back(struct dnet_http *h, struct dnet_http_conn *c);
+void dnet_http_conn_release(struct dnet_http *h, struct dnet_http_conn *c);
 
 /* metrics.c */
 char *dnet_http_metrics(struct dnet_server *s, size_t *len);

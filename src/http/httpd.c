@@ -14,41 +14,16 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "http_int.h"
+#include "s3.h"
 
 #define MAX_CONNS 256
-/* Room for a whole head plus at least this much body per read. */
-#define BUF_CAP (DNET_HTTP_MAX_HEAD + 16384)
+#define BUF_CAP DNET_HTTP_BUF_CAP
 /* Bodies sent to routes that take none are read and dropped up to this size. */
 #define SMALL_BODY 65536
 #define IDLE_MS 60000	  /* keep-alive connection with no request */
 #define HEAD_MS 10000	  /* from the first byte of a head to its end (slowloris) */
 #define PROGRESS_MS 30000 /* body or response: longest pause between bytes */
 #define LINGER_MS 2000	  /* reading what is left after an error, before close */
-
-enum { H_HEAD, H_BODY, H_WRITE, H_LINGER };
-
-struct dnet_http_conn {
-	struct dnet_http_conn *prev, *next;
-	int fd;
-	int state;
-	int after_write; /* H_HEAD, H_BODY (after 100 Continue) or H_LINGER */
-	int keep_alive;
-	char peer[64];
-	char *buf;
-	size_t len;	/* bytes in buf */
-	size_t checked; /* bytes of buf already looked at for the end of a head */
-	struct dnet_http_req req;
-	const struct dnet_http_route *route;
-	int status_pending; /* > 0: answer with this error once the body is read */
-	uint64_t body_left;
-	uint64_t body_got;
-	struct dnet_http_chunked ch;
-	char *out;
-	size_t out_len, out_off;
-	uint64_t deadline_ns;
-	char extra[128]; /* extra response header lines */
-	int evicted;	 /* closed to make room; freed by the deadline check */
-};
 
 static uint64_t ms_from_now(int ms)
 {
@@ -144,6 +119,42 @@ static void conn_free(struct dnet_http *h, struct dnet_http_conn *c)
 	free(c->out);
 	free(c->buf);
 	free(c);
+}
+
+/* The S3 gateway takes the connection (state H_GW): out of the loop's list and
+ * epoll set until it comes back through dnet_http_conn_back. */
+static void handoff(struct dnet_http *h, struct dnet_http_conn *c)
+{
+	epoll_ctl(h->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		h->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	c->prev = c->next = NULL;
+	h->nconns--;
+	dnet_s3_submit(h, c);
+}
+
+void dnet_http_conn_release(struct dnet_http *h, struct dnet_http_conn *c)
+{
+	close(c->fd);
+	atomic_fetch_sub(&h->s->stats.http_conns_cur, 1);
+	free(c->out);
+	free(c->buf);
+	free(c);
+}
+
+void dnet_http_conn_back(struct dnet_http *h, struct dnet_http_conn *c)
+{
+	pthread_mutex_lock(&h->back_lock);
+	c->next = h->back;
+	h->back = c;
+	pthread_mutex_unlock(&h->back_lock);
+	uint64_t one = 1;
+	ssize_t w = write(h->back_fd, &one, sizeof(one));
+	(void)w;
 }
 
 static void conn_events(struct dnet_http *h, struct dnet_http_conn *c)
@@ -362,6 +373,10 @@ static void conn_process(struct dnet_http *h, struct dnet_http_conn *c, int new_
 		respond_error(h, c, -n, 1);
 		return;
 	}
+	if (h->s3 && dnet_s3_wants(h, &c->req, find_route(&c->req) != NULL)) {
+		c->state = H_GW; /* the caller hands it over: the last thing it does */
+		return;
+	}
 	start_request(h, c);
 	if (c->state == H_BODY) {
 		body_step(h, c);
@@ -409,6 +424,10 @@ static int conn_write(struct dnet_http *h, struct dnet_http_conn *c)
 			c->checked = 0;
 			if (c->len) { /* pipelined requests already read */
 				conn_process(h, c, 1);
+				if (c->state == H_GW) {
+					handoff(h, c);
+					return 0;
+				}
 				if (c->state == H_WRITE)
 					continue;
 			}
@@ -440,6 +459,10 @@ static int conn_read(struct dnet_http *h, struct dnet_http_conn *c)
 		if (c->state == H_HEAD && c->len >= DNET_HTTP_MAX_HEAD) {
 			/* Only reachable with a pipelined head after a body: parse it. */
 			conn_process(h, c, 1);
+			if (c->state == H_GW) {
+				handoff(h, c);
+				return 0;
+			}
 			break;
 		}
 		if (room == 0)
@@ -464,6 +487,10 @@ static int conn_read(struct dnet_http *h, struct dnet_http_conn *c)
 		int nl = memchr(c->buf + c->len, '\n', (size_t)r) != NULL;
 		c->len += (size_t)r;
 		conn_process(h, c, nl);
+		if (c->state == H_GW) {
+			handoff(h, c);
+			return 0;
+		}
 		if (c->state == H_WRITE)
 			return conn_write(h, c);
 	}
@@ -565,6 +592,45 @@ static void check_deadlines(struct dnet_http *h)
 	}
 }
 
+/* Connections the gateway has finished with come back to the loop (keep-alive),
+ * with any pipelined bytes already read in buf. */
+static void take_back(struct dnet_http *h)
+{
+	uint64_t v;
+	ssize_t r = read(h->back_fd, &v, sizeof(v));
+	(void)r;
+	pthread_mutex_lock(&h->back_lock);
+	struct dnet_http_conn *list = h->back;
+	h->back = NULL;
+	pthread_mutex_unlock(&h->back_lock);
+	while (list) {
+		struct dnet_http_conn *c = list;
+		list = c->next;
+		c->prev = NULL;
+		c->next = h->conns;
+		if (h->conns)
+			h->conns->prev = c;
+		h->conns = c;
+		h->nconns++;
+		c->state = H_HEAD;
+		c->checked = 0;
+		c->deadline_ns = ms_from_now(c->len ? HEAD_MS : IDLE_MS);
+		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+		if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, c->fd, &ev) != 0) {
+			c->state = H_LINGER;
+			c->deadline_ns = 0; /* freed by the deadline check */
+			continue;
+		}
+		if (c->len) {
+			conn_process(h, c, 1);
+			if (c->state == H_GW)
+				handoff(h, c);
+			else if (c->state == H_WRITE && conn_write(h, c) < 0)
+				conn_free(h, c);
+		}
+	}
+}
+
 static void *http_loop(void *arg)
 {
 	struct dnet_http *h = arg;
@@ -585,6 +651,10 @@ static void *http_loop(void *arg)
 			}
 			if (p == &h->stop_fd) {
 				stop = 1;
+				continue;
+			}
+			if (p == &h->back_fd) {
+				take_back(h);
 				continue;
 			}
 			struct dnet_http_conn *c = p;
@@ -623,7 +693,7 @@ int dnet_http_listen(struct dnet_server *s)
 	if (!h)
 		return -1;
 	h->s = s;
-	h->epfd = h->stop_fd = -1;
+	h->epfd = h->stop_fd = h->back_fd = -1;
 	h->listen_fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	int one = 1;
 	if (h->listen_fd < 0 ||
@@ -641,6 +711,7 @@ int dnet_http_listen(struct dnet_server *s)
 		dnet_addr_str((struct sockaddr *)&bound, s->http_str, sizeof(s->http_str));
 	pthread_mutex_init(&h->lock, NULL);
 	pthread_cond_init(&h->cond, NULL);
+	pthread_mutex_init(&h->back_lock, NULL);
 	s->http = h;
 	return 0;
 }
@@ -652,6 +723,14 @@ static void http_free(struct dnet_server *s)
 		close(h->epfd);
 	if (h->stop_fd >= 0)
 		close(h->stop_fd);
+	if (h->back_fd >= 0)
+		close(h->back_fd);
+	while (h->back) {
+		struct dnet_http_conn *c = h->back;
+		h->back = c->next;
+		dnet_http_conn_release(h, c);
+	}
+	pthread_mutex_destroy(&h->back_lock);
 	close(h->listen_fd);
 	pthread_mutex_destroy(&h->lock);
 	pthread_cond_destroy(&h->cond);
@@ -667,22 +746,32 @@ int dnet_http_start(struct dnet_server *s)
 		return 0;
 	h->epfd = epoll_create1(EPOLL_CLOEXEC);
 	h->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	h->back_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	struct epoll_event le = {.events = EPOLLIN, .data.ptr = &h->listen_fd};
 	struct epoll_event se = {.events = EPOLLIN, .data.ptr = &h->stop_fd};
-	if (h->epfd < 0 || h->stop_fd < 0 || epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->listen_fd, &le) ||
-	    epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->stop_fd, &se)) {
+	struct epoll_event be = {.events = EPOLLIN, .data.ptr = &h->back_fd};
+	if (h->epfd < 0 || h->stop_fd < 0 || h->back_fd < 0 ||
+	    epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->listen_fd, &le) ||
+	    epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->stop_fd, &se) ||
+	    epoll_ctl(h->epfd, EPOLL_CTL_ADD, h->back_fd, &be)) {
 		dnet_log_error("http: cannot set up epoll: %s", strerror(errno));
 		goto out_free;
 	}
 	if (dnet_http_ring_start(h) != 0)
 		goto out_free;
+	if (dnet_s3_start(h) != 0) {
+		dnet_http_ring_stop(h);
+		goto out_free;
+	}
 	if (pthread_create(&h->thread, NULL, http_loop, h) != 0) {
 		dnet_log_error("http: cannot start its thread");
+		dnet_s3_stop(h);
 		dnet_http_ring_stop(h);
 		goto out_free;
 	}
 	h->started = 1;
-	dnet_log_info("http listening on %s (/metrics, /ring.json, ring page at /)", s->http_str);
+	dnet_log_info("http listening on %s (S3 gateway, /metrics, /ring.json, ring page at /)",
+		      s->http_str);
 	return 0;
 out_free:
 	http_free(s);
@@ -699,6 +788,7 @@ void dnet_http_stop(struct dnet_server *s)
 		ssize_t w = write(h->stop_fd, &one, sizeof(one));
 		(void)w;
 		pthread_join(h->thread, NULL);
+		dnet_s3_stop(h);
 		dnet_http_ring_stop(h);
 		h->started = 0;
 	}

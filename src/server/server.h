@@ -62,7 +62,9 @@ struct dnet_config {
 	 * --import. */
 	int offline;		 /* enum dnet_offline_mode */
 	char offline_arg[4096]; /* FILE or "-" of --export / --import */
-	char http[256];       /* --http HOST:PORT: metrics, ring page (empty: off) */
+	char http[256];       /* --http HOST:PORT: S3 gateway, metrics, ring page (empty: off) */
+	char s3_access_key[128], s3_secret_key[128]; /* S3 gateway key (also from the env) */
+	char s3_keys[256];    /* --s3-keys FILE: "ACCESS SECRET" lines */
 	char keys[4096];        /* --keys FILE (empty: clients need no key) */
 	char cluster_key[4096]; /* --cluster-key FILE (empty: nodes need no key) */
 };

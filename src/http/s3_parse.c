@@ -1,0 +1,267 @@
+/* s3_parse.c - the S3 gateway's pure parsers: percent-decoding, query parameters,
+ * Range headers, CompleteMultipartUpload bodies, XML escaping. No I/O, no
+ * allocation; every input is bounded by its length argument (fuzzed by
+ * tests/fuzz/fuzz_http.c). */
+#include <stdio.h>
+#include <string.h>
+
+#include "s3.h"
+#include "s3_store.h"
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int s3_url_decode(const char *s, size_t n, char *out, size_t cap, size_t *outlen)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		if (ch == '%') {
+			if (n - i < 3)
+				return -1;
+			int hi = hexval(s[i + 1]), lo = hexval(s[i + 2]);
+			if (hi < 0 || lo < 0)
+				return -1;
+			ch = (char)(hi << 4 | lo);
+			i += 2;
+		}
+		if (o >= cap)
+			return -1;
+		out[o++] = ch;
+	}
+	*outlen = o;
+	return 0;
+}
+
+int s3_query_get(const char *q, size_t qlen, const char *name, char *out, size_t cap,
+		 size_t *outlen)
+{
+	size_t nl = strlen(name);
+	size_t i = 0;
+	if (!q)
+		return 0;
+	while (i <= qlen) {
+		size_t j = i;
+		while (j < qlen && q[j] != '&')
+			j++;
+		size_t eq = i;
+		while (eq < j && q[eq] != '=')
+			eq++;
+		char dn[128];
+		size_t dl;
+		if (eq - i < sizeof(dn) && s3_url_decode(q + i, eq - i, dn, sizeof(dn), &dl) == 0 &&
+		    dl == nl && !memcmp(dn, name, nl)) {
+			if (eq == j) {
+				*outlen = 0;
+				return 1;
+			}
+			return s3_url_decode(q + eq + 1, j - eq - 1, out, cap, outlen) == 0 ? 1 : -1;
+		}
+		i = j + 1;
+	}
+	return 0;
+}
+
+static int parse_u64(const char *s, size_t n, uint64_t *v)
+{
+	uint64_t x = 0;
+	if (!n || n > 19)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		x = x * 10 + (uint64_t)(s[i] - '0');
+	}
+	*v = x;
+	return 0;
+}
+
+int s3_parse_range(const char *v, size_t n, uint64_t size, uint64_t *off, uint64_t *len)
+{
+	while (n && (*v == ' ' || *v == '\t'))
+		v++, n--;
+	while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+		n--;
+	if (n < 6 || memcmp(v, "bytes=", 6) != 0)
+		return 1;
+	v += 6;
+	n -= 6;
+	const char *dash = memchr(v, '-', n);
+	if (!dash || memchr(v, ',', n))
+		return 1; /* multiple ranges: serve the whole object, as S3 does */
+	size_t a = (size_t)(dash - v), b = n - a - 1;
+	uint64_t first, last;
+	if (a == 0) { /* suffix: the last b bytes */
+		if (parse_u64(dash + 1, b, &last) != 0)
+			return 1;
+		if (last == 0)
+			return -1;
+		if (size == 0)
+			return -1;
+		if (last > size)
+			last = size;
+		*off = size - last;
+		*len = last;
+		return 0;
+	}
+	if (parse_u64(v, a, &first) != 0)
+		return 1;
+	if (b == 0)
+		last = UINT64_MAX;
+	else if (parse_u64(dash + 1, b, &last) != 0 || last < first)
+		return 1;
+	if (first >= size)
+		return -1;
+	if (last >= size)
+		last = size - 1;
+	*off = first;
+	*len = last - first + 1;
+	return 0;
+}
+
+/* The content of the next <tag>...</tag> in [p, end), or NULL. */
+static const char *find_elem(const char *p, const char *end, const char *tag, size_t *clen,
+			     const char **after)
+{
+	size_t tl = strlen(tag);
+	for (const char *q = p; q + tl + 2 <= end; q++) {
+		if (q[0] != '<' || memcmp(q + 1, tag, tl) != 0)
+			continue;
+		const char *c = q + tl + 1;
+		if (*c == ' ' || *c == '\t' || *c == '\r' || *c == '\n') { /* attributes */
+			while (c < end && *c != '>')
+				c++;
+			if (c == end)
+				return NULL;
+		}
+		if (*c != '>')
+			continue;
+		c++;
+		for (const char *e = c; e + tl + 3 <= end; e++) {
+			if (e[0] == '<' && e[1] == '/' && !memcmp(e + 2, tag, tl) && e[tl + 2] == '>') {
+				*clen = (size_t)(e - c);
+				*after = e + tl + 3;
+				return c;
+			}
+		}
+		return NULL;
+	}
+	return NULL;
+}
+
+int s3_parse_complete(const char *xml, size_t n, struct s3_part *parts, int max, int *nparts)
+{
+	const char *p = xml, *end = xml + n;
+	int np = 0;
+	size_t cl;
+	const char *after;
+	if (!find_elem(p, end, "CompleteMultipartUpload", &cl, &after))
+		return -1;
+	const char *c;
+	while ((c = find_elem(p, end, "Part", &cl, &after)) != NULL) {
+		const char *pend = c + cl, *a2;
+		size_t nl, el;
+		const char *num = find_elem(c, pend, "PartNumber", &nl, &a2);
+		const char *et = find_elem(c, pend, "ETag", &el, &a2);
+		uint64_t v;
+		if (!num || !et || parse_u64(num, nl, &v) != 0 || v < 1 || v > S3_MAX_PARTS)
+			return -1;
+		if (np == max)
+			return -2;
+		if (np && (int)v <= parts[np - 1].num)
+			return -3;
+		/* The ETag as sent: "hex", &quot;hex&quot; or hex. */
+		if (el >= 6 && !memcmp(et, "&quot;", 6)) {
+			et += 6;
+			el -= 6;
+		} else if (el && et[0] == '"') {
+			et++;
+			el--;
+		}
+		if (el >= 6 && !memcmp(et + el - 6, "&quot;", 6))
+			el -= 6;
+		else if (el && et[el - 1] == '"')
+			el--;
+		if (el != 32)
+			return -1;
+		for (size_t i = 0; i < 32; i++)
+			if (hexval(et[i]) < 0)
+				return -1;
+		parts[np].num = (int)v;
+		for (size_t i = 0; i < 32; i++)
+			parts[np].etag[i] = (char)(et[i] >= 'A' && et[i] <= 'F' ? et[i] + 32 : et[i]);
+		parts[np].etag[32] = 0;
+		np++;
+		p = after;
+	}
+	if (!np)
+		return -1;
+	*nparts = np;
+	return 0;
+}
+
+void s3_xml_escape(struct dnet_hbuf *b, const char *s, size_t n)
+{
+	size_t run = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char *rep = NULL;
+		char num[16];
+		unsigned char ch = (unsigned char)s[i];
+		switch (ch) {
+		case '&': rep = "&amp;"; break;
+		case '<': rep = "&lt;"; break;
+		case '>': rep = "&gt;"; break;
+		case '"': rep = "&quot;"; break;
+		case '\'': rep = "&apos;"; break;
+		default:
+			if (ch < 0x20 || ch == 0x7f) {
+				snprintf(num, sizeof(num), "&#x%X;", ch);
+				rep = num;
+			}
+		}
+		if (!rep)
+			continue;
+		dnet_hbuf_put(b, s + run, i - run);
+		dnet_hbuf_put(b, rep, strlen(rep));
+		run = i + 1;
+	}
+	dnet_hbuf_put(b, s + run, n - run);
+}
+
+int s3_bucket_name_ok(const char *s, size_t n)
+{
+	if (n < 3 || n > S3_MAX_BUCKET)
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		int alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+		if (!alnum && c != '-' && c != '.')
+			return 0;
+		if (!alnum && (i == 0 || i == n - 1))
+			return 0;
+	}
+	return 1;
+}
+
+void s3_url_encode(struct dnet_hbuf *b, const char *s, size_t n)
+{
+	static const char hx[] = "0123456789ABCDEF";
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
+			dnet_hbuf_put(b, (const char *)&c, 1);
+		} else {
+			char e[3] = {'%', hx[c >> 4], hx[c & 15]};
+			dnet_hbuf_put(b, e, 3);
+		}
+	}
+}
