@@ -293,6 +293,11 @@ int s3_auth_check(const struct dnet_http_req *r, const struct s3_key *keys, int 
 		memcpy(date, dh->value, dh->value_len);
 		datel = dh->value_len;
 	} else {
+		char v2[8];
+		size_t v2l;
+		/* Signature version 2 query authentication: refused, not taken as anonymous. */
+		if (s3_query_get(r->query, r->query_len, "AWSAccessKeyId", v2, sizeof(v2), &v2l) != 0)
+			return S3_AUTH_UNSUPPORTED;
 		return S3_AUTH_ANON;
 	}
 	cred[credl] = shdrs[shl] = sig[sigl] = date[datel] = 0;
