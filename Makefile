@@ -97,9 +97,12 @@ FUZZ_HTTP_BIN := $(BUILD)/tests/fuzz_http
 $(BUILD)/obj/tests/fuzz/fuzz_http_standalone.o: tests/fuzz/fuzz_http.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -DDNET_FUZZ_STANDALONE -c $< -o $@
-$(FUZZ_HTTP_BIN): $(BUILD)/obj/tests/fuzz/fuzz_http_standalone.o $(call obj,src/http/parser.c)
+# With the S3 gateway's parsers and its Signature V4 check (pure functions too).
+FUZZ_HTTP_SRC := src/http/parser.c src/http/s3_parse.c src/http/s3_auth.c src/common/util.c \
+	src/common/errors.c
+$(FUZZ_HTTP_BIN): $(BUILD)/obj/tests/fuzz/fuzz_http_standalone.o $(call obj,$(FUZZ_HTTP_SRC))
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -lcrypto
 
 # Unit tests, then a bounded structured-random run of the server's receive path.
 unit: $(UNIT_BINS) $(FUZZ_BIN) $(FUZZ_HTTP_BIN) $(FUZZ_HTTPD_BIN)
@@ -119,9 +122,9 @@ build/fuzz/fuzz_server: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)
 build/fuzz/fuzz_httpd: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC) $(ASSETS_C) tests/fuzz/fuzz_httpd.c
 	@mkdir -p build/fuzz
 	clang $(FUZZ_CFLAGS) -o $@ $^ $(SERVER_LIBS)
-build/fuzz/fuzz_http: src/http/parser.c tests/fuzz/fuzz_http.c
+build/fuzz/fuzz_http: $(FUZZ_HTTP_SRC) tests/fuzz/fuzz_http.c
 	@mkdir -p build/fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $^
+	clang $(FUZZ_CFLAGS) -o $@ $^ -lcrypto
 
 test: all unit
 	ELLIPTICS_BUILD=$(BUILD) /usr/bin/python3 -m pytest -q tests/integration

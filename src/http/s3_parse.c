@@ -3,6 +3,7 @@
  * allocation; every input is bounded by its length argument (fuzzed by
  * tests/fuzz/fuzz_http.c). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "s3.h"
@@ -177,7 +178,7 @@ int s3_parse_complete(const char *xml, size_t n, struct s3_part *parts, int max,
 		if (np == max)
 			return -2;
 		if (np && (int)v <= parts[np - 1].num)
-			return -3;
+			return DNET_ENOMEM;
 		/* The ETag as sent: "hex", &quot;hex&quot; or hex. */
 		if (el >= 6 && !memcmp(et, "&quot;", 6)) {
 			et += 6;
@@ -265,3 +266,57 @@ void s3_url_encode(struct dnet_hbuf *b, const char *s, size_t n)
 		}
 	}
 }
+
+/* A shard: "S3I1" then entries sorted by key: u16 klen, key, u64 size, u64 mtime,
+ * u8 etag length, etag (little-endian). */
+int s3_shard_parse(const uint8_t *p, size_t n, struct s3_entry **out, int *count)
+{
+	*out = NULL;
+	*count = 0;
+	if (n == 0)
+		return 0;
+	if (n < 4 || memcmp(p, "S3I1", 4))
+		return DNET_ECORRUPT;
+	size_t cap = 0;
+	struct s3_entry *e = NULL;
+	int c = 0;
+	for (size_t i = 4; i < n;) {
+		if (n - i < 2)
+			goto bad;
+		size_t kl = (size_t)p[i] | (size_t)p[i + 1] << 8;
+		i += 2;
+		if (kl == 0 || kl > S3_MAX_KEY || n - i < kl + 17)
+			goto bad;
+		if ((size_t)c == cap) {
+			cap = cap ? cap * 2 : 64;
+			struct s3_entry *ne = realloc(e, cap * sizeof(*e));
+			if (!ne) {
+				free(e);
+				return DNET_ENOMEM;
+			}
+			e = ne;
+		}
+		struct s3_entry *x = &e[c++];
+		x->key = (const char *)p + i;
+		x->klen = kl;
+		i += kl;
+		x->size = x->mtime_ns = 0;
+		for (int b = 7; b >= 0; b--)
+			x->size = x->size << 8 | p[i + (size_t)b];
+		for (int b = 7; b >= 0; b--)
+			x->mtime_ns = x->mtime_ns << 8 | p[i + 8 + (size_t)b];
+		x->elen = p[i + 16];
+		i += 17;
+		if (x->elen > 47 || n - i < x->elen)
+			goto bad;
+		x->etag = (const char *)p + i;
+		i += x->elen;
+	}
+	*out = e;
+	*count = c;
+	return 0;
+bad:
+	free(e);
+	return DNET_ECORRUPT;
+}
+

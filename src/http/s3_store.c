@@ -269,59 +269,6 @@ void s3_data_remove(struct s3_store *st, const struct s3_meta *m)
 
 /* ---- the name index ---- */
 
-/* A shard: "S3I1" then entries sorted by key: u16 klen, key, u64 size, u64 mtime,
- * u8 etag length, etag (little-endian). */
-int s3_shard_parse(const uint8_t *p, size_t n, struct s3_entry **out, int *count)
-{
-	*out = NULL;
-	*count = 0;
-	if (n == 0)
-		return 0;
-	if (n < 4 || memcmp(p, "S3I1", 4))
-		return DNET_ECORRUPT;
-	size_t cap = 0;
-	struct s3_entry *e = NULL;
-	int c = 0;
-	for (size_t i = 4; i < n;) {
-		if (n - i < 2)
-			goto bad;
-		size_t kl = (size_t)p[i] | (size_t)p[i + 1] << 8;
-		i += 2;
-		if (kl == 0 || kl > S3_MAX_KEY || n - i < kl + 17)
-			goto bad;
-		if ((size_t)c == cap) {
-			cap = cap ? cap * 2 : 64;
-			struct s3_entry *ne = realloc(e, cap * sizeof(*e));
-			if (!ne) {
-				free(e);
-				return DNET_ENOMEM;
-			}
-			e = ne;
-		}
-		struct s3_entry *x = &e[c++];
-		x->key = (const char *)p + i;
-		x->klen = kl;
-		i += kl;
-		x->size = x->mtime_ns = 0;
-		for (int b = 7; b >= 0; b--)
-			x->size = x->size << 8 | p[i + (size_t)b];
-		for (int b = 7; b >= 0; b--)
-			x->mtime_ns = x->mtime_ns << 8 | p[i + 8 + (size_t)b];
-		x->elen = p[i + 16];
-		i += 17;
-		if (x->elen > 47 || n - i < x->elen)
-			goto bad;
-		x->etag = (const char *)p + i;
-		i += x->elen;
-	}
-	*out = e;
-	*count = c;
-	return 0;
-bad:
-	free(e);
-	return DNET_ECORRUPT;
-}
-
 static void put_u64(struct dnet_hbuf *b, uint64_t v)
 {
 	char x[8];

@@ -1,7 +1,9 @@
 /* fuzz_http.c - the HTTP request head parser and the chunked body decoder on
  * arbitrary bytes: no crash, no read outside the input, and the results obey their
  * contracts (a head length within the input, decoded data never longer than its
- * input, the same result however the input is split).
+ * input, the same result however the input is split). Also the S3 gateway's
+ * parsers: the Signature V4 check of every parsed head, query parameters, Range
+ * headers, CompleteMultipartUpload bodies, percent-decoding and index shards.
  *
  * Built with clang -fsanitize=fuzzer (make fuzz), or as a plain program
  * (DNET_FUZZ_STANDALONE) replaying files, or generating N structured random
@@ -11,6 +13,8 @@
 #include <string.h>
 
 #include "http/http.h"
+#include "http/s3.h"
+#include "http/s3_store.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -19,6 +23,53 @@ static void check(int cond, const char *what)
 	if (!cond) {
 		fprintf(stderr, "fuzz_http: contract broken: %s\n", what);
 		abort();
+	}
+}
+
+/* The S3 parsers on the same bytes (buf is an exact-size heap copy). */
+static void s3_checks(const char *buf, size_t size, const struct dnet_http_req *r)
+{
+	static const struct s3_key keys[] = {{"AK", "secret"}};
+	char payload[128], out[256];
+	size_t l;
+	if (r) {
+		int a = s3_auth_check(r, keys, 1, 1369353600, payload, sizeof(payload));
+		check(a >= S3_AUTH_ANON && a <= S3_AUTH_UNSUPPORTED, "auth verdict in range");
+		if (a == S3_AUTH_OK)
+			check(strlen(payload) < sizeof(payload), "payload bounded");
+		static const char *names[] = {"list-type", "prefix", "X-Amz-Credential", "uploadId"};
+		for (int i = 0; i < 4; i++) {
+			int q = s3_query_get(r->query, r->query_len, names[i], out, sizeof(out), &l);
+			check(q < 1 || l <= sizeof(out), "query value bounded");
+		}
+		const struct dnet_http_hdr *rg = dnet_http_find_hdr(r, "range");
+		uint64_t off, len;
+		if (rg && s3_parse_range(rg->value, rg->value_len, 1000, &off, &len) == 0)
+			check(len >= 1 && off + len <= 1000, "range inside the object");
+	}
+	uint64_t off, len;
+	for (uint64_t objsz = 0; objsz < 3; objsz++)
+		if (s3_parse_range(buf, size, objsz * 500, &off, &len) == 0)
+			check(len >= 1 && off + len <= objsz * 500, "range inside the object");
+	if (s3_url_decode(buf, size, out, sizeof(out), &l) == 0)
+		check(l <= size && l <= sizeof(out), "decoded length bounded");
+	static struct s3_part parts[16];
+	int np = 0;
+	if (s3_parse_complete(buf, size, parts, 16, &np) == 0) {
+		check(np >= 1 && np <= 16, "part count bounded");
+		for (int i = 0; i < np; i++)
+			check(parts[i].num >= 1 && parts[i].num <= S3_MAX_PARTS &&
+				  strlen(parts[i].etag) == 32 && (i == 0 || parts[i].num > parts[i - 1].num),
+			      "parts valid and ascending");
+	}
+	struct s3_entry *e;
+	int c;
+	if (s3_shard_parse((const uint8_t *)buf, size, &e, &c) == 0) {
+		for (int i = 0; i < c; i++)
+			check(e[i].key >= buf && e[i].key + e[i].klen <= buf + size &&
+				  e[i].etag + e[i].elen <= buf + size,
+			      "shard entries inside the input");
+		free(e);
 	}
 }
 
@@ -88,6 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	free(out1);
 	free(in2);
+	s3_checks(buf, size, n > 0 ? &r : NULL);
 	free(buf);
 	return 0;
 }
@@ -137,6 +189,22 @@ static const char *pieces[] = {
     "ffffffffffffffffff\r\n",
     "1;ext=1\r\n",
     "Trailer: x\r\n",
+    "/bkt/key",
+    "?list-type=2&prefix=a%2F&delimiter=%2",
+    "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AK%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature=",
+    "Authorization: AWS4-HMAC-SHA256 Credential=AK/20130524/us-east-1/s3/aws4_request, "
+    "SignedHeaders=host;range;x-amz-date, Signature=",
+    "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41",
+    "x-amz-date: 20130524T000000Z",
+    "x-amz-content-sha256: UNSIGNED-PAYLOAD",
+    "Range: bytes=",
+    "bytes=0-9",
+    "-5",
+    "<CompleteMultipartUpload xmlns=\"x\">",
+    "<Part><PartNumber>2</PartNumber><ETag>\"0123456789abcdef0123456789abcdef\"</ETag></Part>",
+    "</CompleteMultipartUpload>",
+    "S3I1\x02\x00ab",
     "\x00",
     "\x7f",
     "\xff",

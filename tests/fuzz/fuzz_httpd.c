@@ -104,10 +104,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #ifdef DNET_FUZZ_STANDALONE
 static const char *methods[] = {"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "G\x01T", ""};
 static const char *paths[] = {"/metrics",  "/ring.json", "/", "/ring",	"/ring.js",
-			      "/ring.css", "/nope",	 "*", "/a?b=c", "x"};
+			      "/ring.css", "/nope",	 "*", "/a?b=c", "x",
+			      /* the S3 gateway (anonymous: the node has no S3 keys) */
+			      "/bkt", "/bkt/k", "/bkt/a%2Fb", "/bkt?list-type=2&prefix=a&delimiter=/",
+			      "/bkt/k?uploads", "/bkt/k?uploadId=00000000000000000000000000000000",
+			      "/bkt/k?partNumber=1&uploadId=0", "/bkt?location", "/bkt/%zz",
+			      "/bkt?list-type=2&continuation-token=6b&max-keys=1", "/?x"};
+#define NPATHS (sizeof(paths) / sizeof(paths[0]))
 static const char *good_headers[] = {
     "Connection: close", "Connection: keep-alive", "Expect: 100-continue", "Accept: */*",
-    "X-Empty:",		 "User-Agent: fuzz/1.0"};
+    "X-Empty:",		 "User-Agent: fuzz/1.0", "Range: bytes=1-3", "x-amz-copy-source: /bkt/k",
+    "Content-Encoding: aws-chunked", "x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    "x-amz-meta-a: b", "Authorization: AWS4-HMAC-SHA256 Credential=x"};
+#define NGOOD (sizeof(good_headers) / sizeof(good_headers[0]))
 static const char *bad_headers[] = {
     " folded", "Bad Header: x", "Transfer-Encoding: gzip", "Content-Length: abc",
     "Host: y", "X: \x01"};
@@ -118,17 +127,18 @@ static size_t gen(char *buf, size_t cap, unsigned *seed)
 	int reqs = 1 + rand_r(seed) % 4;
 	for (int r = 0; r < reqs && len + 600 < cap; r++) {
 		int m = rand_r(seed) % 10;
-		const char *meth = m < 7 ? methods[m % 2] : methods[rand_r(seed) % 8];
+		const char *meth = m < 5 ? methods[m % 2] : methods[rand_r(seed) % 8];
 		len +=
 		    (size_t)snprintf(buf + len, cap - len, "%s %s HTTP/1.%d\r\n", meth,
-				     paths[rand_r(seed) % 3 ? rand_r(seed) % 6 : rand_r(seed) % 10],
+				     paths[rand_r(seed) % 3 ? rand_r(seed) % 6
+							    : rand_r(seed) % (int)NPATHS],
 				     rand_r(seed) % 8 ? 1 : 0);
 		if (rand_r(seed) % 8)
 			len += (size_t)snprintf(buf + len, cap - len, "Host: h\r\n");
 		int nh = rand_r(seed) % 3;
 		for (int i = 0; i < nh; i++)
 			len += (size_t)snprintf(buf + len, cap - len, "%s\r\n",
-						rand_r(seed) % 5 ? good_headers[rand_r(seed) % 6]
+						rand_r(seed) % 5 ? good_headers[rand_r(seed) % (int)NGOOD]
 								 : bad_headers[rand_r(seed) % 6]);
 		int body = rand_r(seed) % 4;
 		size_t blen = (size_t)(rand_r(seed) % 300);
