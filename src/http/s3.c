@@ -1272,6 +1272,50 @@ static void list_objects(struct s3_req *q)
 	send_xml(q, 200, &b, NULL);
 }
 
+/* DeleteObjects (POST /bucket?delete): up to 1000 keys. */
+static void delete_objects(struct s3_req *q)
+{
+	if (bucket_exists_or_404(q))
+		return;
+	char *xml = NULL;
+	size_t xl;
+	int err = body_small(q, MAX_XML_BODY, &xml, &xl);
+	struct s3_del_key *keys = err ? NULL : malloc(sizeof(*keys) * 1000);
+	if (err || !keys) {
+		free(xml);
+		send_store_error(q, err ? err : DNET_ENOMEM);
+		return;
+	}
+	int nk = 0, quiet = 0;
+	int rc = s3_parse_delete(xml, xl, keys, 1000, &nk, &quiet);
+	free(xml);
+	if (rc) {
+		free(keys);
+		send_error(q, 400, "MalformedXML", "The XML you provided was not well-formed.");
+		return;
+	}
+	struct dnet_hbuf b;
+	dnet_hbuf_init(&b, 4096);
+	dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult "
+			  "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
+	for (int i = 0; i < nk; i++) {
+		err = s3_object_delete(&q->w->st, q->bucket, q->blen, keys[i].key, keys[i].len);
+		if (err && err != DNET_ENOENT) {
+			dnet_hbuf_add(&b, "<Error><Key>");
+			s3_xml_escape(&b, keys[i].key, keys[i].len);
+			dnet_hbuf_add(&b, "</Key><Code>InternalError</Code><Message>%s</Message></Error>",
+				      dnet_strerror(err));
+		} else if (!quiet) {
+			dnet_hbuf_add(&b, "<Deleted><Key>");
+			s3_xml_escape(&b, keys[i].key, keys[i].len);
+			dnet_hbuf_add(&b, "</Key></Deleted>");
+		}
+	}
+	free(keys);
+	dnet_hbuf_add(&b, "</DeleteResult>");
+	send_xml(q, 200, &b, NULL);
+}
+
 static void bucket_op(struct s3_req *q)
 {
 	int m = q->r->method;
@@ -1283,6 +1327,8 @@ static void bucket_op(struct s3_req *q)
 		create_bucket(q);
 	} else if (m == DNET_HTTP_DELETE) {
 		delete_bucket(q);
+	} else if (m == DNET_HTTP_POST && qhas(q, "delete")) {
+		delete_objects(q);
 	} else if (m == DNET_HTTP_HEAD) {
 		if (!bucket_exists_or_404(q))
 			send_body_resp(q, 200, NULL, NULL, 0, NULL);

@@ -49,6 +49,14 @@ struct s3_part {
 /* The parts of a CompleteMultipartUpload body: 0 and *nparts, or -1 malformed, -2
  * more than max parts, -3 part numbers not ascending. */
 int s3_parse_complete(const char *xml, size_t n, struct s3_part *parts, int max, int *nparts);
+/* The keys of a DeleteObjects body (<Delete><Object><Key>..</Key></Object>...): 0,
+ * -1 malformed, -2 more than max keys. Entities are decoded. */
+struct s3_del_key {
+	char key[S3_MAX_KEY];
+	size_t len;
+};
+int s3_parse_delete(const char *xml, size_t n, struct s3_del_key *keys, int max, int *nkeys,
+		    int *quiet);
 /* Append s as XML character data. */
 void s3_xml_escape(struct dnet_hbuf *b, const char *s, size_t n);
 /* Bucket names: 3..63 of [a-z0-9.-], starting and ending with a letter or digit. */

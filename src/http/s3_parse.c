@@ -320,3 +320,113 @@ bad:
 	return DNET_ECORRUPT;
 }
 
+
+/* XML character data to bytes: the five named entities and numeric references
+ * (as UTF-8). -1 if malformed or longer than cap. */
+static int xml_unescape(const char *s, size_t n, char *out, size_t cap, size_t *ol)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < n;) {
+		char tmp[4];
+		size_t tl = 1;
+		tmp[0] = s[i];
+		if (s[i] == '&') {
+			const char *semi = memchr(s + i, ';', n - i < 12 ? n - i : 12);
+			if (!semi)
+				return -1;
+			size_t el = (size_t)(semi - s - i) + 1;
+			const char *e = s + i;
+			if (el == 5 && !memcmp(e, "&amp;", 5))
+				tmp[0] = '&';
+			else if (el == 4 && !memcmp(e, "&lt;", 4))
+				tmp[0] = '<';
+			else if (el == 4 && !memcmp(e, "&gt;", 4))
+				tmp[0] = '>';
+			else if (el == 6 && !memcmp(e, "&quot;", 6))
+				tmp[0] = '"';
+			else if (el == 6 && !memcmp(e, "&apos;", 6))
+				tmp[0] = '\'';
+			else if (el > 3 && e[1] == '#') {
+				unsigned long cp = 0;
+				int hex = e[2] == 'x';
+				size_t k = hex ? 3 : 2;
+				if (k >= el - 1)
+					return -1;
+				for (; k < el - 1; k++) {
+					int v = hex ? hexval(e[k]) : (e[k] >= '0' && e[k] <= '9' ? e[k] - '0' : -1);
+					if (v < 0)
+						return -1;
+					cp = cp * (hex ? 16 : 10) + (unsigned long)v;
+					if (cp > 0x10FFFF)
+						return -1;
+				}
+				if (cp == 0 || (cp >= 0xD800 && cp <= 0xDFFF))
+					return -1;
+				if (cp < 0x80) {
+					tmp[0] = (char)cp;
+				} else if (cp < 0x800) {
+					tmp[0] = (char)(0xC0 | cp >> 6);
+					tmp[1] = (char)(0x80 | (cp & 0x3F));
+					tl = 2;
+				} else if (cp < 0x10000) {
+					tmp[0] = (char)(0xE0 | cp >> 12);
+					tmp[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+					tmp[2] = (char)(0x80 | (cp & 0x3F));
+					tl = 3;
+				} else {
+					tmp[0] = (char)(0xF0 | cp >> 18);
+					tmp[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+					tmp[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+					tmp[3] = (char)(0x80 | (cp & 0x3F));
+					tl = 4;
+				}
+			} else {
+				return -1;
+			}
+			i += el;
+		} else {
+			i++;
+		}
+		if (o + tl > cap)
+			return -1;
+		memcpy(out + o, tmp, tl);
+		o += tl;
+	}
+	*ol = o;
+	return 0;
+}
+
+int s3_parse_delete(const char *xml, size_t n, struct s3_del_key *keys, int max, int *nkeys,
+		    int *quiet)
+{
+	const char *p = xml, *end = xml + n, *after, *c;
+	size_t cl;
+	int nk = 0;
+	*quiet = 0;
+	const char *d = find_elem(p, end, "Delete", &cl, &after);
+	if (!d)
+		return -1;
+	end = d + cl;
+	const char *qv = find_elem(d, end, "Quiet", &cl, &after);
+	if (qv && cl == 4 && !memcmp(qv, "true", 4))
+		*quiet = 1;
+	p = d;
+	while ((c = find_elem(p, end, "Object", &cl, &after)) != NULL) {
+		const char *a2;
+		size_t kl;
+		const char *k = find_elem(c, c + cl, "Key", &kl, &a2);
+		if (!k)
+			return -1;
+		if (nk == max)
+			return -2;
+		if (xml_unescape(k, kl, keys[nk].key, S3_MAX_KEY, &keys[nk].len) != 0 ||
+		    keys[nk].len == 0)
+			return -1;
+		nk++;
+		p = after;
+	}
+	if (!nk)
+		return -1;
+	*nkeys = nk;
+	return 0;
+}

@@ -62,6 +62,13 @@ static void s3_checks(const char *buf, size_t size, const struct dnet_http_req *
 				  strlen(parts[i].etag) == 32 && (i == 0 || parts[i].num > parts[i - 1].num),
 			      "parts valid and ascending");
 	}
+	static struct s3_del_key dk[4];
+	int nd, quiet;
+	if (s3_parse_delete(buf, size, dk, 4, &nd, &quiet) == 0) {
+		check(nd >= 1 && nd <= 4, "delete count bounded");
+		for (int i = 0; i < nd; i++)
+			check(dk[i].len >= 1 && dk[i].len <= S3_MAX_KEY, "delete key bounded");
+	}
 	struct s3_entry *e;
 	int c;
 	if (s3_shard_parse((const uint8_t *)buf, size, &e, &c) == 0) {
@@ -204,6 +211,10 @@ static const char *pieces[] = {
     "<CompleteMultipartUpload xmlns=\"x\">",
     "<Part><PartNumber>2</PartNumber><ETag>\"0123456789abcdef0123456789abcdef\"</ETag></Part>",
     "</CompleteMultipartUpload>",
+    "<Delete>",
+    "<Object><Key>a&amp;&#x263A;&#1114112;&#</Key></Object>",
+    "<Quiet>true</Quiet>",
+    "</Delete>",
     "S3I1\x02\x00ab",
     "\x00",
     "\x7f",

@@ -185,6 +185,9 @@ def test_s3cmd(node_factory, monkeypatch, tmp_path):
     run(s3 + ["del", "s3://s3cb/t.txt"], env)
     _, out, _ = run(s3 + ["ls", "-r", "s3://s3cb"], env)
     assert "t.txt" not in out and "f.bin" in out, out
+    run(s3 + ["del", "--recursive", "--force", "s3://s3cb/d/"], env)  # DeleteObjects
+    _, out, _ = run(s3 + ["ls", "-r", "s3://s3cb"], env)
+    assert "f.bin" not in out, out
     rc, out, err = run(cfg("wrong-secret") + ["ls", "s3://s3cb"], env, ok=False)
     assert rc != 0 and "403" in err + out and "SignatureDoesNotMatch" in err + out, err
 
@@ -362,6 +365,14 @@ def test_boto3_multipart_range_copy_list(node_factory, monkeypatch, tmp_path):
     assert [o["Key"] for o in v1["Contents"]] == ["l/b/%02d" % i for i in range(7, 25, 2)]
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["bot"]
     assert error_of(lambda: s3.delete_bucket(Bucket="bot")) == (409, "BucketNotEmpty")
+    # DeleteObjects: a batch, one name twice and one that never existed
+    dl = s3.delete_objects(Bucket="bot", Delete={"Objects": [{"Key": "l/a/%02d" % i} for i in range(0, 25, 2)]
+                                                 + [{"Key": "l/a/00"}, {"Key": "no & such <key>"}]})
+    assert sorted(d["Key"] for d in dl["Deleted"]) == sorted(
+        ["l/a/%02d" % i for i in range(0, 25, 2)] + ["l/a/00", "no & such <key>"])
+    assert not dl.get("Errors")
+    page = s3.list_objects_v2(Bucket="bot", Prefix="l/")
+    assert [o["Key"] for o in page["Contents"]] == ["l/b/%02d" % i for i in range(1, 25, 2)]
 
     # presigned GET
     url = s3.generate_presigned_url("get_object", Params={"Bucket": "bot", "Key": "k1"}, ExpiresIn=300)

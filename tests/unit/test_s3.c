@@ -213,6 +213,30 @@ static void test_complete_xml(void **state)
 		assert_int_equal(s3_parse_complete(bad[i], strlen(bad[i]), p, 4, &n), -1);
 }
 
+static void test_delete_xml(void **state)
+{
+	static struct s3_del_key k[3];
+	int n, quiet;
+	const char *x = "<Delete xmlns=\"x\"><Quiet>true</Quiet><Object><Key>a&amp;b&lt;&#x263A;&#65;</Key>"
+			"</Object><Object><Key>plain/key</Key><VersionId>1</VersionId></Object></Delete>";
+	assert_int_equal(s3_parse_delete(x, strlen(x), k, 3, &n, &quiet), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(quiet, 1);
+	assert_int_equal(k[0].len, 8);
+	assert_memory_equal(k[0].key, "a&b<\xe2\x98\xba" "A", 8);
+	assert_int_equal(k[1].len, 9);
+	assert_int_equal(s3_parse_delete(x, strlen(x), k, 1, &n, &quiet), -2);
+	const char *bad[] = {"<Delete></Delete>", "<Delete><Object><Key></Key></Object></Delete>",
+			     "<Delete><Object><Key>&bogus;</Key></Object></Delete>",
+			     "<Delete><Object><Key>&#0;</Key></Object></Delete>",
+			     "<Delete><Object><Key>&#xD800;</Key></Object></Delete>",
+			     "<Delete><Object><Key>&#x110000;</Key></Object></Delete>",
+			     "<Delete><Object><Key>&amp</Key></Object></Delete>",
+			     "<Delete><Object></Object></Delete>", "<Delete><Object><Key>a"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		assert_int_equal(s3_parse_delete(bad[i], strlen(bad[i]), k, 3, &n, &quiet), -1);
+}
+
 static void test_xml_escape_and_names(void **state)
 {
 	struct dnet_hbuf b;
@@ -273,7 +297,7 @@ int main(void)
 	    cmocka_unit_test(test_sigv4_aws_example), cmocka_unit_test(test_sigv4_forms),
 	    cmocka_unit_test(test_query_and_decode),  cmocka_unit_test(test_range),
 	    cmocka_unit_test(test_complete_xml),      cmocka_unit_test(test_xml_escape_and_names),
-	    cmocka_unit_test(test_shard_format),
+	    cmocka_unit_test(test_shard_format),      cmocka_unit_test(test_delete_xml),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
