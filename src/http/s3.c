@@ -25,10 +25,13 @@
 #include "s3_store.h"
 
 #define GW_THREADS 8
+#define GW_QUEUE 64		     /* requests waiting for a thread; more get 503 */
+#define MIN_RATE 4096		     /* bytes/s a body or response must average after IO_MS */
 #define IO_MS 30000		     /* longest pause of a body or a response */
 #define MAX_PUT (5ull << 30)	     /* S3's single PUT and part limit */
 #define MAX_XML_BODY (2u << 20)	     /* CompleteMultipartUpload, CreateBucket */
 #define MIN_PART (5u << 20)	     /* every part but the last */
+#define SMALL_PUT (1u << 20)	     /* bodies up to this size are written in one piece */
 
 struct s3_worker {
 	struct dnet_s3 *g;
@@ -43,6 +46,7 @@ struct dnet_s3 {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct dnet_http_conn *qhead, *qtail;
+	int qlen;
 	int stop;
 	struct s3_worker w[GW_THREADS];
 	struct s3_key *keys;
@@ -67,13 +71,26 @@ struct s3_req {
 	struct dnet_http_chunked ch, ach;
 	uint64_t body_bytes;
 	EVP_MD_CTX *md5, *sha;
+	int sha_done; /* the body's SHA-256 was compared: 1 matched, -1 not */
 	char payload[128];
 	/* response */
 	int keep_alive;
 	int status;
 	int head_sent;
 	uint64_t reqid;
+	uint64_t start_ns, moved; /* bytes of body in and response out */
 };
+
+/* A client that trickles (slowloris on a body, or one that reads a response a
+ * byte at a time) must not hold a gateway thread: after IO_MS, the request has to
+ * average MIN_RATE. */
+static int too_slow(struct s3_req *q)
+{
+	uint64_t el = dnet_now_mono_ns() - q->start_ns;
+	if (el < (uint64_t)IO_MS * 1000000ull)
+		return 0;
+	return q->moved < el / 1000000000ull * MIN_RATE;
+}
 
 /* ---- responses ---- */
 
@@ -87,7 +104,20 @@ static int send_all(struct s3_req *q, const void *p, size_t n)
 	struct iovec iov = {.iov_base = (void *)(uintptr_t)p, .iov_len = n};
 	if (!n)
 		return 0;
-	int err = dnet_send_iov_deadline(q->c->fd, &iov, 1, deadline());
+	int err = 0;
+	/* In pieces, so a reader that stalls is noticed within a piece. */
+	while (!err && iov.iov_len) {
+		struct iovec one = iov;
+		if (one.iov_len > 262144)
+			one.iov_len = 262144;
+		size_t l = one.iov_len;
+		err = dnet_send_iov_deadline(q->c->fd, &one, 1, deadline());
+		q->moved += l;
+		iov.iov_base = (char *)iov.iov_base + l;
+		iov.iov_len -= l;
+		if (!err && too_slow(q))
+			err = DNET_ETIMEDOUT;
+	}
 	if (err)
 		q->keep_alive = 0;
 	return err;
@@ -265,6 +295,7 @@ static int body_next(struct s3_req *q, uint8_t **pp, size_t *pn)
 				ssize_t r = recv(c->fd, c->buf + c->len, DNET_HTTP_BUF_CAP - c->len, 0);
 				if (r > 0) {
 					c->len += (size_t)r;
+					q->moved += (size_t)r;
 					break;
 				}
 				if (r == 0)
@@ -273,7 +304,7 @@ static int body_next(struct s3_req *q, uint8_t **pp, size_t *pn)
 					continue;
 				if (errno != EAGAIN && errno != EWOULDBLOCK)
 					return dnet_from_errno(errno);
-				int err = dnet_wait_fd(c->fd, POLLIN, deadline());
+				int err = too_slow(q) ? DNET_ETIMEDOUT : dnet_wait_fd(c->fd, POLLIN, deadline());
 				if (err)
 					return err;
 			}
@@ -384,6 +415,8 @@ static int payload_ok(struct s3_req *q)
 {
 	if (!q->sha)
 		return 1;
+	if (q->sha_done)
+		return q->sha_done > 0;
 	uint8_t md[32];
 	unsigned l = 0;
 	char hx[65];
@@ -394,7 +427,8 @@ static int payload_ok(struct s3_req *q)
 		hx[2 * i + 1] = d[md[i] & 15];
 	}
 	hx[64] = 0;
-	return !strcasecmp(hx, q->payload);
+	q->sha_done = strcasecmp(hx, q->payload) ? -1 : 1;
+	return q->sha_done > 0;
 }
 
 /* dnet_source_fn over the request body. */
@@ -445,7 +479,28 @@ static int store_body(struct s3_req *q, const char *dkey, size_t dklen, uint64_t
 	uint64_t sz = body_size(q);
 	if (sz != UINT64_MAX && sz > MAX_PUT)
 		return -413;
-	err = dnet_write_stream(q->w->st.cl, dkey, dklen, sz, body_source, &bs, NULL);
+	if (sz <= SMALL_PUT) {
+		/* Small bodies in one buffer and one write: no chunked-upload machinery
+		 * (and its 8 MiB buffers) for a 1 KiB object. */
+		uint8_t *buf = malloc(sz ? (size_t)sz : 1), *p;
+		size_t got = 0, n;
+		if (!buf)
+			return DNET_ENOMEM;
+		err = body_source(&bs, buf, (size_t)sz, &got);
+		/* The body must end here (a chunked one may still have its last chunk). */
+		while (!err && !q->body_done) {
+			err = body_next(q, &p, &n);
+			if (!err && n)
+				err = -400;
+		}
+		if (!err && got != sz)
+			err = -400;
+		if (!err && payload_ok(q))
+			err = dnet_write(q->w->st.cl, dkey, dklen, buf, (size_t)sz, NULL);
+		free(buf);
+	} else {
+		err = dnet_write_stream(q->w->st.cl, dkey, dklen, sz, body_source, &bs, NULL);
+	}
 	if (bs.err)
 		err = bs.err;
 	if (!err && !q->body_done)
@@ -1501,6 +1556,7 @@ static void serve_conn(struct s3_worker *w, struct dnet_http_conn *c)
 	q.c = c;
 	q.r = &c->req;
 	q.keep_alive = c->req.keep_alive;
+	q.start_ns = dnet_now_mono_ns();
 	uint64_t rnd = dnet_now_real_ns() ^ ((uint64_t)(uintptr_t)&q << 16);
 	q.reqid = rnd * 0x9E3779B97F4A7C15ull;
 	serve(&q);
@@ -1541,6 +1597,7 @@ static void *worker(void *arg)
 		g->qhead = c->next;
 		if (!g->qhead)
 			g->qtail = NULL;
+		g->qlen--;
 		c->next = NULL;
 		w->cur = c;
 		pthread_mutex_unlock(&g->lock);
@@ -1562,8 +1619,18 @@ void dnet_s3_submit(struct dnet_http *h, struct dnet_http_conn *c)
 	else
 		g->qhead = c;
 	g->qtail = c;
+	g->qlen++;
 	pthread_cond_signal(&g->cond);
 	pthread_mutex_unlock(&g->lock);
+}
+
+int dnet_s3_busy(struct dnet_http *h)
+{
+	struct dnet_s3 *g = h->s3;
+	pthread_mutex_lock(&g->lock);
+	int busy = g->qlen >= GW_QUEUE;
+	pthread_mutex_unlock(&g->lock);
+	return busy;
 }
 
 int dnet_s3_wants(struct dnet_http *h, const struct dnet_http_req *r, int fixed_route)

@@ -21,6 +21,8 @@ void dnet_s3_stop(struct dnet_http *h);
  * own (/, /metrics, ...): those stay there unless the request is signed or carries
  * S3 parameters. */
 int dnet_s3_wants(struct dnet_http *h, const struct dnet_http_req *r, int fixed_route);
+/* Too many requests already wait for a gateway thread (answer 503). */
+int dnet_s3_busy(struct dnet_http *h);
 /* Loop thread: hand over a detached connection whose request head is parsed. */
 void dnet_s3_submit(struct dnet_http *h, struct dnet_http_conn *c);
 
