@@ -25,13 +25,13 @@
 #include "s3_store.h"
 
 #define GW_THREADS 8
-#define GW_QUEUE 64		     /* requests waiting for a thread; more get 503 */
-#define MIN_RATE 4096		     /* bytes/s a body or response must average after IO_MS */
-#define IO_MS 30000		     /* longest pause of a body or a response */
-#define MAX_PUT (5ull << 30)	     /* S3's single PUT and part limit */
-#define MAX_XML_BODY (2u << 20)	     /* CompleteMultipartUpload, CreateBucket */
-#define MIN_PART (5u << 20)	     /* every part but the last */
-#define SMALL_PUT (1u << 20)	     /* bodies up to this size are written in one piece */
+#define GW_QUEUE 64		/* requests waiting for a thread; more get 503 */
+#define MIN_RATE 4096		/* bytes/s a body or response must average after IO_MS */
+#define IO_MS 30000		/* longest pause of a body or a response */
+#define MAX_PUT (5ull << 30)	/* S3's single PUT and part limit */
+#define MAX_XML_BODY (2u << 20) /* CompleteMultipartUpload, CreateBucket */
+#define MIN_PART (5u << 20)	/* every part but the last */
+#define SMALL_PUT (1u << 20)	/* bodies up to this size are written in one piece */
 
 struct s3_worker {
 	struct dnet_s3 *g;
@@ -155,7 +155,7 @@ static int send_head(struct s3_req *q, int status, const char *ctype, int64_t cl
 			 status, dnet_http_reason(status), date, (unsigned long long)q->reqid,
 			 ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "",
 			 (long long)clen, extra ? extra : "",
-			 !q->keep_alive ? "Connection: close\r\n"
+			 !q->keep_alive		    ? "Connection: close\r\n"
 			 : q->r->version_minor == 0 ? "Connection: keep-alive\r\n"
 						    : "");
 	if (n < 0 || (size_t)n >= sizeof(head))
@@ -170,8 +170,7 @@ static int send_head(struct s3_req *q, int status, const char *ctype, int64_t cl
 static void send_body_resp(struct s3_req *q, int status, const char *ctype, const char *body,
 			   size_t len, const char *extra)
 {
-	if (send_head(q, status, ctype, (int64_t)len, extra) == 0 &&
-	    q->r->method != DNET_HTTP_HEAD)
+	if (send_head(q, status, ctype, (int64_t)len, extra) == 0 && q->r->method != DNET_HTTP_HEAD)
 		send_all(q, body, len);
 }
 
@@ -191,8 +190,9 @@ static void send_error(struct s3_req *q, int status, const char *code, const cha
 {
 	struct dnet_hbuf b;
 	dnet_hbuf_init(&b, 512);
-	dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code>"
-			  "<Message>",
+	dnet_hbuf_add(&b,
+		      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>%s</Code>"
+		      "<Message>",
 		      code);
 	s3_xml_escape(&b, msg, strlen(msg));
 	dnet_hbuf_add(&b, "</Message>");
@@ -253,7 +253,8 @@ static int body_init(struct s3_req *q)
 static uint64_t body_size(struct s3_req *q)
 {
 	if (q->aws) {
-		const struct dnet_http_hdr *d = dnet_http_find_hdr(q->r, "x-amz-decoded-content-length");
+		const struct dnet_http_hdr *d =
+		    dnet_http_find_hdr(q->r, "x-amz-decoded-content-length");
 		uint64_t v = 0;
 		if (!d || !d->value_len || d->value_len > 19)
 			return UINT64_MAX;
@@ -292,7 +293,8 @@ static int body_next(struct s3_req *q, uint8_t **pp, size_t *pn)
 		if (q->boff == c->len) {
 			c->len = q->boff = hl; /* the head stays: req points into it */
 			for (;;) {
-				ssize_t r = recv(c->fd, c->buf + c->len, DNET_HTTP_BUF_CAP - c->len, 0);
+				ssize_t r =
+				    recv(c->fd, c->buf + c->len, DNET_HTTP_BUF_CAP - c->len, 0);
 				if (r > 0) {
 					c->len += (size_t)r;
 					q->moved += (size_t)r;
@@ -304,7 +306,8 @@ static int body_next(struct s3_req *q, uint8_t **pp, size_t *pn)
 					continue;
 				if (errno != EAGAIN && errno != EWOULDBLOCK)
 					return dnet_from_errno(errno);
-				int err = too_slow(q) ? DNET_ETIMEDOUT : dnet_wait_fd(c->fd, POLLIN, deadline());
+				int err = too_slow(q) ? DNET_ETIMEDOUT
+						      : dnet_wait_fd(c->fd, POLLIN, deadline());
 				if (err)
 					return err;
 			}
@@ -597,7 +600,8 @@ static void etag_hdr(char *out, size_t cap, const struct s3_meta *m, const char 
 {
 	char lm[64];
 	s3_http_date(m->mtime_ns, lm, sizeof(lm));
-	snprintf(out, cap, "ETag: \"%s\"\r\nLast-Modified: %s\r\n%s", m->etag, lm, more ? more : "");
+	snprintf(out, cap, "ETag: \"%s\"\r\nLast-Modified: %s\r\n%s", m->etag, lm,
+		 more ? more : "");
 }
 
 static void put_object(struct s3_req *q)
@@ -660,7 +664,8 @@ static int stream_object(struct s3_req *q, const struct s3_meta *m, uint64_t off
 			if (n > len)
 				n = len;
 			size_t dkl = s3_data_key(dkey, sizeof(dkey), m->id, m->parts[i].num);
-			int err = dnet_read_stream(q->w->st.cl, dkey, dkl, o, n, sock_sink, &ss, NULL);
+			int err =
+			    dnet_read_stream(q->w->st.cl, dkey, dkl, o, n, sock_sink, &ss, NULL);
 			if (err)
 				return err;
 			off += n;
@@ -676,7 +681,8 @@ static void get_object(struct s3_req *q, int head)
 	struct s3_meta m;
 	int err = s3_meta_read(&q->w->st, q->bucket, q->blen, q->key, q->klen, &m);
 	if (err) {
-		if (err == DNET_ENOENT && s3_bucket_exists(&q->w->st, q->bucket, q->blen) == DNET_ENOENT)
+		if (err == DNET_ENOENT &&
+		    s3_bucket_exists(&q->w->st, q->bucket, q->blen) == DNET_ENOENT)
 			send_error(q, 404, "NoSuchBucket", "The specified bucket does not exist.");
 		else
 			send_store_error(q, err);
@@ -696,9 +702,10 @@ static void get_object(struct s3_req *q, int head)
 			s3_meta_free(&m);
 			struct dnet_hbuf b;
 			dnet_hbuf_init(&b, 256);
-			dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>"
-					  "InvalidRange</Code><Message>The requested range is not "
-					  "satisfiable</Message></Error>");
+			dnet_hbuf_add(&b,
+				      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>"
+				      "InvalidRange</Code><Message>The requested range is not "
+				      "satisfiable</Message></Error>");
 			send_xml(q, 416, &b, ex);
 			return;
 		}
@@ -724,7 +731,8 @@ static void get_object(struct s3_req *q, int head)
 	const char *im = hdr(q, "if-match", &il);
 	if (im && !(il == 1 && im[0] == '*') && !((size_t)ql == il && !memcmp(im, quoted, il))) {
 		s3_meta_free(&m);
-		send_error(q, 412, "PreconditionFailed", "At least one of the preconditions failed.");
+		send_error(q, 412, "PreconditionFailed",
+			   "At least one of the preconditions failed.");
 		return;
 	}
 	char *ex = malloc(sizeof(m.umeta) + 512);
@@ -735,8 +743,10 @@ static void get_object(struct s3_req *q, int head)
 	}
 	char lm[64];
 	s3_http_date(m.mtime_ns, lm, sizeof(lm));
-	snprintf(ex, sizeof(m.umeta) + 512, "ETag: \"%s\"\r\nLast-Modified: %s\r\n"
-		 "Accept-Ranges: bytes\r\n%s%.*s", m.etag, lm, cr, (int)m.umeta_len, m.umeta);
+	snprintf(ex, sizeof(m.umeta) + 512,
+		 "ETag: \"%s\"\r\nLast-Modified: %s\r\n"
+		 "Accept-Ranges: bytes\r\n%s%.*s",
+		 m.etag, lm, cr, (int)m.umeta_len, m.umeta);
 	err = send_head(q, status, m.ctype, (int64_t)len, ex);
 	free(ex);
 	if (!err && !head) {
@@ -800,8 +810,8 @@ static int copy_source(void *arg, void *out, size_t len, size_t *got)
 				want = 4u << 20;
 			char dkey[80];
 			size_t dkl = s3_data_key(dkey, sizeof(dkey), cs->m->id, num);
-			int err = dnet_read(cs->q->w->st.cl2, dkey, dkl, in, want, &cs->buf, &cs->blen,
-					    NULL);
+			int err = dnet_read(cs->q->w->st.cl2, dkey, dkl, in, want, &cs->buf,
+					    &cs->blen, NULL);
 			if (err)
 				return err;
 			if (cs->blen != want)
@@ -895,9 +905,10 @@ static void copy_object(struct s3_req *q, const char *src, size_t srclen)
 	s3_iso_date(m.mtime_ns, iso, sizeof(iso));
 	struct dnet_hbuf b;
 	dnet_hbuf_init(&b, 256);
-	dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyObjectResult>"
-			  "<LastModified>%s</LastModified><ETag>&quot;%s&quot;</ETag>"
-			  "</CopyObjectResult>",
+	dnet_hbuf_add(&b,
+		      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyObjectResult>"
+		      "<LastModified>%s</LastModified><ETag>&quot;%s&quot;</ETag>"
+		      "</CopyObjectResult>",
 		      iso, m.etag);
 	send_xml(q, 200, &b, NULL);
 }
@@ -930,8 +941,9 @@ static void create_multipart(struct s3_req *q)
 	}
 	struct dnet_hbuf b;
 	dnet_hbuf_init(&b, 512);
-	dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<InitiateMultipartUploadResult>"
-			  "<Bucket>");
+	dnet_hbuf_add(&b,
+		      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<InitiateMultipartUploadResult>"
+		      "<Bucket>");
 	s3_xml_escape(&b, q->bucket, q->blen);
 	dnet_hbuf_add(&b, "</Bucket><Key>");
 	s3_xml_escape(&b, q->key, q->klen);
@@ -970,7 +982,8 @@ static void upload_part(struct s3_req *q)
 	}
 	int n = atoi(num);
 	if (n < 1 || n > S3_MAX_PARTS || nl > 5) {
-		send_error(q, 400, "InvalidArgument", "Part number must be an integer between 1 and 10000.");
+		send_error(q, 400, "InvalidArgument",
+			   "Part number must be an integer between 1 and 10000.");
 		return;
 	}
 	if (upload_get(q, id, &um))
@@ -1066,11 +1079,12 @@ static void complete_multipart(struct s3_req *q)
 	if (bad || err) {
 		free(m.parts);
 		if (bad)
-			send_error(q, 400, bad,
-				   !strcmp(bad, "InvalidPart")
-				       ? "One or more of the specified parts could not be found or "
-					 "its ETag did not match."
-				       : "Your proposed upload is smaller than the minimum allowed size.");
+			send_error(
+			    q, 400, bad,
+			    !strcmp(bad, "InvalidPart")
+				? "One or more of the specified parts could not be found or "
+				  "its ETag did not match."
+				: "Your proposed upload is smaller than the minimum allowed size.");
 		else
 			send_store_error(q, err);
 		return;
@@ -1127,9 +1141,10 @@ static void list_buckets(struct s3_req *q)
 	}
 	struct dnet_hbuf b;
 	dnet_hbuf_init(&b, 1024);
-	dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListAllMyBucketsResult "
-			  "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>elliptics</ID>"
-			  "<DisplayName>elliptics</DisplayName></Owner><Buckets>");
+	dnet_hbuf_add(&b,
+		      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListAllMyBucketsResult "
+		      "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner><ID>elliptics</ID>"
+		      "<DisplayName>elliptics</DisplayName></Owner><Buckets>");
 	/* lines "NAME CTIME_NS" */
 	for (size_t i = 0; i < nl;) {
 		size_t j = i;
@@ -1183,7 +1198,8 @@ static void delete_bucket(struct s3_req *q)
 	if (err == DNET_ENOENT)
 		send_error(q, 404, "NoSuchBucket", "The specified bucket does not exist.");
 	else if (err == S3_ENOTEMPTY)
-		send_error(q, 409, "BucketNotEmpty", "The bucket you tried to delete is not empty.");
+		send_error(q, 409, "BucketNotEmpty",
+			   "The bucket you tried to delete is not empty.");
 	else if (err)
 		send_store_error(q, err);
 	else
@@ -1221,13 +1237,15 @@ static void list_objects(struct s3_req *q)
 	int have_tok = 0;
 	if (v2 && qget(q, "continuation-token", tok, sizeof(tok), &tl) == 1) {
 		if (tl % 2 || tl / 2 > S3_MAX_KEY) {
-			send_error(q, 400, "InvalidArgument", "The continuation token is not valid.");
+			send_error(q, 400, "InvalidArgument",
+				   "The continuation token is not valid.");
 			return;
 		}
 		for (size_t i = 0; i < tl / 2; i++) {
 			unsigned v;
 			if (sscanf(tok + 2 * i, "%2x", &v) != 1) {
-				send_error(q, 400, "InvalidArgument", "The continuation token is not valid.");
+				send_error(q, 400, "InvalidArgument",
+					   "The continuation token is not valid.");
 				return;
 			}
 			start[i] = (char)v;
@@ -1239,7 +1257,8 @@ static void list_objects(struct s3_req *q)
 		return;
 	}
 	struct s3_listing ls;
-	int err = s3_list(&q->w->st, q->bucket, q->blen, prefix, pl, delim, dl, start, sl, max, &ls);
+	int err =
+	    s3_list(&q->w->st, q->bucket, q->blen, prefix, pl, delim, dl, start, sl, max, &ls);
 	if (err) {
 		send_store_error(q, err);
 		return;
@@ -1305,8 +1324,9 @@ static void list_objects(struct s3_req *q)
 		} else {
 			s3_xml_escape(&b, e->key, e->klen);
 		}
-		dnet_hbuf_add(&b, "</Key><LastModified>%s</LastModified><ETag>&quot;%.*s&quot;</ETag>"
-				  "<Size>%llu</Size><StorageClass>STANDARD</StorageClass></Contents>",
+		dnet_hbuf_add(&b,
+			      "</Key><LastModified>%s</LastModified><ETag>&quot;%.*s&quot;</ETag>"
+			      "<Size>%llu</Size><StorageClass>STANDARD</StorageClass></Contents>",
 			      iso, (int)e->elen, e->etag, (unsigned long long)e->size);
 	}
 	for (int i = 0; i < ls.nprefixes; i++) {
@@ -1358,8 +1378,9 @@ static void delete_objects(struct s3_req *q)
 		if (err && err != DNET_ENOENT) {
 			dnet_hbuf_add(&b, "<Error><Key>");
 			s3_xml_escape(&b, keys[i].key, keys[i].len);
-			dnet_hbuf_add(&b, "</Key><Code>InternalError</Code><Message>%s</Message></Error>",
-				      dnet_strerror(err));
+			dnet_hbuf_add(
+			    &b, "</Key><Code>InternalError</Code><Message>%s</Message></Error>",
+			    dnet_strerror(err));
 		} else if (!quiet) {
 			dnet_hbuf_add(&b, "<Deleted><Key>");
 			s3_xml_escape(&b, keys[i].key, keys[i].len);
@@ -1376,7 +1397,8 @@ static void bucket_op(struct s3_req *q)
 	int m = q->r->method;
 	if (m == DNET_HTTP_PUT) {
 		if (q->r->query_len) {
-			send_error(q, 501, "NotImplemented", "This bucket operation is not implemented.");
+			send_error(q, 501, "NotImplemented",
+				   "This bucket operation is not implemented.");
 			return;
 		}
 		create_bucket(q);
@@ -1393,32 +1415,41 @@ static void bucket_op(struct s3_req *q)
 				return;
 			struct dnet_hbuf b;
 			dnet_hbuf_init(&b, 256);
-			dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<LocationConstraint "
-					  "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"></LocationConstraint>");
+			dnet_hbuf_add(
+			    &b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<LocationConstraint "
+				"xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"></"
+				"LocationConstraint>");
 			send_xml(q, 200, &b, NULL);
 		} else if (qhas(q, "versioning")) {
 			if (bucket_exists_or_404(q))
 				return;
 			struct dnet_hbuf b;
 			dnet_hbuf_init(&b, 256);
-			dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<VersioningConfiguration "
-					  "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"/>");
+			dnet_hbuf_add(
+			    &b,
+			    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<VersioningConfiguration "
+			    "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"/>");
 			send_xml(q, 200, &b, NULL);
 		} else if (qhas(q, "uploads")) {
 			if (bucket_exists_or_404(q))
 				return;
 			struct dnet_hbuf b;
 			dnet_hbuf_init(&b, 512);
-			dnet_hbuf_add(&b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ListMultipartUploadsResult "
-					  "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>");
+			dnet_hbuf_add(&b,
+				      "<?xml version=\"1.0\" "
+				      "encoding=\"UTF-8\"?>\n<ListMultipartUploadsResult "
+				      "xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>");
 			s3_xml_escape(&b, q->bucket, q->blen);
-			dnet_hbuf_add(&b, "</Bucket><IsTruncated>false</IsTruncated></ListMultipartUploadsResult>");
+			dnet_hbuf_add(&b, "</Bucket><IsTruncated>false</IsTruncated></"
+					  "ListMultipartUploadsResult>");
 			send_xml(q, 200, &b, NULL);
 		} else if (qhas(q, "acl") || qhas(q, "policy") || qhas(q, "cors") ||
 			   qhas(q, "lifecycle") || qhas(q, "tagging") || qhas(q, "website") ||
 			   qhas(q, "logging") || qhas(q, "versions") || qhas(q, "object-lock") ||
-			   qhas(q, "encryption") || qhas(q, "notification") || qhas(q, "replication")) {
-			send_error(q, 501, "NotImplemented", "This bucket operation is not implemented.");
+			   qhas(q, "encryption") || qhas(q, "notification") ||
+			   qhas(q, "replication")) {
+			send_error(q, 501, "NotImplemented",
+				   "This bucket operation is not implemented.");
 		} else {
 			list_objects(q);
 		}
@@ -1435,11 +1466,13 @@ static void object_op(struct s3_req *q)
 		const char *cs = hdr(q, "x-amz-copy-source", &l);
 		if (qhas(q, "uploadId") && qhas(q, "partNumber")) {
 			if (cs)
-				send_error(q, 501, "NotImplemented", "UploadPartCopy is not implemented.");
+				send_error(q, 501, "NotImplemented",
+					   "UploadPartCopy is not implemented.");
 			else
 				upload_part(q);
 		} else if (q->r->query_len && !qhas(q, "x-id") && !qhas(q, "X-Amz-Algorithm")) {
-			send_error(q, 501, "NotImplemented", "This object operation is not implemented.");
+			send_error(q, 501, "NotImplemented",
+				   "This object operation is not implemented.");
 		} else if (cs) {
 			copy_object(q, cs, l);
 		} else {
@@ -1448,7 +1481,8 @@ static void object_op(struct s3_req *q)
 	} else if (m == DNET_HTTP_GET || m == DNET_HTTP_HEAD) {
 		if (qhas(q, "uploadId") || qhas(q, "acl") || qhas(q, "tagging") ||
 		    qhas(q, "attributes"))
-			send_error(q, 501, "NotImplemented", "This object operation is not implemented.");
+			send_error(q, 501, "NotImplemented",
+				   "This object operation is not implemented.");
 		else
 			get_object(q, m == DNET_HTTP_HEAD);
 	} else if (m == DNET_HTTP_DELETE) {
@@ -1462,7 +1496,8 @@ static void object_op(struct s3_req *q)
 		else if (qhas(q, "uploadId"))
 			complete_multipart(q);
 		else
-			send_error(q, 501, "NotImplemented", "This object operation is not implemented.");
+			send_error(q, 501, "NotImplemented",
+				   "This object operation is not implemented.");
 	} else {
 		send_error(q, 501, "NotImplemented", "This object operation is not implemented.");
 	}
@@ -1472,14 +1507,16 @@ static void object_op(struct s3_req *q)
 static void serve(struct s3_req *q)
 {
 	const struct dnet_http_req *r = q->r;
-	int rc = s3_auth_check(r, q->g->keys, q->g->nkeys, (int64_t)(dnet_now_real_ns() / 1000000000ull),
-			       q->payload, sizeof(q->payload));
+	int rc =
+	    s3_auth_check(r, q->g->keys, q->g->nkeys, (int64_t)(dnet_now_real_ns() / 1000000000ull),
+			  q->payload, sizeof(q->payload));
 	if (!q->g->nkeys) {
 		/* Anonymous mode: no keys configured. Loopback clients only. */
 		q->payload[0] = 0;
 		if (!dnet_addr_is_loopback(q->c->peer)) {
-			send_error(q, 403, "AccessDenied",
-				   "Anonymous access is allowed from loopback only; configure S3 keys.");
+			send_error(
+			    q, 403, "AccessDenied",
+			    "Anonymous access is allowed from loopback only; configure S3 keys.");
 			return;
 		}
 	} else if (rc != S3_AUTH_OK) {
@@ -1491,8 +1528,9 @@ static void serve(struct s3_req *q)
 		    [S3_AUTH_BADSIG] = {403, "SignatureDoesNotMatch",
 					"The request signature we calculated does not match the "
 					"signature you provided."},
-		    [S3_AUTH_NOKEY] = {403, "InvalidAccessKeyId",
-				       "The AWS Access Key Id you provided does not exist in our records."},
+		    [S3_AUTH_NOKEY] =
+			{403, "InvalidAccessKeyId",
+			 "The AWS Access Key Id you provided does not exist in our records."},
 		    [S3_AUTH_MALFORMED] = {400, "AuthorizationHeaderMalformed",
 					   "The authorization header is malformed."},
 		    [S3_AUTH_SKEWED] = {403, "RequestTimeTooSkewed",
@@ -1537,7 +1575,8 @@ static void serve(struct s3_req *q)
 		if (r->method == DNET_HTTP_GET || r->method == DNET_HTTP_HEAD)
 			list_buckets(q);
 		else
-			send_error(q, 405, "MethodNotAllowed", "The specified method is not allowed.");
+			send_error(q, 405, "MethodNotAllowed",
+				   "The specified method is not allowed.");
 	} else if (!q->klen) {
 		bucket_op(q);
 	} else {
@@ -1663,12 +1702,14 @@ static int load_keys(struct dnet_s3 *g)
 	for (int i = 0; i < 2; i++) {
 		const char *a = pairs[i][0], *s = pairs[i][1];
 		if ((a && *a) != (s && *s)) {
-			dnet_log_error("S3 keys: an access key needs its secret key and the other way round");
+			dnet_log_error(
+			    "S3 keys: an access key needs its secret key and the other way round");
 			return -1;
 		}
 		if (!a || !*a)
 			continue;
-		if (strlen(a) >= sizeof(g->keys[0].access) || strlen(s) >= sizeof(g->keys[0].secret)) {
+		if (strlen(a) >= sizeof(g->keys[0].access) ||
+		    strlen(s) >= sizeof(g->keys[0].secret)) {
 			dnet_log_error("S3 keys: too long");
 			return -1;
 		}
@@ -1689,9 +1730,11 @@ static int load_keys(struct dnet_s3 *g)
 			char a[256], s[256];
 			if (line[0] == '#' || line[0] == '\n')
 				continue;
-			if (sscanf(line, "%255s %255s", a, s) != 2 || strlen(a) >= sizeof(g->keys[0].access) ||
+			if (sscanf(line, "%255s %255s", a, s) != 2 ||
+			    strlen(a) >= sizeof(g->keys[0].access) ||
 			    strlen(s) >= sizeof(g->keys[0].secret)) {
-				dnet_log_error("--s3-keys %s:%d: expected 'ACCESS_KEY SECRET_KEY'", cfg->s3_keys, ln);
+				dnet_log_error("--s3-keys %s:%d: expected 'ACCESS_KEY SECRET_KEY'",
+					       cfg->s3_keys, ln);
 				fclose(f);
 				return -1;
 			}
@@ -1770,7 +1813,8 @@ int dnet_s3_start(struct dnet_http *h)
 	if (g->nkeys)
 		dnet_log_info("S3 gateway: %d access key(s), Signature V4 required", g->nkeys);
 	else
-		dnet_log_info("S3 gateway: no S3 keys configured: anonymous access, loopback clients only");
+		dnet_log_info(
+		    "S3 gateway: no S3 keys configured: anonymous access, loopback clients only");
 	return 0;
 }
 

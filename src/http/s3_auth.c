@@ -216,8 +216,8 @@ static int64_t parse_amz_date(const char *s, size_t n)
 	tm.tm_hour = D(9, 2);
 	tm.tm_min = D(11, 2);
 	tm.tm_sec = D(13, 2);
-	if (tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 ||
-	    tm.tm_min > 59 || tm.tm_sec > 60)
+	if (tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_mday < 1 || tm.tm_mday > 31 ||
+	    tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 60)
 		return -1;
 	return (int64_t)timegm(&tm);
 }
@@ -250,7 +250,8 @@ int s3_auth_check(const struct dnet_http_req *r, const struct s3_key *keys, int 
 	size_t credl, shl, sigl, datel, algol, expl;
 	int presigned = 0;
 	const struct dnet_http_hdr *ah = dnet_http_find_hdr(r, "authorization");
-	int qa = s3_query_get(r->query, r->query_len, "X-Amz-Algorithm", algo, sizeof(algo), &algol);
+	int qa =
+	    s3_query_get(r->query, r->query_len, "X-Amz-Algorithm", algo, sizeof(algo), &algol);
 	if (qa < 0)
 		return S3_AUTH_MALFORMED;
 	if (qa == 1) {
@@ -296,7 +297,8 @@ int s3_auth_check(const struct dnet_http_req *r, const struct s3_key *keys, int 
 		char v2[8];
 		size_t v2l;
 		/* Signature version 2 query authentication: refused, not taken as anonymous. */
-		if (s3_query_get(r->query, r->query_len, "AWSAccessKeyId", v2, sizeof(v2), &v2l) != 0)
+		if (s3_query_get(r->query, r->query_len, "AWSAccessKeyId", v2, sizeof(v2), &v2l) !=
+		    0)
 			return S3_AUTH_UNSUPPORTED;
 		return S3_AUTH_ANON;
 	}
@@ -379,8 +381,8 @@ int s3_auth_check(const struct dnet_http_req *r, const struct s3_key *keys, int 
 	free(cr.p);
 
 	char sts[512];
-	int stl = snprintf(sts, sizeof(sts), "AWS4-HMAC-SHA256\n%s\n%s/%s/%s/aws4_request\n%s", date,
-			   parts[1], parts[2], parts[3], crh);
+	int stl = snprintf(sts, sizeof(sts), "AWS4-HMAC-SHA256\n%s\n%s/%s/%s/aws4_request\n%s",
+			   date, parts[1], parts[2], parts[3], crh);
 	if (stl < 0 || (size_t)stl >= sizeof(sts))
 		return S3_AUTH_MALFORMED;
 	uint8_t k[32], k2[32];

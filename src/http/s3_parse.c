@@ -64,7 +64,8 @@ int s3_query_get(const char *q, size_t qlen, const char *name, char *out, size_t
 				*outlen = 0;
 				return 1;
 			}
-			return s3_url_decode(q + eq + 1, j - eq - 1, out, cap, outlen) == 0 ? 1 : -1;
+			return s3_url_decode(q + eq + 1, j - eq - 1, out, cap, outlen) == 0 ? 1
+											    : -1;
 		}
 		i = j + 1;
 	}
@@ -147,7 +148,8 @@ static const char *find_elem(const char *p, const char *end, const char *tag, si
 			continue;
 		c++;
 		for (const char *e = c; e + tl + 3 <= end; e++) {
-			if (e[0] == '<' && e[1] == '/' && !memcmp(e + 2, tag, tl) && e[tl + 2] == '>') {
+			if (e[0] == '<' && e[1] == '/' && !memcmp(e + 2, tag, tl) &&
+			    e[tl + 2] == '>') {
 				*clen = (size_t)(e - c);
 				*after = e + tl + 3;
 				return c;
@@ -198,7 +200,8 @@ int s3_parse_complete(const char *xml, size_t n, struct s3_part *parts, int max,
 				return -1;
 		parts[np].num = (int)v;
 		for (size_t i = 0; i < 32; i++)
-			parts[np].etag[i] = (char)(et[i] >= 'A' && et[i] <= 'F' ? et[i] + 32 : et[i]);
+			parts[np].etag[i] =
+			    (char)(et[i] >= 'A' && et[i] <= 'F' ? et[i] + 32 : et[i]);
 		parts[np].etag[32] = 0;
 		np++;
 		p = after;
@@ -217,11 +220,21 @@ void s3_xml_escape(struct dnet_hbuf *b, const char *s, size_t n)
 		char num[16];
 		unsigned char ch = (unsigned char)s[i];
 		switch (ch) {
-		case '&': rep = "&amp;"; break;
-		case '<': rep = "&lt;"; break;
-		case '>': rep = "&gt;"; break;
-		case '"': rep = "&quot;"; break;
-		case '\'': rep = "&apos;"; break;
+		case '&':
+			rep = "&amp;";
+			break;
+		case '<':
+			rep = "&lt;";
+			break;
+		case '>':
+			rep = "&gt;";
+			break;
+		case '"':
+			rep = "&quot;";
+			break;
+		case '\'':
+			rep = "&apos;";
+			break;
 		default:
 			if (ch < 0x20 || ch == 0x7f) {
 				snprintf(num, sizeof(num), "&#x%X;", ch);
@@ -320,7 +333,6 @@ bad:
 	return DNET_ECORRUPT;
 }
 
-
 /* XML character data to bytes: the five named entities and numeric references
  * (as UTF-8). -1 if malformed or longer than cap. */
 static int xml_unescape(const char *s, size_t n, char *out, size_t cap, size_t *ol)
@@ -353,7 +365,9 @@ static int xml_unescape(const char *s, size_t n, char *out, size_t cap, size_t *
 				if (k >= el - 1)
 					return -1;
 				for (; k < el - 1; k++) {
-					int v = hex ? hexval(e[k]) : (e[k] >= '0' && e[k] <= '9' ? e[k] - '0' : -1);
+					int v =
+					    hex ? hexval(e[k])
+						: (e[k] >= '0' && e[k] <= '9' ? e[k] - '0' : -1);
 					if (v < 0)
 						return -1;
 					cp = cp * (hex ? 16 : 10) + (unsigned long)v;

@@ -80,7 +80,8 @@ void s3_new_id(char out[33])
 
 size_t s3_data_key(char *out, size_t cap, const char *id, int part)
 {
-	int n = part ? snprintf(out, cap, "s3:d:%s:%d", id, part) : snprintf(out, cap, "s3:d:%s", id);
+	int n =
+	    part ? snprintf(out, cap, "s3:d:%s:%d", id, part) : snprintf(out, cap, "s3:d:%s", id);
 	return n > 0 ? (size_t)n : 0;
 }
 
@@ -158,11 +159,13 @@ void s3_meta_free(struct s3_meta *m)
 static void meta_encode(struct dnet_hbuf *b, const struct s3_meta *m)
 {
 	dnet_hbuf_add(b, "S3M1\nid %s\nsize %llu\nmtime %llu\netag %s\nctype %s\nmeta ", m->id,
-		      (unsigned long long)m->size, (unsigned long long)m->mtime_ns, m->etag, m->ctype);
+		      (unsigned long long)m->size, (unsigned long long)m->mtime_ns, m->etag,
+		      m->ctype);
 	hex_put(b, m->umeta, m->umeta_len);
 	dnet_hbuf_add(b, "\nparts %d\n", m->nparts);
 	for (int i = 0; i < m->nparts; i++)
-		dnet_hbuf_add(b, "p %d %llu\n", m->parts[i].num, (unsigned long long)m->parts[i].size);
+		dnet_hbuf_add(b, "p %d %llu\n", m->parts[i].num,
+			      (unsigned long long)m->parts[i].size);
 }
 
 /* Parse "name value" lines; unknown names are skipped (forward compatible). */
@@ -344,7 +347,8 @@ static int index_update(struct s3_store *st, const char *b, size_t bl, const cha
 		int c = keycmp(e[i].key, e[i].klen, k, kl);
 		if (c > 0 && !done) {
 			if (m) {
-				put_entry(&nb, k, kl, m->size, m->mtime_ns, m->etag, strlen(m->etag));
+				put_entry(&nb, k, kl, m->size, m->mtime_ns, m->etag,
+					  strlen(m->etag));
 				changed = 1;
 			}
 			done = 1;
@@ -353,7 +357,8 @@ static int index_update(struct s3_store *st, const char *b, size_t bl, const cha
 			done = 1;
 			changed = 1;
 			if (m)
-				put_entry(&nb, k, kl, m->size, m->mtime_ns, m->etag, strlen(m->etag));
+				put_entry(&nb, k, kl, m->size, m->mtime_ns, m->etag,
+					  strlen(m->etag));
 			continue;
 		}
 		put_entry(&nb, e[i].key, e[i].klen, e[i].size, e[i].mtime_ns, e[i].etag, e[i].elen);
@@ -666,8 +671,8 @@ int s3_list(struct s3_store *st, const char *b, size_t bl, const char *prefix, s
 
 /* ---- multipart uploads ---- */
 
-int s3_upload_create(struct s3_store *st, const char *id, const char *b, size_t bl,
-		     const char *k, size_t kl, const struct s3_meta *m)
+int s3_upload_create(struct s3_store *st, const char *id, const char *b, size_t bl, const char *k,
+		     size_t kl, const struct s3_meta *m)
 {
 	struct dnet_hbuf r;
 	dnet_hbuf_init(&r, 512 + 2 * kl);
@@ -687,8 +692,8 @@ int s3_upload_create(struct s3_store *st, const char *id, const char *b, size_t 
 
 /* The record, its bucket and key checked; *pn (if given) receives the part
  * numbers listed in it (malloc()ed). */
-static int upload_load(struct s3_store *st, const char *id, const char *b, size_t bl,
-		       const char *k, size_t kl, struct s3_meta *m, int **pn, int *npn)
+static int upload_load(struct s3_store *st, const char *id, const char *b, size_t bl, const char *k,
+		       size_t kl, struct s3_meta *m, int **pn, int *npn)
 {
 	char uk[64];
 	int ukl = snprintf(uk, sizeof(uk), "s3:u:%s", id);
@@ -752,8 +757,8 @@ static int upload_load(struct s3_store *st, const char *id, const char *b, size_
 	return 0;
 }
 
-int s3_upload_read(struct s3_store *st, const char *id, const char *b, size_t bl,
-		   const char *k, size_t kl, struct s3_meta *m)
+int s3_upload_read(struct s3_store *st, const char *id, const char *b, size_t bl, const char *k,
+		   size_t kl, struct s3_meta *m)
 {
 	return upload_load(st, id, b, bl, k, kl, m, NULL, NULL);
 }
@@ -779,7 +784,8 @@ int s3_part_record(struct s3_store *st, const char *id, int n, uint64_t size, co
 		int ll = snprintf(line, sizeof(line), "\npart %d\n", n);
 		int have = 0;
 		/* "part N" lines follow the record's first line */
-		for (char *p = t; (p = memmem(p, tl - (size_t)(p - t), line, (size_t)ll)) != NULL; p++)
+		for (char *p = t; (p = memmem(p, tl - (size_t)(p - t), line, (size_t)ll)) != NULL;
+		     p++)
 			have = 1;
 		if (!have) {
 			char *nt = realloc(t, tl + (size_t)ll + 1);
@@ -788,7 +794,8 @@ int s3_part_record(struct s3_store *st, const char *id, int n, uint64_t size, co
 			} else {
 				t = nt;
 				memcpy(t + tl, line + 1, (size_t)ll - 1);
-				err = dnet_write(st->cl, uk, (size_t)ukl, t, tl + (size_t)ll - 1, NULL);
+				err = dnet_write(st->cl, uk, (size_t)ukl, t, tl + (size_t)ll - 1,
+						 NULL);
 			}
 		}
 		free(t);

@@ -66,10 +66,10 @@ int s3_object_commit(struct s3_store *st, const char *b, size_t bl, const char *
 void s3_data_remove(struct s3_store *st, const struct s3_meta *m);
 int s3_object_delete(struct s3_store *st, const char *b, size_t bl, const char *k, size_t kl);
 
-int s3_upload_create(struct s3_store *st, const char *id, const char *b, size_t bl,
-		     const char *k, size_t kl, const struct s3_meta *m);
-int s3_upload_read(struct s3_store *st, const char *id, const char *b, size_t bl,
-		   const char *k, size_t kl, struct s3_meta *m);
+int s3_upload_create(struct s3_store *st, const char *id, const char *b, size_t bl, const char *k,
+		     size_t kl, const struct s3_meta *m);
+int s3_upload_read(struct s3_store *st, const char *id, const char *b, size_t bl, const char *k,
+		   size_t kl, struct s3_meta *m);
 int s3_part_record(struct s3_store *st, const char *id, int n, uint64_t size, const char *md5);
 int s3_part_read(struct s3_store *st, const char *id, int n, uint64_t *size, char md5[33]);
 /* Drop an upload's records and the parts m does not use (m NULL: abort, all). */

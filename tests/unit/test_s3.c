@@ -25,8 +25,8 @@ static const struct s3_key aws_keys[] = {
 
 static char reqbuf[4096];
 
-static int check_req(const char *method_path, const char *auth_sig, const char *range,
-		     int64_t now, char *payload)
+static int check_req(const char *method_path, const char *auth_sig, const char *range, int64_t now,
+		     char *payload)
 {
 	snprintf(reqbuf, sizeof(reqbuf),
 		 "%s HTTP/1.1\r\nHost: examplebucket.s3.amazonaws.com\r\nRange: %s\r\n"
@@ -50,7 +50,8 @@ static void test_sigv4_aws_example(void **state)
 	/* upper-case hex is the same signature */
 	char up[65];
 	for (int i = 0; i < 64; i++)
-		up[i] = (char)(AWS_SIG[i] >= 'a' && AWS_SIG[i] <= 'f' ? AWS_SIG[i] - 32 : AWS_SIG[i]);
+		up[i] =
+		    (char)(AWS_SIG[i] >= 'a' && AWS_SIG[i] <= 'f' ? AWS_SIG[i] - 32 : AWS_SIG[i]);
 	up[64] = 0;
 	assert_int_equal(check_req("GET /test.txt", up, "bytes=0-9", T_2013, payload), S3_AUTH_OK);
 	/* any change breaks it: a header value, the path, the method, one digit */
@@ -93,34 +94,40 @@ static int auth_of(const char *req, int64_t now)
 static void test_sigv4_forms(void **state)
 {
 	assert_int_equal(auth_of("GET / HTTP/1.1\r\nHost: h\r\n\r\n", T_2013), S3_AUTH_ANON);
-	assert_int_equal(auth_of("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: AWS AK:sig\r\n\r\n", T_2013),
-			 S3_AUTH_UNSUPPORTED);
-	assert_int_equal(auth_of("GET /?AWSAccessKeyId=AK&Signature=x&Expires=1 HTTP/1.1\r\nHost: h\r\n\r\n",
-				 T_2013),
-			 S3_AUTH_UNSUPPORTED);
+	assert_int_equal(
+	    auth_of("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: AWS AK:sig\r\n\r\n", T_2013),
+	    S3_AUTH_UNSUPPORTED);
+	assert_int_equal(
+	    auth_of("GET /?AWSAccessKeyId=AK&Signature=x&Expires=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+		    T_2013),
+	    S3_AUTH_UNSUPPORTED);
 	/* pieces missing */
-	assert_int_equal(auth_of("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: AWS4-HMAC-SHA256 "
-				 "Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request\r\n\r\n",
-				 T_2013),
-			 S3_AUTH_MALFORMED);
+	assert_int_equal(
+	    auth_of("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: AWS4-HMAC-SHA256 "
+		    "Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request\r\n\r\n",
+		    T_2013),
+	    S3_AUTH_MALFORMED);
 	/* a signed header that is not there */
-	assert_int_equal(auth_of("GET / HTTP/1.1\r\nHost: h\r\nx-amz-date: 20130524T000000Z\r\n"
-				 "x-amz-content-sha256: UNSIGNED-PAYLOAD\r\nAuthorization: AWS4-HMAC-SHA256 "
-				 "Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
-				 "SignedHeaders=host;x-missing, Signature=" AWS_SIG "\r\n\r\n",
-				 T_2013),
-			 S3_AUTH_MALFORMED);
+	assert_int_equal(
+	    auth_of("GET / HTTP/1.1\r\nHost: h\r\nx-amz-date: 20130524T000000Z\r\n"
+		    "x-amz-content-sha256: UNSIGNED-PAYLOAD\r\nAuthorization: AWS4-HMAC-SHA256 "
+		    "Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+		    "SignedHeaders=host;x-missing, Signature=" AWS_SIG "\r\n\r\n",
+		    T_2013),
+	    S3_AUTH_MALFORMED);
 	/* credential date differs from x-amz-date */
-	assert_int_equal(auth_of("GET / HTTP/1.1\r\nHost: h\r\nx-amz-date: 20130524T000000Z\r\n"
-				 "x-amz-content-sha256: UNSIGNED-PAYLOAD\r\nAuthorization: AWS4-HMAC-SHA256 "
-				 "Credential=AKIAIOSFODNN7EXAMPLE/20130525/us-east-1/s3/aws4_request, "
-				 "SignedHeaders=host, Signature=" AWS_SIG "\r\n\r\n",
-				 T_2013),
-			 S3_AUTH_MALFORMED);
+	assert_int_equal(
+	    auth_of("GET / HTTP/1.1\r\nHost: h\r\nx-amz-date: 20130524T000000Z\r\n"
+		    "x-amz-content-sha256: UNSIGNED-PAYLOAD\r\nAuthorization: AWS4-HMAC-SHA256 "
+		    "Credential=AKIAIOSFODNN7EXAMPLE/20130525/us-east-1/s3/aws4_request, "
+		    "SignedHeaders=host, Signature=" AWS_SIG "\r\n\r\n",
+		    T_2013),
+	    S3_AUTH_MALFORMED);
 	/* AWS's presigned URL example (GET /test.txt, 86400 s) */
 	const char *pre =
 	    "GET /test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential="
-	    "AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z"
+	    "AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date="
+	    "20130524T000000Z"
 	    "&X-Amz-Expires=86400&X-Amz-SignedHeaders=host&X-Amz-Signature="
 	    "aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404 HTTP/1.1\r\n"
 	    "Host: examplebucket.s3.amazonaws.com\r\n\r\n";
@@ -186,10 +193,13 @@ static void test_complete_xml(void **state)
 {
 	struct s3_part p[4];
 	int n;
-	const char *x = "<?xml version=\"1.0\"?>\n<CompleteMultipartUpload xmlns=\"http://s3/\">"
-			"<Part><ETag>\"0123456789abcdef0123456789ABCDEF\"</ETag><PartNumber>1</PartNumber></Part>\n"
-			"<Part><PartNumber>3</PartNumber><ETag>&quot;00000000000000000000000000000000&quot;</ETag></Part>"
-			"</CompleteMultipartUpload>";
+	const char *x =
+	    "<?xml version=\"1.0\"?>\n<CompleteMultipartUpload xmlns=\"http://s3/\">"
+	    "<Part><ETag>\"0123456789abcdef0123456789ABCDEF\"</ETag><PartNumber>1</PartNumber></"
+	    "Part>\n"
+	    "<Part><PartNumber>3</PartNumber><ETag>&quot;00000000000000000000000000000000&quot;</"
+	    "ETag></Part>"
+	    "</CompleteMultipartUpload>";
 	assert_int_equal(s3_parse_complete(x, strlen(x), p, 4, &n), 0);
 	assert_int_equal(n, 2);
 	assert_int_equal(p[0].num, 1);
@@ -201,14 +211,16 @@ static void test_complete_xml(void **state)
 			    "</PartNumber><ETag>00000000000000000000000000000000</ETag></Part>"
 			    "</CompleteMultipartUpload>";
 	assert_int_equal(s3_parse_complete(order, strlen(order), p, 4, &n), -3);
-	const char *bad[] = {"", "<CompleteMultipartUpload></CompleteMultipartUpload>",
-			     "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part>"
-			     "</CompleteMultipartUpload>",
-			     "<CompleteMultipartUpload><Part><PartNumber>0</PartNumber><ETag>"
-			     "00000000000000000000000000000000</ETag></Part></CompleteMultipartUpload>",
-			     "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>xyz"
-			     "</ETag></Part></CompleteMultipartUpload>",
-			     "<CompleteMultipartUpload><Part><PartNumber>1"};
+	const char *bad[] = {
+	    "",
+	    "<CompleteMultipartUpload></CompleteMultipartUpload>",
+	    "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber></Part>"
+	    "</CompleteMultipartUpload>",
+	    "<CompleteMultipartUpload><Part><PartNumber>0</PartNumber><ETag>"
+	    "00000000000000000000000000000000</ETag></Part></CompleteMultipartUpload>",
+	    "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>xyz"
+	    "</ETag></Part></CompleteMultipartUpload>",
+	    "<CompleteMultipartUpload><Part><PartNumber>1"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_int_equal(s3_parse_complete(bad[i], strlen(bad[i]), p, 4, &n), -1);
 }
@@ -217,22 +229,28 @@ static void test_delete_xml(void **state)
 {
 	static struct s3_del_key k[3];
 	int n, quiet;
-	const char *x = "<Delete xmlns=\"x\"><Quiet>true</Quiet><Object><Key>a&amp;b&lt;&#x263A;&#65;</Key>"
-			"</Object><Object><Key>plain/key</Key><VersionId>1</VersionId></Object></Delete>";
+	const char *x =
+	    "<Delete xmlns=\"x\"><Quiet>true</Quiet><Object><Key>a&amp;b&lt;&#x263A;&#65;</Key>"
+	    "</Object><Object><Key>plain/key</Key><VersionId>1</VersionId></Object></Delete>";
 	assert_int_equal(s3_parse_delete(x, strlen(x), k, 3, &n, &quiet), 0);
 	assert_int_equal(n, 2);
 	assert_int_equal(quiet, 1);
 	assert_int_equal(k[0].len, 8);
-	assert_memory_equal(k[0].key, "a&b<\xe2\x98\xba" "A", 8);
+	assert_memory_equal(k[0].key,
+			    "a&b<\xe2\x98\xba"
+			    "A",
+			    8);
 	assert_int_equal(k[1].len, 9);
 	assert_int_equal(s3_parse_delete(x, strlen(x), k, 1, &n, &quiet), -2);
-	const char *bad[] = {"<Delete></Delete>", "<Delete><Object><Key></Key></Object></Delete>",
+	const char *bad[] = {"<Delete></Delete>",
+			     "<Delete><Object><Key></Key></Object></Delete>",
 			     "<Delete><Object><Key>&bogus;</Key></Object></Delete>",
 			     "<Delete><Object><Key>&#0;</Key></Object></Delete>",
 			     "<Delete><Object><Key>&#xD800;</Key></Object></Delete>",
 			     "<Delete><Object><Key>&#x110000;</Key></Object></Delete>",
 			     "<Delete><Object><Key>&amp</Key></Object></Delete>",
-			     "<Delete><Object></Object></Delete>", "<Delete><Object><Key>a"};
+			     "<Delete><Object></Object></Delete>",
+			     "<Delete><Object><Key>a"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		assert_int_equal(s3_parse_delete(bad[i], strlen(bad[i]), k, 3, &n, &quiet), -1);
 }
