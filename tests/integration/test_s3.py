@@ -408,14 +408,18 @@ def _sign(key, msg):
     return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
-def signed_put(gw, path, body, payload_hash, extra=None):
-    """A PUT signed here (header SigV4) claiming payload_hash for body: (status, body)."""
+def signed_put(gw, path, body, payload_hash, extra=None, length=None):
+    """A PUT signed here (header SigV4) claiming payload_hash for body: (status, body).
+    body may be an iterable of pieces with length given (-1: send it chunked)."""
     t = time.gmtime()
     amzdate, day = time.strftime("%Y%m%dT%H%M%SZ", t), time.strftime("%Y%m%d", t)
     scope = "%s/us-east-1/s3/aws4_request" % day
     skey = _sign(_sign(_sign(_sign(("AWS4" + SK).encode(), day), "us-east-1"), "s3"), "aws4_request")
-    hdrs = {"host": gw, "x-amz-date": amzdate, "x-amz-content-sha256": payload_hash,
-            "content-length": str(len(body))}
+    hdrs = {"host": gw, "x-amz-date": amzdate, "x-amz-content-sha256": payload_hash}
+    if length is None:
+        length = len(body)
+    if length >= 0:
+        hdrs["content-length"] = str(length)
     hdrs.update(extra or {})
     signed = sorted(hdrs)
     creq = "PUT\n%s\n\n%s\n%s\n%s" % (path, "".join("%s:%s\n" % (h, hdrs[h]) for h in signed),
@@ -427,10 +431,55 @@ def signed_put(gw, path, body, payload_hash, extra=None):
     req = urllib.request.Request("http://%s%s" % (gw, path), data=body, method="PUT",
                                  headers=dict(hdrs, authorization=auth))
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=CLI_T) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def test_large_objects_are_streamed(node_factory, monkeypatch):
+    """A large PUT (Content-Length, and chunked of unknown length) and its GET go
+    through the gateway without the node's memory growing with the object."""
+    from conftest import RssSampler
+    MiB = 1 << 20
+    size = (64 if sanitized() else 256) * MiB
+    node, gw = gw_node(node_factory, monkeypatch)
+    s3 = boto(gw)
+    s3.create_bucket(Bucket="large")
+    s3.put_object(Bucket="large", Key="warm", Body=b"x" * 100000)
+    s3.get_object(Bucket="large", Key="warm")["Body"].read()
+    base = node.rss()
+
+    def pieces(seed, n):
+        import random
+        r = random.Random(seed)
+        block = r.randbytes(MiB)
+        for i in range(n):
+            yield block[:-8] + i.to_bytes(8, "little")
+
+    def digest(seed, n):
+        h = hashlib.sha256()
+        for p in pieces(seed, n):
+            h.update(p)
+        return h.hexdigest()
+
+    with RssSampler(node.pid) as srv:
+        st, body = signed_put(gw, "/large/big", pieces(1, size // MiB), "UNSIGNED-PAYLOAD",
+                              length=size)
+        assert st == 200, body
+        st, body = signed_put(gw, "/large/chunked", pieces(2, 64), "UNSIGNED-PAYLOAD", length=-1)
+        assert st == 200, body
+        for key, seed, n in (("big", 1, size // MiB), ("chunked", 2, 64)):
+            h = hashlib.sha256()
+            resp = s3.get_object(Bucket="large", Key=key)
+            assert resp["ContentLength"] == n * MiB
+            for chunk in resp["Body"].iter_chunks(MiB):
+                h.update(chunk)
+            assert h.hexdigest() == digest(seed, n), key
+    if not sanitized():  # ASan's shadow memory and quarantine make RSS meaningless
+        growth = srv.peak - base
+        assert growth < 96 * MiB, "node RSS grew by %.0f MiB for a %d MiB object" % (
+            growth / MiB, size // MiB)
 
 
 def test_signed_payload_hash_is_verified(node_factory, monkeypatch):
