@@ -3,12 +3,12 @@
 # but only those that are missing. Quiet and idempotent when nothing is missing.
 #   scripts/deps.sh            build + test packages (prometheus: promtool, chromium: the ring page test,
 #                              awscli, s3cmd, rclone, python3-boto3: the S3 gateway test)
-#   scripts/deps.sh --bench    also the benchmark peers (redis, memcached, fio)
+#   scripts/deps.sh --bench    also the benchmark peers and tools (redis, memcached, fio, wrk)
 set -euo pipefail
 
 BUILD_PKGS=(gcc make pkg-config libssl-dev libxxhash-dev libcmocka-dev liblmdb-dev libdb-dev)
 TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core awscli s3cmd rclone python3-boto3)
-BENCH_PKGS=(redis-server redis-tools memcached fio)
+BENCH_PKGS=(redis-server redis-tools memcached fio wrk)
 
 want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
 for arg in "$@"; do
