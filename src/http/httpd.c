@@ -376,7 +376,8 @@ static void conn_process(struct dnet_http *h, struct dnet_http_conn *c, int new_
 	if (h->s3 && dnet_s3_wants(h, &c->req, find_route(&c->req) != NULL)) {
 		if (dnet_s3_busy(h)) {
 			/* Every gateway thread is busy and enough wait: the client retries. */
-			int has_body = c->req.chunked || (c->req.has_length && c->req.content_length);
+			int has_body =
+			    c->req.chunked || (c->req.has_length && c->req.content_length);
 			respond_error(h, c, 503, has_body);
 			if (!has_body) {
 				memmove(c->buf, c->buf + c->req.head_len, c->len - c->req.head_len);

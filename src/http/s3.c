@@ -149,6 +149,16 @@ static int send_head(struct s3_req *q, int status, const char *ctype, int64_t cl
 	char date[64], head[4096 + 512];
 	s3_http_date(dnet_now_real_ns(), date, sizeof(date));
 	q->status = status;
+	/* "Expect: 100-continue" with an empty body (a 0-byte file): answer 100 first.
+	 * A final answer alone is legal, but botocore (awscli, boto3) then keeps that
+	 * status for its next request on the connection and misreads the response. With
+	 * a body we did not read, the connection is closed after the answer anyway. */
+	if (q->r->expect_continue && !q->continue_sent && q->body_done) {
+		static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+		q->continue_sent = 1;
+		if (send_all(q, cont, sizeof(cont) - 1) != 0)
+			return DNET_ECONNRESET;
+	}
 	int n = snprintf(head, sizeof(head),
 			 "HTTP/1.1 %d %s\r\nServer: ellipticsd\r\nDate: %s\r\n"
 			 "x-amz-request-id: %016llx\r\n%s%s%sContent-Length: %lld\r\n%s%s\r\n",
@@ -654,7 +664,7 @@ static int stream_object(struct s3_req *q, const struct s3_meta *m, uint64_t off
 		if (!len)
 			return 0;
 		size_t dkl = s3_data_key(dkey, sizeof(dkey), m->id, 0);
-		return dnet_read_stream(q->w->st.cl, dkey, dkl, off, len, sock_sink, &ss, NULL);
+		return dnet_read_stream(q->w->st.cl2, dkey, dkl, off, len, sock_sink, &ss, NULL);
 	}
 	uint64_t pos = 0;
 	for (int i = 0; i < m->nparts && len; i++) {
@@ -665,7 +675,7 @@ static int stream_object(struct s3_req *q, const struct s3_meta *m, uint64_t off
 				n = len;
 			size_t dkl = s3_data_key(dkey, sizeof(dkey), m->id, m->parts[i].num);
 			int err =
-			    dnet_read_stream(q->w->st.cl, dkey, dkl, o, n, sock_sink, &ss, NULL);
+			    dnet_read_stream(q->w->st.cl2, dkey, dkl, o, n, sock_sink, &ss, NULL);
 			if (err)
 				return err;
 			off += n;
@@ -1599,6 +1609,10 @@ static void serve_conn(struct s3_worker *w, struct dnet_http_conn *c)
 	uint64_t rnd = dnet_now_real_ns() ^ ((uint64_t)(uintptr_t)&q << 16);
 	q.reqid = rnd * 0x9E3779B97F4A7C15ull;
 	serve(&q);
+	dnet_log_debug("s3 %s: %.*s %.*s -> %d (%llu body bytes%s)", c->peer,
+		       (int)c->req.method_len, c->req.method_str, (int)c->req.target_len,
+		       c->req.target, q.status, (unsigned long long)q.body_bytes,
+		       q.keep_alive ? "" : ", closing");
 	EVP_MD_CTX_free(q.md5);
 	EVP_MD_CTX_free(q.sha);
 	if (!q.head_sent)
@@ -1792,9 +1806,13 @@ int dnet_s3_start(struct dnet_http *h)
 		snprintf(remote, sizeof(remote), "[::1]%s", colon);
 	else
 		snprintf(remote, sizeof(remote), "%s", ls);
+	char writer[17];
+	for (int i = 0; i < 8; i++)
+		snprintf(writer + 2 * i, 3, "%02x", h->s->node_id[i]);
 	for (int i = 0; i < GW_THREADS; i++) {
 		g->w[i].g = g;
-		if (s3_store_open(&g->w[i].st, remote, getenv("ELLIPTICS_KEY"), &g->shared) != 0) {
+		if (s3_store_open(&g->w[i].st, remote, getenv("ELLIPTICS_KEY"), writer,
+				  &g->shared) != 0) {
 			dnet_log_error("S3 gateway: cannot create its client handles");
 			s3_free(g);
 			return -1;

@@ -319,8 +319,14 @@ int s3_shard_parse(const uint8_t *p, size_t n, struct s3_entry **out, int *count
 		for (int b = 7; b >= 0; b--)
 			x->mtime_ns = x->mtime_ns << 8 | p[i + 8 + (size_t)b];
 		x->elen = p[i + 16];
+		x->dead = x->elen == 255;
+		x->writer = 0;
 		i += 17;
-		if (x->elen > 47 || n - i < x->elen)
+		if (x->dead)
+			x->elen = 0;
+		else if (x->elen > 47)
+			goto bad;
+		if (n - i < x->elen)
 			goto bad;
 		x->etag = (const char *)p + i;
 		i += x->elen;

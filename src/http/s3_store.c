@@ -11,28 +11,37 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/util.h"
 #include "s3_store.h"
+
+/* dnet_client_set_quorum caps r at the number of copies. */
+#define DNET_MAX_COPIES_PUBLIC 16
 
 #define META_MAX (1u << 20)
 #define SHARD_MAX (256u << 20)
 
 void s3_shared_init(struct s3_shared *sh)
 {
+	memset(sh->reg, 0, sizeof(sh->reg));
+	pthread_mutex_init(&sh->reg_lock, NULL);
 	for (int i = 0; i < S3_STRIPES; i++)
 		pthread_mutex_init(&sh->stripes[i], NULL);
 }
 
 void s3_shared_destroy(struct s3_shared *sh)
 {
+	pthread_mutex_destroy(&sh->reg_lock);
 	for (int i = 0; i < S3_STRIPES; i++)
 		pthread_mutex_destroy(&sh->stripes[i]);
 }
 
-int s3_store_open(struct s3_store *st, const char *remote, const char *key, struct s3_shared *sh)
+int s3_store_open(struct s3_store *st, const char *remote, const char *key, const char *writer,
+		  struct s3_shared *sh)
 {
 	st->sh = sh;
+	snprintf(st->writer, sizeof(st->writer), "%s", writer);
 	dnet_client **cls[2] = {&st->cl, &st->cl2};
 	for (int i = 0; i < 2; i++) {
 		if (dnet_client_new(cls[i]) != 0 || dnet_client_add_remote(*cls[i], remote) != 0)
@@ -40,7 +49,11 @@ int s3_store_open(struct s3_store *st, const char *remote, const char *key, stru
 		if (key && *key && dnet_client_set_key(*cls[i], key) != 0)
 			return -1;
 	}
-	return 0;
+	/* Records, index shards and lists change in place: read every home copy and
+	 * take the newest (a copy that missed a write while its node was down must not
+	 * be the one answer). Data objects never change once written (a fresh ID per
+	 * PUT), so cl2, which reads them, takes the first copy that has them. */
+	return dnet_client_set_quorum(st->cl, 0, DNET_MAX_COPIES_PUBLIC) ? -1 : 0;
 }
 
 void s3_store_close(struct s3_store *st)
@@ -270,7 +283,14 @@ void s3_data_remove(struct s3_store *st, const struct s3_meta *m)
 	}
 }
 
-/* ---- the name index ---- */
+/* ---- the name index ----
+ * Every gateway (node) writes only shards of its own, s3:i:BUCKET:NN:WRITER (WRITER:
+ * the first 8 bytes of its node ID in hex), so two nodes never read-modify-write
+ * the same object. A delete writes a tombstone. A listing reads the shards of
+ * every writer named in s3:w:BUCKET and keeps the newest record of each name. */
+
+#define WRITERS_MAX 1024
+#define REG_TTL_NS (10ull * 1000000000ull)
 
 static void put_u64(struct dnet_hbuf *b, uint64_t v)
 {
@@ -280,17 +300,19 @@ static void put_u64(struct dnet_hbuf *b, uint64_t v)
 	dnet_hbuf_put(b, x, 8);
 }
 
+/* dead: a tombstone (etag length byte 255, no etag). */
 static void put_entry(struct dnet_hbuf *b, const char *k, size_t kl, uint64_t size, uint64_t mt,
-		      const char *etag, size_t el)
+		      const char *etag, size_t el, int dead)
 {
 	char x[2] = {(char)(kl & 0xff), (char)(kl >> 8)};
 	dnet_hbuf_put(b, x, 2);
 	dnet_hbuf_put(b, k, kl);
 	put_u64(b, size);
 	put_u64(b, mt);
-	char e = (char)el;
+	char e = (char)(dead ? 255 : el);
 	dnet_hbuf_put(b, &e, 1);
-	dnet_hbuf_put(b, etag, el);
+	if (!dead)
+		dnet_hbuf_put(b, etag, el);
 }
 
 static int keycmp(const char *a, size_t al, const char *b, size_t bl)
@@ -306,24 +328,116 @@ static int shard_of(const char *k, size_t kl)
 	return (int)(fnv(k, kl, "", 0) % S3_SHARDS);
 }
 
-static size_t shard_key(char *out, size_t cap, const char *b, size_t bl, int shard)
+static size_t shard_key(char *out, size_t cap, const char *b, size_t bl, int shard,
+			const char *writer)
 {
-	int n = snprintf(out, cap, "s3:i:%.*s:%02d", (int)bl, b, shard);
+	int n = snprintf(out, cap, "s3:i:%.*s:%02d:%s", (int)bl, b, shard, writer);
 	return n > 0 ? (size_t)n : 0;
 }
 
-/* Insert or replace (m) or remove (m NULL) key k in its shard. */
+static size_t writers_key(char *out, size_t cap, const char *b, size_t bl)
+{
+	int n = snprintf(out, cap, "s3:w:%.*s", (int)bl, b);
+	return n > 0 ? (size_t)n : 0;
+}
+
+/* The writers of a bucket: lines of 16 hex digits. */
+static int writers_parse(const char *t, size_t tl, char (*w)[17], int max)
+{
+	int n = 0;
+	for (size_t i = 0; i + 17 <= tl && n < max; i += 17) {
+		if (t[i + 16] != '\n')
+			break;
+		memcpy(w[n], t + i, 16);
+		w[n][16] = 0;
+		n++;
+	}
+	return n;
+}
+
+static int writers_has(const char *t, size_t tl, const char *me)
+{
+	for (size_t i = 0; i + 17 <= tl; i += 17)
+		if (!memcmp(t + i, me, 16))
+			return 1;
+	return 0;
+}
+
+/* Make sure this gateway is listed among the bucket's writers before it writes a
+ * shard. The list is read back after each change (another node may have
+ * replaced it with a list without us), and checked again every 10 s, so a lost
+ * registration heals itself. */
+static int writer_register(struct s3_store *st, const char *b, size_t bl)
+{
+	struct s3_shared *sh = st->sh;
+	uint32_t slot = fnv(b, bl, "", 0) % S3_REG_SLOTS;
+	uint64_t now = dnet_now_mono_ns();
+	pthread_mutex_lock(&sh->reg_lock);
+	int fresh = sh->reg[slot].len == bl && !memcmp(sh->reg[slot].bucket, b, bl) &&
+		    now - sh->reg[slot].ok_ns < REG_TTL_NS;
+	pthread_mutex_unlock(&sh->reg_lock);
+	if (fresh)
+		return 0;
+	char wk[96];
+	size_t wkl = writers_key(wk, sizeof(wk), b, bl);
+	pthread_mutex_t *lk = stripe(st, wk, wkl, "", 0);
+	for (int attempt = 0; attempt < 8; attempt++) {
+		char *t = NULL;
+		size_t tl = 0;
+		pthread_mutex_lock(lk);
+		int err = read_small(st, wk, wkl, META_MAX, &t, &tl);
+		if (err == DNET_ENOENT) {
+			err = 0;
+			tl = 0;
+		}
+		int listed = !err && writers_has(t, tl, st->writer);
+		if (!err && !listed) {
+			char *nt = realloc(t, tl + 18);
+			if (!nt) {
+				err = DNET_ENOMEM;
+			} else {
+				t = nt;
+				memcpy(t + tl, st->writer, 16);
+				t[tl + 16] = '\n';
+				err = dnet_write(st->cl, wk, wkl, t, tl + 17, NULL);
+			}
+		}
+		pthread_mutex_unlock(lk);
+		free(t);
+		if (err)
+			return err;
+		if (listed) {
+			pthread_mutex_lock(&sh->reg_lock);
+			memcpy(sh->reg[slot].bucket, b, bl);
+			sh->reg[slot].len = bl;
+			sh->reg[slot].ok_ns = now;
+			pthread_mutex_unlock(&sh->reg_lock);
+			return 0;
+		}
+		struct timespec ts = {0, (long)(1000000 + (fnv(st->writer, 16, "", 0) % 4000000))};
+		nanosleep(&ts, NULL);
+	}
+	return DNET_EBUSY;
+}
+
+/* Record key k in this gateway's shard: an entry (m) or a tombstone (m NULL). */
 static int index_update(struct s3_store *st, const char *b, size_t bl, const char *k, size_t kl,
 			const struct s3_meta *m)
 {
-	int sh = shard_of(k, kl);
-	char sk[96];
-	size_t skl = shard_key(sk, sizeof(sk), b, bl, sh);
+	int err = writer_register(st, b, bl);
+	if (err)
+		return err;
+	uint64_t mt = m ? m->mtime_ns : dnet_now_real_ns();
+	uint64_t size = m ? m->size : 0;
+	const char *etag = m ? m->etag : "";
+	size_t el = strlen(etag);
+	char sk[128];
+	size_t skl = shard_key(sk, sizeof(sk), b, bl, shard_of(k, kl), st->writer);
 	pthread_mutex_t *lk = stripe(st, sk, skl, "", 0);
 	pthread_mutex_lock(lk);
 	void *old = NULL;
 	size_t ol = 0;
-	int err = dnet_read(st->cl, sk, skl, 0, 0, &old, &ol, NULL);
+	err = dnet_read(st->cl, sk, skl, 0, 0, &old, &ol, NULL);
 	if (err == DNET_ENOENT) {
 		err = 0;
 		ol = 0;
@@ -342,40 +456,68 @@ static int index_update(struct s3_store *st, const char *b, size_t bl, const cha
 	struct dnet_hbuf nb;
 	dnet_hbuf_init(&nb, ol + kl + 128);
 	dnet_hbuf_put(&nb, "S3I1", 4);
-	int done = 0, changed = 0;
+	int done = 0;
 	for (int i = 0; i < n; i++) {
 		int c = keycmp(e[i].key, e[i].klen, k, kl);
-		if (c > 0 && !done) {
-			if (m) {
-				put_entry(&nb, k, kl, m->size, m->mtime_ns, m->etag,
-					  strlen(m->etag));
-				changed = 1;
-			}
+		if (c >= 0 && !done) {
+			put_entry(&nb, k, kl, size, mt, etag, el, !m);
 			done = 1;
 		}
-		if (c == 0) {
-			done = 1;
-			changed = 1;
-			if (m)
-				put_entry(&nb, k, kl, m->size, m->mtime_ns, m->etag,
-					  strlen(m->etag));
+		if (c == 0)
 			continue;
-		}
-		put_entry(&nb, e[i].key, e[i].klen, e[i].size, e[i].mtime_ns, e[i].etag, e[i].elen);
+		put_entry(&nb, e[i].key, e[i].klen, e[i].size, e[i].mtime_ns, e[i].etag, e[i].elen,
+			  e[i].dead);
 	}
-	if (!done && m) {
-		put_entry(&nb, k, kl, m->size, m->mtime_ns, m->etag, strlen(m->etag));
-		changed = 1;
-	}
+	if (!done)
+		put_entry(&nb, k, kl, size, mt, etag, el, !m);
 	free(e);
 	free(old);
-	if (!nb.p)
-		err = DNET_ENOMEM;
-	else if (changed)
-		err = dnet_write(st->cl, sk, skl, nb.p, nb.len, NULL);
+	err = nb.p ? dnet_write(st->cl, sk, skl, nb.p, nb.len, NULL) : DNET_ENOMEM;
 	pthread_mutex_unlock(lk);
 	free(nb.p);
 	return err;
+}
+
+/* Drop records of this gateway's shard that a listing found useless: entries
+ * and tombstones superseded by a newer record of another writer, and tombstones
+ * that hide nothing. Only records still exactly as seen are dropped. */
+static void index_gc(struct s3_store *st, const char *b, size_t bl, int shard,
+		     const struct s3_entry *drop, int ndrop)
+{
+	char sk[128];
+	size_t skl = shard_key(sk, sizeof(sk), b, bl, shard, st->writer);
+	pthread_mutex_t *lk = stripe(st, sk, skl, "", 0);
+	pthread_mutex_lock(lk);
+	void *old = NULL;
+	size_t ol = 0;
+	struct s3_entry *e = NULL;
+	int n = 0;
+	if (dnet_read(st->cl, sk, skl, 0, 0, &old, &ol, NULL) == 0 && ol <= SHARD_MAX &&
+	    s3_shard_parse(old, ol, &e, &n) == 0) {
+		struct dnet_hbuf nb;
+		dnet_hbuf_init(&nb, ol + 16);
+		dnet_hbuf_put(&nb, "S3I1", 4);
+		int dropped = 0;
+		for (int i = 0; i < n; i++) {
+			int gone = 0;
+			for (int j = 0; j < ndrop && !gone; j++)
+				gone = drop[j].mtime_ns == e[i].mtime_ns &&
+				       drop[j].dead == e[i].dead &&
+				       !keycmp(drop[j].key, drop[j].klen, e[i].key, e[i].klen);
+			if (gone) {
+				dropped++;
+				continue;
+			}
+			put_entry(&nb, e[i].key, e[i].klen, e[i].size, e[i].mtime_ns, e[i].etag,
+				  e[i].elen, e[i].dead);
+		}
+		if (dropped && nb.p)
+			dnet_write(st->cl, sk, skl, nb.p, nb.len, NULL);
+		free(nb.p);
+	}
+	pthread_mutex_unlock(lk);
+	free(e);
+	free(old);
 }
 
 int s3_object_commit(struct s3_store *st, const char *b, size_t bl, const char *k, size_t kl,
@@ -518,23 +660,29 @@ int s3_bucket_delete(struct s3_store *st, const char *b, size_t bl)
 	int err = s3_bucket_exists(st, b, bl);
 	if (err)
 		return err;
-	for (int sh = 0; sh < S3_SHARDS; sh++) {
-		char sk[96];
-		size_t skl = shard_key(sk, sizeof(sk), b, bl, sh);
-		struct dnet_object_info info;
-		err = dnet_lookup(st->cl, sk, skl, &info);
-		if (err == DNET_ENOENT)
-			continue;
-		if (err)
-			return err;
-		if (info.size > 4)
-			return S3_ENOTEMPTY;
-	}
-	for (int sh = 0; sh < S3_SHARDS; sh++) {
-		char sk[96];
-		size_t skl = shard_key(sk, sizeof(sk), b, bl, sh);
-		dnet_remove(st->cl, sk, skl);
-	}
+	struct s3_listing ls;
+	err = s3_list(st, b, bl, "", 0, NULL, 0, NULL, 0, 1, &ls);
+	if (err)
+		return err;
+	int nonempty = ls.n > 0;
+	/* Remove every writer's shards, then the writer list. */
+	for (int w = 0; !nonempty && w < ls.nwriters; w++)
+		for (int sh = 0; sh < S3_SHARDS; sh++) {
+			char sk[128];
+			size_t skl = shard_key(sk, sizeof(sk), b, bl, sh, ls.writers[w]);
+			dnet_remove(st->cl, sk, skl);
+		}
+	s3_listing_free(&ls);
+	if (nonempty)
+		return S3_ENOTEMPTY;
+	char wk[96];
+	size_t wkl = writers_key(wk, sizeof(wk), b, bl);
+	dnet_remove(st->cl, wk, wkl);
+	pthread_mutex_lock(&st->sh->reg_lock);
+	for (int i = 0; i < S3_REG_SLOTS; i++)
+		if (st->sh->reg[i].len == bl && !memcmp(st->sh->reg[i].bucket, b, bl))
+			st->sh->reg[i].len = 0;
+	pthread_mutex_unlock(&st->sh->reg_lock);
 	size_t kl;
 	char *k = mkkey("s3:b:", b, bl, NULL, NULL, 0, &kl);
 	if (!k)
@@ -559,10 +707,16 @@ int s3_bucket_list(struct s3_store *st, char **text, size_t *len)
 
 /* ---- listing ---- */
 
+/* By name, then newest first (a live entry before a tombstone of the same time). */
 static int entry_cmp(const void *a, const void *b)
 {
 	const struct s3_entry *x = a, *y = b;
-	return keycmp(x->key, x->klen, y->key, y->klen);
+	int c = keycmp(x->key, x->klen, y->key, y->klen);
+	if (c)
+		return c;
+	if (x->mtime_ns != y->mtime_ns)
+		return x->mtime_ns > y->mtime_ns ? -1 : 1;
+	return x->dead - y->dead;
 }
 
 void s3_listing_free(struct s3_listing *ls)
@@ -570,9 +724,70 @@ void s3_listing_free(struct s3_listing *ls)
 	free(ls->all);
 	free(ls->e);
 	free(ls->prefixes);
-	for (int i = 0; i < S3_SHARDS; i++)
+	for (int i = 0; i < ls->nbufs; i++)
 		free(ls->bufs[i]);
+	free(ls->bufs);
+	free(ls->writers);
 	memset(ls, 0, sizeof(*ls));
+}
+
+/* Find what this gateway's shards hold in vain (see index_gc) and drop it. */
+static void list_gc(struct s3_store *st, const char *b, size_t bl, struct s3_listing *ls,
+		    size_t total, int me)
+{
+	struct s3_entry *drop = NULL;
+	int *shard = NULL, nd = 0;
+	for (size_t i = 0; i < total;) {
+		size_t j = i + 1;
+		int live_other = 0;
+		while (j < total &&
+		       !keycmp(ls->all[j].key, ls->all[j].klen, ls->all[i].key, ls->all[i].klen))
+			j++;
+		for (size_t x = i; x < j; x++)
+			if (!ls->all[x].dead && ls->all[x].writer != me)
+				live_other = 1;
+		for (size_t x = i; x < j; x++) {
+			const struct s3_entry *e = &ls->all[x];
+			if (e->writer != me)
+				continue;
+			/* superseded, or a newest tombstone with nothing older to hide */
+			int useless = x > i || (e->dead && !live_other);
+			if (!useless)
+				continue;
+			if (!(nd & (nd + 1))) {
+				size_t cap = (size_t)(nd + 1) * 2;
+				struct s3_entry *nd2 = realloc(drop, cap * sizeof(*drop));
+				int *ns = realloc(shard, cap * sizeof(*shard));
+				if (nd2)
+					drop = nd2;
+				if (ns)
+					shard = ns;
+				if (!nd2 || !ns)
+					goto out;
+			}
+			drop[nd] = *e;
+			shard[nd++] = shard_of(e->key, e->klen);
+		}
+		i = j;
+	}
+	for (int sh = 0; sh < S3_SHARDS; sh++) {
+		struct s3_entry *mine = NULL;
+		int nm = 0;
+		for (int x = 0; x < nd; x++)
+			if (shard[x] == sh)
+				nm++;
+		if (!nm || !(mine = malloc(sizeof(*mine) * (size_t)nm)))
+			continue;
+		nm = 0;
+		for (int x = 0; x < nd; x++)
+			if (shard[x] == sh)
+				mine[nm++] = drop[x];
+		index_gc(st, b, bl, sh, mine, nm);
+		free(mine);
+	}
+out:
+	free(drop);
+	free(shard);
 }
 
 int s3_list(struct s3_store *st, const char *b, size_t bl, const char *prefix, size_t pl,
@@ -581,39 +796,67 @@ int s3_list(struct s3_store *st, const char *b, size_t bl, const char *prefix, s
 {
 	memset(ls, 0, sizeof(*ls));
 	size_t total = 0, cap = 0;
-	int err = 0;
-	for (int sh = 0; sh < S3_SHARDS && !err; sh++) {
-		char sk[96];
-		size_t skl = shard_key(sk, sizeof(sk), b, bl, sh), n = 0;
-		err = dnet_read(st->cl, sk, skl, 0, 0, &ls->bufs[sh], &n, NULL);
-		if (err == DNET_ENOENT) {
-			err = 0;
-			continue;
-		}
-		if (err)
-			break;
-		struct s3_entry *e;
-		int c;
-		err = n > SHARD_MAX ? DNET_ETOOBIG : s3_shard_parse(ls->bufs[sh], n, &e, &c);
-		if (err)
-			break;
-		for (int i = 0; i < c; i++) {
-			if (e[i].klen < pl || memcmp(e[i].key, prefix, pl))
+	char wk[96], *wt = NULL;
+	size_t wkl = writers_key(wk, sizeof(wk), b, bl), wtl = 0;
+	int err = read_small(st, wk, wkl, META_MAX, &wt, &wtl);
+	if (err == DNET_ENOENT) {
+		err = 0;
+		wtl = 0;
+	}
+	if (err)
+		return err;
+	ls->writers = malloc(sizeof(*ls->writers) * WRITERS_MAX);
+	if (!ls->writers) {
+		free(wt);
+		return DNET_ENOMEM;
+	}
+	ls->nwriters = writers_parse(wt, wtl, ls->writers, WRITERS_MAX);
+	free(wt);
+	ls->bufs = calloc((size_t)ls->nwriters * S3_SHARDS + 1, sizeof(*ls->bufs));
+	if (!ls->bufs) {
+		s3_listing_free(ls);
+		return DNET_ENOMEM;
+	}
+	int me = -1;
+	for (int w = 0; w < ls->nwriters && !err; w++) {
+		if (!strcmp(ls->writers[w], st->writer))
+			me = w;
+		for (int sh = 0; sh < S3_SHARDS && !err; sh++) {
+			char sk[128];
+			size_t skl = shard_key(sk, sizeof(sk), b, bl, sh, ls->writers[w]), n = 0;
+			void **buf = &ls->bufs[ls->nbufs];
+			err = dnet_read(st->cl, sk, skl, 0, 0, buf, &n, NULL);
+			if (err == DNET_ENOENT) {
+				err = 0;
 				continue;
-			if (sl && keycmp(e[i].key, e[i].klen, start, sl) <= 0)
-				continue;
-			if (total == cap) {
-				cap = cap ? cap * 2 : 256;
-				struct s3_entry *na = realloc(ls->all, cap * sizeof(*na));
-				if (!na) {
-					err = DNET_ENOMEM;
-					break;
-				}
-				ls->all = na;
 			}
-			ls->all[total++] = e[i];
+			if (err)
+				break;
+			ls->nbufs++;
+			struct s3_entry *e;
+			int c;
+			err = n > SHARD_MAX ? DNET_ETOOBIG : s3_shard_parse(*buf, n, &e, &c);
+			if (err)
+				break;
+			for (int i = 0; i < c; i++) {
+				if (e[i].klen < pl || memcmp(e[i].key, prefix, pl))
+					continue;
+				if (sl && keycmp(e[i].key, e[i].klen, start, sl) <= 0)
+					continue;
+				if (total == cap) {
+					cap = cap ? cap * 2 : 256;
+					struct s3_entry *na = realloc(ls->all, cap * sizeof(*na));
+					if (!na) {
+						err = DNET_ENOMEM;
+						break;
+					}
+					ls->all = na;
+				}
+				e[i].writer = w;
+				ls->all[total++] = e[i];
+			}
+			free(e);
 		}
-		free(e);
 	}
 	if (err) {
 		s3_listing_free(ls);
@@ -621,6 +864,8 @@ int s3_list(struct s3_store *st, const char *b, size_t bl, const char *prefix, s
 	}
 	if (total)
 		qsort(ls->all, total, sizeof(*ls->all), entry_cmp);
+	if (me >= 0)
+		list_gc(st, b, bl, ls, total, me);
 	ls->e = calloc((size_t)max + 1, sizeof(*ls->e));
 	ls->prefixes = calloc((size_t)max + 1, sizeof(*ls->prefixes));
 	if (!ls->e || !ls->prefixes) {
@@ -630,6 +875,11 @@ int s3_list(struct s3_store *st, const char *b, size_t bl, const char *prefix, s
 	int emitted = 0;
 	for (size_t i = 0; i < total; i++) {
 		const struct s3_entry *e = &ls->all[i];
+		/* the newest record of each name decides; a tombstone hides it */
+		if (i && !keycmp(e->key, e->klen, ls->all[i - 1].key, ls->all[i - 1].klen))
+			continue;
+		if (e->dead)
+			continue;
 		const char *cp = NULL;
 		size_t cpl = 0;
 		if (dl && e->klen > pl) {

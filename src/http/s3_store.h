@@ -18,17 +18,27 @@
 
 /* Locks shared by the gateway's threads: read-modify-writes of one index shard,
  * the bucket list, or one upload's record are serialized within this node. */
+#define S3_REG_SLOTS 256
 struct s3_shared {
 	pthread_mutex_t stripes[S3_STRIPES];
+	/* Buckets whose writer list was seen to hold this gateway, and when. */
+	pthread_mutex_t reg_lock;
+	struct {
+		char bucket[S3_MAX_BUCKET + 1];
+		size_t len;
+		uint64_t ok_ns;
+	} reg[S3_REG_SLOTS];
 };
 void s3_shared_init(struct s3_shared *sh);
 void s3_shared_destroy(struct s3_shared *sh);
 
 struct s3_store {
-	dnet_client *cl, *cl2; /* cl2: the source side of a copy */
+	dnet_client *cl, *cl2; /* cl: records, index (every copy read); cl2: object data */
 	struct s3_shared *sh;
+	char writer[17]; /* this gateway's name in the index: its node ID, 16 hex */
 };
-int s3_store_open(struct s3_store *st, const char *remote, const char *key, struct s3_shared *sh);
+int s3_store_open(struct s3_store *st, const char *remote, const char *key, const char *writer,
+		  struct s3_shared *sh);
 void s3_store_close(struct s3_store *st);
 
 struct s3_part_ref {
@@ -79,6 +89,8 @@ struct s3_entry {
 	const char *key, *etag;
 	size_t klen, elen;
 	uint64_t size, mtime_ns;
+	int dead;   /* a tombstone: the name was deleted at mtime_ns */
+	int writer; /* s3_list: which writer's shard it came from */
 };
 struct s3_prefix {
 	const char *p;
@@ -93,7 +105,10 @@ struct s3_listing {
 	char last[S3_MAX_KEY + 1];
 	size_t last_len;
 	struct s3_entry *all;
-	void *bufs[S3_SHARDS];
+	void **bufs;
+	int nbufs;
+	char (*writers)[17];
+	int nwriters;
 };
 /* One page of the bucket's names in order: those with prefix, after start,
  * grouped by delimiter (dl 0: none), at most max entries and prefixes. */
@@ -102,7 +117,7 @@ int s3_list(struct s3_store *st, const char *b, size_t bl, const char *prefix, s
 	    struct s3_listing *ls);
 void s3_listing_free(struct s3_listing *ls);
 
-/* Index shards, exposed for unit tests: encode/parse one shard's bytes. */
+/* Index shards (s3_parse.c, unit tested and fuzzed): parse one shard's bytes. */
 int s3_shard_parse(const uint8_t *p, size_t n, struct s3_entry **out, int *count);
 
 /* s3_parse.c: URL-encode for encoding-type=url ('/' kept). */

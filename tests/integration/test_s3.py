@@ -582,6 +582,51 @@ def test_cluster_with_copies_and_restart(node_factory, monkeypatch):
             assert [x["Name"] for x in cl.list_buckets()["Buckets"]] == ["ring"]
 
     check([a, b, c])
+
+    # Many writers at once into one bucket through all three gateways, and deletes
+    # through a gateway other than the writer's: no name lost, none left over.
+    import threading
+    errors = []
+
+    def writer(cl, base):
+        try:
+            for i in range(40):
+                cl.put_object(Bucket="ring", Key="conc/%s-%02d" % (base, i), Body=b"%d" % i)
+        except Exception as e:  # reported below
+            errors.append(e)
+    ts = [threading.Thread(target=writer, args=(boto(g), n)) for g, n in
+          ((g1, "a"), (g2, "b"), (g3, "c"), (g1, "d"), (g2, "e"), (g3, "f"))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(CLI_T)
+    assert not errors, errors
+    want = sorted("conc/%s-%02d" % (n, i) for n in "abcdef" for i in range(40))
+    for cl in (a, b, c):
+        got = [o["Key"] for p in cl.get_paginator("list_objects_v2").paginate(Bucket="ring", Prefix="conc/")
+               for o in p.get("Contents", [])]
+        assert got == want
+    for i in range(0, 40, 3):
+        c.delete_object(Bucket="ring", Key="conc/a-%02d" % i)   # written through g1
+        a.put_object(Bucket="ring", Key="conc/b-%02d" % i, Body=b"again")  # first through g2
+    want = [k for k in want if not (k.startswith("conc/a-") and int(k[-2:]) % 3 == 0)]
+    for cl in (a, b, c):
+        got = {o["Key"]: o["Size"] for p in cl.get_paginator("list_objects_v2").paginate(
+            Bucket="ring", Prefix="conc/") for o in p.get("Contents", [])}
+        assert sorted(got) == want
+        assert all(got["conc/b-%02d" % i] == 5 for i in range(0, 40, 3))
+    for cl, n in ((a, "b"), (b, "c"), (c, "d")):
+        cl.delete_objects(Bucket="ring", Delete={"Objects": [{"Key": "conc/%s-%02d" % (n, i)}
+                                                             for i in range(40)]})
+    for cl in (a, b, c):
+        got = [o["Key"] for p in cl.get_paginator("list_objects_v2").paginate(Bucket="ring", Prefix="conc/")
+               for o in p.get("Contents", [])]
+        assert got == [k for k in want if k[5] in "aef"]
+    for n in "aef":
+        for i in range(40):
+            b.delete_object(Bucket="ring", Key="conc/%s-%02d" % (n, i))
+    assert "Contents" not in c.list_objects_v2(Bucket="ring", Prefix="conc/")
+
     # one node down: its copies are elsewhere
     n3.stop()
     check([a, b])
@@ -592,13 +637,19 @@ def test_cluster_with_copies_and_restart(node_factory, monkeypatch):
         wait_for(lambda: port_accepts(int(g.split(":")[1])), DEADLINE, what="the gateways")
         wait_for(lambda: ring_up(g) == 3, DEADLINE, what="3 nodes up after the restarts")
 
+    last = []
+
     def all_ok():
         try:
             check([boto(g1), boto(g2), boto(g3)])
             return True
-        except Exception:
+        except Exception as e:
+            last[:] = [repr(e)[:2000]]
             return False
-    wait_for(all_ok, DEADLINE, interval=0.5, what="listing and reads after restarting every node")
+    try:
+        wait_for(all_ok, DEADLINE, interval=0.5, what="listing and reads after restarting every node")
+    except AssertionError as e:
+        raise AssertionError("%s; last failure: %s" % (e, last)) from None
 
 
 def local_non_loopback_ip():

@@ -304,6 +304,15 @@ static void test_shard_format(void **state)
 	assert_int_equal(c, 0);
 	for (size_t cut = 1; cut < n; cut++)
 		assert_int_equal(s3_shard_parse(s, cut, &e, &c), cut == 4 ? 0 : DNET_ECORRUPT);
+	s[n - 4] = (uint8_t)255; /* a tombstone: no etag */
+	assert_int_equal(s3_shard_parse(s, n - 3, &e, &c), 0);
+	assert_int_equal(c, 1);
+	assert_true(e[0].dead && e[0].elen == 0);
+	free(e);
+	assert_int_equal(s3_shard_parse(s, n, &e, &c), DNET_ECORRUPT); /* 3 stray bytes */
+	s[n - 4] = 48;						       /* etag too long */
+	assert_int_equal(s3_shard_parse(s, n, &e, &c), DNET_ECORRUPT);
+	s[n - 4] = 3;
 	s[4] = 0; /* empty key */
 	s[5] = 0;
 	assert_int_equal(s3_shard_parse(s, n, &e, &c), DNET_ECORRUPT);
