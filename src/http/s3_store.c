@@ -3,10 +3,12 @@
  *   s3:b:BUCKET             a bucket's record
  *   s3:m:BUCKET/KEY         an object's record (s3_meta, text)
  *   s3:d:ID, s3:d:ID:PART   its data (ID fresh per PUT: a record switches atomically)
- *   s3:i:BUCKET:NN          shard NN of the bucket's name index (sorted, binary)
+ *   s3:w:BUCKET             the gateways (node IDs) that write the bucket's index
+ *   s3:i:BUCKET:NN:WRITER   shard NN of that writer's part of the index (sorted, binary)
  *   s3:u:ID, s3:p:ID:PART   a multipart upload's record and its parts' size + MD5
- * Read-modify-writes (index shards, the bucket list, upload records) hold a stripe
- * lock of this node; see docs/http.md for what that does and does not cover. */
+ * Read-modify-writes (a writer's own shards, the writer and bucket lists, upload
+ * records) hold a stripe lock of this node; no two nodes write the same shard.
+ * docs/http.md says what that does and does not cover. */
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
