@@ -652,6 +652,28 @@ def test_cluster_with_copies_and_restart(node_factory, monkeypatch):
         raise AssertionError("%s; last failure: %s" % (e, last)) from None
 
 
+def test_keys_from_config_file_and_keys_file(node_factory, monkeypatch, tmp_path):
+    """S3 keys from the config file (s3-access-key, s3-secret-key) and from
+    --s3-keys FILE all work; a wrong secret of either is refused."""
+    keys = tmp_path / "s3keys"
+    keys.write_text("# access secret\nSECONDKEY second-secret\n\nTHIRDKEY third-secret\n")
+    conf = tmp_path / "node.conf"
+    conf.write_text("s3-access-key = CONFKEY\ns3-secret-key = conf-secret\ns3-keys = %s\n" % keys)
+    node, gw = gw_node(node_factory, monkeypatch, "--config", str(conf), keys=False)
+    boto(gw, access="CONFKEY", secret="conf-secret").create_bucket(Bucket="keys")
+    for ak, sk in (("SECONDKEY", "second-secret"), ("THIRDKEY", "third-secret")):
+        cl = boto(gw, access=ak, secret=sk)
+        cl.put_object(Bucket="keys", Key=ak, Body=sk.encode())
+        assert cl.get_object(Bucket="keys", Key=ak)["Body"].read() == sk.encode()
+        assert error_of(lambda: boto(gw, access=ak, secret="x").list_buckets()) == \
+            (403, "SignatureDoesNotMatch")
+    assert error_of(lambda: boto(gw, access=AK, secret=SK).list_buckets()) == (403, "InvalidAccessKeyId")
+    # unsigned requests are refused although they come from loopback
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        urllib.request.urlopen("http://%s/keys/SECONDKEY" % gw, timeout=30)
+    assert ei.value.code == 403
+
+
 def local_non_loopback_ip():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
