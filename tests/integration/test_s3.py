@@ -704,6 +704,14 @@ def test_anonymous_mode_is_loopback_only(node_factory, monkeypatch):
     assert req("127.0.0.1", "PUT", "/anon")[0] == 200
     assert req("127.0.0.1", "PUT", "/anon/k", b"unsigned body")[0] == 200
     assert req("127.0.0.1", "GET", "/anon/k") == (200, b"unsigned body")
+    # an aws-chunked body is decoded in anonymous mode too
+    framed = b"5;chunk-signature=" + b"0" * 64 + b"\r\nhello\r\n0;chunk-signature=" + b"0" * 64 + b"\r\n\r\n"
+    r = urllib.request.Request("http://127.0.0.1:%s/anon/chunked" % port, data=framed, method="PUT",
+                               headers={"x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+                                        "x-amz-decoded-content-length": "5"})
+    with urllib.request.urlopen(r, timeout=30) as resp:
+        assert resp.status == 200
+    assert req("127.0.0.1", "GET", "/anon/chunked") == (200, b"hello")
     st, body = req(ip, "GET", "/anon/k")
     assert st == 403 and b"AccessDenied" in body
     # plain GET / from a browser is still the ring page
