@@ -745,13 +745,30 @@ static void dead_free(struct dnet_backend *b, struct bl_dead *d)
 	}
 }
 
+/* The whole blocks of a record's data: [*start, *start + *len). */
+static int punch_range(const struct bl_dead *d, uint64_t *start, uint64_t *len)
+{
+	uint64_t s = align_up(d->off + BL_RHDR, BL_PUNCH_ALIGN);
+	uint64_t e = (d->off + BL_RHDR + d->reserved) & ~(uint64_t)(BL_PUNCH_ALIGN - 1);
+	if (e <= s)
+		return 0;
+	*start = s;
+	*len = e - s;
+	return 1;
+}
+
 /* Queues d (now allowed to be marked dead) for the reclaimer. `sync`: the blob of
  * the superseding record, to sync first (fsync=never), or NULL. */
 static void dead_push(struct dnet_backend *b, struct bl_dead *d, struct blob *sync)
 {
 	if (!d)
 		return;
-	if (b->punch_mode == DNET_BLOB_PUNCH_OFF) {
+	uint64_t ps, pl;
+	if (b->punch_mode == DNET_BLOB_PUNCH_OFF || !punch_range(d, &ps, &pl)) {
+		/* Nothing to punch (less than one whole block of data: small objects):
+		 * marking it would cost a read, a write and a sync for no space back.
+		 * Unmarked, it is still dead - the index and later records say so, and
+		 * compaction drops it; a crash leaves the safe "before step 2" state. */
 		dead_free(b, d);
 		return;
 	}
@@ -797,18 +814,6 @@ static int range_leased(struct blob *B, uint64_t start, uint64_t len)
 	if (fcntl(B->fd, F_OFD_GETLK, &fl) < 0)
 		return 0;
 	return fl.l_type != F_UNLCK;
-}
-
-/* The whole blocks of a record's data: [*start, *start + *len). */
-static int punch_range(const struct bl_dead *d, uint64_t *start, uint64_t *len)
-{
-	uint64_t s = align_up(d->off + BL_RHDR, BL_PUNCH_ALIGN);
-	uint64_t e = (d->off + BL_RHDR + d->reserved) & ~(uint64_t)(BL_PUNCH_ALIGN - 1);
-	if (e <= s)
-		return 0;
-	*start = s;
-	*len = e - s;
-	return 1;
 }
 
 /* Step 2 for one record: 1 = marked now, 0 = nothing to do (already marked, or not
