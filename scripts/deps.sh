@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # deps.sh - install the Debian packages Elliptics needs to build, test and benchmark,
 # but only those that are missing. Quiet and idempotent when nothing is missing.
-#   scripts/deps.sh            build + test packages (prometheus: promtool, chromium: the ring page test)
-#   scripts/deps.sh --bench    also the benchmark peers (redis, memcached, fio)
+#   scripts/deps.sh            build + test packages (prometheus: promtool, chromium: the ring page test,
+#                              redis: the peer of the CI benchmark smoke run)
+#   scripts/deps.sh --bench    also the other benchmark peers and tools (memcached, fio, gnuplot, perf, valgrind)
 set -euo pipefail
 
 BUILD_PKGS=(gcc make pkg-config libssl-dev libxxhash-dev libcmocka-dev liblmdb-dev libdb-dev)
-TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core)
-BENCH_PKGS=(redis-server redis-tools memcached fio)
+TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core redis-server redis-tools)
+BENCH_PKGS=(memcached fio gnuplot-nox valgrind linux-perf)
 
 want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
 for arg in "$@"; do
