@@ -34,7 +34,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
 LIBCLIENT := $(BUILD)/libelliptics.a
-BINS := $(BUILD)/ellipticsd $(BUILD)/elliptics
+BINS := $(BUILD)/ellipticsd $(BUILD)/elliptics $(BUILD)/bench/memcload
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all unit test clean fmt fuzz
@@ -71,6 +71,12 @@ $(BUILD)/ellipticsd: $(call obj,src/server/main.c $(SERVER_SRC) $(STORAGE_SRC) $
 
 $(BUILD)/elliptics: $(call obj,$(TOOLS_SRC)) $(LIBCLIENT)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(LIBS) -lm
+
+# bench/compare's closed-loop load for memcached (built with everything, so -Werror
+# covers it).
+$(BUILD)/bench/memcload: $(call obj,bench/memcload.c)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -lm
 
 # Each unit test links every non-main object, so any module can be tested.
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) $(ASSETS_O)

@@ -2,13 +2,15 @@
 # deps.sh - install the Debian packages Elliptics needs to build, test and benchmark,
 # but only those that are missing. Quiet and idempotent when nothing is missing.
 #   scripts/deps.sh            build + test packages (prometheus: promtool, chromium: the ring page test,
-#                              awscli, s3cmd, rclone, python3-boto3: the S3 gateway test)
-#   scripts/deps.sh --bench    also the benchmark peers and tools (redis, memcached, fio, wrk)
+#                              redis: the peer of the CI benchmark smoke run; awscli, s3cmd, rclone,
+#                              python3-boto3: the S3 gateway test)
+#   scripts/deps.sh --bench    also the other benchmark peers and tools (memcached, fio, gnuplot, perf,
+#                              valgrind, wrk)
 set -euo pipefail
 
 BUILD_PKGS=(gcc make pkg-config libssl-dev libxxhash-dev libcmocka-dev liblmdb-dev libdb-dev)
-TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core awscli s3cmd rclone python3-boto3)
-BENCH_PKGS=(redis-server redis-tools memcached fio wrk)
+TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core redis-server redis-tools awscli s3cmd rclone python3-boto3)
+BENCH_PKGS=(memcached fio gnuplot-nox valgrind linux-perf wrk)
 
 want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
 for arg in "$@"; do

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,31 @@ static int offline(const struct dnet_config *cfg)
 	return rc;
 }
 
+/* Every connection is a descriptor, and so is every open blob, log, peer link and
+ * large read in flight: raise the soft limit to fit --max-conns plus that
+ * headroom (as far as the hard limit allows; root may raise the hard one too),
+ * and say so if it still falls short - otherwise accept() fails at random later. */
+static void raise_fd_limit(const struct dnet_config *cfg)
+{
+	const rlim_t headroom = 1024;
+	rlim_t want = (rlim_t)cfg->max_conns + headroom;
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+		return;
+	struct rlimit nrl = {want, rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? rl.rlim_max : want};
+	if (setrlimit(RLIMIT_NOFILE, &nrl) != 0) {
+		nrl.rlim_cur = rl.rlim_max;
+		nrl.rlim_max = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &nrl) != 0)
+			nrl.rlim_cur = rl.rlim_cur;
+	}
+	if (nrl.rlim_cur < want)
+		dnet_log_warn("open files limit is %llu: fewer than --max-conns %d + %llu; raise it "
+			      "(ulimit -n, LimitNOFILE=) or lower --max-conns",
+			      (unsigned long long)nrl.rlim_cur, cfg->max_conns,
+			      (unsigned long long)headroom);
+}
+
 int main(int argc, char **argv)
 {
 	static struct dnet_server srv;
@@ -245,6 +271,7 @@ int main(int argc, char **argv)
 	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit(&s->cfg);
 
 	rc = dnet_server_start(s);
 	if (rc)

@@ -44,6 +44,7 @@ struct dnet_loop {
 	int thread_started;
 	uint64_t exit_deadline_ns;
 	uint8_t *rbuf;
+	struct dnet_pool_batch *batch; /* this round's requests, handed over after it */
 };
 
 static char listener_tag, evfd_tag;
@@ -374,7 +375,10 @@ static void submit(struct dnet_conn *c, struct dnet_trans *t)
 	pthread_mutex_unlock(&c->lock);
 	dnet_conn_get(c);
 	t->conn = c;
-	dnet_pool_push(s->pool, t);
+	if (c->loop->batch)
+		dnet_pool_batch_add(c->loop->batch, t);
+	else
+		dnet_pool_push(s->pool, t);
 }
 
 /* A complete header is in hdr; start its transaction, taking up to `avail` payload
@@ -623,6 +627,7 @@ static void *loop_main(void *arg)
 	const struct dnet_config *cfg = &l->s->cfg;
 	int sweeping = cfg->idle_timeout_s || cfg->request_timeout_s || cfg->send_timeout_s;
 
+	l->batch = dnet_pool_batch_new(l->s->pool); /* NULL: hand over one at a time */
 	for (;;) {
 		int timeout = __atomic_load_n(&l->exiting, __ATOMIC_ACQUIRE) ? 50 : sweeping ? 1000 : -1;
 		int n = epoll_wait(l->epfd, evs, 256, timeout);
@@ -645,6 +650,8 @@ static void *loop_main(void *arg)
 				conn_event(l, p, evs[i].events);
 			}
 		}
+		if (l->batch)
+			dnet_pool_batch_commit(l->batch);
 		if (sweeping && reading) {
 			uint64_t now = dnet_now_mono_ns();
 			if (now - last_sweep >= 1000000000ull) {
@@ -670,6 +677,8 @@ static void *loop_main(void *arg)
 	}
 	while (l->conns)
 		conn_close(l, l->conns);
+	dnet_pool_batch_free(l->batch);
+	l->batch = NULL;
 	return NULL;
 }
 

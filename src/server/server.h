@@ -187,6 +187,13 @@ typedef void (*dnet_pool_fn)(void *ctx, struct dnet_trans *t);
 int dnet_pool_start(struct dnet_pool **out, int nthreads, dnet_pool_fn fn, void *ctx,
 		    atomic_uint_fast64_t *queued);
 void dnet_pool_push(struct dnet_pool *p, struct dnet_trans *t);
+/* Batched hand-off (one per network loop): add() keeps transactions aside, commit()
+ * queues them all, waking each worker at most once. Order per object is kept. */
+struct dnet_pool_batch;
+struct dnet_pool_batch *dnet_pool_batch_new(struct dnet_pool *p);
+void dnet_pool_batch_free(struct dnet_pool_batch *b);
+void dnet_pool_batch_add(struct dnet_pool_batch *b, struct dnet_trans *t);
+void dnet_pool_batch_commit(struct dnet_pool_batch *b);
 /* Finish every queued transaction, then join the workers and free. */
 void dnet_pool_stop(struct dnet_pool *p);
 int dnet_pool_threads(const struct dnet_pool *p);

@@ -1359,6 +1359,48 @@ static void test_enospc(void **state)
 	rmdir(mnt);
 }
 
+/* Superseded records in the blob being appended to are not marked or punched until
+ * that blob is sealed (that would take the inode lock against every append and,
+ * with fsync=never, sync the blob being written); a forced pass still takes them. */
+static void test_punch_waits_for_seal(void **state)
+{
+	char dir[300];
+	dir_for(dir, sizeof(dir), "punchseal");
+	const uint64_t K = 16 << 10;
+	setenv(DNET_BLOB_ENV_PUNCH, "manual", 1);
+	setenv(DNET_BLOB_ENV_SIZE, "1M", 1);
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
+	for (uint64_t k = 0; k < 4; k++)
+		put_seeded(b, k, K, k);
+	for (uint64_t k = 0; k < 4; k++)
+		put_seeded(b, k, K, 10 + k);
+	assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL) >= 0);
+	assert_int_equal(bstats(b).dead_marked, 0); /* all in the active blob: they wait */
+	assert_int_equal(bstats(b).blobs, 1);
+	for (uint64_t k = 100; k < 180; k++) /* 1.25 MiB more: the first blob is sealed */
+		put_seeded(b, k, K, k);
+	assert_true(bstats(b).blobs >= 2);
+	assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL) >= 0);
+	struct dnet_blob_stats bs = bstats(b);
+	assert_int_equal(bs.dead_marked, 4);
+	assert_true(bs.punched_bytes >= 4 * (K - 8192));
+	/* superseded in the new active blob (the last keys written), then forced */
+	for (uint64_t k = 178; k < 180; k++)
+		put_seeded(b, k, K, 1000 + k);
+	assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL) >= 0);
+	assert_int_equal(bstats(b).dead_marked, 4);
+	assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL | DNET_BLOB_RECLAIM_FORCE) >= 0);
+	assert_int_equal(bstats(b).dead_marked, 6);
+	for (uint64_t k = 0; k < 4; k++)
+		expect_obj(b, k, K, 10 + k);
+	for (uint64_t k = 100; k < 180; k++)
+		expect_obj(b, k, K, k >= 178 ? 1000 + k : k);
+	ops->close(b);
+	unsetenv(DNET_BLOB_ENV_PUNCH);
+	unsetenv(DNET_BLOB_ENV_SIZE);
+	(void)state;
+}
+
 int main(void)
 {
 	snprintf(root, sizeof(root), "/tmp/test_blob_XXXXXX");
@@ -1388,6 +1430,7 @@ int main(void)
 	    cmocka_unit_test(test_index_ram),
 	    cmocka_unit_test(test_enospc),
 	    cmocka_unit_test(test_punch),
+	    cmocka_unit_test(test_punch_waits_for_seal),
 	    cmocka_unit_test(test_punch_crash_points),
 	    cmocka_unit_test(test_torn_mark),
 	    cmocka_unit_test(test_read_lease),
