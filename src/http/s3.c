@@ -787,7 +787,7 @@ static void delete_object(struct s3_req *q)
 struct copy_src {
 	struct s3_req *q;
 	const struct s3_meta *m;
-	uint64_t pos;
+	uint64_t pos, end; /* bytes [pos, end) of the source are still to come */
 	EVP_MD_CTX *md5;
 	void *buf;
 	size_t blen, boff;
@@ -802,7 +802,7 @@ static int copy_source(void *arg, void *out, size_t len, size_t *got)
 			free(cs->buf);
 			cs->buf = NULL;
 			cs->blen = cs->boff = 0;
-			if (cs->pos >= cs->m->size)
+			if (cs->pos >= cs->end)
 				break;
 			/* Which data object holds pos. */
 			uint64_t base = 0, part_size = cs->m->size;
@@ -816,6 +816,8 @@ static int copy_source(void *arg, void *out, size_t len, size_t *got)
 				base += cs->m->parts[i].size;
 			}
 			uint64_t in = cs->pos - base, want = part_size - in;
+			if (want > cs->end - cs->pos)
+				want = cs->end - cs->pos;
 			if (want > (4u << 20))
 				want = 4u << 20;
 			char dkey[80];
@@ -838,17 +840,18 @@ static int copy_source(void *arg, void *out, size_t len, size_t *got)
 	return 0;
 }
 
-static void copy_object(struct s3_req *q, const char *src, size_t srclen)
+/* The record of the x-amz-copy-source object ("/bucket/key" or "bucket/key",
+ * URL-encoded, maybe "?versionId=..."); -1 after answering an error. */
+static int copy_source_meta(struct s3_req *q, const char *src, size_t srclen, struct s3_meta *sm)
 {
 	char dec[S3_MAX_BUCKET + S3_MAX_KEY + 8];
 	size_t dl;
-	/* "/bucket/key" or "bucket/key", URL-encoded, maybe "?versionId=..." */
 	const char *qm = memchr(src, '?', srclen);
 	if (qm)
 		srclen = (size_t)(qm - src);
 	if (s3_url_decode(src, srclen, dec, sizeof(dec), &dl) != 0) {
 		send_error(q, 400, "InvalidArgument", "Bad x-amz-copy-source.");
-		return;
+		return -1;
 	}
 	const char *p = dec;
 	if (dl && *p == '/')
@@ -856,17 +859,51 @@ static void copy_object(struct s3_req *q, const char *src, size_t srclen)
 	const char *sl = memchr(p, '/', dl);
 	if (!sl || sl == p || (size_t)(sl - p) > S3_MAX_BUCKET || dl - (size_t)(sl - p) - 1 == 0) {
 		send_error(q, 400, "InvalidArgument", "Bad x-amz-copy-source.");
-		return;
+		return -1;
 	}
 	size_t sbl = (size_t)(sl - p), skl = dl - sbl - 1;
+	int err = s3_meta_read(&q->w->st, p, sbl, sl + 1, skl, sm);
+	if (err) {
+		send_store_error(q, err);
+		return -1;
+	}
+	return 0;
+}
+
+/* Copy bytes [off, off+len) of the source into the data object dkey, streamed
+ * (4 MiB reads through the second handle); fills their MD5. */
+static int copy_range(struct s3_req *q, const struct s3_meta *sm, uint64_t off, uint64_t len,
+		      const char *dkey, size_t dkl, char md5hex[33])
+{
+	struct copy_src cs = {
+	    .q = q, .m = sm, .pos = off, .end = off + len, .md5 = EVP_MD_CTX_new()};
+	if (!cs.md5 || !EVP_DigestInit_ex(cs.md5, EVP_md5(), NULL)) {
+		EVP_MD_CTX_free(cs.md5);
+		return DNET_ENOMEM;
+	}
+	int err = dnet_write_stream(q->w->st.cl, dkey, dkl, len, copy_source, &cs, NULL);
+	free(cs.buf);
+	uint8_t md[16];
+	unsigned ml = 0;
+	EVP_DigestFinal_ex(cs.md5, md, &ml);
+	EVP_MD_CTX_free(cs.md5);
+	if (!err && cs.pos != off + len)
+		err = DNET_EIO;
+	if (err) {
+		dnet_remove(q->w->st.cl, dkey, dkl);
+		return err;
+	}
+	s3_md5_hex(md, md5hex);
+	return 0;
+}
+
+static void copy_object(struct s3_req *q, const char *src, size_t srclen)
+{
 	if (bucket_exists_or_404(q))
 		return;
 	struct s3_meta sm;
-	int err = s3_meta_read(&q->w->st, p, sbl, sl + 1, skl, &sm);
-	if (err) {
-		send_store_error(q, err);
+	if (copy_source_meta(q, src, srclen, &sm))
 		return;
-	}
 	struct s3_meta m;
 	memset(&m, 0, sizeof(m));
 	s3_new_id(m.id);
@@ -879,31 +916,15 @@ static void copy_object(struct s3_req *q, const char *src, size_t srclen)
 		memcpy(m.umeta, sm.umeta, sm.umeta_len);
 		m.umeta_len = sm.umeta_len;
 	}
-	struct copy_src cs = {.q = q, .m = &sm, .md5 = EVP_MD_CTX_new()};
-	if (!cs.md5 || !EVP_DigestInit_ex(cs.md5, EVP_md5(), NULL)) {
-		EVP_MD_CTX_free(cs.md5);
-		s3_meta_free(&sm);
-		send_store_error(q, DNET_ENOMEM);
-		return;
-	}
 	char dkey[80];
 	size_t dkl = s3_data_key(dkey, sizeof(dkey), m.id, 0);
-	err = dnet_write_stream(q->w->st.cl, dkey, dkl, sm.size, copy_source, &cs, NULL);
-	free(cs.buf);
-	uint8_t md[16];
-	unsigned ml = 0;
-	EVP_DigestFinal_ex(cs.md5, md, &ml);
-	EVP_MD_CTX_free(cs.md5);
 	m.size = sm.size;
+	int err = copy_range(q, &sm, 0, sm.size, dkey, dkl, m.etag);
 	s3_meta_free(&sm);
-	if (!err && cs.pos != m.size)
-		err = DNET_EIO;
 	if (err) {
-		dnet_remove(q->w->st.cl, dkey, dkl);
 		send_store_error(q, err);
 		return;
 	}
-	s3_md5_hex(md, m.etag);
 	m.mtime_ns = dnet_now_real_ns();
 	err = s3_object_commit(&q->w->st, q->bucket, q->blen, q->key, q->klen, &m);
 	if (err) {
@@ -1003,7 +1024,46 @@ static void upload_part(struct s3_req *q)
 	size_t dkl = s3_data_key(dkey, sizeof(dkey), id, n);
 	uint64_t size;
 	char md5[33];
-	int err = store_body(q, dkey, dkl, &size, md5);
+	size_t csl;
+	const char *cs = hdr(q, "x-amz-copy-source", &csl);
+	int err;
+	if (cs) {
+		/* UploadPartCopy: the part is (a range of) another object. */
+		struct s3_meta sm;
+		if (copy_source_meta(q, cs, csl, &sm))
+			return;
+		uint64_t off = 0, len = sm.size;
+		size_t rl;
+		const char *rv = hdr(q, "x-amz-copy-source-range", &rl);
+		/* only "bytes=first-last" inside the object */
+		if (rv && (rl < 9 || rv[6] == '-' || rv[rl - 1] == '-' ||
+			   s3_parse_range(rv, rl, sm.size, &off, &len) != 0)) {
+			s3_meta_free(&sm);
+			send_error(q, 400, "InvalidArgument", "Bad x-amz-copy-source-range.");
+			return;
+		}
+		size = len;
+		err = copy_range(q, &sm, off, len, dkey, dkl, md5);
+		s3_meta_free(&sm);
+		if (!err)
+			err = s3_part_record(&q->w->st, id, n, size, md5);
+		if (err) {
+			send_store_error(q, err);
+			return;
+		}
+		char iso[40];
+		s3_iso_date(dnet_now_real_ns(), iso, sizeof(iso));
+		struct dnet_hbuf b;
+		dnet_hbuf_init(&b, 256);
+		dnet_hbuf_add(&b,
+			      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyPartResult>"
+			      "<LastModified>%s</LastModified><ETag>&quot;%s&quot;</ETag>"
+			      "</CopyPartResult>",
+			      iso, md5);
+		send_xml(q, 200, &b, NULL);
+		return;
+	}
+	err = store_body(q, dkey, dkl, &size, md5);
 	if (!err)
 		err = s3_part_record(&q->w->st, id, n, size, md5);
 	if (err) {
@@ -1468,6 +1528,24 @@ static void bucket_op(struct s3_req *q)
 	}
 }
 
+/* Objects have no tags: an empty set (awscli asks before a multipart copy). */
+static void get_object_tagging(struct s3_req *q)
+{
+	struct s3_meta m;
+	int err = s3_meta_read(&q->w->st, q->bucket, q->blen, q->key, q->klen, &m);
+	if (err) {
+		send_store_error(q, err);
+		return;
+	}
+	s3_meta_free(&m);
+	struct dnet_hbuf b;
+	dnet_hbuf_init(&b, 256);
+	dnet_hbuf_add(
+	    &b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Tagging "
+		"xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><TagSet></TagSet></Tagging>");
+	send_xml(q, 200, &b, NULL);
+}
+
 static void object_op(struct s3_req *q)
 {
 	int m = q->r->method;
@@ -1475,11 +1553,7 @@ static void object_op(struct s3_req *q)
 	if (m == DNET_HTTP_PUT) {
 		const char *cs = hdr(q, "x-amz-copy-source", &l);
 		if (qhas(q, "uploadId") && qhas(q, "partNumber")) {
-			if (cs)
-				send_error(q, 501, "NotImplemented",
-					   "UploadPartCopy is not implemented.");
-			else
-				upload_part(q);
+			upload_part(q);
 		} else if (q->r->query_len && !qhas(q, "x-id") && !qhas(q, "X-Amz-Algorithm")) {
 			send_error(q, 501, "NotImplemented",
 				   "This object operation is not implemented.");
@@ -1489,8 +1563,10 @@ static void object_op(struct s3_req *q)
 			put_object(q);
 		}
 	} else if (m == DNET_HTTP_GET || m == DNET_HTTP_HEAD) {
-		if (qhas(q, "uploadId") || qhas(q, "acl") || qhas(q, "tagging") ||
-		    qhas(q, "attributes"))
+		if (qhas(q, "tagging") && m == DNET_HTTP_GET)
+			get_object_tagging(q);
+		else if (qhas(q, "uploadId") || qhas(q, "acl") || qhas(q, "tagging") ||
+			 qhas(q, "attributes"))
 			send_error(q, 501, "NotImplemented",
 				   "This object operation is not implemented.");
 		else

@@ -123,6 +123,12 @@ def test_awscli(node_factory, monkeypatch, tmp_path):
     for rel in ["big.bin", "small.bin", "empty", "sub/a.txt", "sub/b c.txt"]:
         assert md5_file(dst / rel) == md5_file(src / rel), rel
 
+    # a server-side copy of an object over awscli's multipart threshold: UploadPartCopy
+    run(aws + ["s3", "cp", "s3://awsb/tree/big.bin", "s3://awsb/copy/big.bin"], env)
+    run(aws + ["s3", "cp", "s3://awsb/copy/big.bin", str(tmp_path / "copied.bin")], env)
+    assert md5_file(tmp_path / "copied.bin") == md5_file(src / "big.bin")
+    run(aws + ["s3", "rm", "--recursive", "s3://awsb/copy/"], env)
+
     # s3api: head-object (ETag = MD5 of a single PUT), list-objects-v2 with a
     # delimiter, and in pages of 2 (continuation tokens)
     _, out, _ = run(aws + ["s3api", "head-object", "--bucket", "awsb", "--key", "one/small.bin"], env)
@@ -326,6 +332,28 @@ def test_boto3_multipart_range_copy_list(node_factory, monkeypatch, tmp_path):
     assert hashlib.md5(s3.get_object(Bucket="bot", Key="k1-copy")["Body"].read()).digest() == \
         hashlib.md5(whole).digest()
     s3.delete_object(Bucket="bot", Key="k1-copy")
+    # UploadPartCopy: a range of one object and the whole of another as parts
+    up = s3.create_multipart_upload(Bucket="bot", Key="pc")
+    p1 = s3.upload_part_copy(Bucket="bot", Key="pc", UploadId=up["UploadId"], PartNumber=1,
+                             CopySource={"Bucket": "bot", "Key": "mp/obj"},
+                             CopySourceRange="bytes=100-%d" % (100 + (5 << 20) + 10 - 1))
+    p2 = s3.upload_part_copy(Bucket="bot", Key="pc", UploadId=up["UploadId"], PartNumber=2,
+                             CopySource={"Bucket": "bot", "Key": "k1"})
+    assert p1["CopyPartResult"]["ETag"] == '"%s"' % hashlib.md5(whole[100:100 + (5 << 20) + 10]).hexdigest()
+    s3.complete_multipart_upload(Bucket="bot", Key="pc", UploadId=up["UploadId"], MultipartUpload={
+        "Parts": [{"ETag": p1["CopyPartResult"]["ETag"], "PartNumber": 1},
+                  {"ETag": p2["CopyPartResult"]["ETag"], "PartNumber": 2}]})
+    assert s3.get_object(Bucket="bot", Key="pc")["Body"].read() == \
+        whole[100:100 + (5 << 20) + 10] + b"second version"
+    assert error_of(lambda: s3.upload_part_copy(
+        Bucket="bot", Key="pc", UploadId=up["UploadId"], PartNumber=1,
+        CopySource={"Bucket": "bot", "Key": "k1"}, CopySourceRange="bytes=5-")) == (404, "NoSuchUpload")
+    up = s3.create_multipart_upload(Bucket="bot", Key="pc2")
+    assert error_of(lambda: s3.upload_part_copy(
+        Bucket="bot", Key="pc2", UploadId=up["UploadId"], PartNumber=1,
+        CopySource={"Bucket": "bot", "Key": "k1"}, CopySourceRange="bytes=5-"))[1] == "InvalidArgument"
+    s3.abort_multipart_upload(Bucket="bot", Key="pc2", UploadId=up["UploadId"])
+    s3.delete_object(Bucket="bot", Key="pc")
     assert error_of(lambda: s3.get_object(Bucket="bot", Key="k1-copy")) == (404, "NoSuchKey")
     assert error_of(lambda: s3.get_object(Bucket="nobucket", Key="x")) == (404, "NoSuchBucket")
     assert error_of(lambda: s3.put_object(Bucket="nobucket", Key="x", Body=b"1")) == (404, "NoSuchBucket")
