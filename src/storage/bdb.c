@@ -1188,6 +1188,8 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 			return;
 		}
 		up_release(b, u, err ? 1 : 2);
+		if (!err && op.gc_gen)
+			drop_gen(b, op.id, op.gc_gen, op.gc_cookie);
 		finish(b, &op, err, done, arg);
 		return;
 	}
@@ -1427,6 +1429,8 @@ static int bd_del(struct dnet_backend *b, const uint8_t *id)
 	int err = run_txn(b, &op, apply_del);
 	if (err)
 		return err;
+	if (op.gc_gen)
+		drop_gen(b, op.id, op.gc_gen, op.gc_cookie);
 	count(b, &op);
 	if (b->cfg.fsync == DNET_FSYNC_ALWAYS)
 		atomic_fetch_add(&b->syncs, 1);
