@@ -61,6 +61,8 @@
 #define KV_UP_BUCKETS 64
 #define BD_RETRIES 200
 #define BD_CKPT_S 5
+#define BD_CACHE (8ull << 20) /* ELLIPTICS_BDB_CACHE overrides */
+#define BD_LG_BSIZE (1u << 20)
 #define BD_AGAIN 1 /* internal: deadlock victim, retry the txn */
 
 struct kv_hdr {
@@ -88,6 +90,12 @@ struct bd_op {
 	struct dnet_obj_info info;
 	int64_t d_obj, d_bytes;
 	uint8_t *scratch; /* 8 + KV_CHUNK + KV_HDR */
+	int nosync;        /* a txn whose durability a later one provides */
+	uint64_t staged;   /* apply_whole: chunks already staged under this generation */
+	uint64_t gc_gen;   /* after the commit: chunks of this generation are garbage */
+	uint64_t gc_cookie; /* apply_gc_step: the uploads.db record covering gc_gen */
+	uint64_t first, n; /* apply_stage: chunks [first, first + n) */
+	int more;          /* apply_gc_step: chunks left */
 };
 
 /* A commit waiting for the group log flush. */
@@ -104,6 +112,7 @@ struct dnet_backend {
 	int lockfd;
 	uint64_t reserve;      /* size of DIR/RESERVE: disk kept for deletes (0: none) */
 	uint32_t lg_max;       /* log file size */
+	uint32_t txn_chunks;   /* chunks written or deleted per txn at most */
 	atomic_int reserve_held;
 	struct dnet_backend_config cfg;
 	DB_ENV *env;
@@ -349,9 +358,15 @@ static int put_chunk(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id, uin
 	return kv_put(b, txn, b->chunk, k, KV_CKEY, scratch, 8u + len);
 }
 
-static int del_chunks(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id, uint64_t gen)
+/* Deletes the chunks of generation gen, at most max of them (0: all); *more (if
+ * not NULL) tells whether some may be left. */
+static int del_chunks(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id, uint64_t gen,
+		      uint64_t max, int *more)
 {
 	DBC *c;
+	uint64_t done = 0;
+	if (more)
+		*more = 0;
 	uint8_t k[KV_CKEY], kb[KV_CKEY];
 	int rc = b->chunk->cursor(b->chunk, txn, &c, 0);
 	if (rc)
@@ -371,8 +386,14 @@ static int del_chunks(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id, ui
 			rc = 0;
 			break;
 		}
+		if (max && done == max) {
+			if (more)
+				*more = 1;
+			break;
+		}
 		if (rc || (rc = c->del(c, 0)))
 			break;
+		done++;
 	}
 	c->close(c);
 	return rc ? bd_err(b, rc, "delete chunks") : 0;
@@ -383,6 +404,72 @@ static int del_chunks(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id, ui
  * after the commit. */
 
 typedef int (*apply_fn)(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op);
+
+/* ---- bounded transactions ------------------------------------------------------
+ * BDB logs every byte a txn writes and every byte it deletes (for undo), and a log
+ * file can go only after a checkpoint that follows the commit (or abort) of every
+ * txn in it. A txn as large as the object would need that much free disk for its
+ * log on top of the data (a 4 MiB object could not be stored on an 8 MiB disk, a
+ * failed 8 MiB upload piece filled a small disk with log that no checkpoint could
+ * free), and would hold that much in BDB's cache. So objects larger than
+ * txn_chunks chunks are written and removed a few chunks per txn:
+ *  - a whole write stages its chunks under a fresh generation first, covered by a
+ *    record in uploads.db (ID + cookie = the generation), so that after a crash the
+ *    next open removes them (as for an upload); the last txn points the header at
+ *    them and drops the record;
+ *  - the chunks of a replaced or deleted object stay behind, covered by such a
+ *    record written in the txn that replaced or deleted the object, and are then
+ *    removed txn_chunks at a time (drop_gen), as are the staged chunks of a dropped
+ *    upload. Upload pieces are written txn_chunks at a time too. */
+
+static int rec_put(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id, uint64_t cookie,
+		   uint64_t gen)
+{
+	uint8_t k[KV_UKEY], v[16];
+	ukey(k, id, cookie);
+	dnet_put_u64(v, gen);
+	dnet_put_u64(v + 8, dnet_now_real_ns());
+	return kv_put(b, txn, b->upl, k, KV_UKEY, v, 16);
+}
+
+static int rec_del(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id, uint64_t cookie)
+{
+	uint8_t k[KV_UKEY];
+	ukey(k, id, cookie);
+	return kv_del(b, txn, b->upl, k, KV_UKEY);
+}
+
+/* In the txn that makes the chunks of generation gen garbage: removes them now if
+ * they are few, else records them for drop_gen after the commit. */
+static int gc_chunks(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op, uint64_t size,
+		     uint64_t gen)
+{
+	if (nchunks(size) <= b->txn_chunks)
+		return del_chunks(b, txn, op->id, gen, 0, NULL);
+	op->gc_gen = op->gc_cookie = gen;
+	return rec_put(b, txn, op->id, gen, gen);
+}
+
+/* Up to txn_chunks chunks of op->gc_gen; the record goes with the last of them. */
+static int apply_gc_step(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
+{
+	int err = del_chunks(b, txn, op->id, op->gc_gen, b->txn_chunks, &op->more);
+	if (!err && !op->more)
+		err = rec_del(b, txn, op->id, op->gc_cookie);
+	return err == DNET_ENOENT ? 0 : err;
+}
+
+/* Chunks [first, first + n) of a whole write, staged under op->staged. */
+static int apply_stage(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
+{
+	int err = 0;
+	if (op->first == 0)
+		err = rec_put(b, txn, op->id, op->staged, op->staged);
+	for (uint64_t i = op->first; !err && i < op->first + op->n; i++)
+		err = put_chunk(b, txn, op->id, op->staged, i, op->data + i * KV_CHUNK,
+				chunk_len(op->io.size, i), op->scratch);
+	return err;
+}
 
 static int apply_whole(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
 {
@@ -396,7 +483,12 @@ static int apply_whole(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
 	h.size = op->io.size;
 	h.timestamp = op->io.timestamp;
 	memcpy(h.csum, op->csum, 16);
-	if (h.size > KV_CHUNK) {
+	if (h.size > KV_CHUNK && op->staged) {
+		h.flags = KV_F_CHUNKED;
+		h.gen = op->staged;
+		if ((err = rec_del(b, txn, op->id, op->staged)))
+			return err;
+	} else if (h.size > KV_CHUNK) {
 		h.flags = KV_F_CHUNKED;
 		h.gen = new_gen(b, existed ? oh.gen : 0);
 		for (uint64_t i = 0; i < nchunks(h.size); i++)
@@ -404,7 +496,8 @@ static int apply_whole(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
 					     chunk_len(h.size, i), s)))
 				return err;
 	}
-	if (existed && (oh.flags & KV_F_CHUNKED) && (err = del_chunks(b, txn, op->id, oh.gen)))
+	op->gc_gen = 0;
+	if (existed && (oh.flags & KV_F_CHUNKED) && (err = gc_chunks(b, txn, op, oh.size, oh.gen)))
 		return err;
 	if ((err = put_obj(b, txn, op->id, &h, op->data, s)))
 		return err;
@@ -513,7 +606,8 @@ static int apply_del(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
 	int bad = err;
 	if ((err = kv_del(b, txn, b->obj, op->id, DNET_ID_SIZE)))
 		return err;
-	if (!bad && (h.flags & KV_F_CHUNKED) && (err = del_chunks(b, txn, op->id, h.gen)))
+	op->gc_gen = 0;
+	if (!bad && (h.flags & KV_F_CHUNKED) && (err = gc_chunks(b, txn, op, h.size, h.gen)))
 		return err;
 	op->d_obj = -1;
 	op->d_bytes = bad ? 0 : -(int64_t)h.size;
@@ -526,14 +620,8 @@ static int apply_up_data(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
 	const uint64_t off = op->io.offset, len = op->io.size;
 	uint8_t *s = op->scratch;
 	int err;
-	if (op->io.ioflags & DNET_IO_PREPARE) {
-		uint8_t k[KV_UKEY], v[16];
-		ukey(k, u->id, u->cookie);
-		dnet_put_u64(v, u->gen);
-		dnet_put_u64(v + 8, dnet_now_real_ns());
-		if ((err = kv_put(b, txn, b->upl, k, KV_UKEY, v, 16)))
-			return err;
-	}
+	if ((op->io.ioflags & DNET_IO_PREPARE) && (err = rec_put(b, txn, u->id, u->cookie, u->gen)))
+		return err;
 	for (uint64_t i = off / KV_CHUNK; len && i < nchunks(off + len); i++) {
 		uint64_t cs = i * KV_CHUNK;
 		uint64_t ws = off > cs ? off : cs;
@@ -608,13 +696,14 @@ static int apply_up_commit(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op
 	int existed = !err;
 	if (err && err != DNET_ENOENT && err != DNET_ECORRUPT)
 		goto out;
+	op->gc_gen = 0;
 	if (existed && (oh.flags & KV_F_CHUNKED) && oh.gen != u->gen &&
-	    (err = del_chunks(b, txn, u->id, oh.gen)))
+	    (err = gc_chunks(b, txn, op, oh.size, oh.gen)))
 		goto out;
 	if (size <= KV_CHUNK) {
 		h.gen = 0;
 		if ((err = put_obj(b, txn, u->id, &h, buf, s)) ||
-		    (err = del_chunks(b, txn, u->id, u->gen)))
+		    (err = del_chunks(b, txn, u->id, u->gen, 0, NULL)))
 			goto out;
 	} else {
 		h.flags = KV_F_CHUNKED;
@@ -634,13 +723,6 @@ out:
 	return err;
 }
 
-static int apply_up_drop(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
-{
-	uint8_t k[KV_UKEY];
-	ukey(k, op->up->id, op->up->cookie);
-	int err = kv_del(b, txn, b->upl, k, KV_UKEY);
-	return err ? err : del_chunks(b, txn, op->up->id, op->up->gen);
-}
 
 /* ---- a full disk ------------------------------------------------------------------
  * BDB writes every change to its log before the database, and a delete logs the
@@ -693,7 +775,7 @@ static int run_txn(struct dnet_backend *b, struct bd_op *op, apply_fn fn)
 		goto out;
 	make_room(b);
 	err = run_txn1(b, op, fn);
-	if (err == DNET_ENOSPC && (fn == apply_del || fn == apply_up_drop) &&
+	if (err == DNET_ENOSPC && (fn == apply_del || fn == apply_gc_step) &&
 	    atomic_load(&b->reserve_held)) {
 		reserve_give(b);
 		make_room(b);
@@ -738,7 +820,8 @@ static int run_txn1(struct dnet_backend *b, struct bd_op *op, apply_fn fn)
 		if ((rc = dnet_fault_check(DNET_FAULT_COMMIT)))
 			txn->abort(txn); /* fault injection: this commit fails */
 		else
-			rc = txn->commit(txn, b->cfg.fsync == DNET_FSYNC_ALWAYS ? DB_TXN_SYNC : 0);
+			rc = txn->commit(txn, op->nosync ? DB_TXN_WRITE_NOSYNC
+						 : b->cfg.fsync == DNET_FSYNC_ALWAYS ? DB_TXN_SYNC : 0);
 		err = bd_err(b, rc, "commit");
 	}
 	if (err == BD_AGAIN) {
@@ -750,6 +833,52 @@ static int run_txn1(struct dnet_backend *b, struct bd_op *op, apply_fn fn)
 		free(own);
 		op->scratch = NULL;
 	}
+	return err;
+}
+
+/* Removes the chunks of generation gen and then the uploads.db record (ID,
+ * cookie) that covers them, a few chunks per txn. On failure the record stays
+ * and the next open finishes the job. */
+static int drop_gen(struct dnet_backend *b, const uint8_t *id, uint64_t gen, uint64_t cookie)
+{
+	struct bd_op op;
+	int err;
+	memset(&op, 0, sizeof(op));
+	memcpy(op.id, id, DNET_ID_SIZE);
+	op.gc_gen = gen;
+	op.gc_cookie = cookie;
+	op.nosync = 1; /* after a crash the record makes the next open redo it */
+	do
+		err = run_txn(b, &op, apply_gc_step);
+	while (!err && op.more);
+	if (err)
+		dnet_log_warn("bdb backend %s: cannot remove %s chunks (the next open will): %s",
+			      b->path, cookie == gen ? "unused" : "staged upload",
+			      dnet_strerror(err));
+	return err;
+}
+
+/* A whole write of op->io.size bytes at offset 0: stage its chunks (if more than
+ * one txn's worth), then switch the header to them in one txn. */
+static int write_whole(struct dnet_backend *b, struct bd_op *op)
+{
+	uint64_t n = op->io.size > KV_CHUNK ? nchunks(op->io.size) : 0;
+	int err = 0;
+	if (n > b->txn_chunks) {
+		op->staged = new_gen(b, 0);
+		op->nosync = 1;
+		for (op->first = 0; !err && op->first < n; op->first += op->n) {
+			op->n = n - op->first < b->txn_chunks ? n - op->first : b->txn_chunks;
+			err = run_txn(b, op, apply_stage);
+		}
+		op->nosync = 0;
+	}
+	if (!err)
+		err = run_txn(b, op, apply_write);
+	if (err && op->staged)
+		drop_gen(b, op->id, op->staged, op->staged);
+	else if (!err && op->gc_gen)
+		drop_gen(b, op->id, op->gc_gen, op->gc_cookie);
 	return err;
 }
 
@@ -895,15 +1024,8 @@ static struct bd_upload **up_slot(struct dnet_backend *b, const uint8_t *id, uin
 
 static void up_destroy(struct dnet_backend *b, struct bd_upload *u, int drop_chunks)
 {
-	if (drop_chunks) {
-		struct bd_op op;
-		memset(&op, 0, sizeof(op));
-		op.up = u;
-		int err = run_txn(b, &op, apply_up_drop);
-		if (err)
-			dnet_log_warn("bdb backend %s: cannot drop staged upload: %s", b->path,
-				      dnet_strerror(err));
-	}
+	if (drop_chunks)
+		drop_gen(b, u->id, u->gen, u->cookie);
 	XXH3_freeState(u->st);
 	free(u);
 }
@@ -954,6 +1076,30 @@ static void up_sweep(struct dnet_backend *b, int all)
 			dnet_log_info("bdb backend %s: dropping abandoned upload cookie %llx",
 				      b->path, (unsigned long long)u->cookie);
 		up_destroy(b, u, !all); /* at close: the next open removes them */
+	}
+}
+
+/* Writes the data of an upload piece txn_chunks chunks per txn (the first one
+ * records the upload if it is a PREPARE). keep_last: the last part is left in op,
+ * for the COMMIT txn. */
+static int up_split(struct dnet_backend *b, struct bd_op *op, int keep_last)
+{
+	const uint64_t step = (uint64_t)b->txn_chunks * KV_CHUNK;
+	for (;;) {
+		const uint64_t off = op->io.offset, len = op->io.size;
+		const uint64_t cut = (off / step + 1) * step - off; /* to the next boundary */
+		if (len <= cut)
+			return keep_last || !(len || (op->io.ioflags & DNET_IO_PREPARE))
+				   ? 0
+				   : run_txn(b, op, apply_up_data);
+		op->io.size = cut;
+		int err = run_txn(b, op, apply_up_data);
+		if (err)
+			return err;
+		op->io.offset += cut;
+		op->io.size = len - cut;
+		op->data += cut;
+		op->io.ioflags &= ~(uint32_t)DNET_IO_PREPARE;
 	}
 }
 
@@ -1034,18 +1180,20 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 			done(arg, DNET_EINVAL, NULL);
 			return;
 		}
-		err = run_txn(b, &op, apply_up_commit);
+		if (!(err = up_split(b, &op, 1)))
+			err = run_txn(b, &op, apply_up_commit);
 		if (err == DNET_EINVAL) {
 			up_release(b, u, 0);
 			done(arg, err, NULL);
 			return;
 		}
 		up_release(b, u, err ? 1 : 2);
+		if (!err && op.gc_gen)
+			drop_gen(b, op.id, op.gc_gen, op.gc_cookie);
 		finish(b, &op, err, done, arg);
 		return;
 	}
-	err = io->size || (io->ioflags & DNET_IO_PREPARE) ? run_txn(b, &op, apply_up_data) : 0;
-	if (err) {
+	if ((err = up_split(b, &op, 0))) {
 		up_release(b, u, 1);
 		done(arg, err, NULL);
 		return;
@@ -1096,7 +1244,7 @@ static void bd_write(struct dnet_backend *b, const struct dnet_write_req *req,
 	op.data = req->data ? req->data : (const uint8_t *)"";
 	if (!req->io.offset)
 		dnet_csum(op.data, req->io.size, op.csum);
-	int err = run_txn(b, &op, apply_write);
+	int err = op.io.offset ? run_txn(b, &op, apply_write) : write_whole(b, &op);
 	finish(b, &op, err, done, arg);
 }
 
@@ -1281,6 +1429,8 @@ static int bd_del(struct dnet_backend *b, const uint8_t *id)
 	int err = run_txn(b, &op, apply_del);
 	if (err)
 		return err;
+	if (op.gc_gen)
+		drop_gen(b, op.id, op.gc_gen, op.gc_cookie);
 	count(b, &op);
 	if (b->cfg.fsync == DNET_FSYNC_ALWAYS)
 		atomic_fetch_add(&b->syncs, 1);
@@ -1442,6 +1592,33 @@ static int mkdir_p(const char *path)
 }
 
 /* Uploads a previous run left unfinished are removed; objects and bytes counted. */
+/* Removes the first record of uploads.db, whatever its key (a malformed one). */
+static int del_first_upl(struct dnet_backend *b)
+{
+	DB_TXN *txn;
+	DBC *c;
+	uint8_t kb[KV_UKEY];
+	int rc = b->env->txn_begin(b->env, NULL, &txn, 0);
+	if (rc)
+		return bd_err(b, rc, "txn begin");
+	if (!(rc = b->upl->cursor(b->upl, txn, &c, 0))) {
+		DBT key, val;
+		memset(&key, 0, sizeof(key));
+		memset(&val, 0, sizeof(val));
+		key.flags = val.flags = DB_DBT_PARTIAL | DB_DBT_USERMEM; /* no bytes wanted */
+		key.data = val.data = kb;
+		rc = c->get(c, &key, &val, DB_FIRST | DB_RMW);
+		if (!rc)
+			rc = c->del(c, 0);
+		c->close(c);
+	}
+	if (rc && rc != DB_NOTFOUND) {
+		txn->abort(txn);
+		return bd_err(b, rc, "remove upload record");
+	}
+	return bd_err(b, txn->commit(txn, 0), "commit");
+}
+
 static int recover(struct dnet_backend *b)
 {
 	uint64_t dropped = 0, objs = 0, bytes = 0, t0 = dnet_now_mono_ns();
@@ -1460,21 +1637,17 @@ static int recover(struct dnet_backend *b)
 			break;
 		if (rc && rc != DB_BUFFER_SMALL)
 			return bd_err(b, rc, "recover uploads");
-		struct bd_upload u;
-		struct bd_op op;
-		memset(&u, 0, sizeof(u));
-		memset(&op, 0, sizeof(op));
-		if (!rc && key.size == KV_UKEY && val.size == 16) {
-			memcpy(u.id, kb, DNET_ID_SIZE);
-			u.gen = dnet_get_u64(vb);
-			for (int i = 0; i < 8; i++)
-				u.cookie = (u.cookie << 8) | kb[DNET_ID_SIZE + i];
-		} else {
+		if (rc || key.size != KV_UKEY || val.size != 16) {
 			dnet_log_warn("bdb backend %s: odd upload record, removed", b->path);
-			memcpy(u.id, kb, DNET_ID_SIZE); /* gen 0: no chunks */
+			int err = del_first_upl(b);
+			if (err)
+				return err;
+			continue;
 		}
-		op.up = &u;
-		int err = run_txn(b, &op, apply_up_drop);
+		uint64_t cookie = 0;
+		for (int i = 0; i < 8; i++)
+			cookie = (cookie << 8) | kb[DNET_ID_SIZE + i];
+		int err = drop_gen(b, kb, dnet_get_u64(vb), cookie);
 		if (err)
 			return err;
 		dropped++;
@@ -1614,10 +1787,19 @@ static int bd_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 		while (lg_max > (256u << 10) && lg_max > fs / 32)
 			lg_max /= 2;
 	}
-	uint32_t lg_bsize = lg_max / 8 < (8u << 20) ? lg_max / 8 : (8u << 20);
+	uint32_t lg_bsize = lg_max / 8 < BD_LG_BSIZE ? lg_max / 8 : BD_LG_BSIZE;
+	uint64_t cache = BD_CACHE;
+	const char *cv = getenv("ELLIPTICS_BDB_CACHE");
+	if (cv && (dnet_parse_size(cv, &cache) != 0 || cache < (1u << 20) || cache > (1ull << 31))) {
+		dnet_log_warn("bdb backend %s: ELLIPTICS_BDB_CACHE=%s ignored (1M..2G)", b->path, cv);
+		cache = BD_CACHE;
+	}
 	b->reserve = lg_max < (64u << 20) ? 2ull * lg_max : 0;
 	b->lg_max = lg_max;
-	if ((rc = b->env->set_cachesize(b->env, 0, 64u << 20, 1)) ||
+	/* at most a quarter of a log file per txn (1 to 16 chunks): see "bounded txns" */
+	b->txn_chunks = lg_max / (4 * KV_CHUNK);
+	b->txn_chunks = b->txn_chunks < 1 ? 1 : b->txn_chunks > 16 ? 16 : b->txn_chunks;
+	if ((rc = b->env->set_cachesize(b->env, 0, (u_int32_t)cache, 1)) ||
 	    (rc = b->env->set_lg_bsize(b->env, lg_bsize)) ||
 	    (rc = b->env->set_lg_max(b->env, lg_max)) ||
 	    (rc = b->env->set_lk_detect(b->env, DB_LOCK_DEFAULT)) ||

@@ -24,6 +24,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "storage/backend.h"
+#include "storage_test.h"
 
 static const char *const engine_names[] = {"file", "blob", "lmdb", "bdb", "mem"};
 #define NENGINES (sizeof(engine_names) / sizeof(engine_names[0]))
@@ -44,23 +45,11 @@ struct variant {
 
 /* ---- helpers ------------------------------------------------------------------- */
 
-static void fill(void *p, size_t len, uint64_t seed)
-{
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
-	uint8_t *d = p;
-	for (size_t i = 0; i < len; i++) {
-		s ^= s << 13;
-		s ^= s >> 7;
-		s ^= s << 17;
-		d[i] = (uint8_t)s;
-	}
-}
-
 static uint8_t *pattern(size_t len, uint64_t seed)
 {
 	uint8_t *p = malloc(len ? len : 1);
 	assert_non_null(p);
-	fill(p, len, seed);
+	st_fill(p, len, seed);
 	return p;
 }
 
@@ -71,74 +60,12 @@ static void key_id(uint8_t id[DNET_ID_SIZE], const char *prefix, int n)
 	dnet_id_from_key(id, key, strlen(key));
 }
 
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-struct wres {
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	atomic_int calls;
-	int status;
-	struct dnet_obj_info info;
-};
-
-static void wres_init(struct wres *w)
-{
-	memset(w, 0, sizeof(*w));
-	pthread_mutex_init(&w->lock, NULL);
-	pthread_cond_init(&w->cond, NULL);
-}
-
-static void wres_destroy(struct wres *w)
-{
-	pthread_mutex_destroy(&w->lock);
-	pthread_cond_destroy(&w->cond);
-}
-
-static void wres_done(void *arg, int status, const struct dnet_obj_info *info)
-{
-	struct wres *w = arg;
-	pthread_mutex_lock(&w->lock);
-	atomic_fetch_add(&w->calls, 1);
-	w->status = status;
-	if (info)
-		w->info = *info;
-	pthread_cond_broadcast(&w->cond);
-	pthread_mutex_unlock(&w->lock);
-}
-
-static void wres_wait(struct wres *w)
-{
-	pthread_mutex_lock(&w->lock);
-	while (!atomic_load(&w->calls))
-		pthread_cond_wait(&w->cond, &w->lock);
-	pthread_mutex_unlock(&w->lock);
-}
-
 static int write_io(struct fx *f, const uint8_t *id, const struct dnet_io_attr *io,
 		    const void *data, struct dnet_obj_info *info)
 {
-	struct dnet_write_req req;
-	struct wres w;
-	wres_init(&w);
-	memset(&req, 0, sizeof(req));
-	req.id = id;
-	req.io = *io;
-	if (!req.io.timestamp)
-		req.io.timestamp = 1700000000000000000ull;
-	req.data = data;
-	f->ops->write(f->b, &req, wres_done, &w);
-	wres_wait(&w);
-	assert_int_equal(atomic_load(&w.calls), 1);
-	if (info)
-		*info = w.info;
-	int st = w.status;
-	wres_destroy(&w);
+	int calls;
+	int st = st_write_io(f->ops, f->b, id, io, data, 1700000000000000000ull, info, &calls);
+	assert_int_equal(calls, 1);
 	return st;
 }
 
@@ -272,7 +199,7 @@ static int teardown(void **state)
 	struct fx *f = *state;
 	if (f->b)
 		f->ops->close(f->b);
-	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	st_rm_rf(f->dir);
 	free(f);
 	return 0;
 }
@@ -358,7 +285,7 @@ static void test_update_overwrite(void **state)
 	};
 	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
 		uint64_t off = steps[i].off, len = steps[i].len;
-		fill(tmp, len, 100 + i);
+		st_fill(tmp, len, 100 + i);
 		assert_int_equal(put(f, id, off, tmp, len), 0);
 		memcpy(model + off, tmp, len);
 		if (off + len > msize)
@@ -371,7 +298,7 @@ static void test_update_overwrite(void **state)
 	/* overwrite: large -> tiny -> large -> empty */
 	const uint64_t ov[] = {10, 700000, 0, 5000};
 	for (size_t i = 0; i < 4; i++) {
-		fill(model, ov[i], 200 + i);
+		st_fill(model, ov[i], 200 + i);
 		assert_int_equal(put(f, id, 0, model, ov[i]), 0);
 		expect_object(f, id, model, ov[i]);
 	}
@@ -505,7 +432,7 @@ static void test_upload(void **state)
 	if (unknown_ok) {
 		/* unknown size (total 0 = known at COMMIT), odd piece sizes */
 		const uint64_t usize = 3000001, up = 1000003;
-		fill(d, usize, 12);
+		st_fill(d, usize, 12);
 		assert_int_equal(chunk(f, id2, DNET_IO_PREPARE, 22, 0, 0, d, up), 0);
 		assert_int_equal(chunk(f, id2, DNET_IO_PLAIN, 22, 0, up, d + up, up), 0);
 		expect_absent(f, id2);
@@ -514,7 +441,7 @@ static void test_upload(void **state)
 		expect_object(f, id2, d, usize);
 
 		/* unknown size, pieces out of order, small object */
-		fill(d, 1000, 13);
+		st_fill(d, 1000, 13);
 		assert_int_equal(chunk(f, id2, DNET_IO_PREPARE, 33, 0, 600, d + 600, 400), 0);
 		assert_int_equal(chunk(f, id2, DNET_IO_PLAIN, 33, 0, 0, d, 300), 0);
 		/* COMMIT with a hole [300, 600) is refused; the upload stays usable */
@@ -522,17 +449,17 @@ static void test_upload(void **state)
 		assert_int_equal(chunk(f, id2, DNET_IO_COMMIT, 33, 0, 300, d + 300, 300), 0);
 		expect_object(f, id2, d, 1000);
 	} else {
-		fill(d, 1000, 13);
+		st_fill(d, 1000, 13);
 		assert_int_equal(
 		    chunk(f, id2, DNET_IO_PREPARE | DNET_IO_COMMIT, 33, 1000, 0, d, 1000), 0);
 	}
 	/* known size, pieces out of order */
-	fill(d, 700000, 14);
+	st_fill(d, 700000, 14);
 	assert_int_equal(chunk(f, id, DNET_IO_PREPARE, 34, 700000, 300000, d + 300000, 400000), 0);
 	assert_int_equal(chunk(f, id, DNET_IO_PLAIN, 34, 0, 0, d, 100000), 0);
 	assert_int_equal(chunk(f, id, DNET_IO_COMMIT, 34, 0, 100000, d + 100000, 200000), 0);
 	expect_object(f, id, d, 700000);
-	fill(d, 1000, 13);
+	st_fill(d, 1000, 13);
 	/* writing past the announced size */
 	assert_int_equal(chunk(f, id2, DNET_IO_PREPARE, 44, 100, 0, d, 50), 0);
 	assert_int_equal(chunk(f, id2, DNET_IO_PLAIN, 44, 0, 90, d, 20), DNET_ERANGE);
@@ -545,7 +472,7 @@ static void test_upload(void **state)
 		assert_int_equal(chunk(f, id2, DNET_IO_COMMIT, 44, 0, 50, d, 50), DNET_ENOENT);
 		expect_object(f, id2, d, 1000);
 		uint8_t *d2 = pattern(700000, 0);
-		fill(d2, 700000, 14);
+		st_fill(d2, 700000, 14);
 		expect_object(f, id, d2, 700000);
 		free(d2);
 	}
@@ -659,7 +586,7 @@ static void *cw_thread(void *p)
 {
 	struct cw_arg *a = p;
 	struct fx *f = a->f;
-	struct wres *w = calloc(CW_WINDOW, sizeof(*w));
+	struct st_wres *w = calloc(CW_WINDOW, sizeof(*w));
 	uint8_t *buf = malloc(CW_WINDOW * 10300);
 	uint8_t shared[DNET_ID_SIZE];
 	uint8_t sbuf[2048];
@@ -674,29 +601,29 @@ static void *cw_thread(void *p)
 			struct dnet_write_req req;
 			memset(&req, 0, sizeof(req));
 			key_id(ids[j], "cw", a->t * 10000 + k);
-			fill(buf + (size_t)j * 10300, cw_size(a->t, k),
+			st_fill(buf + (size_t)j * 10300, cw_size(a->t, k),
 			     (uint64_t)(a->t * 10000 + k));
 			req.id = ids[j];
 			req.io.size = cw_size(a->t, k);
 			req.io.timestamp = 1;
 			req.data = buf + (size_t)j * 10300;
-			wres_init(&w[j]);
-			f->ops->write(f->b, &req, wres_done, &w[j]);
+			st_wres_init(&w[j]);
+			f->ops->write(f->b, &req, st_wres_done, &w[j]);
 		}
 		for (int j = 0; j < n; j++) {
-			wres_wait(&w[j]);
+			st_wres_wait(&w[j]);
 			if (w[j].status || atomic_load(&w[j].calls) != 1)
 				abort();
 		}
 		for (int j = 0; j < n; j++) {
 			if (atomic_load(&w[j].calls) != 1) /* no late second call */
 				abort();
-			wres_destroy(&w[j]);
+			st_wres_destroy(&w[j]);
 		}
 		/* the shared key, one writer at a time */
 		pthread_mutex_lock(a->shared_lock);
 		uint64_t seq = ++*a->shared_seq;
-		fill(sbuf, sizeof(sbuf), 1000000 + seq);
+		st_fill(sbuf, sizeof(sbuf), 1000000 + seq);
 		struct dnet_io_attr io;
 		memset(&io, 0, sizeof(io));
 		io.size = sizeof(sbuf);
@@ -729,13 +656,13 @@ static void test_concurrent(void **state)
 			for (int k = 0; k < CW_KEYS; k++) {
 				uint8_t id[DNET_ID_SIZE];
 				key_id(id, "cw", t * 10000 + k);
-				fill(model, cw_size(t, k), (uint64_t)(t * 10000 + k));
+				st_fill(model, cw_size(t, k), (uint64_t)(t * 10000 + k));
 				expect_object(f, id, model, cw_size(t, k));
 			}
 		}
 		uint8_t shared[DNET_ID_SIZE];
 		key_id(shared, "cw-shared", 0);
-		fill(model, 2048, 1000000 + shared_seq);
+		st_fill(model, 2048, 1000000 + shared_seq);
 		expect_object(f, shared, model, 2048);
 		struct dnet_backend_stat st;
 		assert_int_equal(f->ops->stat(f->b, &st), 0);

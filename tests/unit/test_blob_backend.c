@@ -25,6 +25,7 @@
 #include "common/errors.h"
 #include "common/util.h"
 #include "storage/backend.h"
+#include "storage_test.h"
 #include "storage/blob.h"
 
 static char root[256];
@@ -70,50 +71,16 @@ static struct dnet_backend *open_be(const char *dir, int fsync)
 	return b;
 }
 
-struct wres {
-	pthread_mutex_t m;
-	pthread_cond_t c;
-	int calls, status;
-	struct dnet_obj_info info;
-};
-
-static void wdone(void *arg, int status, const struct dnet_obj_info *info)
-{
-	struct wres *w = arg;
-	pthread_mutex_lock(&w->m);
-	w->calls++;
-	w->status = status;
-	if (info)
-		w->info = *info;
-	pthread_cond_signal(&w->c);
-	pthread_mutex_unlock(&w->m);
-}
-
 static int wr(struct dnet_backend *b, const uint8_t *id, uint64_t off, const void *data,
 	      uint64_t size, uint32_t flags, uint64_t total, uint64_t cookie,
 	      struct dnet_obj_info *info)
 {
-	struct wres w = {.calls = 0};
-	pthread_mutex_init(&w.m, NULL);
-	pthread_cond_init(&w.c, NULL);
-	struct dnet_write_req r = {.id = id, .data = data};
-	r.io.offset = off;
-	r.io.size = size;
-	r.io.total_size = total;
-	r.io.cookie = cookie;
-	r.io.ioflags = flags;
-	r.io.timestamp = dnet_now_real_ns();
-	ops->write(b, &r, wdone, &w);
-	pthread_mutex_lock(&w.m);
-	while (!w.calls)
-		pthread_cond_wait(&w.c, &w.m);
-	pthread_mutex_unlock(&w.m);
-	assert_int_equal(w.calls, 1);
-	if (info)
-		*info = w.info;
-	pthread_mutex_destroy(&w.m);
-	pthread_cond_destroy(&w.c);
-	return w.status;
+	struct dnet_io_attr io = {.offset = off, .size = size, .total_size = total,
+				  .cookie = cookie, .ioflags = flags};
+	int calls;
+	int st = st_write_io(ops, b, id, &io, data, dnet_now_real_ns(), info, &calls);
+	assert_int_equal(calls, 1);
+	return st;
 }
 
 static int put(struct dnet_backend *b, uint64_t key, const void *data, uint64_t size)
@@ -185,11 +152,6 @@ static void put_seeded(struct dnet_backend *b, uint64_t key, uint64_t size, uint
 	fill(d, size, seed);
 	assert_int_equal(put(b, key, d, size), 0);
 	free(d);
-}
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(p);
 }
 
 /* Newest blob-*.data in dir. */
@@ -1353,7 +1315,7 @@ static void test_enospc(void **state)
 		assert_int_equal(st.objects, 0);
 		assert_int_equal(st.corrupt, 0);
 		ops->close(b);
-		nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+		st_rm_rf(dir);
 	}
 	umount2(mnt, MNT_DETACH);
 	rmdir(mnt);
@@ -1438,6 +1400,6 @@ int main(void)
 	    cmocka_unit_test(test_auto_compact),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
-	nftw(root, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	st_rm_rf(root);
 	return rc;
 }

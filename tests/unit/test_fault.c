@@ -45,6 +45,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "storage/backend.h"
+#include "storage_test.h"
 #include "storage/blob.h"
 #include "storage/fault.h"
 
@@ -85,18 +86,6 @@ struct accset {
 	int n;
 	struct val v[MAXV];
 };
-
-static void fill(void *p, size_t len, uint64_t seed)
-{
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
-	uint8_t *d = p;
-	for (size_t i = 0; i < len; i++) {
-		s ^= s << 13;
-		s ^= s >> 7;
-		s ^= s << 17;
-		d[i] = (uint8_t)s;
-	}
-}
 
 static int val_eq(const struct val *a, int present, const uint8_t *data, uint64_t len)
 {
@@ -190,51 +179,20 @@ static void model_load(struct accset *acc)
 
 /* ---- engine helpers ---------------------------------------------------------- */
 
-struct wres {
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	int calls, status;
-	struct dnet_obj_info info;
-};
-
-static void wres_done(void *arg, int status, const struct dnet_obj_info *info)
-{
-	struct wres *w = arg;
-	pthread_mutex_lock(&w->lock);
-	w->calls++;
-	w->status = status;
-	if (info)
-		w->info = *info;
-	pthread_cond_broadcast(&w->cond);
-	pthread_mutex_unlock(&w->lock);
-}
-
 static int do_write(const struct dnet_backend_ops *ops, struct dnet_backend *b, const uint8_t *id,
 		    uint32_t flags, uint64_t cookie, uint64_t total, uint64_t off, const void *data,
 		    uint64_t len)
 {
-	struct wres w;
-	memset(&w, 0, sizeof(w));
-	pthread_mutex_init(&w.lock, NULL);
-	pthread_cond_init(&w.cond, NULL);
-	struct dnet_write_req req;
-	memset(&req, 0, sizeof(req));
-	req.id = id;
-	req.io.ioflags = flags;
-	req.io.cookie = cookie;
-	req.io.total_size = total;
-	req.io.offset = off;
-	req.io.size = len;
-	req.io.timestamp = 1700000000000000000ull + off;
-	req.data = data;
-	ops->write(b, &req, wres_done, &w);
-	pthread_mutex_lock(&w.lock);
-	while (!w.calls)
-		pthread_cond_wait(&w.cond, &w.lock);
-	pthread_mutex_unlock(&w.lock);
-	pthread_mutex_destroy(&w.lock);
-	pthread_cond_destroy(&w.cond);
-	return w.status;
+	struct dnet_io_attr io;
+	int calls;
+	memset(&io, 0, sizeof(io));
+	io.ioflags = flags;
+	io.cookie = cookie;
+	io.total_size = total;
+	io.offset = off;
+	io.size = len;
+	io.timestamp = 1700000000000000000ull + off;
+	return st_write_io(ops, b, id, &io, data, 0, NULL, &calls);
 }
 
 /* 0 and *out (malloc()ed) / *len, or DNET_E* */
@@ -278,14 +236,6 @@ static void key_id(uint8_t id[DNET_ID_SIZE], int k)
 	char key[32];
 	snprintf(key, sizeof(key), "fault-key-%d", k);
 	dnet_id_from_key(id, key, strlen(key));
-}
-
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
 }
 
 /* ---- the child: workload under a plan ------------------------------------------ */
@@ -371,7 +321,7 @@ static void child(const struct run *r)
 		int st = 0, fail_ok = 0;
 		if (kind < 10) { /* whole write */
 			uint64_t len = wsizes[(rng >> 16) % NWSIZES];
-			fill(buf, len, (uint64_t)op * 7 + 1);
+			st_fill(buf, len, (uint64_t)op * 7 + 1);
 			st = do_write(r->ops, b, id, 0, 0, 0, 0, buf, len);
 			if (st == 0 ? acc_set(&acc[k], 1, buf, len) : acc_add(&acc[k], 1, buf, len))
 				CHILD_FAIL("model overflow");
@@ -394,7 +344,7 @@ static void child(const struct run *r)
 			}
 			uint64_t off = clen / 2, len = 1 + (rng >> 20) % 5000;
 			memcpy(nbuf, cur, clen);
-			fill(nbuf + off, len, (uint64_t)op * 7 + 2);
+			st_fill(nbuf + off, len, (uint64_t)op * 7 + 2);
 			uint64_t nlen = off + len > clen ? off + len : clen;
 			free(cur);
 			st = do_write(r->ops, b, id, 0, 0, 0, off, nbuf + off, len);
@@ -404,7 +354,7 @@ static void child(const struct run *r)
 			uint64_t len = kind == 17 ? 5000 : 700001, p = len / 3;
 			uint64_t total = kind == 16 ? 0 : len;
 			uint64_t cookie = 100 + (uint64_t)op;
-			fill(buf, len, (uint64_t)op * 7 + 3);
+			st_fill(buf, len, (uint64_t)op * 7 + 3);
 			st = do_write(r->ops, b, id, DNET_IO_PREPARE, cookie, total, 0, buf, p);
 			if (!st)
 				st = do_write(r->ops, b, id, DNET_IO_PLAIN, cookie, 0, p, buf + p, p);
@@ -511,7 +461,7 @@ static void verify_reopen(const struct run *r)
 	/* the engine still works */
 	uint8_t id[DNET_ID_SIZE], data[5000], *got;
 	uint64_t len;
-	fill(data, sizeof(data), 99);
+	st_fill(data, sizeof(data), 99);
 	for (int k = 0; k < NKEYS; k++) {
 		key_id(id, k);
 		assert_int_equal(do_write(r->ops, b, id, 0, 0, 0, 0, data, sizeof(data)), 0);
@@ -577,7 +527,7 @@ static void run_engine(const struct variant *v)
 		struct run r = {.ops = ops, .dir = dir, .fsync = v->fsync};
 		one_run(&r);
 		uint64_t total = shm->calls[op];
-		nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+		st_rm_rf(dir);
 		if (!total)
 			continue; /* e.g. no syncs with fsync never */
 		uint64_t ns[64];
@@ -605,7 +555,7 @@ static void run_engine(const struct variant *v)
 			one_run(&r);
 			runs++;
 			fired_runs += shm->fired > 0;
-			nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+			st_rm_rf(dir);
 		}
 	}
 	print_message("%s fsync=%s: %u runs, faults fired in %u\n", v->engine,

@@ -25,6 +25,7 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "storage/backend.h"
+#include "storage_test.h"
 
 extern const struct dnet_backend_ops dnet_file_backend_ops;
 static const struct dnet_backend_ops *ops = &dnet_file_backend_ops;
@@ -69,81 +70,13 @@ static void key_id(uint8_t id[DNET_ID_SIZE], const char *prefix, int n)
 	dnet_id_from_key(id, key, strlen(key));
 }
 
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-	nftw(path, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* Completion that may come from the committer thread. */
-struct wres {
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	int calls;
-	int status;
-	struct dnet_obj_info info;
-};
-
-static void wres_init(struct wres *w)
-{
-	memset(w, 0, sizeof(*w));
-	pthread_mutex_init(&w->lock, NULL);
-	pthread_cond_init(&w->cond, NULL);
-}
-
-static void wres_destroy(struct wres *w)
-{
-	pthread_mutex_destroy(&w->lock);
-	pthread_cond_destroy(&w->cond);
-}
-
-static void wres_done(void *arg, int status, const struct dnet_obj_info *info)
-{
-	struct wres *w = arg;
-	pthread_mutex_lock(&w->lock);
-	w->calls++;
-	w->status = status;
-	if (info)
-		w->info = *info;
-	pthread_cond_broadcast(&w->cond);
-	pthread_mutex_unlock(&w->lock);
-}
-
-static void wres_wait(struct wres *w)
-{
-	pthread_mutex_lock(&w->lock);
-	while (!w->calls)
-		pthread_cond_wait(&w->cond, &w->lock);
-	pthread_mutex_unlock(&w->lock);
-}
-
 /* Writes and waits for done; returns status, fills info when non-NULL. */
 static int do_write_io(struct dnet_backend *b, const uint8_t *id, const struct dnet_io_attr *io,
 		       const void *data, struct dnet_obj_info *info)
 {
-	struct dnet_write_req req;
-	struct wres w;
-	wres_init(&w);
-	memset(&req, 0, sizeof(req));
-	req.id = id;
-	req.io = *io;
-	if (!req.io.timestamp)
-		req.io.timestamp = 1234567890123456789ull;
-	req.data = data;
-	ops->write(b, &req, wres_done, &w);
-	wres_wait(&w);
-	int st = w.status;
-	if (info)
-		*info = w.info;
-	assert_int_equal(w.calls, 1);
-	wres_destroy(&w);
+	int calls;
+	int st = st_write_io(ops, b, id, io, data, 1234567890123456789ull, info, &calls);
+	assert_int_equal(calls, 1);
 	return st;
 }
 
@@ -309,7 +242,7 @@ static int teardown(void **state)
 		umount2(f->mnt, MNT_DETACH);
 		rmdir(f->mnt);
 	}
-	rm_rf(f->dir);
+	st_rm_rf(f->dir);
 	free(f);
 	return 0;
 }
@@ -932,19 +865,19 @@ static void test_batch_ordering(void **state)
 	fill_random(v1, sizeof(v1));
 	fill_random(v2, sizeof(v2));
 	fill_random(patch, sizeof(patch));
-	struct wres w1, w2;
+	struct st_wres w1, w2;
 	struct dnet_write_req r;
-	wres_init(&w1);
-	wres_init(&w2);
+	st_wres_init(&w1);
+	st_wres_init(&w2);
 	memset(&r, 0, sizeof(r));
 	r.id = id;
 	r.io.timestamp = 1;
 	r.io.size = sizeof(v1);
 	r.data = v1;
-	ops->write(f->b, &r, wres_done, &w1);
+	ops->write(f->b, &r, st_wres_done, &w1);
 	r.io.size = sizeof(v2);
 	r.data = v2;
-	ops->write(f->b, &r, wres_done, &w2);
+	ops->write(f->b, &r, st_wres_done, &w2);
 	/* the update waits for both queued writes, then applies on top of v2 */
 	assert_int_equal(do_write(f->b, id, 500, patch, sizeof(patch)), 0);
 	assert_int_equal(w1.calls, 1);
@@ -955,19 +888,19 @@ static void test_batch_ordering(void **state)
 	expect_content(f->b, id, v2, sizeof(v2));
 
 	/* a delete queued behind a write removes that write's object */
-	struct wres w3;
-	wres_init(&w3);
+	struct st_wres w3;
+	st_wres_init(&w3);
 	r.io.size = sizeof(v1);
 	r.data = v1;
-	ops->write(f->b, &r, wres_done, &w3);
+	ops->write(f->b, &r, st_wres_done, &w3);
 	assert_int_equal(ops->del(f->b, id), 0);
 	assert_int_equal(w3.calls, 1);
 	struct dnet_obj_info info;
 	assert_int_equal(ops->lookup(f->b, id, &info), DNET_ENOENT);
 	assert_int_equal(ops->sync(f->b), 0);
-	wres_destroy(&w1);
-	wres_destroy(&w2);
-	wres_destroy(&w3);
+	st_wres_destroy(&w1);
+	st_wres_destroy(&w2);
+	st_wres_destroy(&w3);
 }
 
 /* close() completes writes still waiting for their batch. */
@@ -979,11 +912,11 @@ static void test_batch_close_drains(void **state)
 	f->cfg.batch_max_ops = 100000;
 	assert_int_equal(ops->open(&f->cfg, &f->b), 0);
 	enum { N = 50 };
-	struct wres w[N];
+	struct st_wres w[N];
 	uint8_t ids[N][DNET_ID_SIZE];
 	uint8_t data[N][100];
 	for (int i = 0; i < N; i++) {
-		wres_init(&w[i]);
+		st_wres_init(&w[i]);
 		key_id(ids[i], "drain", i);
 		fill_random(data[i], sizeof(data[i]));
 		struct dnet_write_req r;
@@ -992,14 +925,14 @@ static void test_batch_close_drains(void **state)
 		r.io.size = sizeof(data[i]);
 		r.io.timestamp = 5;
 		r.data = data[i];
-		ops->write(f->b, &r, wres_done, &w[i]);
+		ops->write(f->b, &r, st_wres_done, &w[i]);
 	}
 	ops->close(f->b);
 	f->b = NULL;
 	for (int i = 0; i < N; i++) {
 		assert_int_equal(w[i].calls, 1);
 		assert_int_equal(w[i].status, 0);
-		wres_destroy(&w[i]);
+		st_wres_destroy(&w[i]);
 	}
 	f->cfg.batch_max_delay_us = 2000;
 	assert_int_equal(ops->open(&f->cfg, &f->b), 0);
@@ -1086,7 +1019,7 @@ static void test_write_fails_enospc(void **state)
 		assert_int_equal(do_write(f->b, ids[stored], 0, data, 100000), 0);
 		ops->close(f->b);
 		f->b = NULL;
-		rm_rf(path);
+		st_rm_rf(path);
 		free(big);
 		free(data);
 	}

@@ -22,31 +22,12 @@
 #include "common/id.h"
 #include "common/log.h"
 #include "storage/backend.h"
+#include "storage_test.h"
 #include "storage/tools.h"
 
 static const char *const engines[] = {"file", "blob", "lmdb", "bdb", "mem"};
 #define NENG (sizeof(engines) / sizeof(engines[0]))
 #define NOBJ 12
-
-static void fill(void *p, size_t len, uint64_t seed)
-{
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
-	uint8_t *d = p;
-	for (size_t i = 0; i < len; i++) {
-		s ^= s << 13;
-		s ^= s >> 7;
-		s ^= s << 17;
-		d[i] = (uint8_t)s;
-	}
-}
-
-static int rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
 
 struct eng {
 	const struct dnet_backend_ops *ops;
@@ -69,41 +50,14 @@ static void eng_open(struct eng *e, const char *name)
 static void eng_close(struct eng *e)
 {
 	e->ops->close(e->b);
-	nftw(e->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-struct wres {
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	int calls, status;
-};
-
-static void wdone(void *arg, int status, const struct dnet_obj_info *info)
-{
-	(void)info;
-	struct wres *w = arg;
-	pthread_mutex_lock(&w->lock);
-	w->calls = 1;
-	w->status = status;
-	pthread_cond_signal(&w->cond);
-	pthread_mutex_unlock(&w->lock);
+	st_rm_rf(e->dir);
 }
 
 static int put(struct eng *e, const uint8_t *id, const void *data, uint64_t len, uint64_t ts)
 {
-	struct wres w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0};
-	struct dnet_write_req req;
-	memset(&req, 0, sizeof(req));
-	req.id = id;
-	req.io.size = len;
-	req.io.timestamp = ts;
-	req.data = data;
-	e->ops->write(e->b, &req, wdone, &w);
-	pthread_mutex_lock(&w.lock);
-	while (!w.calls)
-		pthread_cond_wait(&w.cond, &w.lock);
-	pthread_mutex_unlock(&w.lock);
-	return w.status;
+	struct dnet_io_attr io = {.size = len, .timestamp = ts};
+	int calls;
+	return st_write_io(e->ops, e->b, id, &io, data, ts, NULL, &calls);
 }
 
 static const uint64_t sizes[NOBJ] = {0, 1, 100, 4096, 65537, 300000, 1, 7, (8u << 20) + 5,
@@ -124,7 +78,7 @@ static void populate(struct eng *e, uint8_t *buf)
 		uint8_t id[DNET_ID_SIZE];
 		uint64_t ts;
 		obj(i, id, &ts);
-		fill(buf, sizes[i], (uint64_t)i + 1);
+		st_fill(buf, sizes[i], (uint64_t)i + 1);
 		assert_int_equal(put(e, id, buf, sizes[i], ts), 0);
 	}
 }
@@ -136,7 +90,7 @@ static void expect_all(struct eng *e, uint8_t *buf)
 		uint64_t ts;
 		struct dnet_obj_info info;
 		obj(i, id, &ts);
-		fill(buf, sizes[i], (uint64_t)i + 1);
+		st_fill(buf, sizes[i], (uint64_t)i + 1);
 		dnet_csum(buf, sizes[i], csum);
 		assert_int_equal(e->ops->lookup(e->b, id, &info), 0);
 		assert_int_equal(info.size, sizes[i]);
@@ -262,7 +216,7 @@ static void test_hostile_streams(void **state)
 	struct eng e;
 	eng_open(&e, "blob");
 	uint8_t data[1000];
-	fill(data, sizeof(data), 5);
+	st_fill(data, sizeof(data), 5);
 	int fd;
 
 	/* a good one, for contrast */
@@ -304,7 +258,7 @@ static void test_hostile_streams(void **state)
 	size_t big = (8u << 20) * 2 + 10;
 	uint8_t *bd = malloc(big);
 	assert_non_null(bd);
-	fill(bd, big, 6);
+	st_fill(bd, big, 6);
 	fd = tmpfd();
 	stream_hdr(fd);
 	rec_hdr(fd, big, 42, bd);
