@@ -1343,8 +1343,18 @@ static void write_record(struct dnet_backend *b, const uint8_t *id, const void *
 		done(arg, err, NULL);
 		return;
 	}
-	if (!small)
-		err = dnet_pwrite_full(B->fd, data, (size_t)size, off + BL_RHDR);
+	if (!small && (err = dnet_pwrite_full(B->fd, data, (size_t)size, off + BL_RHDR))) {
+		/* The header is already in the blob (records after it may be too), its data
+		 * is not: mark it dead in place (flags and checksum only, torn-safe), so a
+		 * recovery scan steps over it as dead space instead of reporting a corrupt
+		 * record for a write that was never acknowledged. Best effort: if this
+		 * write fails too, the scan skips it as a bad checksum. */
+		struct bl_hdr dh = h;
+		uint8_t dhb[BL_RHDR];
+		dh.flags |= BL_F_DEAD;
+		hdr_encode(dhb, &dh);
+		(void)dnet_pwrite_full(B->fd, dhb, BL_RHDR, off);
+	}
 	struct bl_dead *dead = NULL;
 	if (!err)
 		err = publish(b, B, off, &h, &dead);
