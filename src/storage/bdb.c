@@ -254,6 +254,34 @@ static void dbt_out(DBT *d, void *buf, size_t cap)
 	d->flags = DB_DBT_USERMEM;
 }
 
+/* c->get(op) for cursor walks over keys the caller sizes for (*key is USERMEM): a
+ * record whose key does not fit is not ours and is stepped over. (Retrying with
+ * the same buffer never moves the cursor: an open looped forever on one such key -
+ * found by fuzz_bdb.) With DB_SET_RANGE, *key holds the search key. */
+static int get_fit(DBC *c, DBT *key, DBT *val, u_int32_t op)
+{
+	u_int32_t in_size = key->size; /* a failed get overwrites it with the size needed */
+	int rc = c->get(c, key, val, op);
+	while (rc == DB_BUFFER_SMALL) {
+		DBT k, v;
+		memset(&k, 0, sizeof(k));
+		memset(&v, 0, sizeof(v));
+		k.data = key->data; /* read for DB_SET_RANGE; replaced by a malloc()ed copy */
+		k.size = in_size;
+		k.flags = DB_DBT_MALLOC;
+		v.flags = DB_DBT_MALLOC | DB_DBT_PARTIAL; /* dlen 0: no value bytes */
+		rc = c->get(c, &k, &v, op);
+		if (k.data != key->data)
+			free(k.data);
+		free(v.data);
+		if (rc)
+			return rc;
+		op = DB_NEXT;
+		rc = c->get(c, key, val, DB_NEXT);
+	}
+	return rc;
+}
+
 /* Gets a value into buf (cap bytes); *len = its size. DB_BUFFER_SMALL = a value
  * longer than anything we store: corrupt. */
 static int kv_get(struct dnet_backend *b, DB_TXN *txn, DB *db, const void *key, size_t klen,
@@ -1330,11 +1358,11 @@ static int bd_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 		if (have_last) {
 			memcpy(kb, last, DNET_ID_SIZE);
 			key.size = DNET_ID_SIZE;
-			rc = c->get(c, &key, &val, DB_SET_RANGE);
+			rc = get_fit(c, &key, &val, DB_SET_RANGE);
 			if (!rc && key.size == DNET_ID_SIZE && !memcmp(kb, last, DNET_ID_SIZE))
-				rc = c->get(c, &key, &val, DB_NEXT);
+				rc = get_fit(c, &key, &val, DB_NEXT);
 		} else {
-			rc = c->get(c, &key, &val, DB_FIRST);
+			rc = get_fit(c, &key, &val, DB_FIRST);
 		}
 		while (!rc && n < KV_ITER_BATCH) {
 			struct kv_hdr h;
@@ -1348,7 +1376,7 @@ static int bd_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 				have_last = 1;
 			}
 			if (n < KV_ITER_BATCH)
-				rc = c->get(c, &key, &val, DB_NEXT);
+				rc = get_fit(c, &key, &val, DB_NEXT);
 		}
 		c->close(c);
 		txn->commit(txn, 0);
@@ -1441,6 +1469,35 @@ static int mkdir_p(const char *path)
 	return 0;
 }
 
+/* Deletes the first record of uploads.db, whatever its key and value. */
+static int drop_first_upload(struct dnet_backend *b)
+{
+	DB_TXN *txn;
+	DBC *c;
+	DBT key, val;
+	int rc = b->env->txn_begin(b->env, NULL, &txn, 0);
+	if (rc)
+		return bd_err(b, rc, "txn begin");
+	if ((rc = b->upl->cursor(b->upl, txn, &c, 0))) {
+		txn->abort(txn);
+		return bd_err(b, rc, "cursor");
+	}
+	memset(&key, 0, sizeof(key));
+	memset(&val, 0, sizeof(val));
+	key.flags = val.flags = DB_DBT_MALLOC;
+	rc = c->get(c, &key, &val, DB_FIRST | DB_RMW);
+	free(key.data);
+	free(val.data);
+	if (!rc)
+		rc = c->del(c, 0);
+	c->close(c);
+	if (rc) {
+		txn->abort(txn);
+		return rc == DB_NOTFOUND ? 0 : bd_err(b, rc, "remove odd upload record");
+	}
+	return bd_err(b, txn->commit(txn, 0), "commit");
+}
+
 /* Uploads a previous run left unfinished are removed; objects and bytes counted. */
 static int recover(struct dnet_backend *b)
 {
@@ -1470,8 +1527,14 @@ static int recover(struct dnet_backend *b)
 			for (int i = 0; i < 8; i++)
 				u.cookie = (u.cookie << 8) | kb[DNET_ID_SIZE + i];
 		} else {
+			/* not ours: remove this very record (deleting by a key rebuilt from it
+			 * missed it, and the loop never ended - found by fuzz_bdb) */
 			dnet_log_warn("bdb backend %s: odd upload record, removed", b->path);
-			memcpy(u.id, kb, DNET_ID_SIZE); /* gen 0: no chunks */
+			int err = drop_first_upload(b);
+			if (err)
+				return err;
+			dropped++;
+			continue;
 		}
 		op.up = &u;
 		int err = run_txn(b, &op, apply_up_drop);
@@ -1489,9 +1552,7 @@ static int recover(struct dnet_backend *b)
 		dbt_out(&val, hb, sizeof(hb));
 		val.flags |= DB_DBT_PARTIAL;
 		val.dlen = KV_HDR;
-		rc = c->get(c, &key, &val, DB_NEXT);
-		if (rc == DB_BUFFER_SMALL)
-			continue;
+		rc = get_fit(c, &key, &val, DB_NEXT);
 		if (rc)
 			break;
 		if (key.size == DNET_ID_SIZE && val.size == KV_HDR &&
