@@ -5,7 +5,8 @@
 #   scripts/deps.sh --bench    also the benchmark peers (redis, memcached, fio)
 set -euo pipefail
 
-BUILD_PKGS=(gcc make pkg-config libssl-dev libxxhash-dev libcmocka-dev liblmdb-dev libdb-dev)
+BUILD_PKGS=(gcc make pkg-config libssl-dev libxxhash-dev libcmocka-dev liblmdb-dev libdb-dev
+	clang libclang-rt-14-dev) # clang + compiler-rt: the libFuzzer targets (make fuzz)
 TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core)
 BENCH_PKGS=(redis-server redis-tools memcached fio)
 
