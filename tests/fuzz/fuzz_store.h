@@ -192,7 +192,8 @@ static inline void fz_init_dir(void)
 		abort();
 	snprintf(fz_dir, sizeof(fz_dir), "%s/d", fz_root);
 	atexit(fz_cleanup_root);
-	dnet_log_level = DNET_LOG_ERROR - 1; /* engines complain loudly about corrupt data */
+	/* engines complain loudly about corrupt data: silent unless FUZZ_VERBOSE=1 */
+	dnet_log_level = getenv("FUZZ_VERBOSE") ? DNET_LOG_INFO : DNET_LOG_ERROR - 1;
 }
 
 /* ---- the workout ---------------------------------------------------------------- */
