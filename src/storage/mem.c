@@ -11,6 +11,7 @@
 
 #define MEM_STRIPES 64
 #define MEM_BUCKETS 4096 /* per stripe, grows by doubling */
+#define MEM_MAX_HOLE (16ull << 20) /* of a chunked upload, see do_write() */
 
 struct mem_obj {
 	struct mem_obj *next;
@@ -161,6 +162,11 @@ static int do_write(struct dnet_backend *b, struct mem_stripe *st, const struct 
 			return DNET_ENOENT;
 		}
 		if (io->offset > o->up_total || io->size > o->up_total - io->offset)
+			return DNET_ERANGE;
+		/* Pieces may come out of order, but memory follows the bytes received: a
+		 * piece may open a hole of at most MEM_MAX_HOLE past the furthest byte so
+		 * far (else one tiny request could claim gigabytes: found by fuzz_server) */
+		if (io->offset > o->up_size + MEM_MAX_HOLE)
 			return DNET_ERANGE;
 		if (io->offset + io->size > o->up_cap) {
 			uint64_t cap = o->up_cap;
