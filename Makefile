@@ -38,6 +38,9 @@ BINS := $(BUILD)/ellipticsd $(BUILD)/elliptics
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all unit test clean fmt fuzz
+# Objects built through pattern chains (tests, fuzz targets) are kept, not deleted
+# as intermediates: the next `make unit` need not compile them again.
+.SECONDARY:
 all: $(BINS)
 
 # The ring page (www/) is compiled into the binary: nothing is read from disk at
