@@ -11,7 +11,7 @@
 
 #define MEM_STRIPES 64
 #define MEM_BUCKETS 4096 /* per stripe, grows by doubling */
-#define MEM_MAX_HOLE (16ull << 20) /* of a chunked upload, see do_write() */
+#define MEM_MAX_HOLE (1ull << 20) /* of a chunked upload, see do_write() */
 
 struct mem_obj {
 	struct mem_obj *next;
