@@ -38,6 +38,9 @@ BINS := $(BUILD)/ellipticsd $(BUILD)/elliptics $(BUILD)/bench/memcload
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all unit test clean fmt fuzz
+# Objects built through pattern chains (tests, fuzz targets) are kept, not deleted
+# as intermediates: the next `make unit` need not compile them again.
+.SECONDARY:
 all: $(BINS)
 
 # The ring page (www/) is compiled into the binary: nothing is read from disk at
@@ -83,54 +86,53 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,$(SERVER_SRC) $(STORAGE
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS) -lcmocka -lm
 
-FUZZ_BIN := $(BUILD)/tests/fuzz_server
-$(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o: tests/fuzz/fuzz_server.c
+# Fuzz targets (tests/fuzz/fuzz_NAME.c), one per parser of untrusted bytes; each is
+# built two ways. Standalone (gcc, -DDNET_FUZZ_STANDALONE, in $(BUILD)/tests): replays
+# files, runs N random mutations of its corpus, or writes its seeds; `make unit` runs
+# them. libFuzzer (clang, `make fuzz`, in build/fuzz): scripts/fuzz runs each for a
+# bounded time on tests/fuzz/corpus/NAME (docs/security.md, "Fuzzing").
+FUZZ_TARGETS := server http httpd auth config blob file lmdb bdb
+FUZZ_STANDALONE := $(patsubst %,$(BUILD)/tests/fuzz_%,$(FUZZ_TARGETS))
+$(BUILD)/obj/tests/fuzz/%_standalone.o: tests/fuzz/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -DDNET_FUZZ_STANDALONE -c $< -o $@
-$(FUZZ_BIN): $(BUILD)/obj/tests/fuzz/fuzz_server_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) $(ASSETS_O)
+$(BUILD)/tests/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) $(ASSETS_O)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
-# The HTTP endpoint's connection handling, through a real in-process node.
-FUZZ_HTTPD_BIN := $(BUILD)/tests/fuzz_httpd
-$(BUILD)/obj/tests/fuzz/fuzz_httpd_standalone.o: tests/fuzz/fuzz_httpd.c
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -DDNET_FUZZ_STANDALONE -c $< -o $@
-$(FUZZ_HTTPD_BIN): $(BUILD)/obj/tests/fuzz/fuzz_httpd_standalone.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) $(ASSETS_O)
-	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(SERVER_LIBS)
-# The HTTP request parser and chunked decoder on their own (pure functions).
-FUZZ_HTTP_BIN := $(BUILD)/tests/fuzz_http
-$(BUILD)/obj/tests/fuzz/fuzz_http_standalone.o: tests/fuzz/fuzz_http.c
-	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) -DDNET_FUZZ_STANDALONE -c $< -o $@
-# With the S3 gateway's parsers and its Signature V4 check (pure functions too).
-FUZZ_HTTP_SRC := src/http/parser.c src/http/s3_parse.c src/http/s3_auth.c src/common/util.c \
-	src/common/errors.c
-$(FUZZ_HTTP_BIN): $(BUILD)/obj/tests/fuzz/fuzz_http_standalone.o $(call obj,$(FUZZ_HTTP_SRC))
-	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ -lcrypto
 
-# Unit tests, then a bounded structured-random run of the server's receive path.
-unit: $(UNIT_BINS) $(FUZZ_BIN) $(FUZZ_HTTP_BIN) $(FUZZ_HTTPD_BIN)
+# Unit tests, then bounded runs of the standalone fuzz drivers: structured random
+# inputs for the receive paths, the corpus plus random mutations of it for the rest.
+FUZZ_CORPUS := tests/fuzz/corpus
+unit: $(UNIT_BINS) $(FUZZ_STANDALONE)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
-	@echo "== $(FUZZ_BIN) -n 20000"; cd $(BUILD)/tests && ./fuzz_server -n 20000
-	@echo "== $(FUZZ_HTTP_BIN) -n 200000"; $(FUZZ_HTTP_BIN) -n 200000
-	@echo "== $(FUZZ_HTTPD_BIN) -n 20000"; cd $(BUILD)/tests && ./fuzz_httpd -n 20000
+	@echo "== $(BUILD)/tests/fuzz_server -n 20000"; cd $(BUILD)/tests && ./fuzz_server -n 20000
+	@echo "== $(BUILD)/tests/fuzz_http -n 200000"; $(BUILD)/tests/fuzz_http -n 200000
+	@echo "== $(BUILD)/tests/fuzz_httpd -n 20000"; cd $(BUILD)/tests && ./fuzz_httpd -n 20000
+	@set -e; for t in auth:20000 config:2000 blob:50 file:100 lmdb:300 bdb:10; do \
+		n=$${t%%:*}; echo "== $(BUILD)/tests/fuzz_$$n -n $${t#*:} $(FUZZ_CORPUS)/$$n"; \
+		$(BUILD)/tests/fuzz_$$n -n $${t#*:} $(FUZZ_CORPUS)/$$n; done
 
-# libFuzzer builds (clang): make fuzz && build/fuzz/fuzz_server -max_total_time=60 CORPUS_DIR
-# (and build/fuzz/fuzz_http, build/fuzz/fuzz_httpd the same way for the HTTP parser and
-# the HTTP connection handling).
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -pthread -fsanitize=fuzzer,address,undefined -Iinclude -Isrc
-fuzz: build/fuzz/fuzz_server build/fuzz/fuzz_http build/fuzz/fuzz_httpd
-build/fuzz/fuzz_server: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC) $(ASSETS_C) tests/fuzz/fuzz_server.c
-	@mkdir -p build/fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $^ $(SERVER_LIBS)
-build/fuzz/fuzz_httpd: $(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC) $(ASSETS_C) tests/fuzz/fuzz_httpd.c
-	@mkdir -p build/fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $^ $(SERVER_LIBS)
-build/fuzz/fuzz_http: $(FUZZ_HTTP_SRC) tests/fuzz/fuzz_http.c
-	@mkdir -p build/fuzz
-	clang $(FUZZ_CFLAGS) -o $@ $^ -lcrypto
+# libFuzzer builds: the project's objects once with coverage and ASan+UBSan, each
+# target linked with the libFuzzer driver.
+FUZZ_BUILD := build/fuzz
+FUZZ_CC ?= clang
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -pthread -MMD -MP $(FUZZ_SAN) -Iinclude -Isrc
+FUZZ_LIB_OBJ := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) \
+	$(FUZZ_BUILD)/obj/gen/www_assets.o
+FUZZ_BINS := $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_TARGETS))
+fuzz: $(FUZZ_BINS)
+$(FUZZ_BUILD)/obj/tests/fuzz/%.o: tests/fuzz/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -c $< -o $@
+$(FUZZ_BUILD)/obj/gen/www_assets.o: $(ASSETS_C)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) -pthread -fsanitize=fuzzer $(FUZZ_SAN) -o $@ $^ $(SERVER_LIBS)
 
 test: all unit
 	ELLIPTICS_BUILD=$(BUILD) /usr/bin/python3 -m pytest -q tests/integration
@@ -141,4 +143,4 @@ fmt:
 clean:
 	rm -rf build
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)

@@ -24,6 +24,7 @@
 #include "server.h"
 
 #define AUTH_MAX_FAILURES 3
+#define AUTH_MAX_LINES 100000 /* of a --keys or --cluster-key file */
 
 struct dnet_key {
 	char name[DNET_AUTH_NAME_MAX + 1];
@@ -84,7 +85,12 @@ static int load_keys(const char *path, struct dnet_keys *k)
 	char line[1024];
 	int lineno = 0, err = 0;
 	while (fgets(line, sizeof(line), f)) {
-		lineno++;
+		/* bounded: a path naming an endless device (/dev/zero) must not hang us */
+		if (++lineno > AUTH_MAX_LINES) {
+			dnet_log_error("--keys %s: more than %d lines", path, AUTH_MAX_LINES);
+			err = DNET_EINVAL;
+			break;
+		}
 		if (!strchr(line, '\n') && !feof(f)) {
 			dnet_log_error("--keys %s:%d: line too long", path, lineno);
 			err = DNET_EINVAL;
@@ -144,8 +150,8 @@ static int load_cluster_key(const char *path, struct dnet_keys *k)
 	}
 	warn_mode(path);
 	char line[1024];
-	int err = DNET_EINVAL;
-	while (fgets(line, sizeof(line), f)) {
+	int err = DNET_EINVAL, lines = 0;
+	while (fgets(line, sizeof(line), f) && ++lines <= AUTH_MAX_LINES) {
 		char *p = line, *e;
 		while (isspace((unsigned char)*p))
 			p++;

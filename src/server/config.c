@@ -24,6 +24,8 @@ struct opt {
 	long min, max;
 };
 
+#define DNET_CONFIG_MAX_LINES 10000
+
 #define OFF(f) offsetof(struct dnet_config, f)
 #define LEN(f) sizeof(((struct dnet_config *)0)->f)
 
@@ -135,7 +137,13 @@ static int load_config(struct dnet_config *cfg, const char *path, int depth)
 	char line[8192];
 	int lineno = 0, rc = 0;
 	while (!rc && fgets(line, sizeof(line), f)) {
-		lineno++;
+		/* bounded: a path naming an endless device (/dev/zero) must not hang us */
+		if (++lineno > DNET_CONFIG_MAX_LINES) {
+			fprintf(stderr, "ellipticsd: %s: more than %d lines: not a config file\n", path,
+				DNET_CONFIG_MAX_LINES);
+			rc = 2;
+			break;
+		}
 		char *p = line;
 		char *hash = strchr(p, '#');
 		if (hash)

@@ -263,6 +263,34 @@ static void dbt_out(DBT *d, void *buf, size_t cap)
 	d->flags = DB_DBT_USERMEM;
 }
 
+/* c->get(op) for cursor walks over keys the caller sizes for (*key is USERMEM): a
+ * record whose key does not fit is not ours and is stepped over. (Retrying with
+ * the same buffer never moves the cursor: an open looped forever on one such key -
+ * found by fuzz_bdb.) With DB_SET_RANGE, *key holds the search key. */
+static int get_fit(DBC *c, DBT *key, DBT *val, u_int32_t op)
+{
+	u_int32_t in_size = key->size; /* a failed get overwrites it with the size needed */
+	int rc = c->get(c, key, val, op);
+	while (rc == DB_BUFFER_SMALL) {
+		DBT k, v;
+		memset(&k, 0, sizeof(k));
+		memset(&v, 0, sizeof(v));
+		k.data = key->data; /* read for DB_SET_RANGE; replaced by a malloc()ed copy */
+		k.size = in_size;
+		k.flags = DB_DBT_MALLOC;
+		v.flags = DB_DBT_MALLOC | DB_DBT_PARTIAL; /* dlen 0: no value bytes */
+		rc = c->get(c, &k, &v, op);
+		if (k.data != key->data)
+			free(k.data);
+		free(v.data);
+		if (rc)
+			return rc;
+		op = DB_NEXT;
+		rc = c->get(c, key, val, DB_NEXT);
+	}
+	return rc;
+}
+
 /* Gets a value into buf (cap bytes); *len = its size. DB_BUFFER_SMALL = a value
  * longer than anything we store: corrupt. */
 static int kv_get(struct dnet_backend *b, DB_TXN *txn, DB *db, const void *key, size_t klen,
@@ -1480,11 +1508,11 @@ static int bd_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 		if (have_last) {
 			memcpy(kb, last, DNET_ID_SIZE);
 			key.size = DNET_ID_SIZE;
-			rc = c->get(c, &key, &val, DB_SET_RANGE);
+			rc = get_fit(c, &key, &val, DB_SET_RANGE);
 			if (!rc && key.size == DNET_ID_SIZE && !memcmp(kb, last, DNET_ID_SIZE))
-				rc = c->get(c, &key, &val, DB_NEXT);
+				rc = get_fit(c, &key, &val, DB_NEXT);
 		} else {
-			rc = c->get(c, &key, &val, DB_FIRST);
+			rc = get_fit(c, &key, &val, DB_FIRST);
 		}
 		while (!rc && n < KV_ITER_BATCH) {
 			struct kv_hdr h;
@@ -1498,7 +1526,7 @@ static int bd_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 				have_last = 1;
 			}
 			if (n < KV_ITER_BATCH)
-				rc = c->get(c, &key, &val, DB_NEXT);
+				rc = get_fit(c, &key, &val, DB_NEXT);
 		}
 		c->close(c);
 		txn->commit(txn, 0);
@@ -1591,7 +1619,6 @@ static int mkdir_p(const char *path)
 	return 0;
 }
 
-/* Uploads a previous run left unfinished are removed; objects and bytes counted. */
 /* Removes the first record of uploads.db, whatever its key (a malformed one). */
 static int del_first_upl(struct dnet_backend *b)
 {
@@ -1619,6 +1646,7 @@ static int del_first_upl(struct dnet_backend *b)
 	return bd_err(b, txn->commit(txn, 0), "commit");
 }
 
+/* Uploads a previous run left unfinished are removed; objects and bytes counted. */
 static int recover(struct dnet_backend *b)
 {
 	uint64_t dropped = 0, objs = 0, bytes = 0, t0 = dnet_now_mono_ns();
@@ -1662,9 +1690,7 @@ static int recover(struct dnet_backend *b)
 		dbt_out(&val, hb, sizeof(hb));
 		val.flags |= DB_DBT_PARTIAL;
 		val.dlen = KV_HDR;
-		rc = c->get(c, &key, &val, DB_NEXT);
-		if (rc == DB_BUFFER_SMALL)
-			continue;
+		rc = get_fit(c, &key, &val, DB_NEXT);
 		if (rc)
 			break;
 		if (key.size == DNET_ID_SIZE && val.size == KV_HDR &&

@@ -1356,6 +1356,19 @@ static int fb_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 			goto out_corrupt;
 		goto out_close;
 	}
+	if (!verify) {
+		/* unverified, yet the file must hold the range: a truncated file would cut
+		 * the reply short in the middle of its stream (found by fuzz_file) */
+		struct stat st;
+		if (fstat(fd, &st) < 0) {
+			err = fb_errno();
+			goto out_close;
+		}
+		if ((uint64_t)st.st_size < FB_HDR_SIZE + offset + len) {
+			err = DNET_ECORRUPT;
+			goto out_corrupt;
+		}
+	}
 	res->fd = fd;
 	res->file_offset = FB_HDR_SIZE + offset;
 	res->len = len;

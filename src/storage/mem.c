@@ -11,6 +11,7 @@
 
 #define MEM_STRIPES 64
 #define MEM_BUCKETS 4096 /* per stripe, grows by doubling */
+#define MEM_MAX_HOLE (1ull << 20) /* of a chunked upload, see do_write() */
 
 struct mem_obj {
 	struct mem_obj *next;
@@ -21,6 +22,7 @@ struct mem_obj {
 	uint64_t cookie;
 	uint8_t *up_data;
 	uint64_t up_size, up_total;
+	uint64_t up_cap; /* bytes allocated at up_data: grown as pieces arrive */
 };
 
 struct mem_stripe {
@@ -145,9 +147,14 @@ static int do_write(struct dnet_backend *b, struct mem_stripe *st, const struct 
 			if (io->total_size > (1ull << 40))
 				return DNET_ETOOBIG;
 			free(o->up_data);
-			o->up_data = calloc(1, io->total_size ? io->total_size : 1);
-			if (!o->up_data)
+			/* grown as pieces arrive: a PREPARE declaring a huge total must not
+			 * allocate it up front (found by fuzz_server) */
+			o->up_cap = io->total_size < 4096 ? (io->total_size ? io->total_size : 1) : 4096;
+			o->up_data = calloc(1, (size_t)o->up_cap);
+			if (!o->up_data) {
+				o->up_cap = 0;
 				return DNET_ENOMEM;
+			}
 			o->cookie = io->cookie;
 			o->up_total = io->total_size;
 			o->up_size = 0;
@@ -156,6 +163,24 @@ static int do_write(struct dnet_backend *b, struct mem_stripe *st, const struct 
 		}
 		if (io->offset > o->up_total || io->size > o->up_total - io->offset)
 			return DNET_ERANGE;
+		/* Pieces may come out of order, but memory follows the bytes received: a
+		 * piece may open a hole of at most MEM_MAX_HOLE past the furthest byte so
+		 * far (else one tiny request could claim gigabytes: found by fuzz_server) */
+		if (io->offset > o->up_size + MEM_MAX_HOLE)
+			return DNET_ERANGE;
+		if (io->offset + io->size > o->up_cap) {
+			uint64_t cap = o->up_cap;
+			while (cap < io->offset + io->size)
+				cap *= 2;
+			if (cap > o->up_total)
+				cap = o->up_total;
+			uint8_t *nd = realloc(o->up_data, (size_t)cap);
+			if (!nd)
+				return DNET_ENOMEM;
+			memset(nd + o->up_cap, 0, (size_t)(cap - o->up_cap));
+			o->up_data = nd;
+			o->up_cap = cap;
+		}
 		memcpy(o->up_data + io->offset, r->data, io->size);
 		if (io->offset + io->size > o->up_size)
 			o->up_size = io->offset + io->size;
