@@ -163,11 +163,15 @@ static void *fake_main(void *arg)
 	return NULL;
 }
 
-static void fake_start(struct fake *f, script_fn script)
+/* `mode` is set before the thread starts: script_node reads it before its first
+ * accept() (setting it afterwards raced: the script sometimes served one connection
+ * where the test wanted two, and a resend found nobody listening). */
+static void fake_start_with(struct fake *f, script_fn script, int mode)
 {
 	memset(f, 0, sizeof(*f));
 	f->fd = -1;
 	f->script = script;
+	f->mode = mode;
 	f->lfd = socket(AF_INET, SOCK_STREAM, 0);
 	assert_true(f->lfd >= 0);
 	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
@@ -183,6 +187,11 @@ static void fake_start(struct fake *f, script_fn script)
 	struct fake *self[1] = {f};
 	table_build(f, 1, self, id, NULL);
 	assert_int_equal(pthread_create(&f->tid, NULL, fake_main, f), 0);
+}
+
+static void fake_start(struct fake *f, script_fn script)
+{
+	fake_start_with(f, script, 0);
 }
 
 static void fake_stop(struct fake *f)
@@ -754,8 +763,7 @@ static void script_node(struct fake *f)
 
 static void fake_start_mode(struct fake *f, int mode)
 {
-	fake_start(f, script_node);
-	f->mode = mode;
+	fake_start_with(f, script_node, mode);
 }
 
 /* Ring ids that give key "k" to node `owner` (0 or 1) of two. */
