@@ -129,6 +129,8 @@ struct dnet_conn {
 	uint8_t *tls_wbuf;  /* output staged for SSL_write (retried from the same bytes) */
 	size_t tls_wlen, tls_woff;
 	int tls_rd_want_out; /* SSL_read must send before it can go on */
+	int tls_required;    /* a plaintext connection the node told to use TLS */
+	int tls_status;      /* a TLS failure the last read saw (DNET_ETLSCERT) */
 	int dropping;
 	struct dnet_node *owner_node;
 	char node[64]; /* HOST:PORT we connected to */

@@ -432,6 +432,11 @@ static void in_reset(struct dnet_conn *conn)
  * DNET_ETIMEDOUT; the others get `status`. */
 static void conn_drop2(dnet_client *c, struct dnet_conn *conn, int status, struct dnet_req *culprit)
 {
+	/* A TLS node answers a plaintext request with DNET_ETLSREQUIRED and hangs up: the
+	 * other requests on the connection fail for the same reason (and are not resent). */
+	if (conn->tls_required && status == DNET_ECONNRESET)
+		status = DNET_ETLSREQUIRED;
+	conn->tls_required = 0;
 	if (conn->fd >= 0) {
 		epoll_ctl(c->epfd, EPOLL_CTL_DEL, conn->fd, NULL);
 		close(conn->fd);
@@ -970,6 +975,8 @@ static int reply_header(dnet_client *c, struct dnet_conn *conn, const struct dne
 	if (h->status) {
 		if (h->status > 0 || h->size > DNET_CLIENT_MAX_REPLY)
 			return DNET_EPROTO;
+		if (h->status == DNET_ETLSREQUIRED)
+			conn->tls_required = 1;
 		r->status = h->status;
 		/* Small error payloads are kept (NOTOWNER names the owner). */
 		if (h->size && h->size <= DNET_CLIENT_MAX_ERRINFO) {
@@ -1164,7 +1171,7 @@ static ssize_t conn_recv(dnet_client *c, struct dnet_conn *conn, void *dst, size
 	if (!conn->ssl)
 		return recv(conn->fd, dst, room, MSG_DONTWAIT);
 	int want_write;
-	long n = dnet_tls_read_nb(conn->ssl, dst, room, &want_write);
+	long n = dnet_tls_read_nb(conn->ssl, dst, room, &want_write, &conn->tls_status);
 	if (want_write) {
 		conn->tls_rd_want_out = 1;
 		set_pollout(c, conn, 1);
@@ -1211,7 +1218,7 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return 0;
-			return DNET_ECONNRESET;
+			return conn->tls_status ? conn->tls_status : DNET_ECONNRESET;
 		}
 		if (n == 0)
 			return DNET_ECONNRESET;

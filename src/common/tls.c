@@ -3,7 +3,11 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <time.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -62,7 +66,13 @@ SSL_CTX *dnet_tls_ctx_new(enum dnet_tls_role role, const char *cert, const char 
 			goto fail;
 		}
 		if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-			last_error(err, errlen, "TLS key", key);
+			if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+				snprintf(err, errlen, "TLS key %s does not belong to certificate %s",
+					 key, cert);
+				ERR_clear_error();
+			} else {
+				last_error(err, errlen, "TLS key", key);
+			}
 			goto fail;
 		}
 		if (SSL_CTX_check_private_key(ctx) != 1) {
@@ -145,6 +155,46 @@ int dnet_tls_handshake_error(SSL *ssl, int client, char *why, size_t whylen)
 	return code;
 }
 
+static atomic_int sigpipe_ignored;
+
+void dnet_tls_sigpipe_ignored(void)
+{
+	atomic_store(&sigpipe_ignored, 1);
+}
+
+/* SSL_write goes through write(2), which raises SIGPIPE on a closed peer: a library
+ * must not kill its caller for that. Block the signal around the write and swallow
+ * one we caused (unless the process ignores SIGPIPE anyway, as ellipticsd does). */
+static int ssl_write_nosig(SSL *ssl, const void *buf, int len)
+{
+	if (atomic_load_explicit(&sigpipe_ignored, memory_order_relaxed))
+		return SSL_write(ssl, buf, len);
+	sigset_t pipe_set, old, pending;
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	sigpending(&pending);
+	int was_pending = sigismember(&pending, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+	int w = SSL_write(ssl, buf, len);
+	int e = errno;
+	if (w <= 0 && e == EPIPE && !was_pending) {
+		struct timespec zero = {0, 0};
+		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+			;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	errno = e;
+	return w;
+}
+
+/* A TLS failure after the handshake: with TLS 1.3 a server refusing our client
+ * certificate says so (an alert) only when we first read. Clears the error queue. */
+static int io_error(SSL *ssl)
+{
+	int code = dnet_tls_handshake_error(ssl, 1, NULL, 0);
+	return code == DNET_ETLSCERT ? code : DNET_ECONNRESET;
+}
+
 /* Wait for what the last SSL call on ssl said it needs. */
 static int wait_ssl(int fd, SSL *ssl, int ret, uint64_t deadline, int *hs_code, int client)
 {
@@ -170,8 +220,7 @@ static int wait_ssl(int fd, SSL *ssl, int ret, uint64_t deadline, int *hs_code, 
 			*hs_code = 1;
 			return dnet_tls_handshake_error(ssl, client, NULL, 0);
 		}
-		ERR_clear_error();
-		return DNET_ECONNRESET;
+		return io_error(ssl);
 	}
 }
 
@@ -212,7 +261,8 @@ int dnet_tls_send_iov(int fd, SSL *ssl, struct iovec *iov, int n, uint64_t deadl
 		while (len) {
 			int chunk = len > INT_MAX ? INT_MAX : (int)len;
 			ERR_clear_error();
-			int w = SSL_write(ssl, p, chunk);
+			errno = 0;
+			int w = ssl_write_nosig(ssl, p, chunk);
 			if (w > 0) {
 				p += w;
 				len -= (size_t)w;
@@ -252,7 +302,7 @@ long dnet_tls_write_nb(SSL *ssl, const void *buf, size_t len)
 	int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
 	ERR_clear_error();
 	errno = 0;
-	int w = SSL_write(ssl, buf, chunk);
+	int w = ssl_write_nosig(ssl, buf, chunk);
 	if (w > 0)
 		return w;
 	switch (SSL_get_error(ssl, w)) {
@@ -264,13 +314,13 @@ long dnet_tls_write_nb(SSL *ssl, const void *buf, size_t len)
 		return errno == EPIPE || errno == ECONNRESET || !errno ? DNET_ECONNRESET
 									: dnet_from_errno(errno);
 	default:
-		ERR_clear_error();
-		return DNET_ECONNRESET;
+		return io_error(ssl);
 	}
 }
 
-long dnet_tls_read_nb(SSL *ssl, void *buf, size_t len, int *want_write)
+long dnet_tls_read_nb(SSL *ssl, void *buf, size_t len, int *want_write, int *status)
 {
+	*status = 0;
 	int chunk = len > (1u << 30) ? (1 << 30) : (int)len;
 	*want_write = 0;
 	ERR_clear_error();
@@ -293,7 +343,7 @@ long dnet_tls_read_nb(SSL *ssl, void *buf, size_t len, int *want_write)
 			return 0; /* EOF without close_notify */
 		return -1;
 	default:
-		ERR_clear_error();
+		*status = io_error(ssl);
 		errno = EPROTO;
 		return -1;
 	}

@@ -44,8 +44,12 @@ int dnet_tls_recv(int fd, SSL *ssl, void *buf, size_t len, uint64_t deadline);
  * full (try again with the same buf and len when writable), or a DNET_E* code. */
 long dnet_tls_write_nb(SSL *ssl, const void *buf, size_t len);
 /* Non-blocking read: bytes (> 0), 0 on EOF, -1 with errno EAGAIN when nothing is
- * there (*want_write set if the TLS layer must send first), or -1 with errno set. */
-long dnet_tls_read_nb(SSL *ssl, void *buf, size_t len, int *want_write);
+ * there (*want_write set if the TLS layer must send first), or -1 with errno set
+ * (and *status a DNET_E* code for a TLS failure, e.g. DNET_ETLSCERT). */
+long dnet_tls_read_nb(SSL *ssl, void *buf, size_t len, int *want_write, int *status);
+
+/* The process ignores SIGPIPE: TLS writes need not block it around each write. */
+void dnet_tls_sigpipe_ignored(void);
 
 /* Is kernel TLS sending on for ssl (then SSL_sendfile works)? */
 int dnet_tls_ktls_send(SSL *ssl);

@@ -427,8 +427,6 @@ static void conn_close(struct dnet_loop *l, struct dnet_conn *c)
 	pthread_mutex_unlock(&c->lock);
 	epoll_ctl(l->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	shutdown(c->fd, SHUT_RDWR);
-	if (c->tls_hs && c->ssl) /* refused or cut off before it could send anything */
-		atomic_fetch_add(&l->s->stats.tls_failed, 1);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -514,6 +512,9 @@ static void proto_error(struct dnet_conn *c, const struct dnet_cmd_hdr *h, int s
 {
 	struct dnet_server *s = c->loop->s;
 	atomic_fetch_add(&s->stats.proto_errors, 1);
+	if (!s->tls_srv && !c->nsubmitted && (h->magic & 0xff) == 0x16)
+		dnet_log_warn("%s: this looks like a TLS client, but this node has no --tls-cert",
+			      c->peer);
 	dnet_log_warn("%s: rejecting request (cmd %u, size %llu): %s; closing connection",
 		      c->peer, h->cmd, (unsigned long long)h->size, dnet_strerror(status));
 	struct dnet_out *o = dnet_out_new();
@@ -639,9 +640,9 @@ static ssize_t conn_recv(struct dnet_conn *c, void *buf, size_t len)
 {
 	if (!c->ssl)
 		return read(c->fd, buf, len);
-	int want_write;
+	int want_write, status;
 	pthread_mutex_lock(&c->lock);
-	long n = dnet_tls_read_nb(c->ssl, buf, len, &want_write);
+	long n = dnet_tls_read_nb(c->ssl, buf, len, &want_write, &status);
 	int e = errno;
 	if (want_write) {
 		c->tls_want_out = 1;
@@ -653,9 +654,17 @@ static ssize_t conn_recv(struct dnet_conn *c, void *buf, size_t len)
 }
 
 /* A TLS port got a plaintext peer. One that sent an Elliptics request header gets
- * a plaintext error reply saying so, then the connection closes. */
+ * a plaintext error reply saying so and our end is shut; what it sends after that
+ * is read and dropped until it closes (or the handshake timeout), so that closing
+ * does not reset the connection before it has read the reply. */
 static int tls_refuse_plain(struct dnet_conn *c)
 {
+	if (c->tls_plain == 2) {
+		ssize_t d = read(c->fd, c->loop->rbuf, LOOP_RBUF_SIZE);
+		if (d < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+		return d > 0 ? 0 : -1;
+	}
 	ssize_t n = read(c->fd, c->hpart + c->hpart_len, DNET_HDR_SIZE - c->hpart_len);
 	if (n < 0)
 		return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
@@ -667,16 +676,25 @@ static int tls_refuse_plain(struct dnet_conn *c)
 	struct dnet_cmd_hdr h;
 	dnet_hdr_decode(c->hpart, DNET_HDR_SIZE, &h);
 	c->hpart_len = 0;
+	atomic_fetch_add(&c->loop->s->stats.tls_failed, 1);
 	if (h.magic != DNET_MAGIC)
 		return -1;
-	pthread_mutex_lock(&c->lock);
-	SSL_free(c->ssl);
-	c->ssl = NULL;
-	c->tls_hs = 0;
-	pthread_mutex_unlock(&c->lock);
-	atomic_fetch_add(&c->loop->s->stats.tls_failed, 1);
-	dnet_log_warn("%s: a plaintext client on the TLS port: telling it to use TLS", c->peer);
-	proto_error(c, &h, DNET_ETLSREQUIRED);
+	dnet_log_warn("%s: a plaintext client on the TLS port: told it to use TLS; closing",
+		      c->peer);
+	struct dnet_cmd_hdr r = {.magic = DNET_MAGIC,
+				 .version = DNET_PROTO_VERSION,
+				 .cmd = h.cmd,
+				 .flags = DNET_FLAG_REPLY,
+				 .status = DNET_ETLSREQUIRED,
+				 .trans = h.trans};
+	memcpy(r.id, h.id, DNET_ID_SIZE);
+	uint8_t out[DNET_HDR_SIZE];
+	dnet_hdr_encode(out, &r);
+	/* The first bytes on a fresh socket: they fit in its send buffer. */
+	if (send(c->fd, out, sizeof(out), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(out))
+		return -1;
+	shutdown(c->fd, SHUT_WR);
+	c->tls_plain = 2;
 	return 0;
 }
 
@@ -697,6 +715,7 @@ static int conn_handshake(struct dnet_loop *l, struct dnet_conn *c)
 			if (b != (DNET_MAGIC & 0xff)) {
 				dnet_log_info("%s: neither TLS nor Elliptics on the TLS port (first "
 					      "byte 0x%02x); closing", c->peer, b);
+				atomic_fetch_add(&l->s->stats.tls_failed, 1);
 				return -1;
 			}
 			c->tls_plain = 1;
@@ -734,13 +753,22 @@ static int conn_handshake(struct dnet_loop *l, struct dnet_conn *c)
 		snprintf(why, sizeof(why), "%s", "the peer hung up");
 	ERR_clear_error();
 	pthread_mutex_unlock(&c->lock);
+	atomic_fetch_add(&l->s->stats.tls_failed, 1);
 	/* At most one line a second: refused handshakes must not flood the log. */
 	static _Atomic uint64_t last_log;
 	uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
 	if (now - prev > 1000000000ull && atomic_compare_exchange_strong(&last_log, &prev, now))
 		dnet_log_warn("%s: TLS handshake failed: %s; closing (tls_failed in stat counts "
 			      "them all)", c->peer, why);
-	return -1;
+	if (e != SSL_ERROR_SSL)
+		return -1;
+	/* OpenSSL has sent the peer an alert saying why. With TLS 1.3 a client whose
+	 * certificate we refuse has already sent its first request: closing now would
+	 * reset the connection before it reads the alert. Shut our end and drop what
+	 * it sends until it closes (or the handshake timeout). */
+	shutdown(c->fd, SHUT_WR);
+	c->tls_plain = 2;
+	return 0;
 }
 
 /* Returns -1 if the connection should be closed now. */
@@ -821,7 +849,7 @@ static void conn_event(struct dnet_loop *l, struct dnet_conn *c, uint32_t ev)
 			conn_close(l, c);
 			return;
 		}
-		if (c->tls_hs || !c->ssl) { /* still going, or a plaintext peer refused */
+		if (c->tls_hs) { /* still going, or a plaintext peer being refused */
 			pthread_mutex_lock(&c->lock);
 			do_update_events(c);
 			pthread_mutex_unlock(&c->lock);
@@ -882,6 +910,8 @@ static void loop_sweep(struct dnet_loop *l, uint64_t now)
 		if (c->tls_hs && now - c->accept_ns > hs_allow) {
 			why = "its TLS handshake did not finish in time";
 			atomic_fetch_add(&st->conns_slow_closed, 1);
+			if (!c->tls_plain)
+				atomic_fetch_add(&st->tls_failed, 1);
 		} else if (stalled) {
 			why = "it has not read its replies";
 			atomic_fetch_add(&st->conns_stalled_closed, 1);
@@ -1140,6 +1170,7 @@ int dnet_net_tls_setup(struct dnet_server *s)
 		return -1;
 	}
 	dnet_peer_set_tls(s->tls_cli);
+	dnet_tls_sigpipe_ignored(); /* main() ignores SIGPIPE */
 	dnet_auth_require_node_cert(cfg->tls_ca[0] != 0);
 	dnet_log_info("TLS on: certificate %s%s%s", cfg->tls_cert,
 		      cfg->tls_ca[0] ? "; nodes must show a certificate signed by " : "",
