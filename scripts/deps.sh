@@ -6,7 +6,7 @@
 set -euo pipefail
 
 BUILD_PKGS=(gcc make pkg-config libssl-dev libxxhash-dev libcmocka-dev liblmdb-dev libdb-dev)
-TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core)
+TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core openssl)
 BENCH_PKGS=(redis-server redis-tools memcached fio)
 
 want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")
