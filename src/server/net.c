@@ -272,11 +272,6 @@ static int do_flush_tls(struct dnet_conn *c)
 		atomic_fetch_add(&st->bytes_out, (uint64_t)w);
 		c->tx_ns = dnet_now_mono_ns();
 	}
-	if (c->tls_wbuf && c->tls_woff == c->tls_wlen) {
-		free(c->tls_wbuf); /* idle connections keep no buffer */
-		c->tls_wbuf = NULL;
-		c->tls_wlen = c->tls_woff = 0;
-	}
 	return 0;
 fail:
 	c->dead = 1;
@@ -901,6 +896,11 @@ static void loop_sweep(struct dnet_loop *l, uint64_t now)
 		const char *why = NULL;
 		pthread_mutex_lock(&c->lock);
 		int busy = c->inflight || do_out_pending(c);
+		if (c->tls_wbuf && !do_out_pending(c) && now - c->tx_ns > sec) {
+			free(c->tls_wbuf); /* connections idle for a second keep no stage */
+			c->tls_wbuf = NULL;
+			c->tls_wlen = c->tls_woff = 0;
+		}
 		int stalled = do_out_pending(c) && cfg->send_timeout_s &&
 			      now - c->tx_ns > (uint64_t)cfg->send_timeout_s * sec;
 		pthread_mutex_unlock(&c->lock);
