@@ -841,8 +841,11 @@ static int conn_flush_tls(dnet_client *c, struct dnet_conn *conn)
 			r->out_done += n;
 			if (r->data_len > 4096)
 				r->deadline = now + timeout_ns(c);
-			if (r->out_done < total)
-				break; /* the stage is full */
+			if (r->out_done < total) {
+				if (len == DNET_TLS_STAGE)
+					break; /* the stage is full */
+				continue; /* header done: now its payload, in the same record */
+			}
 			req_sent(c, conn, r);
 			r = conn->out_head;
 		}
@@ -1244,7 +1247,7 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 		if (u < 0)
 			return (int)u;
 		conn->istart += (size_t)u;
-		if ((size_t)n < room && !conn->ssl)
+		if ((size_t)n < room && !(conn->ssl && SSL_has_pending(conn->ssl)))
 			return 0;
 	}
 	return 0;

@@ -54,6 +54,11 @@ SSL_CTX *dnet_tls_ctx_new(enum dnet_tls_role role, const char *cert, const char 
 	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION |
 					 SSL_OP_ENABLE_KTLS);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	/* Read what the socket has, not a record header and then its body: half the
+	 * read calls or fewer. The bytes this keeps beyond one record are what SSL_has_pending
+	 * reports (callers must read on while it says so). */
+	SSL_CTX_set_read_ahead(ctx, 1);
+	SSL_CTX_set_default_read_buffer_len(ctx, 64u << 10); /* up to four records a read */
 	if (role == DNET_TLS_SERVER)
 		SSL_CTX_set_num_tickets(ctx, 0); /* no resumption: nothing to send after the handshake */
 	if (cert && *cert) {

@@ -149,7 +149,8 @@ static void do_update_events(struct dnet_conn *c)
 		ev |= EPOLLOUT;
 	/* TLS: the loop must come back for a handshake or read that waits to write,
 	 * and for bytes OpenSSL holds decrypted (epoll does not see them). */
-	if (c->ssl && (c->tls_want_out || ((ev & EPOLLIN) && !c->tls_hs && SSL_has_pending(c->ssl))))
+	if (c->ssl && (c->tls_want_out ||
+		       ((ev & EPOLLIN) && !c->tls_hs && !c->tls_reading && SSL_has_pending(c->ssl))))
 		ev |= EPOLLOUT;
 	do_arm(c, ev);
 }
@@ -648,6 +649,14 @@ static ssize_t conn_recv(struct dnet_conn *c, void *buf, size_t len)
 	return n;
 }
 
+static int tls_has_pending(struct dnet_conn *c)
+{
+	pthread_mutex_lock(&c->lock);
+	int p = SSL_has_pending(c->ssl);
+	pthread_mutex_unlock(&c->lock);
+	return p;
+}
+
 /* A TLS port got a plaintext peer. One that sent an Elliptics request header gets
  * a plaintext error reply saying so and our end is shut; what it sends after that
  * is read and dropped until it closes (or the handshake timeout), so that closing
@@ -831,8 +840,8 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 		pthread_mutex_unlock(&c->lock);
 		if (paused)
 			break;
-		if (n < 4096 && !c->cur && !c->ssl)
-			break; /* most likely drained the socket (TLS: read until EAGAIN) */
+		if (!c->cur && (c->ssl ? !tls_has_pending(c) : n < 4096))
+			break; /* most likely drained the socket (TLS reads ahead: all it could) */
 	}
 	return 0;
 }
@@ -860,7 +869,18 @@ static void conn_event(struct dnet_loop *l, struct dnet_conn *c, uint32_t ev)
 		pthread_mutex_unlock(&c->lock);
 	}
 	if (ev & EPOLLIN) {
-		if (conn_read(l, c) < 0) {
+		if (c->ssl) {
+			pthread_mutex_lock(&c->lock);
+			c->tls_reading = 1;
+			pthread_mutex_unlock(&c->lock);
+		}
+		int rc = conn_read(l, c);
+		if (c->ssl) {
+			pthread_mutex_lock(&c->lock);
+			c->tls_reading = 0;
+			pthread_mutex_unlock(&c->lock);
+		}
+		if (rc < 0) {
 			conn_close(l, c);
 			return;
 		}
