@@ -235,14 +235,17 @@ def test_wrong_ca_and_client_certificates(node_factory, pki):
 
 def test_ring_with_mutual_tls(node_factory, pki, tmp_path):
     a = node_factory(*pki.node_args(), *FAST, name="a")
-    b = node_factory(*pki.node_args(), *FAST, "--join", a.addr, name="b")
-    c = node_factory(*pki.node_args(), *FAST, "--join", a.addr, name="c")
-    for n in (a, b, c):
-        wait_for(lambda: stat(pki, n, "ring_up") == "3", 60, what="3 nodes up at %s" % n.addr)
+    # Stored before the others join: their share moves to them, node to node, over TLS.
     vals = {"k%d" % i: os.urandom(100 + i * 997) for i in range(24)}
     for k, v in vals.items():
         r = tls_cli(pki, a, "put", k, input=v)
         assert r.rc == 0, r.err
+    b = node_factory(*pki.node_args(), *FAST, "--join", a.addr, name="b")
+    c = node_factory(*pki.node_args(), *FAST, "--join", a.addr, name="c")
+    for n in (a, b, c):
+        wait_for(lambda: stat(pki, n, "ring_up") == "3", 60, what="3 nodes up at %s" % n.addr)
+    wait_for(lambda: int(stat(pki, a, "move_objects") or 0) > 0 and
+             stat(pki, a, "move_pending") == "0", 60, what="objects moved from a")
     for n in (a, b, c):
         for k, v in vals.items():
             r = tls_cli(pki, n, "get", k)
