@@ -130,7 +130,7 @@ struct dnet_conn {
 	size_t tls_wlen, tls_woff;
 	int tls_rd_want_out; /* SSL_read must send before it can go on */
 	int tls_required;    /* a plaintext connection the node told to use TLS */
-	int tls_status;      /* a TLS failure the last read saw (DNET_ETLSCERT) */
+	int tls_status;	     /* a TLS failure the last read saw (DNET_ETLSCERT) */
 	int dropping;
 	struct dnet_node *owner_node;
 	char node[64]; /* HOST:PORT we connected to */
@@ -208,7 +208,7 @@ struct dnet_client {
 	int nlast_copies;
 	uint64_t repairs; /* read repairs sent */
 	char key_name[65], key_secret[257]; /* dnet_client_set_key (empty: none) */
-	struct ssl_ctx_st *tls; /* dnet_client_set_tls (NULL: plaintext) */
+	struct ssl_ctx_st *tls;		    /* dnet_client_set_tls (NULL: plaintext) */
 	char tls_err[512];
 };
 

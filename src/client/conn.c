@@ -824,7 +824,8 @@ static int conn_flush_tls(dnet_client *c, struct dnet_conn *conn)
 				memcpy(conn->tls_wbuf + len, r->obuf + d, n);
 			} else if (r->file_fd >= 0) {
 				n = total - d < room ? (size_t)(total - d) : room;
-				ssize_t got = pread(r->file_fd, conn->tls_wbuf + len, n, (off_t)r->file_off);
+				ssize_t got =
+				    pread(r->file_fd, conn->tls_wbuf + len, n, (off_t)r->file_off);
 				if (got < 0 && errno == EINTR)
 					continue;
 				if (got < 0)

@@ -43,8 +43,8 @@ int dnet_auth_split(const char *spec, char name[DNET_AUTH_NAME_MAX + 1],
 }
 
 /* One AUTH request and its reply (payload up to `max` bytes into reply). */
-static int auth_call(int fd, SSL *ssl, uint64_t trans, const uint8_t *payload, size_t len, uint8_t *reply,
-		     size_t max, size_t *rlen, uint64_t deadline)
+static int auth_call(int fd, SSL *ssl, uint64_t trans, const uint8_t *payload, size_t len,
+		     uint8_t *reply, size_t max, size_t *rlen, uint64_t deadline)
 {
 	uint8_t hb[DNET_HDR_SIZE];
 	struct dnet_cmd_hdr h = {.magic = DNET_MAGIC,
@@ -71,8 +71,8 @@ static int auth_call(int fd, SSL *ssl, uint64_t trans, const uint8_t *payload, s
 	return r.status;
 }
 
-int dnet_auth_handshake(int fd, SSL *ssl, const char *name, const char *secret, uint64_t deadline_ns,
-			uint32_t *perm)
+int dnet_auth_handshake(int fd, SSL *ssl, const char *name, const char *secret,
+			uint64_t deadline_ns, uint32_t *perm)
 {
 	size_t nl = strlen(name);
 	if (!nl || nl > DNET_AUTH_NAME_MAX)
@@ -91,8 +91,8 @@ int dnet_auth_handshake(int fd, SSL *ssl, const char *name, const char *secret, 
 		return DNET_EPROTO;
 	dnet_put_u32(req, 2);
 	dnet_auth_mac(secret, strlen(secret), reply, name, nl, req + 6 + nl);
-	err = auth_call(fd, ssl, 0xa0000002ull, req, 6 + nl + DNET_AUTH_MAC, reply, sizeof(reply), &rlen,
-			deadline_ns);
+	err = auth_call(fd, ssl, 0xa0000002ull, req, 6 + nl + DNET_AUTH_MAC, reply, sizeof(reply),
+			&rlen, deadline_ns);
 	if (err)
 		return err;
 	if (rlen != 4)

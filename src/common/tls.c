@@ -35,7 +35,8 @@ SSL_CTX *dnet_tls_ctx_new(enum dnet_tls_role role, const char *cert, const char 
 			  const char *ca, int require_peer_cert, char *err, size_t errlen)
 {
 	ERR_clear_error();
-	SSL_CTX *ctx = SSL_CTX_new(role == DNET_TLS_SERVER ? TLS_server_method() : TLS_client_method());
+	SSL_CTX *ctx =
+	    SSL_CTX_new(role == DNET_TLS_SERVER ? TLS_server_method() : TLS_client_method());
 	if (!ctx) {
 		last_error(err, errlen, "TLS:", "cannot create a context");
 		return NULL;
@@ -49,10 +50,10 @@ SSL_CTX *dnet_tls_ctx_new(enum dnet_tls_role role, const char *cert, const char 
 	 * themselves, so an EOF without close_notify is just an EOF. Kernel TLS where the
 	 * kernel has it (SSL_sendfile then sends stored files without copying). */
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-				      SSL_MODE_RELEASE_BUFFERS);
+				  SSL_MODE_RELEASE_BUFFERS);
 	SSL_CTX_clear_mode(ctx, SSL_MODE_AUTO_RETRY);
 	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION |
-					 SSL_OP_ENABLE_KTLS);
+				     SSL_OP_ENABLE_KTLS);
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	/* Read what the socket has, not a record header and then its body: half the
 	 * read calls or fewer. The bytes this keeps beyond one record are what SSL_has_pending
@@ -60,20 +61,22 @@ SSL_CTX *dnet_tls_ctx_new(enum dnet_tls_role role, const char *cert, const char 
 	SSL_CTX_set_read_ahead(ctx, 1);
 	SSL_CTX_set_default_read_buffer_len(ctx, 64u << 10); /* up to four records a read */
 	if (role == DNET_TLS_SERVER)
-		SSL_CTX_set_num_tickets(ctx, 0); /* no resumption: nothing to send after the handshake */
+		SSL_CTX_set_num_tickets(ctx,
+					0); /* no resumption: nothing to send after the handshake */
 	if (cert && *cert) {
 		if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
 			last_error(err, errlen, "TLS certificate", cert);
 			goto fail;
 		}
 		if (!key || !*key) {
-			snprintf(err, errlen, "TLS certificate %s: a key is needed too (--tls-key)", cert);
+			snprintf(err, errlen, "TLS certificate %s: a key is needed too (--tls-key)",
+				 cert);
 			goto fail;
 		}
 		if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
 			if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
-				snprintf(err, errlen, "TLS key %s does not belong to certificate %s",
-					 key, cert);
+				snprintf(err, errlen,
+					 "TLS key %s does not belong to certificate %s", key, cert);
 				ERR_clear_error();
 			} else {
 				last_error(err, errlen, "TLS key", key);
@@ -81,7 +84,8 @@ SSL_CTX *dnet_tls_ctx_new(enum dnet_tls_role role, const char *cert, const char 
 			goto fail;
 		}
 		if (SSL_CTX_check_private_key(ctx) != 1) {
-			snprintf(err, errlen, "TLS key %s does not belong to certificate %s", key, cert);
+			snprintf(err, errlen, "TLS key %s does not belong to certificate %s", key,
+				 cert);
 			goto fail;
 		}
 	} else if (role == DNET_TLS_SERVER || (key && *key)) {
@@ -97,10 +101,11 @@ SSL_CTX *dnet_tls_ctx_new(enum dnet_tls_role role, const char *cert, const char 
 		if (role == DNET_TLS_SERVER) {
 			/* Ask every peer for a certificate: nodes show theirs (and must, to act
 			 * as nodes); clients may show none unless require_peer_cert. */
-			SSL_CTX_set_verify(ctx,
-					   SSL_VERIFY_PEER |
-						   (require_peer_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
-					   NULL);
+			SSL_CTX_set_verify(
+			    ctx,
+			    SSL_VERIFY_PEER |
+				(require_peer_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
+			    NULL);
 			STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca);
 			if (names)
 				SSL_CTX_set_client_CA_list(ctx, names);
@@ -317,7 +322,7 @@ long dnet_tls_write_nb(SSL *ssl, const void *buf, size_t len)
 	case SSL_ERROR_SYSCALL:
 		ERR_clear_error();
 		return errno == EPIPE || errno == ECONNRESET || !errno ? DNET_ECONNRESET
-									: dnet_from_errno(errno);
+								       : dnet_from_errno(errno);
 	default:
 		return io_error(ssl);
 	}

@@ -45,7 +45,7 @@
 #define MAX_OUT_ITEMS 1024u /* queued replies per connection (each may hold an fd) */
 #define READS_PER_EVENT 16  /* fairness: yield to other connections after this many */
 #define TLS_STAGE (64u << 10) /* staged TLS output (four full records) */
-#define TLS_HS_TIMEOUT_S 30 /* a handshake without --request-timeout-s */
+#define TLS_HS_TIMEOUT_S 30   /* a handshake without --request-timeout-s */
 
 struct dnet_loop {
 	struct dnet_server *s;
@@ -149,8 +149,8 @@ static void do_update_events(struct dnet_conn *c)
 		ev |= EPOLLOUT;
 	/* TLS: the loop must come back for a handshake or read that waits to write,
 	 * and for bytes OpenSSL holds decrypted (epoll does not see them). */
-	if (c->ssl && (c->tls_want_out ||
-		       ((ev & EPOLLIN) && !c->tls_hs && !c->tls_reading && SSL_has_pending(c->ssl))))
+	if (c->ssl && (c->tls_want_out || ((ev & EPOLLIN) && !c->tls_hs && !c->tls_reading &&
+					   SSL_has_pending(c->ssl))))
 		ev |= EPOLLOUT;
 	do_arm(c, ev);
 }
@@ -189,7 +189,8 @@ static int do_flush_tls(struct dnet_conn *c)
 		if (!o)
 			break;
 		if (o->inl_off == o->inl_len && o->buf_len - o->buf_off >= TLS_STAGE) {
-			w = dnet_tls_write_nb(c->ssl, o->buf + o->buf_off, (size_t)(o->buf_len - o->buf_off));
+			w = dnet_tls_write_nb(c->ssl, o->buf + o->buf_off,
+					      (size_t)(o->buf_len - o->buf_off));
 			if (w < 0)
 				goto fail;
 			if (w == 0)
@@ -200,7 +201,8 @@ static int do_flush_tls(struct dnet_conn *c)
 				do_out_pop(c, o);
 			goto sent;
 		}
-		if (c->ktls_tx && o->inl_off == o->inl_len && o->buf_off == o->buf_len && o->file_len) {
+		if (c->ktls_tx && o->inl_off == o->inl_len && o->buf_off == o->buf_len &&
+		    o->file_len) {
 			size_t chunk = o->file_len > (1u << 30) ? (1u << 30) : (size_t)o->file_len;
 			ERR_clear_error();
 			ossl_ssize_t sw = SSL_sendfile(c->ssl, o->fd, (off_t)o->file_off, chunk, 0);
@@ -212,7 +214,8 @@ static int do_flush_tls(struct dnet_conn *c)
 				goto fail;
 			}
 			if (sw == 0) {
-				dnet_log_error("%s: stored file shrank during a read; closing", c->peer);
+				dnet_log_error("%s: stored file shrank during a read; closing",
+					       c->peer);
 				goto fail;
 			}
 			w = (long)sw;
@@ -249,12 +252,14 @@ static int do_flush_tls(struct dnet_conn *c)
 				size_t want = TLS_STAGE - len;
 				if (want > o->file_len)
 					want = (size_t)o->file_len;
-				ssize_t r = pread(o->fd, c->tls_wbuf + len, want, (off_t)o->file_off);
+				ssize_t r =
+				    pread(o->fd, c->tls_wbuf + len, want, (off_t)o->file_off);
 				if (r < 0 && errno == EINTR)
 					continue;
 				if (r <= 0) {
-					dnet_log_error("%s: reading a stored file for a reply: %s; closing",
-						       c->peer, r < 0 ? strerror(errno) : "it shrank");
+					dnet_log_error(
+					    "%s: reading a stored file for a reply: %s; closing",
+					    c->peer, r < 0 ? strerror(errno) : "it shrank");
 					goto fail;
 				}
 				o->file_off += (uint64_t)r;
@@ -717,8 +722,10 @@ static int conn_handshake(struct dnet_loop *l, struct dnet_conn *c)
 			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
 		if (b != 0x16) {
 			if (b != (DNET_MAGIC & 0xff)) {
-				dnet_log_info("%s: neither TLS nor Elliptics on the TLS port (first "
-					      "byte 0x%02x); closing", c->peer, b);
+				dnet_log_info(
+				    "%s: neither TLS nor Elliptics on the TLS port (first "
+				    "byte 0x%02x); closing",
+				    c->peer, b);
 				atomic_fetch_add(&l->s->stats.tls_failed, 1);
 				return -1;
 			}
@@ -763,7 +770,8 @@ static int conn_handshake(struct dnet_loop *l, struct dnet_conn *c)
 	uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
 	if (now - prev > 1000000000ull && atomic_compare_exchange_strong(&last_log, &prev, now))
 		dnet_log_warn("%s: TLS handshake failed: %s; closing (tls_failed in stat counts "
-			      "them all)", c->peer, why);
+			      "them all)",
+			      c->peer, why);
 	if (e != SSL_ERROR_SSL)
 		return -1;
 	/* OpenSSL has sent the peer an alert saying why. With TLS 1.3 a client whose
@@ -925,8 +933,9 @@ static void loop_sweep(struct dnet_loop *l, uint64_t now)
 			      now - c->tx_ns > (uint64_t)cfg->send_timeout_s * sec;
 		pthread_mutex_unlock(&c->lock);
 		int partial = c->hpart_len || c->cur;
-		uint64_t hs_allow = (uint64_t)(cfg->request_timeout_s ? cfg->request_timeout_s
-								    : TLS_HS_TIMEOUT_S) * sec;
+		uint64_t hs_allow =
+		    (uint64_t)(cfg->request_timeout_s ? cfg->request_timeout_s : TLS_HS_TIMEOUT_S) *
+		    sec;
 		if (c->tls_hs && now - c->accept_ns > hs_allow) {
 			why = "its TLS handshake did not finish in time";
 			atomic_fetch_add(&st->conns_slow_closed, 1);
@@ -981,8 +990,8 @@ static void *loop_main(void *arg)
 	int reading = 1;
 	uint64_t last_sweep = dnet_now_mono_ns();
 	const struct dnet_config *cfg = &l->s->cfg;
-	int sweeping = cfg->idle_timeout_s || cfg->request_timeout_s || cfg->send_timeout_s ||
-		       l->s->tls_srv;
+	int sweeping =
+	    cfg->idle_timeout_s || cfg->request_timeout_s || cfg->send_timeout_s || l->s->tls_srv;
 
 	for (;;) {
 		int timeout = __atomic_load_n(&l->exiting, __ATOMIC_ACQUIRE) ? 50 : sweeping ? 1000 : -1;
@@ -1162,13 +1171,15 @@ int dnet_net_tls_setup(struct dnet_server *s)
 	const struct dnet_config *cfg = &s->cfg;
 	if (!cfg->tls_cert[0]) {
 		if (cfg->tls_key[0] || cfg->tls_ca[0] || cfg->tls_verify_clients) {
-			dnet_log_error("--tls-key, --tls-ca and --tls-verify-clients need --tls-cert");
+			dnet_log_error(
+			    "--tls-key, --tls-ca and --tls-verify-clients need --tls-cert");
 			return -1;
 		}
 		return 0;
 	}
 	if (cfg->tls_verify_clients && !cfg->tls_ca[0]) {
-		dnet_log_error("--tls-verify-clients needs --tls-ca (the CA client certificates come from)");
+		dnet_log_error(
+		    "--tls-verify-clients needs --tls-ca (the CA client certificates come from)");
 		return -1;
 	}
 	char err[512];
@@ -1181,8 +1192,9 @@ int dnet_net_tls_setup(struct dnet_server *s)
 	/* Connections to other nodes present our certificate and verify theirs: against
 	 * --tls-ca, or without one against our own certificate (a ring sharing one
 	 * self-signed certificate). */
-	s->tls_cli = dnet_tls_ctx_new(DNET_TLS_CLIENT, cfg->tls_cert, cfg->tls_key,
-				      cfg->tls_ca[0] ? cfg->tls_ca : cfg->tls_cert, 0, err, sizeof(err));
+	s->tls_cli =
+	    dnet_tls_ctx_new(DNET_TLS_CLIENT, cfg->tls_cert, cfg->tls_key,
+			     cfg->tls_ca[0] ? cfg->tls_ca : cfg->tls_cert, 0, err, sizeof(err));
 	if (!s->tls_cli) {
 		dnet_log_error("%s", err);
 		SSL_CTX_free(s->tls_srv);

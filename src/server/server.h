@@ -145,14 +145,14 @@ struct dnet_conn {
 	int have_nonce, auth_failures;
 	/* TLS (NULL: plaintext). Every SSL call on it is made under lock. */
 	struct ssl_st *ssl;
-	int tls_hs;          /* the handshake has not finished (loop thread only) */
-	int tls_plain;       /* ... and the peer speaks plaintext: refuse it */
-	int tls_started;     /* ... and its first byte said TLS */
-	int tls_want_out;    /* the last SSL call needs the socket writable to go on */
-	int tls_reading;     /* the loop is reading it now (and will look at what is left) */
-	int tls_node;        /* the peer showed a certificate our CA verified */
-	int ktls_tx;         /* kernel TLS sends: files go with SSL_sendfile */
-	uint8_t *tls_wbuf;   /* output staged for SSL_write (retried from the same bytes) */
+	int tls_hs;	   /* the handshake has not finished (loop thread only) */
+	int tls_plain;	   /* ... and the peer speaks plaintext: refuse it */
+	int tls_started;   /* ... and its first byte said TLS */
+	int tls_want_out;  /* the last SSL call needs the socket writable to go on */
+	int tls_reading;   /* the loop is reading it now (and will look at what is left) */
+	int tls_node;	   /* the peer showed a certificate our CA verified */
+	int ktls_tx;	   /* kernel TLS sends: files go with SSL_sendfile */
+	uint8_t *tls_wbuf; /* output staged for SSL_write (retried from the same bytes) */
 	uint32_t tls_wlen, tls_woff;
 	uint64_t accept_ns;
 };
