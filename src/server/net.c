@@ -688,8 +688,11 @@ static int tls_refuse_plain(struct dnet_conn *c)
 	atomic_fetch_add(&c->loop->s->stats.tls_failed, 1);
 	if (h.magic != DNET_MAGIC)
 		return -1;
-	dnet_log_warn("%s: a plaintext client on the TLS port: told it to use TLS; closing",
-		      c->peer);
+	static _Atomic uint64_t last_log; /* at most one line a second */
+	uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
+	if (now - prev > 1000000000ull && atomic_compare_exchange_strong(&last_log, &prev, now))
+		dnet_log_warn("%s: a plaintext client on the TLS port: told it to use TLS; "
+			      "closing (tls_failed in stat counts them all)", c->peer);
 	struct dnet_cmd_hdr r = {.magic = DNET_MAGIC,
 				 .version = DNET_PROTO_VERSION,
 				 .cmd = h.cmd,
@@ -722,10 +725,13 @@ static int conn_handshake(struct dnet_loop *l, struct dnet_conn *c)
 			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
 		if (b != 0x16) {
 			if (b != (DNET_MAGIC & 0xff)) {
-				dnet_log_info(
-				    "%s: neither TLS nor Elliptics on the TLS port (first "
-				    "byte 0x%02x); closing",
-				    c->peer, b);
+				static _Atomic uint64_t last_log; /* at most one line a second */
+				uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
+				if (now - prev > 1000000000ull &&
+				    atomic_compare_exchange_strong(&last_log, &prev, now))
+					dnet_log_info("%s: neither TLS nor Elliptics on the TLS port "
+						      "(first byte 0x%02x); closing",
+						      c->peer, b);
 				atomic_fetch_add(&l->s->stats.tls_failed, 1);
 				return -1;
 			}
