@@ -20,7 +20,7 @@ OPT ?= -O2
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -g $(OPT) -pthread -MMD -MP $(WARN) $(SANFLAGS) \
 	-Iinclude -Isrc $(CFLAGS)
 LDFLAGS_ALL := -pthread $(SANFLAGS) $(LDFLAGS)
-LIBS := -lcrypto -lxxhash
+LIBS := -lssl -lcrypto -lxxhash
 SERVER_LIBS := $(LIBS) -llmdb -ldb
 
 COMMON_SRC := $(wildcard src/common/*.c)

@@ -10,7 +10,7 @@ set -euo pipefail
 
 BUILD_PKGS=(gcc make pkg-config libssl-dev libxxhash-dev libcmocka-dev liblmdb-dev libdb-dev
 	clang libclang-rt-14-dev) # clang + compiler-rt: the libFuzzer targets (make fuzz)
-TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core redis-server redis-tools awscli s3cmd rclone python3-boto3)
+TEST_PKGS=(python3 python3-pytest python3-pytest-timeout python3-xxhash util-linux mount e2fsprogs procps iproute2 iptables iputils-ping openssh-client openssh-server prometheus chromium fonts-dejavu-core redis-server redis-tools awscli s3cmd rclone python3-boto3 openssl)
 BENCH_PKGS=(memcached fio gnuplot-nox valgrind linux-perf wrk)
 
 want=("${BUILD_PKGS[@]}" "${TEST_PKGS[@]}")

@@ -20,6 +20,7 @@ struct cli {
 	int timeout_ms;
 	const char *auth; /* NAME:SECRET: the client key (-k or $ELLIPTICS_KEY) */
 	int w, r;         /* copies: write quorum and read copies (0: defaults) */
+	const char *tls_ca, *tls_cert, *tls_key; /* --tls-*: TLS to every node */
 };
 
 /* A handle with every remote and the timeout set. Returns 0 or DNET_E*. */

@@ -32,7 +32,8 @@ void cli_error(const char *fmt, ...)
 static void usage_main(FILE *f)
 {
 	fprintf(f,
-		"usage: elliptics [-r HOST:PORT]... [-k NAME:SECRET] [--timeout SEC] COMMAND [ARGS]\n"
+		"usage: elliptics [-r HOST:PORT]... [-k NAME:SECRET] [--timeout SEC]\n"
+		"                 [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] COMMAND [ARGS]\n"
 		"\n"
 		"commands:\n"
 		"  put KEY [FILE|-]        store FILE (default or '-': stdin) as object KEY\n"
@@ -60,6 +61,11 @@ static void usage_main(FILE *f)
 		"  --r N                   copies read in parallel, newest wins (default 1:\n"
 		"                          one at a time, failing over)\n"
 		"  --timeout SEC           per-request timeout (default 30)\n"
+		"  --tls-ca FILE           talk TLS to the nodes; their certificates must be signed\n"
+		"                          by a CA in FILE (default $ELLIPTICS_TLS_CA)\n"
+		"  --tls-cert FILE, --tls-key FILE\n"
+		"                          client certificate and key, for nodes that require one\n"
+		"                          (default $ELLIPTICS_TLS_CERT, $ELLIPTICS_TLS_KEY)\n"
 		"  -h, --help              this text; `elliptics COMMAND --help` for a command\n"
 		"\n"
 		"exit status: 0 ok, 1 not found, 2 usage error, 3 other failure\n");
@@ -210,6 +216,11 @@ int cli_client_one(const struct cli *g, const char *remote, dnet_client **out)
 		return err;
 	dnet_client_set_timeout(c, g->timeout_ms);
 	dnet_client_set_quorum(c, g->w, g->r);
+	if (g->tls_ca && dnet_client_set_tls(c, g->tls_ca, g->tls_cert, g->tls_key) != 0) {
+		cli_error("%s", dnet_client_tls_error(c));
+		dnet_client_free(c);
+		return DNET_EINVAL;
+	}
 	if (g->auth && dnet_client_set_key(c, g->auth) != 0) {
 		cli_error("-k wants NAME:SECRET (name up to 64 bytes, secret up to 256)");
 		dnet_client_free(c);
@@ -1028,6 +1039,18 @@ static int cli_main(struct cli *gp, int argc, char **argv)
 				g.r = (int)v;
 			continue;
 		}
+		if (!strncmp(s, "--tls-", 6)) {
+			const char **dst = !strcmp(s, "--tls-ca") ? &g.tls_ca
+					   : !strcmp(s, "--tls-cert") ? &g.tls_cert
+					   : !strcmp(s, "--tls-key") ? &g.tls_key
+								  : NULL;
+			if (!dst)
+				return cli_usage_error(NULL, "unknown option %s", s);
+			if (i + 1 >= argc || !argv[i + 1][0])
+				return cli_usage_error(NULL, "%s needs a FILE", s);
+			*dst = argv[++i];
+			continue;
+		}
 		if (!strcmp(s, "-r") || !strcmp(s, "--remote") || !strcmp(s, "-k") ||
 		    !strcmp(s, "--key") || !strcmp(s, "--timeout")) {
 			if (i + 1 >= argc)
@@ -1067,6 +1090,17 @@ static int cli_main(struct cli *gp, int argc, char **argv)
 		if (env && *env)
 			g.auth = env;
 	}
+	const char *tenv;
+	if (!g.tls_ca && (tenv = getenv("ELLIPTICS_TLS_CA")) && *tenv)
+		g.tls_ca = tenv;
+	if (!g.tls_cert && (tenv = getenv("ELLIPTICS_TLS_CERT")) && *tenv)
+		g.tls_cert = tenv;
+	if (!g.tls_key && (tenv = getenv("ELLIPTICS_TLS_KEY")) && *tenv)
+		g.tls_key = tenv;
+	if ((g.tls_cert || g.tls_key) && !g.tls_ca)
+		return cli_usage_error(NULL, "--tls-cert/--tls-key need --tls-ca (the CA the nodes' certificates come from)");
+	if (!g.tls_cert != !g.tls_key)
+		return cli_usage_error(NULL, "--tls-cert and --tls-key go together");
 	if (i >= argc) {
 		usage_main(stderr);
 		return CLI_EXIT_USAGE;

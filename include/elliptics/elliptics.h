@@ -63,6 +63,17 @@ int dnet_client_add_remote(dnet_client *c, const char *hostport);
  * docs/security.md). NULL: no key. DNET_EINVAL if malformed. A node that refuses
  * the key makes requests fail with DNET_EPERM. */
 int dnet_client_set_key(dnet_client *c, const char *name_colon_secret);
+/* TLS on every connection (docs/security.md): the nodes' certificates must be
+ * signed by a CA in ca_file (PEM; host names are not checked: the CA vouches for
+ * every node). cert_file and key_file (both or neither; PEM) are shown to nodes
+ * that ask for a client certificate. ca_file NULL: plaintext again. Call before
+ * the first request. DNET_EINVAL if a file cannot be used: dnet_client_tls_error()
+ * says why. A node that does not speak TLS fails requests with DNET_ENOTLS; a
+ * plaintext handle talking to a TLS node gets DNET_ETLSREQUIRED; certificates
+ * refused either way give DNET_ETLSCERT. */
+int dnet_client_set_tls(dnet_client *c, const char *ca_file, const char *cert_file,
+			const char *key_file);
+const char *dnet_client_tls_error(const dnet_client *c);
 /* Per-request timeout in milliseconds (default 30000). */
 void dnet_client_set_timeout(dnet_client *c, int timeout_ms);
 /* Number of connections per node the handle spreads asynchronous requests over

@@ -29,14 +29,18 @@
 	XX(SYS, -21, "system call failed")                                         \
 	XX(NOTOWNER, -22, "node does not own this ID (reply names the owner)")    \
 	XX(NODEDOWN, -23, "the node owning this ID is down")                     \
-	XX(QUORUM, -24, "fewer copies than the write quorum acknowledged")
+	XX(QUORUM, -24, "fewer copies than the write quorum acknowledged")        \
+	XX(TLSREQUIRED, -25, "the node speaks TLS on this port: connect with --tls-ca FILE") \
+	XX(NOTLS, -26, "the node does not speak TLS on this port: connect without --tls-ca") \
+	XX(TLSCERT, -27, "TLS: certificate refused (the node's is not signed by --tls-ca, or the node did not accept ours)") \
+	XX(TLS, -28, "TLS handshake failed")
 
 typedef enum {
 	DNET_OK = 0,
 #define DNET_ERR_ENUM_(name, val, msg) DNET_E##name = (val),
 	DNET_ERRNO_MAP(DNET_ERR_ENUM_)
 #undef DNET_ERR_ENUM_
-	DNET_E_MIN_ = -25
+	DNET_E_MIN_ = -29
 } dnet_status_t;
 
 /* Text for a status code; never NULL (unknown codes get a generic text). */

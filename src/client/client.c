@@ -14,11 +14,13 @@
 
 
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include "client_int.h"
 #include "common/auth.h"
 #include "common/errors.h"
 #include "common/id.h"
+#include "common/tls.h"
 #include "common/util.h"
 
 /* --- handles ------------------------------------------------------------- */
@@ -72,6 +74,26 @@ int dnet_client_set_key(dnet_client *c, const char *spec)
 	snprintf(c->key_name, sizeof(c->key_name), "%s", name);
 	snprintf(c->key_secret, sizeof(c->key_secret), "%s", secret);
 	return 0;
+}
+
+int dnet_client_set_tls(dnet_client *c, const char *ca, const char *cert, const char *key)
+{
+	c->tls_err[0] = '\0';
+	SSL_CTX *ctx = NULL;
+	if (ca) {
+		ctx = dnet_tls_ctx_new(DNET_TLS_CLIENT, cert, key, ca, 0, c->tls_err,
+				       sizeof(c->tls_err));
+		if (!ctx)
+			return DNET_EINVAL;
+	}
+	SSL_CTX_free(c->tls);
+	c->tls = ctx;
+	return 0;
+}
+
+const char *dnet_client_tls_error(const dnet_client *c)
+{
+	return c->tls_err;
 }
 
 void dnet_client_set_timeout(dnet_client *c, int timeout_ms)
@@ -132,6 +154,7 @@ void dnet_client_free(dnet_client *c)
 	free(c->id_hash);
 	free(c->sbuf);
 	free(c->last_copies);
+	SSL_CTX_free(c->tls);
 	OPENSSL_cleanse(c->key_secret, sizeof(c->key_secret));
 	close(c->epfd);
 	free(c);

@@ -125,6 +125,12 @@ struct dnet_node {
 
 struct dnet_conn {
 	int fd;
+	struct ssl_st *ssl; /* TLS session (NULL: plaintext) */
+	uint8_t *tls_wbuf;  /* output staged for SSL_write (retried from the same bytes) */
+	size_t tls_wlen, tls_woff;
+	int tls_rd_want_out; /* SSL_read must send before it can go on */
+	int tls_required;    /* a plaintext connection the node told to use TLS */
+	int tls_status;	     /* a TLS failure the last read saw (DNET_ETLSCERT) */
 	int dropping;
 	struct dnet_node *owner_node;
 	char node[64]; /* HOST:PORT we connected to */
@@ -202,6 +208,8 @@ struct dnet_client {
 	int nlast_copies;
 	uint64_t repairs; /* read repairs sent */
 	char key_name[65], key_secret[257]; /* dnet_client_set_key (empty: none) */
+	struct ssl_ctx_st *tls;		    /* dnet_client_set_tls (NULL: plaintext) */
+	char tls_err[512];
 };
 
 /* Where an object's copies go: the home nodes (copy 0..homes-1), then fallback

@@ -1,5 +1,7 @@
 /* conn.c - the client engine: connections, request output queues (writev + sendfile),
- * the reply parser (streamed READ replies, bounded others), timeouts and epoll. */
+ * the reply parser (streamed READ replies, bounded others), timeouts and epoll.
+ * TLS connections (dnet_client_set_tls) stage output for SSL_write (files by pread)
+ * and read with SSL_read until OpenSSL holds no more bytes (epoll cannot see those). */
 #include <errno.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -19,9 +21,11 @@
 #include "client_int.h"
 #include "common/auth.h"
 #include "common/errors.h"
+#include "common/tls.h"
 #include "common/util.h"
 
 #define DNET_IOV_MAX 64
+#define DNET_TLS_STAGE (64u << 10)
 #define DNET_REQ_CACHE_MAX 1024
 
 /* --- requests ------------------------------------------------------------ */
@@ -400,6 +404,7 @@ void dnet__conns_free(dnet_client *c)
 	c->retry_tail = NULL;
 	for (size_t i = 0; i < c->nall; i++) {
 		free(c->all[i]->ibuf);
+		free(c->all[i]->tls_wbuf);
 		free(c->all[i]);
 	}
 	for (int i = 0; i < c->nnodes; i++) {
@@ -427,11 +432,22 @@ static void in_reset(struct dnet_conn *conn)
  * DNET_ETIMEDOUT; the others get `status`. */
 static void conn_drop2(dnet_client *c, struct dnet_conn *conn, int status, struct dnet_req *culprit)
 {
+	/* A TLS node answers a plaintext request with DNET_ETLSREQUIRED and hangs up: the
+	 * other requests on the connection fail for the same reason (and are not resent). */
+	if (conn->tls_required && status == DNET_ECONNRESET)
+		status = DNET_ETLSREQUIRED;
+	conn->tls_required = 0;
 	if (conn->fd >= 0) {
 		epoll_ctl(c->epfd, EPOLL_CTL_DEL, conn->fd, NULL);
 		close(conn->fd);
 		conn->fd = -1;
 	}
+	if (conn->ssl) {
+		SSL_free(conn->ssl);
+		conn->ssl = NULL;
+	}
+	conn->tls_wlen = conn->tls_woff = 0;
+	conn->tls_rd_want_out = 0;
 	conn->pollout = 0;
 	in_reset(conn);
 	struct dnet_req *r = conn->out_head;
@@ -470,6 +486,7 @@ static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *con
 	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return dnet_from_errno(errno);
+	SSL *ssl = NULL;
 	if (connect(fd, (struct sockaddr *)&ss, slen) < 0) {
 		if (errno != EINPROGRESS) {
 			err = dnet_from_errno(errno);
@@ -496,11 +513,13 @@ static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *con
 		}
 	}
 	dnet_set_nodelay(fd);
+	uint64_t deadline = dnet_now_mono_ns() + (uint64_t)tmo_ms * 1000000ull;
+	if (c->tls && (err = dnet_tls_connect(c->tls, fd, deadline, &ssl)))
+		goto out_close;
 	if (c->key_name[0]) {
 		/* A key: prove it before anything else goes on this connection. */
 		uint32_t perm;
-		err = dnet_auth_handshake(fd, c->key_name, c->key_secret,
-					  dnet_now_mono_ns() + (uint64_t)tmo_ms * 1000000ull, &perm);
+		err = dnet_auth_handshake(fd, ssl, c->key_name, c->key_secret, deadline, &perm);
 		if (err)
 			goto out_close;
 	}
@@ -518,6 +537,7 @@ static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *con
 		}
 	}
 	conn->fd = fd;
+	conn->ssl = ssl;
 	dnet_addr_str((struct sockaddr *)&ss, conn->node, sizeof(conn->node));
 	struct dnet_node *n = conn->owner_node;
 	if (n && n->is_boot) {
@@ -545,6 +565,8 @@ static int connect_one(dnet_client *c, const char *remote, struct dnet_conn *con
 	return 0;
 
 out_close:
+	if (ssl)
+		SSL_free(ssl);
 	close(fd);
 	return err;
 }
@@ -766,9 +788,81 @@ static ssize_t sendfile_nosig(int out, int in, off_t *off, size_t len)
 	return n;
 }
 
+/* conn_flush over TLS: requests (header, payload from memory or read from their
+ * file) are copied into the stage, which SSL_write sends; a write that would block
+ * is retried from the same bytes. A request counts as sent once it is staged. */
+static int conn_flush_tls(dnet_client *c, struct dnet_conn *conn)
+{
+	for (;;) {
+		uint64_t now = dnet_now_mono_ns();
+		if (conn->tls_woff < conn->tls_wlen) {
+			long w = dnet_tls_write_nb(conn->ssl, conn->tls_wbuf + conn->tls_woff,
+						   conn->tls_wlen - conn->tls_woff);
+			if (w < 0)
+				return (int)w;
+			if (w == 0) {
+				set_pollout(c, conn, 1);
+				return 0;
+			}
+			conn->tls_woff += (size_t)w;
+			conn->last_active = now;
+			if (conn->tls_woff == conn->tls_wlen)
+				conn->tls_woff = conn->tls_wlen = 0;
+			continue;
+		}
+		struct dnet_req *r = conn->out_head;
+		if (!r)
+			break;
+		if (!conn->tls_wbuf && !(conn->tls_wbuf = malloc(DNET_TLS_STAGE)))
+			return DNET_ENOMEM;
+		size_t len = 0;
+		while (r && len < DNET_TLS_STAGE) {
+			uint64_t total = r->olen + r->data_len, d = r->out_done;
+			size_t room = DNET_TLS_STAGE - len, n;
+			if (d < r->olen) {
+				n = r->olen - (size_t)d < room ? r->olen - (size_t)d : room;
+				memcpy(conn->tls_wbuf + len, r->obuf + d, n);
+			} else if (r->file_fd >= 0) {
+				n = total - d < room ? (size_t)(total - d) : room;
+				ssize_t got =
+				    pread(r->file_fd, conn->tls_wbuf + len, n, (off_t)r->file_off);
+				if (got < 0 && errno == EINTR)
+					continue;
+				if (got < 0)
+					return dnet_from_errno(errno);
+				if (got == 0) /* the file shrank under us */
+					return DNET_EIO;
+				n = (size_t)got;
+				r->file_off += n;
+			} else {
+				n = total - d < room ? (size_t)(total - d) : room;
+				memcpy(conn->tls_wbuf + len, r->data + (d - r->olen), n);
+			}
+			len += n;
+			r->out_done += n;
+			if (r->data_len > 4096)
+				r->deadline = now + timeout_ns(c);
+			if (r->out_done < total) {
+				if (len == DNET_TLS_STAGE)
+					break; /* the stage is full */
+				continue; /* header done: now its payload, in the same record */
+			}
+			req_sent(c, conn, r);
+			r = conn->out_head;
+		}
+		conn->tls_wlen = len;
+		conn->tls_woff = 0;
+	}
+	conn->last_active = dnet_now_mono_ns();
+	set_pollout(c, conn, 0);
+	return 0;
+}
+
 /* Returns 0 (all sent or would block) or an error after which the conn is dropped. */
 static int conn_flush(dnet_client *c, struct dnet_conn *conn)
 {
+	if (conn->ssl)
+		return conn_flush_tls(c, conn);
 	while (conn->out_head) {
 		struct iovec iov[DNET_IOV_MAX];
 		int n = 0;
@@ -885,6 +979,8 @@ static int reply_header(dnet_client *c, struct dnet_conn *conn, const struct dne
 	if (h->status) {
 		if (h->status > 0 || h->size > DNET_CLIENT_MAX_REPLY)
 			return DNET_EPROTO;
+		if (h->status == DNET_ETLSREQUIRED)
+			conn->tls_required = 1;
 		r->status = h->status;
 		/* Small error payloads are kept (NOTOWNER names the owner). */
 		if (h->size && h->size <= DNET_CLIENT_MAX_ERRINFO) {
@@ -1074,10 +1170,24 @@ static long long consume(dnet_client *c, struct dnet_conn *conn, const uint8_t *
 	return (long long)used;
 }
 
-/* Where to recv() into: straight into the destination for big bodies. */
+static ssize_t conn_recv(dnet_client *c, struct dnet_conn *conn, void *dst, size_t room)
+{
+	if (!conn->ssl)
+		return recv(conn->fd, dst, room, MSG_DONTWAIT);
+	int want_write;
+	long n = dnet_tls_read_nb(conn->ssl, dst, room, &want_write, &conn->tls_status);
+	if (want_write) {
+		conn->tls_rd_want_out = 1;
+		set_pollout(c, conn, 1);
+	}
+	return n;
+}
+
+/* Where to recv() into: straight into the destination for big bodies. TLS: bytes
+ * OpenSSL has already taken from the socket must be read before epoll waits. */
 static int conn_read(dnet_client *c, struct dnet_conn *conn)
 {
-	for (int rounds = 0; rounds < 16; rounds++) {
+	for (int rounds = 0; rounds < 16 || (conn->ssl && SSL_has_pending(conn->ssl)); rounds++) {
 		uint8_t *dst;
 		size_t room;
 		int direct = 0;
@@ -1106,13 +1216,13 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 			dst = conn->ibuf + conn->iend;
 			room = DNET_CLIENT_IBUF - conn->iend;
 		}
-		ssize_t n = recv(conn->fd, dst, room, MSG_DONTWAIT);
+		ssize_t n = conn_recv(c, conn, dst, room);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				return 0;
-			return DNET_ECONNRESET;
+			return conn->tls_status ? conn->tls_status : DNET_ECONNRESET;
 		}
 		if (n == 0)
 			return DNET_ECONNRESET;
@@ -1138,7 +1248,7 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 		if (u < 0)
 			return (int)u;
 		conn->istart += (size_t)u;
-		if ((size_t)n < room)
+		if ((size_t)n < room && !(conn->ssl && SSL_has_pending(conn->ssl)))
 			return 0;
 	}
 	return 0;
@@ -1208,8 +1318,11 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 		if (!conn || conn->fd < 0)
 			continue;
 		int err = 0;
-		if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP))
+		if ((evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) ||
+		    (conn->tls_rd_want_out && (evs[i].events & EPOLLOUT))) {
+			conn->tls_rd_want_out = 0;
 			err = conn_read(c, conn);
+		}
 		if (!err && conn->fd >= 0 && (evs[i].events & EPOLLOUT))
 			err = conn_flush(c, conn);
 		if (err)

@@ -9,6 +9,7 @@
 #include "auth.h"
 #include "errors.h"
 #include "proto.h"
+#include "tls.h"
 #include "util.h"
 
 void dnet_auth_mac(const char *secret, size_t slen, const uint8_t nonce[DNET_AUTH_NONCE],
@@ -42,8 +43,8 @@ int dnet_auth_split(const char *spec, char name[DNET_AUTH_NAME_MAX + 1],
 }
 
 /* One AUTH request and its reply (payload up to `max` bytes into reply). */
-static int auth_call(int fd, uint64_t trans, const uint8_t *payload, size_t len, uint8_t *reply,
-		     size_t max, size_t *rlen, uint64_t deadline)
+static int auth_call(int fd, SSL *ssl, uint64_t trans, const uint8_t *payload, size_t len,
+		     uint8_t *reply, size_t max, size_t *rlen, uint64_t deadline)
 {
 	uint8_t hb[DNET_HDR_SIZE];
 	struct dnet_cmd_hdr h = {.magic = DNET_MAGIC,
@@ -54,9 +55,9 @@ static int auth_call(int fd, uint64_t trans, const uint8_t *payload, size_t len,
 				 .size = len};
 	dnet_hdr_encode(hb, &h);
 	struct iovec iov[2] = {{hb, sizeof(hb)}, {(void *)payload, len}};
-	int err = dnet_send_iov_deadline(fd, iov, 2, deadline);
+	int err = dnet_tls_send_iov(fd, ssl, iov, 2, deadline);
 	if (!err)
-		err = dnet_recv_deadline(fd, hb, sizeof(hb), deadline);
+		err = dnet_tls_recv(fd, ssl, hb, sizeof(hb), deadline);
 	if (err)
 		return err;
 	struct dnet_cmd_hdr r;
@@ -64,14 +65,14 @@ static int auth_call(int fd, uint64_t trans, const uint8_t *payload, size_t len,
 	    !(r.flags & DNET_FLAG_REPLY) || r.trans != trans || r.cmd != DNET_CMD_AUTH ||
 	    r.size > max)
 		return DNET_EPROTO;
-	if ((err = dnet_recv_deadline(fd, reply, (size_t)r.size, deadline)))
+	if ((err = dnet_tls_recv(fd, ssl, reply, (size_t)r.size, deadline)))
 		return err;
 	*rlen = (size_t)r.size;
 	return r.status;
 }
 
-int dnet_auth_handshake(int fd, const char *name, const char *secret, uint64_t deadline_ns,
-			uint32_t *perm)
+int dnet_auth_handshake(int fd, SSL *ssl, const char *name, const char *secret,
+			uint64_t deadline_ns, uint32_t *perm)
 {
 	size_t nl = strlen(name);
 	if (!nl || nl > DNET_AUTH_NAME_MAX)
@@ -82,7 +83,7 @@ int dnet_auth_handshake(int fd, const char *name, const char *secret, uint64_t d
 	dnet_put_u16(req + 4, (uint16_t)nl);
 	memcpy(req + 6, name, nl);
 	/* trans values far from a client's own (which start at 1) */
-	int err = auth_call(fd, 0xa0000001ull, req, 6 + nl, reply, sizeof(reply), &rlen,
+	int err = auth_call(fd, ssl, 0xa0000001ull, req, 6 + nl, reply, sizeof(reply), &rlen,
 			    deadline_ns);
 	if (err)
 		return err;
@@ -90,8 +91,8 @@ int dnet_auth_handshake(int fd, const char *name, const char *secret, uint64_t d
 		return DNET_EPROTO;
 	dnet_put_u32(req, 2);
 	dnet_auth_mac(secret, strlen(secret), reply, name, nl, req + 6 + nl);
-	err = auth_call(fd, 0xa0000002ull, req, 6 + nl + DNET_AUTH_MAC, reply, sizeof(reply), &rlen,
-			deadline_ns);
+	err = auth_call(fd, ssl, 0xa0000002ull, req, 6 + nl + DNET_AUTH_MAC, reply, sizeof(reply),
+			&rlen, deadline_ns);
 	if (err)
 		return err;
 	if (rlen != 4)

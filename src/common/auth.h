@@ -34,10 +34,11 @@ void dnet_auth_mac(const char *secret, size_t slen, const uint8_t nonce[DNET_AUT
 		   const char *name, size_t nlen, uint8_t out[DNET_AUTH_MAC]);
 
 /* Run the handshake on a connected socket (blocking, non-blocking fds are polled)
- * before anything else is sent on it. Returns 0 and *perm, DNET_EPERM if refused,
- * or a transport error. */
-int dnet_auth_handshake(int fd, const char *name, const char *secret, uint64_t deadline_ns,
-			uint32_t *perm);
+ * before anything else is sent on it; over ssl when not NULL (a TLS link). Returns 0 and *perm,
+ * DNET_EPERM if refused, or a transport error. */
+struct ssl_st;
+int dnet_auth_handshake(int fd, struct ssl_st *ssl, const char *name, const char *secret,
+			uint64_t deadline_ns, uint32_t *perm);
 
 /* "NAME:SECRET" -> name, secret (NUL-terminated copies). DNET_EINVAL if malformed. */
 int dnet_auth_split(const char *spec, char name[DNET_AUTH_NAME_MAX + 1],

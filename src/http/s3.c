@@ -1890,9 +1890,15 @@ int dnet_s3_start(struct dnet_http *h)
 	char writer[17];
 	for (int i = 0; i < 8; i++)
 		snprintf(writer + 2 * i, 3, "%02x", h->s->node_id[i]);
+	/* A TLS node: the gateway's handles speak TLS to it, verifying it as other
+	 * nodes do (against --tls-ca, or its own certificate when there is none) and
+	 * showing its certificate if clients must have one. */
+	const struct dnet_config *cfg = &h->s->cfg;
+	const char *tca = cfg->tls_cert[0] ? (cfg->tls_ca[0] ? cfg->tls_ca : cfg->tls_cert) : NULL;
 	for (int i = 0; i < GW_THREADS; i++) {
 		g->w[i].g = g;
-		if (s3_store_open(&g->w[i].st, remote, getenv("ELLIPTICS_KEY"), writer,
+		if (s3_store_open(&g->w[i].st, remote, getenv("ELLIPTICS_KEY"), tca,
+				  tca ? cfg->tls_cert : NULL, tca ? cfg->tls_key : NULL, writer,
 				  &g->shared) != 0) {
 			dnet_log_error("S3 gateway: cannot create its client handles");
 			s3_free(g);

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "common/util.h"
+#include "common/log.h"
 #include "s3_store.h"
 
 /* dnet_client_set_quorum caps r at the number of copies. */
@@ -39,7 +40,8 @@ void s3_shared_destroy(struct s3_shared *sh)
 		pthread_mutex_destroy(&sh->stripes[i]);
 }
 
-int s3_store_open(struct s3_store *st, const char *remote, const char *key, const char *writer,
+int s3_store_open(struct s3_store *st, const char *remote, const char *key,
+		  const char *tls_ca, const char *tls_cert, const char *tls_key, const char *writer,
 		  struct s3_shared *sh)
 {
 	st->sh = sh;
@@ -50,6 +52,12 @@ int s3_store_open(struct s3_store *st, const char *remote, const char *key, cons
 			return -1;
 		if (key && *key && dnet_client_set_key(*cls[i], key) != 0)
 			return -1;
+		if (tls_ca && *tls_ca &&
+		    dnet_client_set_tls(*cls[i], tls_ca, tls_cert, tls_key) != 0) {
+			dnet_log_error("S3 gateway: TLS to the node: %s",
+				       dnet_client_tls_error(*cls[i]));
+			return -1;
+		}
 	}
 	/* Records, index shards and lists change in place: read every home copy and
 	 * take the newest (a copy that missed a write while its node was down must not

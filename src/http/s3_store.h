@@ -37,7 +37,10 @@ struct s3_store {
 	struct s3_shared *sh;
 	char writer[17]; /* this gateway's name in the index: its node ID, 16 hex */
 };
-int s3_store_open(struct s3_store *st, const char *remote, const char *key, const char *writer,
+/* tls_ca (NULL or empty: plaintext): the node's port speaks TLS; the gateway
+ * verifies it against tls_ca and shows tls_cert/tls_key if asked. */
+int s3_store_open(struct s3_store *st, const char *remote, const char *key,
+		  const char *tls_ca, const char *tls_cert, const char *tls_key, const char *writer,
 		  struct s3_shared *sh);
 void s3_store_close(struct s3_store *st);
 

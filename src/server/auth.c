@@ -45,6 +45,12 @@ static struct dnet_keys keys;
 /* keys.have_keys and keys.have_cluster, read by every request without the lock
  * (set under it). */
 static atomic_int need_client_key, need_node_key;
+static atomic_int need_node_cert; /* set once at startup */
+
+void dnet_auth_require_node_cert(int on)
+{
+	atomic_store(&need_node_cert, on);
+}
 
 static void publish(void)
 {
@@ -288,7 +294,8 @@ int dnet_auth_allowed(const struct dnet_trans *t, int node_op)
 	if (need == DNET_PERM_NONE)
 		return 1;
 	if (need == DNET_PERM_NODE)
-		return !atomic_load(&need_node_key) || have == DNET_PERM_NODE;
+		return (!atomic_load(&need_node_cert) || t->conn->tls_node) &&
+		       (!atomic_load(&need_node_key) || have == DNET_PERM_NODE);
 	return !atomic_load(&need_client_key) || have >= need;
 }
 

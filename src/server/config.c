@@ -11,7 +11,7 @@
 #include "common/util.h"
 #include "server.h"
 
-enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_JOIN, O_LATER, O_CONFIG, O_HELP,
+enum opt_kind { O_STR, O_INT, O_SIZE, O_FSYNC, O_LOG, O_BACKEND, O_JOIN, O_CONFIG, O_HELP,
 		O_MODE };
 
 struct opt {
@@ -61,9 +61,10 @@ static const struct opt opts[] = {
 	{"s3-keys", O_STR, "FILE", "more S3 gateway keys, one per line: ACCESS_KEY SECRET_KEY", OFF(s3_keys), LEN(s3_keys), 0, 0},
 	{"keys", O_STR, "FILE", "client keys, one per line: NAME SECRET read|write|admin; clients must then authenticate (-k NAME:SECRET); reloaded on SIGHUP (default: no keys, anyone may do anything)", OFF(keys), LEN(keys), 0, 0},
 	{"cluster-key", O_STR, "FILE", "the secret every node of the ring shares (first line of FILE); nodes prove it to each other before joining or moving data (default: none)", OFF(cluster_key), LEN(cluster_key), 0, 0},
-	{"tls-cert", O_LATER, "FILE", "TLS certificate (not in this build)", 0, 0, 0, 0},
-	{"tls-key", O_LATER, "FILE", "TLS key (not in this build)", 0, 0, 0, 0},
-	{"tls-ca", O_LATER, "FILE", "TLS CA (not in this build)", 0, 0, 0, 0},
+	{"tls-cert", O_STR, "FILE", "TLS certificate (PEM, chain allowed): the port then speaks only TLS 1.3, and connections to other nodes use TLS (default: plaintext)", OFF(tls_cert), LEN(tls_cert), 0, 0},
+	{"tls-key", O_STR, "FILE", "the private key of --tls-cert (PEM)", OFF(tls_key), LEN(tls_key), 0, 0},
+	{"tls-ca", O_STR, "FILE", "CA certificate(s) (PEM): mutual TLS between nodes; only a peer showing a certificate it signed may join, sync or move data, and nodes verify each other's certificates against it (default: nodes verify peers against --tls-cert itself)", OFF(tls_ca), LEN(tls_ca), 0, 0},
+	{"tls-verify-clients", O_INT, "0|1", "1: every client must show a certificate signed by --tls-ca too (default 0: clients need none)", OFF(tls_verify_clients), 0, 0, 1},
 	{"check", O_MODE, NULL, "offline: verify every object in --data (with --backend), print counts and each corrupt ID; exit 1 if any is corrupt", 0, 0, DNET_OFFLINE_CHECK, 0},
 	{"compact", O_MODE, NULL, "offline: compact the data directory now (blob engine; others have nothing to compact)", 0, 0, DNET_OFFLINE_COMPACT, 0},
 	{"export", O_MODE, "FILE|-", "offline: write every object (ID, timestamp, size, checksum, data) to FILE or stdout", 0, 0, DNET_OFFLINE_EXPORT, 0},
@@ -264,10 +265,6 @@ static int set_opt(struct dnet_config *cfg, const struct opt *o, const char *val
 		return 0;
 	case O_CONFIG:
 		return load_config(cfg, val, depth);
-	case O_LATER:
-		fprintf(stderr, "ellipticsd: %s: --%s is not supported by this build yet\n", where,
-			o->name);
-		return 2;
 	case O_HELP:
 		usage(stdout);
 		return 1;

@@ -7,7 +7,18 @@
  * every write to the socket happens under that lock (non-blocking, so it is short).
  * Only the loop thread closes a connection; workers that want it closed arm
  * EPOLLOUT, which fires at once and lets the loop decide. Memory is freed when the
- * last reference (loop registration + one per queued transaction) is dropped. */
+ * last reference (loop registration + one per queued transaction) is dropped.
+ *
+ * TLS (--tls-cert): the whole port speaks TLS. A connection starts in the handshake
+ * state (driven here, non-blocking, cut off by the sweep if it stalls); a peer
+ * whose first bytes are a plaintext request header gets one plaintext error reply
+ * (DNET_ETLSREQUIRED) and is closed. Afterwards reads use SSL_read and writes go
+ * through a small staging buffer (many small replies in one record; a write that
+ * would block is retried from the same bytes), files through SSL_sendfile when the
+ * kernel does TLS, else pread + SSL_write. The SSL object is shared by the loop
+ * (reading) and workers (writing), so every SSL call is made under conn->lock.
+ * Bytes OpenSSL already decrypted do not wake epoll: while there are any, EPOLLOUT
+ * is armed too (it fires at once) and the loop reads them. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -21,14 +32,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/err.h>
+
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/tls.h"
 #include "common/util.h"
+#include "peer.h"
 #include "server.h"
 
 #define LOOP_RBUF_SIZE (256u << 10)
 #define MAX_OUT_ITEMS 1024u /* queued replies per connection (each may hold an fd) */
 #define READS_PER_EVENT 16  /* fairness: yield to other connections after this many */
+#define TLS_STAGE (64u << 10) /* staged TLS output (four full records) */
+#define TLS_HS_TIMEOUT_S 30   /* a handshake without --request-timeout-s */
 
 struct dnet_loop {
 	struct dnet_server *s;
@@ -67,6 +84,15 @@ static void out_free_all(struct dnet_conn *c)
 	c->out_head = c->out_tail = NULL;
 	c->out_mem = 0;
 	c->out_items = 0;
+	free(c->tls_wbuf);
+	c->tls_wbuf = NULL;
+	c->tls_wlen = c->tls_woff = 0;
+}
+
+/* Output not yet handed to the socket: queued replies or staged TLS bytes. */
+static int do_out_pending(const struct dnet_conn *c)
+{
+	return c->out_head || c->tls_woff < c->tls_wlen;
 }
 
 void dnet_conn_put(struct dnet_conn *c)
@@ -76,6 +102,8 @@ void dnet_conn_put(struct dnet_conn *c)
 	out_free_all(c);
 	if (c->cur)
 		dnet_trans_free(c->cur);
+	if (c->ssl)
+		SSL_free(c->ssl);
 	if (c->fd >= 0)
 		close(c->fd);
 	pthread_mutex_destroy(&c->lock);
@@ -118,18 +146,153 @@ static void do_update_events(struct dnet_conn *c)
 	} else if (!do_over_limits(c, cfg, 1)) {
 		ev = EPOLLIN;
 	}
-	if (c->out_head || ((c->read_closed || c->close_after_flush) && c->inflight == 0))
+	if (do_out_pending(c) || ((c->read_closed || c->close_after_flush) && c->inflight == 0))
+		ev |= EPOLLOUT;
+	/* TLS: the loop must come back for a handshake or read that waits to write,
+	 * and for bytes OpenSSL holds decrypted (epoll does not see them). */
+	if (c->ssl && (c->tls_want_out || ((ev & EPOLLIN) && !c->tls_hs && !c->tls_reading &&
+					   SSL_has_pending(c->ssl))))
 		ev |= EPOLLOUT;
 	do_arm(c, ev);
 }
 
 /* ---- output ------------------------------------------------------------- */
 
+static void do_out_pop(struct dnet_conn *c, struct dnet_out *o)
+{
+	c->out_head = o->next;
+	if (!c->out_head)
+		c->out_tail = NULL;
+	c->out_items--;
+	dnet_out_free(o);
+}
+
+/* do_flush over TLS. Staged bytes go first; a big heap part goes from where it is;
+ * a file part by SSL_sendfile (kernel TLS) or read into the stage. */
+static int do_flush_tls(struct dnet_conn *c)
+{
+	struct dnet_stats *st = &c->loop->s->stats;
+	while (!c->dead) {
+		long w;
+		if (c->tls_woff < c->tls_wlen) {
+			w = dnet_tls_write_nb(c->ssl, c->tls_wbuf + c->tls_woff,
+					      c->tls_wlen - c->tls_woff);
+			if (w < 0)
+				goto fail;
+			if (w == 0)
+				return 0;
+			c->tls_woff += (uint32_t)w;
+			if (c->tls_woff == c->tls_wlen)
+				c->tls_woff = c->tls_wlen = 0;
+			goto sent;
+		}
+		struct dnet_out *o = c->out_head;
+		if (!o)
+			break;
+		if (o->inl_off == o->inl_len && o->buf_len - o->buf_off >= TLS_STAGE) {
+			w = dnet_tls_write_nb(c->ssl, o->buf + o->buf_off,
+					      (size_t)(o->buf_len - o->buf_off));
+			if (w < 0)
+				goto fail;
+			if (w == 0)
+				return 0;
+			o->buf_off += (uint64_t)w;
+			c->out_mem -= (uint64_t)w;
+			if (o->buf_off == o->buf_len && !o->file_len)
+				do_out_pop(c, o);
+			goto sent;
+		}
+		if (c->ktls_tx && o->inl_off == o->inl_len && o->buf_off == o->buf_len &&
+		    o->file_len) {
+			size_t chunk = o->file_len > (1u << 30) ? (1u << 30) : (size_t)o->file_len;
+			ERR_clear_error();
+			ossl_ssize_t sw = SSL_sendfile(c->ssl, o->fd, (off_t)o->file_off, chunk, 0);
+			if (sw < 0) {
+				int e = SSL_get_error(c->ssl, (int)sw);
+				ERR_clear_error();
+				if (e == SSL_ERROR_WANT_WRITE)
+					return 0;
+				goto fail;
+			}
+			if (sw == 0) {
+				dnet_log_error("%s: stored file shrank during a read; closing",
+					       c->peer);
+				goto fail;
+			}
+			w = (long)sw;
+			o->file_off += (uint64_t)w;
+			o->file_len -= (uint64_t)w;
+			if (!o->file_len)
+				do_out_pop(c, o);
+			goto sent;
+		}
+		if (!c->tls_wbuf && !(c->tls_wbuf = malloc(TLS_STAGE)))
+			goto fail;
+		uint32_t len = 0;
+		while (o && len < TLS_STAGE) {
+			uint32_t n = o->inl_len - o->inl_off;
+			if (n > TLS_STAGE - len)
+				n = TLS_STAGE - len;
+			memcpy(c->tls_wbuf + len, o->inl + o->inl_off, n);
+			o->inl_off += n;
+			len += n;
+			c->out_mem -= n;
+			uint64_t b = o->buf_len - o->buf_off;
+			if (b > TLS_STAGE - len)
+				b = TLS_STAGE - len;
+			if (b)
+				memcpy(c->tls_wbuf + len, o->buf + o->buf_off, (size_t)b);
+			o->buf_off += b;
+			len += (uint32_t)b;
+			c->out_mem -= b;
+			if (o->inl_off < o->inl_len || o->buf_off < o->buf_len)
+				break; /* the stage is full */
+			if (o->file_len) {
+				if (c->ktls_tx || len == TLS_STAGE)
+					break;
+				size_t want = TLS_STAGE - len;
+				if (want > o->file_len)
+					want = (size_t)o->file_len;
+				ssize_t r =
+				    pread(o->fd, c->tls_wbuf + len, want, (off_t)o->file_off);
+				if (r < 0 && errno == EINTR)
+					continue;
+				if (r <= 0) {
+					dnet_log_error(
+					    "%s: reading a stored file for a reply: %s; closing",
+					    c->peer, r < 0 ? strerror(errno) : "it shrank");
+					goto fail;
+				}
+				o->file_off += (uint64_t)r;
+				o->file_len -= (uint64_t)r;
+				len += (uint32_t)r;
+				if (o->file_len)
+					break;
+			}
+			do_out_pop(c, o);
+			o = c->out_head;
+		}
+		c->tls_wlen = len;
+		c->tls_woff = 0;
+		continue;
+	sent:
+		atomic_fetch_add(&st->bytes_out, (uint64_t)w);
+		c->tx_ns = dnet_now_mono_ns();
+	}
+	return 0;
+fail:
+	c->dead = 1;
+	out_free_all(c);
+	return -1;
+}
+
 /* Write as much queued output as the socket takes. Returns 0, or -1 if the
  * connection failed (marked dead). Called with conn->lock held. */
 static int do_flush(struct dnet_conn *c)
 {
 	struct dnet_stats *st = &c->loop->s->stats;
+	if (c->ssl)
+		return c->tls_hs ? 0 : do_flush_tls(c);
 	while (c->out_head && !c->dead) {
 		struct iovec iov[64];
 		int n = 0;
@@ -304,7 +467,19 @@ static void accept_conns(struct dnet_loop *l)
 			continue;
 		}
 		c->fd = fd;
-		c->rx_ns = c->tx_ns = dnet_now_mono_ns();
+		c->rx_ns = c->tx_ns = c->accept_ns = dnet_now_mono_ns();
+		if (s->tls_srv) {
+			c->ssl = SSL_new(s->tls_srv);
+			if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+				if (c->ssl)
+					SSL_free(c->ssl);
+				free(c);
+				close(fd);
+				continue;
+			}
+			SSL_set_accept_state(c->ssl);
+			c->tls_hs = 1;
+		}
 		atomic_init(&c->perm, (int)dnet_auth_initial_perm());
 		c->loop = l;
 		atomic_init(&c->refs, 1);
@@ -339,6 +514,9 @@ static void proto_error(struct dnet_conn *c, const struct dnet_cmd_hdr *h, int s
 {
 	struct dnet_server *s = c->loop->s;
 	atomic_fetch_add(&s->stats.proto_errors, 1);
+	if (!s->tls_srv && !c->nsubmitted && (h->magic & 0xff) == 0x16)
+		dnet_log_warn("%s: this looks like a TLS client, but this node has no --tls-cert",
+			      c->peer);
 	dnet_log_warn("%s: rejecting request (cmd %u, size %llu): %s; closing connection",
 		      c->peer, h->cmd, (unsigned long long)h->size, dnet_strerror(status));
 	struct dnet_out *o = dnet_out_new();
@@ -462,6 +640,159 @@ static int parse_buf(struct dnet_conn *c, const uint8_t *buf, size_t len)
 	return 0;
 }
 
+/* read() or, on a TLS connection, SSL_read (under the lock: workers write). */
+static ssize_t conn_recv(struct dnet_conn *c, void *buf, size_t len)
+{
+	if (!c->ssl)
+		return read(c->fd, buf, len);
+	int want_write, status;
+	pthread_mutex_lock(&c->lock);
+	long n = dnet_tls_read_nb(c->ssl, buf, len, &want_write, &status);
+	int e = errno;
+	if (want_write) {
+		c->tls_want_out = 1;
+		do_update_events(c);
+	}
+	pthread_mutex_unlock(&c->lock);
+	errno = e;
+	return n;
+}
+
+static int tls_has_pending(struct dnet_conn *c)
+{
+	pthread_mutex_lock(&c->lock);
+	int p = SSL_has_pending(c->ssl);
+	pthread_mutex_unlock(&c->lock);
+	return p;
+}
+
+/* A TLS port got a plaintext peer. One that sent an Elliptics request header gets
+ * a plaintext error reply saying so and our end is shut; what it sends after that
+ * is read and dropped until it closes (or the handshake timeout), so that closing
+ * does not reset the connection before it has read the reply. */
+static int tls_refuse_plain(struct dnet_conn *c)
+{
+	if (c->tls_plain == 2) {
+		ssize_t d = read(c->fd, c->loop->rbuf, LOOP_RBUF_SIZE);
+		if (d < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+		return d > 0 ? 0 : -1;
+	}
+	ssize_t n = read(c->fd, c->hpart + c->hpart_len, DNET_HDR_SIZE - c->hpart_len);
+	if (n < 0)
+		return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+	if (n == 0)
+		return -1;
+	c->hpart_len += (uint32_t)n;
+	if (c->hpart_len < DNET_HDR_SIZE)
+		return 0;
+	struct dnet_cmd_hdr h;
+	dnet_hdr_decode(c->hpart, DNET_HDR_SIZE, &h);
+	c->hpart_len = 0;
+	atomic_fetch_add(&c->loop->s->stats.tls_failed, 1);
+	if (h.magic != DNET_MAGIC)
+		return -1;
+	static _Atomic uint64_t last_log; /* at most one line a second */
+	uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
+	if (now - prev > 1000000000ull && atomic_compare_exchange_strong(&last_log, &prev, now))
+		dnet_log_warn("%s: a plaintext client on the TLS port: told it to use TLS; "
+			      "closing (tls_failed in stat counts them all)", c->peer);
+	struct dnet_cmd_hdr r = {.magic = DNET_MAGIC,
+				 .version = DNET_PROTO_VERSION,
+				 .cmd = h.cmd,
+				 .flags = DNET_FLAG_REPLY,
+				 .status = DNET_ETLSREQUIRED,
+				 .trans = h.trans};
+	memcpy(r.id, h.id, DNET_ID_SIZE);
+	uint8_t out[DNET_HDR_SIZE];
+	dnet_hdr_encode(out, &r);
+	/* The first bytes on a fresh socket: they fit in its send buffer. */
+	if (send(c->fd, out, sizeof(out), MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)sizeof(out))
+		return -1;
+	shutdown(c->fd, SHUT_WR);
+	c->tls_plain = 2;
+	return 0;
+}
+
+/* Drive the TLS handshake. Returns -1 if the connection should be closed now. */
+static int conn_handshake(struct dnet_loop *l, struct dnet_conn *c)
+{
+	if (c->tls_plain)
+		return tls_refuse_plain(c);
+	if (!c->tls_started) {
+		/* Which protocol? A TLS record starts with 0x16 (handshake). */
+		uint8_t b;
+		ssize_t n = recv(c->fd, &b, 1, MSG_PEEK);
+		if (n == 0)
+			return -1;
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+		if (b != 0x16) {
+			if (b != (DNET_MAGIC & 0xff)) {
+				static _Atomic uint64_t last_log; /* at most one line a second */
+				uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
+				if (now - prev > 1000000000ull &&
+				    atomic_compare_exchange_strong(&last_log, &prev, now))
+					dnet_log_info("%s: neither TLS nor Elliptics on the TLS port "
+						      "(first byte 0x%02x); closing",
+						      c->peer, b);
+				atomic_fetch_add(&l->s->stats.tls_failed, 1);
+				return -1;
+			}
+			c->tls_plain = 1;
+			return tls_refuse_plain(c);
+		}
+		c->tls_started = 1;
+	}
+	pthread_mutex_lock(&c->lock);
+	c->tls_want_out = 0;
+	ERR_clear_error();
+	int r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		c->tls_hs = 0;
+		X509 *pc = SSL_get0_peer_certificate(c->ssl);
+		c->tls_node = pc && SSL_get_verify_result(c->ssl) == X509_V_OK;
+		c->ktls_tx = dnet_tls_ktls_send(c->ssl);
+		pthread_mutex_unlock(&c->lock);
+		atomic_fetch_add(&l->s->stats.tls_handshakes, 1);
+		c->rx_ns = dnet_now_mono_ns();
+		dnet_log_debug("%s: TLS %s%s%s", c->peer, SSL_get_cipher_name(c->ssl),
+			       c->tls_node ? ", peer certificate verified" : "",
+			       c->ktls_tx ? ", kernel TLS" : "");
+		return 0;
+	}
+	int e = SSL_get_error(c->ssl, r);
+	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+		c->tls_want_out = e == SSL_ERROR_WANT_WRITE;
+		pthread_mutex_unlock(&c->lock);
+		return 0;
+	}
+	char why[256];
+	if (e == SSL_ERROR_SSL)
+		dnet_tls_handshake_error(c->ssl, 0, why, sizeof(why));
+	else
+		snprintf(why, sizeof(why), "%s", "the peer hung up");
+	ERR_clear_error();
+	pthread_mutex_unlock(&c->lock);
+	atomic_fetch_add(&l->s->stats.tls_failed, 1);
+	/* At most one line a second: refused handshakes must not flood the log. */
+	static _Atomic uint64_t last_log;
+	uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
+	if (now - prev > 1000000000ull && atomic_compare_exchange_strong(&last_log, &prev, now))
+		dnet_log_warn("%s: TLS handshake failed: %s; closing (tls_failed in stat counts "
+			      "them all)",
+			      c->peer, why);
+	if (e != SSL_ERROR_SSL)
+		return -1;
+	/* OpenSSL has sent the peer an alert saying why. With TLS 1.3 a client whose
+	 * certificate we refuse has already sent its first request: closing now would
+	 * reset the connection before it reads the alert. Shut our end and drop what
+	 * it sends until it closes (or the handshake timeout). */
+	shutdown(c->fd, SHUT_WR);
+	c->tls_plain = 2;
+	return 0;
+}
+
 /* Returns -1 if the connection should be closed now. */
 static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 {
@@ -473,7 +804,7 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 		if (c->cur && c->cur->size - c->cur_have >= LOOP_RBUF_SIZE / 4) {
 			/* Large payload: read straight into the transaction, no copy. */
 			struct dnet_trans *t = c->cur;
-			n = read(c->fd, t->payload + c->cur_have, (size_t)(t->size - c->cur_have));
+			n = conn_recv(c, t->payload + c->cur_have, (size_t)(t->size - c->cur_have));
 			if (n > 0) {
 				c->cur_have += (uint64_t)n;
 				if (c->cur_have == t->size) {
@@ -494,7 +825,7 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 			size_t want = (size_t)budget * DNET_HDR_SIZE;
 			if (want > LOOP_RBUF_SIZE)
 				want = LOOP_RBUF_SIZE;
-			n = read(c->fd, l->rbuf, want);
+			n = conn_recv(c, l->rbuf, want);
 			if (n > 0 && parse_buf(c, l->rbuf, (size_t)n) < 0)
 				return 0; /* protocol error: reply queued, close after flush */
 		}
@@ -509,7 +840,7 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 		if (n == 0) {
 			pthread_mutex_lock(&c->lock);
 			c->read_closed = 1;
-			int idle = c->inflight == 0 && !c->out_head;
+			int idle = c->inflight == 0 && !do_out_pending(c);
 			do_update_events(c);
 			pthread_mutex_unlock(&c->lock);
 			return idle ? -1 : 0;
@@ -527,16 +858,47 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 		pthread_mutex_unlock(&c->lock);
 		if (paused)
 			break;
-		if (n < 4096 && !c->cur)
-			break; /* most likely drained the socket */
+		if (!c->cur && (c->ssl ? !tls_has_pending(c) : n < 4096))
+			break; /* most likely drained the socket (TLS reads ahead: all it could) */
 	}
 	return 0;
 }
 
 static void conn_event(struct dnet_loop *l, struct dnet_conn *c, uint32_t ev)
 {
+	if (c->tls_hs) {
+		if (!(ev & (EPOLLIN | EPOLLOUT)) || conn_handshake(l, c) < 0) {
+			conn_close(l, c);
+			return;
+		}
+		if (c->tls_hs) { /* still going, or a plaintext peer being refused */
+			pthread_mutex_lock(&c->lock);
+			do_update_events(c);
+			pthread_mutex_unlock(&c->lock);
+			return;
+		}
+		ev |= EPOLLIN; /* requests may have come with the last handshake bytes */
+	} else if (c->ssl && (ev & EPOLLOUT)) {
+		/* EPOLLOUT may stand for "a read can go on" (see do_update_events). */
+		pthread_mutex_lock(&c->lock);
+		if (c->tls_want_out || ((c->events & EPOLLIN) && SSL_has_pending(c->ssl)))
+			ev |= EPOLLIN;
+		c->tls_want_out = 0;
+		pthread_mutex_unlock(&c->lock);
+	}
 	if (ev & EPOLLIN) {
-		if (conn_read(l, c) < 0) {
+		if (c->ssl) {
+			pthread_mutex_lock(&c->lock);
+			c->tls_reading = 1;
+			pthread_mutex_unlock(&c->lock);
+		}
+		int rc = conn_read(l, c);
+		if (c->ssl) {
+			pthread_mutex_lock(&c->lock);
+			c->tls_reading = 0;
+			pthread_mutex_unlock(&c->lock);
+		}
+		if (rc < 0) {
 			conn_close(l, c);
 			return;
 		}
@@ -550,8 +912,8 @@ static void conn_event(struct dnet_loop *l, struct dnet_conn *c, uint32_t ev)
 	pthread_mutex_lock(&c->lock);
 	if (ev & EPOLLOUT)
 		do_flush(c);
-	int done = c->dead ||
-		   ((c->read_closed || c->close_after_flush) && c->inflight == 0 && !c->out_head);
+	int done = c->dead || ((c->read_closed || c->close_after_flush) && c->inflight == 0 &&
+			       !do_out_pending(c));
 	if (!done)
 		do_update_events(c);
 	pthread_mutex_unlock(&c->lock);
@@ -571,12 +933,25 @@ static void loop_sweep(struct dnet_loop *l, uint64_t now)
 		struct dnet_conn *next = c->next;
 		const char *why = NULL;
 		pthread_mutex_lock(&c->lock);
-		int busy = c->inflight || c->out_head;
-		int stalled = c->out_head && cfg->send_timeout_s &&
+		int busy = c->inflight || do_out_pending(c);
+		if (c->tls_wbuf && !do_out_pending(c) && now - c->tx_ns > sec) {
+			free(c->tls_wbuf); /* connections idle for a second keep no stage */
+			c->tls_wbuf = NULL;
+			c->tls_wlen = c->tls_woff = 0;
+		}
+		int stalled = do_out_pending(c) && cfg->send_timeout_s &&
 			      now - c->tx_ns > (uint64_t)cfg->send_timeout_s * sec;
 		pthread_mutex_unlock(&c->lock);
 		int partial = c->hpart_len || c->cur;
-		if (stalled) {
+		uint64_t hs_allow =
+		    (uint64_t)(cfg->request_timeout_s ? cfg->request_timeout_s : TLS_HS_TIMEOUT_S) *
+		    sec;
+		if (c->tls_hs && now - c->accept_ns > hs_allow) {
+			why = "its TLS handshake did not finish in time";
+			atomic_fetch_add(&st->conns_slow_closed, 1);
+			if (!c->tls_plain)
+				atomic_fetch_add(&st->tls_failed, 1);
+		} else if (stalled) {
 			why = "it has not read its replies";
 			atomic_fetch_add(&st->conns_stalled_closed, 1);
 		} else if (partial && cfg->request_timeout_s && c->partial_ns) {
@@ -625,7 +1000,8 @@ static void *loop_main(void *arg)
 	int reading = 1;
 	uint64_t last_sweep = dnet_now_mono_ns();
 	const struct dnet_config *cfg = &l->s->cfg;
-	int sweeping = cfg->idle_timeout_s || cfg->request_timeout_s || cfg->send_timeout_s;
+	int sweeping =
+	    cfg->idle_timeout_s || cfg->request_timeout_s || cfg->send_timeout_s || l->s->tls_srv;
 
 	l->batch = dnet_pool_batch_new(l->s->pool); /* NULL: hand over one at a time */
 	for (;;) {
@@ -668,7 +1044,7 @@ static void *loop_main(void *arg)
 			int pending = 0;
 			for (struct dnet_conn *c = l->conns; c; c = c->next) {
 				pthread_mutex_lock(&c->lock);
-				pending |= c->out_head != NULL && !c->dead;
+				pending |= do_out_pending(c) && !c->dead;
 				pthread_mutex_unlock(&c->lock);
 			}
 			if (!pending || dnet_now_mono_ns() > l->exit_deadline_ns)
@@ -803,4 +1179,59 @@ void dnet_net_stop(struct dnet_server *s, int timeout_ms)
 	free(s->loops);
 	s->loops = NULL;
 	close(s->listen_fd);
+}
+
+int dnet_net_tls_setup(struct dnet_server *s)
+{
+	const struct dnet_config *cfg = &s->cfg;
+	if (!cfg->tls_cert[0]) {
+		if (cfg->tls_key[0] || cfg->tls_ca[0] || cfg->tls_verify_clients) {
+			dnet_log_error(
+			    "--tls-key, --tls-ca and --tls-verify-clients need --tls-cert");
+			return -1;
+		}
+		return 0;
+	}
+	if (cfg->tls_verify_clients && !cfg->tls_ca[0]) {
+		dnet_log_error(
+		    "--tls-verify-clients needs --tls-ca (the CA client certificates come from)");
+		return -1;
+	}
+	char err[512];
+	s->tls_srv = dnet_tls_ctx_new(DNET_TLS_SERVER, cfg->tls_cert, cfg->tls_key, cfg->tls_ca,
+				      cfg->tls_verify_clients, err, sizeof(err));
+	if (!s->tls_srv) {
+		dnet_log_error("%s", err);
+		return -1;
+	}
+	/* Connections to other nodes present our certificate and verify theirs: against
+	 * --tls-ca, or without one against our own certificate (a ring sharing one
+	 * self-signed certificate). */
+	s->tls_cli =
+	    dnet_tls_ctx_new(DNET_TLS_CLIENT, cfg->tls_cert, cfg->tls_key,
+			     cfg->tls_ca[0] ? cfg->tls_ca : cfg->tls_cert, 0, err, sizeof(err));
+	if (!s->tls_cli) {
+		dnet_log_error("%s", err);
+		SSL_CTX_free(s->tls_srv);
+		s->tls_srv = NULL;
+		return -1;
+	}
+	dnet_peer_set_tls(s->tls_cli);
+	dnet_tls_sigpipe_ignored(); /* main() ignores SIGPIPE */
+	dnet_auth_require_node_cert(cfg->tls_ca[0] != 0);
+	dnet_log_info("TLS on: certificate %s%s%s", cfg->tls_cert,
+		      cfg->tls_ca[0] ? "; nodes must show a certificate signed by " : "",
+		      cfg->tls_ca[0] ? cfg->tls_ca : "");
+	if (cfg->tls_verify_clients)
+		dnet_log_info("TLS: clients must show a certificate signed by %s", cfg->tls_ca);
+	return 0;
+}
+
+void dnet_net_tls_free(struct dnet_server *s)
+{
+	dnet_peer_set_tls(NULL);
+	dnet_auth_require_node_cert(0);
+	SSL_CTX_free(s->tls_srv);
+	SSL_CTX_free(s->tls_cli);
+	s->tls_srv = s->tls_cli = NULL;
 }

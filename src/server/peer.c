@@ -15,6 +15,7 @@
 #include "common/auth.h"
 #include "common/errors.h"
 #include "common/log.h"
+#include "common/tls.h"
 #include "common/util.h"
 #include "peer.h"
 
@@ -40,6 +41,9 @@ int dnet_peer_init_str(struct dnet_peer *p, const char *hostport)
 
 void dnet_peer_close(struct dnet_peer *p)
 {
+	if (p->ssl)
+		SSL_free(p->ssl);
+	p->ssl = NULL;
 	if (p->fd >= 0)
 		close(p->fd);
 	p->fd = -1;
@@ -56,8 +60,15 @@ void dnet_peer_set_auth(const char *name, const char *secret)
 	pthread_mutex_unlock(&auth_lock);
 }
 
+static SSL_CTX *tls_ctx;
+
+void dnet_peer_set_tls(SSL_CTX *ctx)
+{
+	tls_ctx = ctx;
+}
+
 /* The cluster key handshake on a fresh connection, if one is set. */
-static int peer_auth(int fd, uint64_t deadline)
+static int peer_auth(int fd, SSL *ssl, uint64_t deadline)
 {
 	char name[sizeof(auth_name)], secret[sizeof(auth_secret)];
 	pthread_mutex_lock(&auth_lock);
@@ -67,7 +78,7 @@ static int peer_auth(int fd, uint64_t deadline)
 	if (!name[0])
 		return 0;
 	uint32_t perm;
-	int err = dnet_auth_handshake(fd, name, secret, deadline, &perm);
+	int err = dnet_auth_handshake(fd, ssl, name, secret, deadline, &perm);
 	OPENSSL_cleanse(secret, sizeof(secret));
 	return err;
 }
@@ -94,16 +105,36 @@ static int do_connect(struct dnet_peer *p, uint64_t deadline)
 		}
 	}
 	dnet_set_nodelay(fd);
-	int err = peer_auth(fd, deadline);
+	SSL *ssl = NULL;
+	int err = tls_ctx ? dnet_tls_connect(tls_ctx, fd, deadline, &ssl) : 0;
+	if (err) {
+		/* At most one line a second: a peer refusing us is retried often. */
+		static _Atomic uint64_t last_log;
+		uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
+		if (err != DNET_ETIMEDOUT && err != DNET_ECONNREFUSED &&
+		    now - prev > 1000000000ull &&
+		    atomic_compare_exchange_strong(&last_log, &prev, now))
+			dnet_log_error("%s: TLS to this node failed: %s", p->name,
+				       dnet_strerror(err));
+		close(fd);
+		return err;
+	}
+	err = peer_auth(fd, ssl, deadline);
 	if (err) {
 		static atomic_int warned;
 		if (err == DNET_EPERM && !atomic_exchange(&warned, 1))
 			dnet_log_error("%s refused this node's cluster key: is --cluster-key the same "
 				       "on every node?", p->name);
+		if (err == DNET_ETLSREQUIRED)
+			dnet_log_error("%s: %s (this node has no --tls-cert)", p->name,
+				       dnet_strerror(err));
+		if (ssl)
+			SSL_free(ssl);
 		close(fd);
 		return err;
 	}
 	p->fd = fd;
+	p->ssl = ssl;
 	return 0;
 }
 
@@ -129,11 +160,11 @@ int dnet_peer_call(struct dnet_peer *p, uint8_t cmd, uint16_t flags, const uint8
 		memcpy(h.id, id, DNET_ID_SIZE);
 	dnet_hdr_encode(hb, &h);
 	struct iovec iov[3] = {{hb, sizeof(hb)}, {(void *)a, alen}, {(void *)b, blen}};
-	if ((err = dnet_send_iov_deadline(p->fd, iov, 3, deadline)))
+	if ((err = dnet_tls_send_iov(p->fd, p->ssl, iov, 3, deadline)))
 		goto fail;
 	/* Replies to earlier, timed-out calls on this connection are skipped. */
 	for (;;) {
-		if ((err = dnet_recv_deadline(p->fd, hb, sizeof(hb), deadline)))
+		if ((err = dnet_tls_recv(p->fd, p->ssl, hb, sizeof(hb), deadline)))
 			goto fail;
 		dnet_hdr_decode(hb, sizeof(hb), rh);
 		if (rh->magic != DNET_MAGIC || rh->version != DNET_PROTO_VERSION ||
@@ -148,7 +179,7 @@ int dnet_peer_call(struct dnet_peer *p, uint8_t cmd, uint16_t flags, const uint8
 				err = DNET_ENOMEM;
 				goto fail;
 			}
-			if ((err = dnet_recv_deadline(p->fd, buf, (size_t)rh->size, deadline))) {
+			if ((err = dnet_tls_recv(p->fd, p->ssl, buf, (size_t)rh->size, deadline))) {
 				free(buf);
 				goto fail;
 			}

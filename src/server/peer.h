@@ -15,6 +15,7 @@ struct dnet_peer {
 	socklen_t sl;
 	char name[64]; /* "HOST:PORT" for logs */
 	int fd;        /* -1 while not connected */
+	struct ssl_st *ssl; /* the TLS session when the node uses TLS */
 	uint64_t trans;
 };
 
@@ -24,6 +25,10 @@ void dnet_peer_close(struct dnet_peer *p);
 /* Every peer connection made from now on authenticates with name and secret
  * (the cluster key) before its first request. */
 void dnet_peer_set_auth(const char *name, const char *secret);
+/* Every peer connection made from now on speaks TLS with this (client) context;
+ * NULL: plaintext. Set once at startup, before any peer connects. */
+struct ssl_ctx_st;
+void dnet_peer_set_tls(struct ssl_ctx_st *ctx);
 
 /* Send one request (header + payload parts a and b) and wait for its reply, all
  * within timeout_ms. The reply header goes to *rh; a reply payload (at most

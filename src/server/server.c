@@ -99,6 +99,8 @@ int dnet_server_start(struct dnet_server *s)
 		return 3;
 	if (node_id_load(s->cfg.data, s->node_id) != 0)
 		goto out_unlock;
+	if (dnet_net_tls_setup(s) != 0)
+		goto out_unlock;
 
 	s->bops = dnet_backend_find(s->cfg.backend);
 	if (!s->bops) {
@@ -160,6 +162,7 @@ out_stop_pool:
 out_close_backend:
 	s->bops->close(s->backend);
 out_unlock:
+	dnet_net_tls_free(s);
 	close(s->lock_fd);
 	s->lock_fd = -1;
 	return 3;
@@ -182,6 +185,7 @@ void dnet_server_stop(struct dnet_server *s)
 	dnet_mover_free(s);
 	dnet_member_free(s);
 	dnet_auth_stop();
+	dnet_net_tls_free(s);
 	close(s->lock_fd);
 	s->lock_fd = -1;
 }

@@ -67,6 +67,9 @@ struct dnet_config {
 	char s3_keys[256];    /* --s3-keys FILE: "ACCESS SECRET" lines */
 	char keys[4096];        /* --keys FILE (empty: clients need no key) */
 	char cluster_key[4096]; /* --cluster-key FILE (empty: nodes need no key) */
+	/* TLS (docs/security.md): with a certificate the port speaks only TLS. */
+	char tls_cert[4096], tls_key[4096], tls_ca[4096];
+	int tls_verify_clients; /* with --tls-ca: clients must show a certificate too */
 };
 enum dnet_offline_mode { DNET_OFFLINE_NONE = 0, DNET_OFFLINE_CHECK, DNET_OFFLINE_COMPACT,
 			 DNET_OFFLINE_EXPORT, DNET_OFFLINE_IMPORT };
@@ -142,6 +145,18 @@ struct dnet_conn {
 	atomic_int perm;     /* enum dnet_perm */
 	uint8_t nonce[32];
 	int have_nonce, auth_failures;
+	/* TLS (NULL: plaintext). Every SSL call on it is made under lock. */
+	struct ssl_st *ssl;
+	int tls_hs;	   /* the handshake has not finished (loop thread only) */
+	int tls_plain;	   /* ... and the peer speaks plaintext: refuse it */
+	int tls_started;   /* ... and its first byte said TLS */
+	int tls_want_out;  /* the last SSL call needs the socket writable to go on */
+	int tls_reading;   /* the loop is reading it now (and will look at what is left) */
+	int tls_node;	   /* the peer showed a certificate our CA verified */
+	int ktls_tx;	   /* kernel TLS sends: files go with SSL_sendfile */
+	uint8_t *tls_wbuf; /* output staged for SSL_write (retried from the same bytes) */
+	uint32_t tls_wlen, tls_woff;
+	uint64_t accept_ns;
 };
 
 /* Request latency histogram buckets (upper bounds, microseconds); one more slot
@@ -161,6 +176,7 @@ struct dnet_stats {
 	atomic_uint_fast64_t conns_idle_closed, conns_slow_closed, conns_stalled_closed;
 	atomic_uint_fast64_t auth_ok, auth_failed, auth_denied;
 	atomic_uint_fast64_t proto_errors;
+	atomic_uint_fast64_t tls_handshakes, tls_failed; /* TLS port: done / refused or cut off */
 	atomic_uint_fast64_t redirects;   /* NOTOWNER replies: requests that were not one hop */
 	atomic_uint_fast64_t handoff_redirects; /* of which: to a previous owner */
 	atomic_uint_fast64_t queued;      /* transactions waiting in IO queues */
@@ -303,6 +319,7 @@ struct dnet_server {
 	struct dnet_mover mover;
 	struct dnet_recover recover;
 	struct dnet_http *http; /* src/http: NULL when --http is not given */
+	struct ssl_ctx_st *tls_srv, *tls_cli; /* --tls-cert: accepting, connecting out */
 	char http_str[64];      /* its bound address */
 };
 
@@ -316,6 +333,9 @@ void dnet_server_stop(struct dnet_server *s);
 /* net.c: bind and listen (sets listen_str; connections wait in the backlog), then
  * start the loops that accept and serve them. */
 int dnet_net_listen(struct dnet_server *s);
+/* Load the TLS certificate, key and CA (before listening); free them at the end. */
+int dnet_net_tls_setup(struct dnet_server *s);
+void dnet_net_tls_free(struct dnet_server *s);
 int dnet_net_start(struct dnet_server *s);
 /* Stop accepting and reading; returns when loops have exited after flushing output
  * (bounded by timeout_ms). */
@@ -378,6 +398,8 @@ int dnet_auth_start(struct dnet_server *s);
 void dnet_auth_reload(struct dnet_server *s);
 void dnet_auth_stop(void);
 uint32_t dnet_auth_initial_perm(void);
+/* --tls-ca: node-to-node operations need a peer certificate the CA verified. */
+void dnet_auth_require_node_cert(int on);
 /* May t's connection do t (node_op: a node-to-node operation such as a data move)? */
 int dnet_auth_allowed(const struct dnet_trans *t, int node_op);
 int dnet_auth_step(struct dnet_server *s, struct dnet_conn *c, const uint8_t *p, size_t len,

@@ -85,6 +85,9 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	dnet_hbuf_add(&b, "auth_failed %llu\n", (unsigned long long)atomic_load(&st->auth_failed));
 	dnet_hbuf_add(&b, "auth_denied %llu\n", (unsigned long long)atomic_load(&st->auth_denied));
 	dnet_hbuf_add(&b, "proto_errors %llu\n", (unsigned long long)atomic_load(&st->proto_errors));
+	dnet_hbuf_add(&b, "tls_handshakes %llu\n",
+		      (unsigned long long)atomic_load(&st->tls_handshakes));
+	dnet_hbuf_add(&b, "tls_failed %llu\n", (unsigned long long)atomic_load(&st->tls_failed));
 	dnet_hbuf_add(&b, "redirects %llu\n", (unsigned long long)atomic_load(&st->redirects));
 	dnet_hbuf_add(&b, "handoff_redirects %llu\n", (unsigned long long)atomic_load(&st->handoff_redirects));
 	dnet_hbuf_add(&b, "bytes_in %llu\n", (unsigned long long)atomic_load(&st->bytes_in));
