@@ -103,6 +103,12 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 	      atomic_load(&st->bytes_in));
 	one_u(&b, "elliptics_sent_bytes_total", "counter", "Reply bytes sent.",
 	      atomic_load(&st->bytes_out));
+	one_u(&b, "elliptics_request_memory_bytes", "gauge",
+	      "Payload bytes of requests received or being received and not yet answered.",
+	      atomic_load(&st->req_mem));
+	one_u(&b, "elliptics_request_memory_pauses_total", "counter",
+	      "Times a connection stopped being read because of --max-request-memory.",
+	      atomic_load(&st->req_mem_pauses));
 	one_u(&b, "elliptics_connections", "gauge", "Open connections of the storage protocol.",
 	      atomic_load(&st->conns_cur));
 	one_u(&b, "elliptics_connections_accepted_total", "counter",

@@ -36,6 +36,7 @@ static const struct opt opts[] = {
 	{"fsync", O_FSYNC, "POLICY", "never|always|batch (default never; batch = group commit)", OFF(fsync), 0, 0, 0},
 	{"io-threads", O_INT, "N", "IO worker threads executing requests (default 4)", OFF(io_threads), 0, 1, 1024},
 	{"net-threads", O_INT, "N", "network event loops (default 1)", OFF(net_threads), 0, 1, 64},
+	{"max-request-memory", O_SIZE, "BYTES", "payload bytes of unanswered requests, all connections together, above which the node stops reading new requests (default 1G)", OFF(max_request_memory), 0, 1 << 20, (long)(1ull << 40)},
 	{"max-payload", O_SIZE, "BYTES", "largest request payload accepted (default 64M)", OFF(max_payload), 0, 4096, (long)DNET_HARD_MAX_PAYLOAD},
 	{"max-conns", O_INT, "N", "concurrent client connections (default 10000)", OFF(max_conns), 0, 1, 1000000},
 	{"batch-delay-us", O_INT, "US", "group commit: extra wait for company before a sync (default 0: sync at once; writes arriving during a sync share the next one)", OFF(batch_delay_us), 0, 0, 1000000},
@@ -87,6 +88,7 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->out_high = 16u << 20;
 	cfg->max_inflight = 128;
 	cfg->max_inflight_bytes = 256u << 20;
+	cfg->max_request_memory = 1ull << 30;
 	cfg->ids = 64;
 	cfg->heartbeat_ms = 1000;
 	cfg->fail_after_ms = 3000;

@@ -35,6 +35,8 @@ void dnet_out_free(struct dnet_out *o)
 
 void dnet_trans_free(struct dnet_trans *t)
 {
+	if (t->charged)
+		dnet_net_uncharge(t);
 	if (t->conn)
 		dnet_conn_put(t->conn);
 	free(t);

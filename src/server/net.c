@@ -61,6 +61,7 @@ struct dnet_loop {
 	int thread_started;
 	uint64_t exit_deadline_ns;
 	uint8_t *rbuf;
+	unsigned mem_gen; /* the last request-memory relief this loop acted on */
 	struct dnet_pool_batch *batch; /* this round's requests, handed over after it */
 };
 
@@ -131,6 +132,78 @@ static void do_arm(struct dnet_conn *c, uint32_t events)
 		c->events = events;
 }
 
+/* ---- request memory, all connections together ----------------------------------
+ * Every request's payload is charged from the moment its header is read until it
+ * is answered. Over --max-request-memory, connections stop being read (one in the
+ * middle of a request finishes it first, so memory can always come back); they
+ * resume when it falls to half. The pause is a store of mem_pressure followed by a
+ * re-check, the relief a decrement followed by a load of it: one of the two always
+ * sees the other, so no connection stays paused. */
+
+static int mem_over(struct dnet_server *s, int low)
+{
+	uint64_t lim = s->cfg.max_request_memory;
+	return lim && atomic_load(&s->stats.req_mem) > (low ? lim / 2 : lim);
+}
+
+/* EPOLLIN is on: must c pause for memory? (conn->lock held) */
+static int do_mem_pause(struct dnet_conn *c)
+{
+	struct dnet_server *s = c->loop->s;
+	if (c->cur || !mem_over(s, 0))
+		return 0;
+	atomic_store(&s->mem_pressure, 1);
+	if (!mem_over(s, 1))
+		return 0; /* fell to half meanwhile: nobody might wake us */
+	c->mem_paused = 1;
+	atomic_fetch_add(&s->stats.req_mem_pauses, 1);
+	return 1;
+}
+
+/* EPOLLIN is off: does c stay paused for memory? (conn->lock held) */
+static int do_mem_paused(struct dnet_conn *c)
+{
+	if (!c->mem_paused)
+		return 0;
+	if (mem_over(c->loop->s, 1))
+		return 1;
+	c->mem_paused = 0;
+	return 0;
+}
+
+static void loop_wake(struct dnet_loop *l);
+static void do_update_events(struct dnet_conn *c);
+
+void dnet_net_uncharge(struct dnet_trans *t)
+{
+	struct dnet_server *s = t->charged;
+	t->charged = NULL;
+	uint64_t left = atomic_fetch_sub(&s->stats.req_mem, t->size) - t->size;
+	uint64_t lim = s->cfg.max_request_memory;
+	if (left <= lim / 2 && atomic_load(&s->mem_pressure) &&
+	    atomic_exchange(&s->mem_pressure, 0)) {
+		atomic_fetch_add(&s->mem_relief_gen, 1);
+		for (int i = 0; i < s->nloops; i++)
+			loop_wake(s->loops[i]);
+	}
+}
+
+/* A loop woken by a relief re-arms its connections paused for memory. */
+static void loop_mem_relief(struct dnet_loop *l)
+{
+	unsigned gen = atomic_load(&l->s->mem_relief_gen);
+	if (gen == l->mem_gen)
+		return;
+	l->mem_gen = gen;
+	for (struct dnet_conn *c = l->conns; c; c = c->next) {
+		if (!c->mem_paused)
+			continue;
+		pthread_mutex_lock(&c->lock);
+		do_update_events(c);
+		pthread_mutex_unlock(&c->lock);
+	}
+}
+
 /* Recompute which events we want: EPOLLIN unless reading is closed or the peer is
  * over its limits; EPOLLOUT while output is queued or the loop must look at a
  * connection that is ready to close. */
@@ -141,9 +214,9 @@ static void do_update_events(struct dnet_conn *c)
 	if (c->read_closed || __atomic_load_n(&c->loop->stop_reading, __ATOMIC_ACQUIRE)) {
 		ev = 0;
 	} else if (ev) {
-		if (do_over_limits(c, cfg, 0))
+		if (do_over_limits(c, cfg, 0) || do_mem_pause(c))
 			ev = 0;
-	} else if (!do_over_limits(c, cfg, 1)) {
+	} else if (!do_mem_paused(c) && !do_over_limits(c, cfg, 1)) {
 		ev = EPOLLIN;
 	}
 	if (do_out_pending(c) || ((c->read_closed || c->close_after_flush) && c->inflight == 0))
@@ -585,6 +658,8 @@ static ssize_t start_trans(struct dnet_conn *c, const uint8_t *hbytes, const uin
 	t->size = h.size;
 	t->payload = (uint8_t *)(t + 1);
 	t->recv_ns = dnet_now_mono_ns();
+	t->charged = s;
+	atomic_fetch_add(&s->stats.req_mem, h.size);
 	size_t take = avail < h.size ? avail : (size_t)h.size;
 	if (take)
 		memcpy(t->payload, p, take);
@@ -798,6 +873,16 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 {
 	if (__atomic_load_n(&l->stop_reading, __ATOMIC_ACQUIRE))
 		return 0; /* shutting down: bytes still arriving stay in the socket */
+	if (!c->cur && mem_over(l->s, 0)) {
+		/* Checked before reading: a new connection's first request would otherwise
+		 * be charged after the limit was reached. */
+		pthread_mutex_lock(&c->lock);
+		do_update_events(c);
+		int paused = !(c->events & EPOLLIN);
+		pthread_mutex_unlock(&c->lock);
+		if (paused)
+			return 0;
+	}
 	for (int i = 0; i < READS_PER_EVENT; i++) {
 		ssize_t n;
 		uint64_t submitted = c->nsubmitted;
@@ -825,6 +910,10 @@ static int conn_read(struct dnet_loop *l, struct dnet_conn *c)
 			size_t want = (size_t)budget * DNET_HDR_SIZE;
 			if (want > LOOP_RBUF_SIZE)
 				want = LOOP_RBUF_SIZE;
+			/* Over the memory limit: finish the request being received, start
+			 * no new one. */
+			if (c->cur && want > c->cur->size - c->cur_have && mem_over(l->s, 0))
+				want = (size_t)(c->cur->size - c->cur_have);
 			n = conn_recv(c, l->rbuf, want);
 			if (n > 0 && parse_buf(c, l->rbuf, (size_t)n) < 0)
 				return 0; /* protocol error: reply queued, close after flush */
@@ -1022,6 +1111,7 @@ static void *loop_main(void *arg)
 				uint64_t v;
 				ssize_t r = read(l->evfd, &v, sizeof(v));
 				(void)r;
+				loop_mem_relief(l);
 			} else {
 				conn_event(l, p, evs[i].events);
 			}

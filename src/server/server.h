@@ -41,6 +41,10 @@ struct dnet_config {
 	uint64_t out_high;
 	int max_inflight;
 	uint64_t max_inflight_bytes;
+	/* All connections together: payload bytes of requests received or being
+	 * received and not yet answered. Above it, connections stop being read (a
+	 * request already being received is finished) until it falls to half. */
+	uint64_t max_request_memory;
 	/* The ring (member.c). */
 	char joins[16][256]; /* --join HOST:PORT, repeatable */
 	int njoins;
@@ -95,6 +99,7 @@ struct dnet_trans {
 	uint64_t recv_ns; /* monotonic time the header arrived */
 	uint64_t size;    /* payload bytes (== hdr.size) */
 	uint8_t *payload; /* points just past this struct */
+	struct dnet_server *charged; /* counted in its req_mem (from the network) */
 };
 
 /* One queued reply (or part of one): inline bytes, then a heap buffer, then a file
@@ -137,6 +142,7 @@ struct dnet_conn {
 	int inflight;        /* transactions handed to the pool, not yet replied */
 	uint64_t inflight_bytes; /* their payload bytes */
 	int read_closed;     /* EOF, protocol error or shutdown: read nothing more */
+	int mem_paused;      /* not reading: the node's request memory is over its limit */
 	uint32_t events;     /* epoll events currently armed */
 	int dead;            /* socket failed or closed: drop all output */
 	int close_after_flush;
@@ -174,6 +180,9 @@ struct dnet_stats {
 	atomic_uint_fast64_t bytes_in, bytes_out;
 	atomic_uint_fast64_t conns_total, conns_cur, conns_rejected;
 	atomic_uint_fast64_t conns_idle_closed, conns_slow_closed, conns_stalled_closed;
+	/* Payload bytes of requests received (or being received) and not yet answered,
+	 * all connections together; reading pauses above --max-request-memory. */
+	atomic_uint_fast64_t req_mem, req_mem_pauses;
 	atomic_uint_fast64_t auth_ok, auth_failed, auth_denied;
 	atomic_uint_fast64_t proto_errors;
 	atomic_uint_fast64_t tls_handshakes, tls_failed; /* TLS port: done / refused or cut off */
@@ -230,6 +239,8 @@ void dnet_out_free(struct dnet_out *o);
 void dnet_dispatch(void *ctx, struct dnet_trans *t);
 /* Free a transaction and drop its connection reference. */
 void dnet_trans_free(struct dnet_trans *t);
+/* net.c: t's payload is no longer held (t came from a connection). */
+void dnet_net_uncharge(struct dnet_trans *t);
 
 /* Run one request (WRITE, DEL, LOOKUP) on this node's IO pool, in order with the
  * requests for the same ID, and wait for it. Flags DIRECT. Returns its status;
@@ -303,6 +314,10 @@ struct dnet_recover {
 
 struct dnet_server {
 	struct dnet_config cfg;
+	/* Request memory (net.c): set when a connection paused for it, cleared (and
+	 * every loop woken to resume its paused connections) once it fell to half. */
+	atomic_int mem_pressure;
+	atomic_uint mem_relief_gen;
 	const struct dnet_backend_ops *bops;
 	struct dnet_backend *backend;
 	struct dnet_pool *pool;

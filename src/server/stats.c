@@ -79,6 +79,9 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	dnet_hbuf_add(&b, "conns_rejected %llu\n", (unsigned long long)atomic_load(&st->conns_rejected));
 	dnet_hbuf_add(&b, "conns_idle_closed %llu\n", (unsigned long long)atomic_load(&st->conns_idle_closed));
 	dnet_hbuf_add(&b, "conns_slow_closed %llu\n", (unsigned long long)atomic_load(&st->conns_slow_closed));
+	dnet_hbuf_add(&b, "req_mem %llu\n", (unsigned long long)atomic_load(&st->req_mem));
+	dnet_hbuf_add(&b, "req_mem_pauses %llu\n",
+		      (unsigned long long)atomic_load(&st->req_mem_pauses));
 	dnet_hbuf_add(&b, "conns_stalled_closed %llu\n",
 	    (unsigned long long)atomic_load(&st->conns_stalled_closed));
 	dnet_hbuf_add(&b, "auth_ok %llu\n", (unsigned long long)atomic_load(&st->auth_ok));

@@ -180,3 +180,67 @@ def test_idle_crowd_slowloris_and_never_reader_with_bounded_memory(node_factory)
     finally:
         for s in socks:
             s.close()
+
+
+def test_request_memory_is_bounded_across_connections(node_factory, tmp_path):
+    """12 connections each start a 4 MiB WRITE and stall after 64 KiB: the node
+    charges request payloads against --max-request-memory (16 MiB) and stops
+    reading connections once over it, so it holds the limit plus at most one more
+    request; when the senders go on, memory comes back and every paused connection
+    is read again: all 12 writes complete, byte for byte."""
+    import threading
+    import urllib.request
+    from conftest import free_port
+    MiB = 1 << 20
+    hport = free_port()
+    node = node_factory("--max-request-memory", "16M", "--max-payload", "5M",
+                        "--http", "127.0.0.1:%d" % hport)
+
+    def metric(name):
+        body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % hport, timeout=30).read()
+        for line in body.decode().splitlines():
+            if line.startswith(name + " "):
+                return int(float(line.split()[1]))
+        raise AssertionError("no %s in /metrics" % name)
+
+    datas = [os.urandom(4 * MiB) for _ in range(12)]
+    conns = []
+    try:
+        for i, d in enumerate(datas):
+            s = proto.connect(node.addr)
+            req = proto.write_request(proto.key_to_id("mem%d" % i), d, i + 1)
+            s.sendall(req[:proto.HDR_SIZE + proto.IO_ATTR_SIZE + 64 * 1024])
+            conns.append((s, req))
+        wait_for(lambda: metric("elliptics_request_memory_pauses_total") >= 1, 60,
+                 what="connections paused for request memory")
+        held = metric("elliptics_request_memory_bytes")
+        print("request memory held with 12 stalled 4 MiB writes: %.1f MiB (limit 16 MiB)"
+              % (held / MiB))
+        assert 16 * MiB <= held <= 16 * MiB + 4 * MiB + 4096, held
+        # The senders go on: the paused connections must all be read again.
+        errs = []
+
+        def finish(s, req):
+            try:
+                s.sendall(req[proto.HDR_SIZE + proto.IO_ATTR_SIZE + 64 * 1024:])
+                hdr, _ = proto.recv_msg(s)
+                if hdr.status != 0:
+                    errs.append(hdr.status)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errs.append(repr(e))
+
+        ts = [threading.Thread(target=finish, args=c) for c in conns]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        assert not any(t.is_alive() for t in ts), "a write never completed"
+        assert not errs, errs
+        wait_for(lambda: metric("elliptics_request_memory_bytes") == 0, 30,
+                 what="request memory back to 0")
+    finally:
+        for s, _ in conns:
+            s.close()
+    for i, d in enumerate(datas):
+        r = node.cli("get", "mem%d" % i)
+        assert r.rc == 0 and r.out == d, "mem%d" % i
