@@ -64,6 +64,8 @@
 #define BD_CACHE (8ull << 20) /* ELLIPTICS_BDB_CACHE overrides */
 #define BD_LG_BSIZE (1u << 20)
 #define BD_AGAIN 1 /* internal: deadlock victim, retry the txn */
+/* get_chunk's BD_AGAIN: its results >= 0 are lengths, so a deadlock is negative. */
+#define BD_AGAIN_LEN ((int64_t)-1000000)
 
 struct kv_hdr {
 	uint16_t flags;
@@ -365,7 +367,8 @@ static int64_t get_chunk(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id,
 		return DNET_ECORRUPT;
 	}
 	if (err)
-		return err;
+		return err == BD_AGAIN ? BD_AGAIN_LEN : err; /* BD_AGAIN (> 0) read as a length
+							      * went on in a dead txn: EINVAL */
 	if (verify && XXH3_64bits(scratch + 8, want) != dnet_get_u64(scratch)) {
 		report_corrupt(b, id, "chunk checksum mismatch");
 		return DNET_ECORRUPT;
@@ -587,7 +590,7 @@ static int apply_update(struct dnet_backend *b, DB_TXN *txn, struct bd_op *op)
 			if (oh.flags & KV_F_CHUNKED) {
 				int64_t r = get_chunk(b, txn, op->id, &oh, i, buf, 1, s);
 				if (r < 0) {
-					err = (int)r;
+					err = r == BD_AGAIN_LEN ? BD_AGAIN : (int)r;
 					goto out;
 				}
 				ol = (uint32_t)r;
@@ -1310,7 +1313,7 @@ static int read_into(struct dnet_backend *b, const uint8_t *id, const struct kv_
 			 e = off + len < cs + KV_CHUNK ? off + len : cs + KV_CHUNK;
 		int64_t r = get_chunk(b, NULL, id, h, i, s, verify, s);
 		if (r < 0)
-			return (int)r;
+			return r == BD_AGAIN_LEN ? BD_AGAIN : (int)r;
 		if (st)
 			XXH3_128bits_update(st, s, (size_t)r);
 		memcpy(out + (a - off), s + (a - cs), e - a);
