@@ -173,7 +173,7 @@ static void client_side(const uint8_t *d, size_t size)
 	}
 	shutdown(sv[0], SHUT_WR);
 	uint32_t perm = 0xdeadbeef;
-	int err = dnet_auth_handshake(sv[1], "writer", known[1].secret,
+	int err = dnet_auth_handshake(sv[1], NULL, "writer", known[1].secret,
 				      dnet_now_mono_ns() + 2000000000ull, &perm);
 	if (err == 0 && perm == 0xdeadbeef)
 		fail("a handshake succeeded without a permission");
