@@ -575,6 +575,8 @@ static int cmd_get(const struct cli *g, int argc, char **argv)
 	umask(um);
 	fchmod(fd, 0666 & ~um);
 	o.fd = fd;
+	/* a failed read's bytes are dropped with the temporary file: verified as sent */
+	dnet_client_set_stream_verify(c, 1);
 	err = dnet_read_stream_id(c, a.id, 0, 0, out_write, &o, NULL);
 	progress_end(&p);
 	if (close(fd) < 0 && !err) {

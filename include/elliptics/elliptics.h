@@ -83,6 +83,14 @@ int dnet_client_set_conns(dnet_client *c, int nconns);
  * bytes done and total (0 if unknown). Called on the calling thread. */
 typedef void (*dnet_progress_fn)(void *arg, uint64_t done, uint64_t total);
 void dnet_client_set_progress(dnet_client *c, dnet_progress_fn fn, void *arg);
+/* Streamed reads (dnet_read_stream*, dnet_read_fd*). Off (the default): the node
+ * verifies what a read returns before its first byte is sent, so a corrupt object
+ * delivers nothing. On: it verifies block by block as it sends, so a large object
+ * starts at once and moves at nearly the network's speed; every byte delivered is
+ * still verified, but a corruption found mid-object fails the read (DNET_ECORRUPT,
+ * or the next copy resumes it) after the good bytes before it were delivered. For
+ * sinks that drop a failed read's output: a temporary file, a sized HTTP body. */
+void dnet_client_set_stream_verify(dnet_client *c, int on);
 /* "HOST:PORT" of the node the handle's last request went to (or tried to), else
  * of a node it is connected to, or NULL. */
 const char *dnet_client_node(const dnet_client *c);

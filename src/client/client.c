@@ -124,6 +124,11 @@ void dnet_client_set_progress(dnet_client *c, dnet_progress_fn fn, void *arg)
 	c->progress_arg = arg;
 }
 
+void dnet_client_set_stream_verify(dnet_client *c, int on)
+{
+	c->stream_verify = !!on;
+}
+
 const char *dnet_client_node(const dnet_client *c)
 {
 	if (c->last && c->last->name[0])
@@ -876,6 +881,8 @@ static int stream_attempt(dnet_client *c, struct stream_ctx *s, const uint8_t *i
 				  .size = size ? size - s->delivered : 0};
 	dnet__req_set_io(r, &io);
 	r->rd_size = io.size;
+	if (c->stream_verify)
+		r->xflags = DNET_FLAG_STREAM_VERIFY;
 	r->sink = stream_sink;
 	r->sink_arg = s;
 	s->r = r;

@@ -63,6 +63,7 @@ struct dnet_req {
 	uint8_t redirects; /* NOTOWNER redirects followed */
 	uint8_t retries;   /* resends after a broken connection */
 	uint16_t hflags;   /* header flags it is sent with */
+	uint16_t xflags;   /* and always these (DNET_FLAG_STREAM_VERIFY) */
 	uint8_t id[DNET_ID_SIZE];
 	uint64_t deadline; /* monotonic ns; pushed forward while its bytes move */
 	struct dnet_req *retry_next;
@@ -199,6 +200,7 @@ struct dnet_client {
 
 	void (*progress)(void *arg, uint64_t done, uint64_t total);
 	void *progress_arg;
+	int stream_verify; /* streamed reads are verified as they are sent */
 
 	/* Copies (replica.c). */
 	int w, r;       /* write quorum and read copies asked for (0: defaults) */

@@ -700,6 +700,7 @@ int dnet__submit(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r, uin
 	if (slot_alloc(c, r))
 		return DNET_ENOMEM;
 	r->conn = conn;
+	flags |= r->xflags;
 	r->hflags = flags;
 	if (!r->out_done && !(r->flags & DNET_REQ_SENT))
 		r->file_off0 = r->file_off;

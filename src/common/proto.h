@@ -44,7 +44,11 @@ enum dnet_cmd {
 #define DNET_FLAG_NEED_ACK 0x0004u /* send a final (possibly empty) reply even when none needed */
 #define DNET_FLAG_NOCSUM 0x0008u   /* READ: skip checksum verification (tools only) */
 #define DNET_FLAG_DIRECT 0x0010u   /* execute on this node even if it does not own the ID */
-#define DNET_FLAGS_KNOWN 0x001fu
+/* READ: verify the data as it is sent instead of before: a corruption found after
+ * the reply began ends it by closing the connection (every byte sent was verified);
+ * the next read of that object is refused with DNET_ECORRUPT before anything is sent. */
+#define DNET_FLAG_STREAM_VERIFY 0x0020u
+#define DNET_FLAGS_KNOWN 0x003fu
 
 /* Fixed 96-byte command header, little-endian on the wire:
  *   0  u32 magic       DNET_MAGIC

@@ -63,6 +63,9 @@ int s3_store_open(struct s3_store *st, const char *remote, const char *key,
 	 * take the newest (a copy that missed a write while its node was down must not
 	 * be the one answer). Data objects never change once written (a fresh ID per
 	 * PUT), so cl2, which reads them, takes the first copy that has them. */
+	/* object bodies go out with their Content-Length: one cut short by a corruption
+	 * found mid-object is seen as such, so they are verified as they are sent */
+	dnet_client_set_stream_verify(st->cl2, 1);
 	return dnet_client_set_quorum(st->cl, 0, DNET_MAX_COPIES_PUBLIC) ? -1 : 0;
 }
 

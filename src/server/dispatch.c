@@ -22,6 +22,8 @@ struct dnet_out *dnet_out_new(void)
 	o->buf_len = o->buf_off = 0;
 	o->fd = -1;
 	o->file_off = o->file_len = 0;
+	o->ver = NULL;
+	o->ver_end = 0;
 	return o;
 }
 
@@ -29,6 +31,8 @@ void dnet_out_free(struct dnet_out *o)
 {
 	if (o->fd >= 0)
 		close(o->fd);
+	if (o->ver)
+		o->ver->free(o->ver);
 	free(o->buf);
 	free(o);
 }
@@ -276,8 +280,14 @@ static void do_read(struct dnet_server *s, struct dnet_trans *t)
 		return;
 	}
 	struct dnet_read_res res = {.fd = -1};
-	int err = s->bops->read(s->backend, t->hdr.id, io.offset, io.size,
-				t->hdr.flags & DNET_FLAG_NOCSUM, &res);
+	uint32_t rfl = t->hdr.flags & DNET_FLAG_NOCSUM;
+	if ((t->hdr.flags & DNET_FLAG_STREAM_VERIFY) && !t->local)
+		rfl |= DNET_READ_DEFER_VERIFY;
+	int err = s->bops->read(s->backend, t->hdr.id, io.offset, io.size, rfl, &res);
+	if (!err && res.verify && res.fd < 0) { /* an engine bug: nothing to check */
+		res.verify->free(res.verify);
+		res.verify = NULL;
+	}
 	if (err == DNET_ENOENT && handoff_redirect(s, t))
 		return;
 	if (err == DNET_ECORRUPT && s->cfg.copies > 1)
@@ -289,6 +299,8 @@ static void do_read(struct dnet_server *s, struct dnet_trans *t)
 	if (res.info.timestamp & DNET_VERSION_TOMB) {
 		if (res.fd >= 0)
 			close(res.fd);
+		if (res.verify)
+			res.verify->free(res.verify);
 		free(res.buf);
 		finish_tomb(t, &res.info);
 		return;
@@ -297,6 +309,8 @@ static void do_read(struct dnet_server *s, struct dnet_trans *t)
 	if (!o) {
 		if (res.fd >= 0)
 			close(res.fd);
+		if (res.verify)
+			res.verify->free(res.verify);
 		free(res.buf);
 		finish_status(t, DNET_ENOMEM);
 		return;
@@ -312,6 +326,8 @@ static void do_read(struct dnet_server *s, struct dnet_trans *t)
 		o->fd = res.fd;
 		o->file_off = res.file_offset;
 		o->file_len = res.len;
+		o->ver = res.verify;
+		o->ver_end = res.file_offset;
 		free(res.buf);
 	} else {
 		o->buf = res.buf;

@@ -240,6 +240,39 @@ static void do_out_pop(struct dnet_conn *c, struct dnet_out *o)
 	dnet_out_free(o);
 }
 
+/* Sending failed: the connection is dead. Shut the socket down too, so its loop
+ * gets an event and closes it now (a worker's direct send failing, the peer
+ * waiting for the rest of a reply, would otherwise leave both idle). */
+static void conn_fail(struct dnet_conn *c)
+{
+	c->dead = 1;
+	out_free_all(c);
+	shutdown(c->fd, SHUT_RDWR);
+}
+
+/* Bytes of o's file part that may go out now: the verified ones (all without a
+ * verifier). -1: they failed verification; the reply cannot be completed, so the
+ * connection must close (a copy gets a repair). Called with conn->lock held. */
+static int64_t file_avail(struct dnet_conn *c, struct dnet_out *o)
+{
+	if (!o->ver)
+		return (int64_t)o->file_len;
+	if (o->file_off >= o->ver_end) {
+		int err = o->ver->check(o->ver, o->fd, o->file_off, &o->ver_end);
+		if (!err && o->ver_end <= o->file_off)
+			err = DNET_EIO;
+		if (err) {
+			dnet_log_error("%s: a reply's data failed verification as it was sent: %s; "
+				       "closing", c->peer, dnet_strerror(err));
+			if (err == DNET_ECORRUPT)
+				dnet_recover_corrupt(c->loop->s, o->ver->id);
+			return -1;
+		}
+	}
+	uint64_t a = o->ver_end - o->file_off;
+	return (int64_t)(a < o->file_len ? a : o->file_len);
+}
+
 /* do_flush over TLS. Staged bytes go first; a big heap part goes from where it is;
  * a file part by SSL_sendfile (kernel TLS) or read into the stage. */
 static int do_flush_tls(struct dnet_conn *c)
@@ -277,7 +310,10 @@ static int do_flush_tls(struct dnet_conn *c)
 		}
 		if (c->ktls_tx && o->inl_off == o->inl_len && o->buf_off == o->buf_len &&
 		    o->file_len) {
-			size_t chunk = o->file_len > (1u << 30) ? (1u << 30) : (size_t)o->file_len;
+			int64_t av = file_avail(c, o);
+			if (av < 0)
+				goto fail;
+			size_t chunk = av > (1 << 30) ? (1u << 30) : (size_t)av;
 			ERR_clear_error();
 			ossl_ssize_t sw = SSL_sendfile(c->ssl, o->fd, (off_t)o->file_off, chunk, 0);
 			if (sw < 0) {
@@ -323,9 +359,12 @@ static int do_flush_tls(struct dnet_conn *c)
 			if (o->file_len) {
 				if (c->ktls_tx || len == TLS_STAGE)
 					break;
+				int64_t av = file_avail(c, o);
+				if (av < 0)
+					goto fail;
 				size_t want = TLS_STAGE - len;
-				if (want > o->file_len)
-					want = (size_t)o->file_len;
+				if ((uint64_t)want > (uint64_t)av)
+					want = (size_t)av;
 				ssize_t r =
 				    pread(o->fd, c->tls_wbuf + len, want, (off_t)o->file_off);
 				if (r < 0 && errno == EINTR)
@@ -354,8 +393,7 @@ static int do_flush_tls(struct dnet_conn *c)
 	}
 	return 0;
 fail:
-	c->dead = 1;
-	out_free_all(c);
+	conn_fail(c);
 	return -1;
 }
 
@@ -423,7 +461,10 @@ static int do_flush(struct dnet_conn *c)
 		}
 		/* Only a file range remains at the head. */
 		o = c->out_head;
-		size_t chunk = o->file_len > (1u << 30) ? (1u << 30) : (size_t)o->file_len;
+		int64_t av = file_avail(c, o);
+		if (av < 0)
+			goto fail;
+		size_t chunk = av > (1 << 30) ? (1u << 30) : (size_t)av;
 		off_t off = (off_t)o->file_off;
 		ssize_t w = sendfile(c->fd, o->fd, &off, chunk);
 		if (w < 0) {
@@ -451,8 +492,7 @@ static int do_flush(struct dnet_conn *c)
 	}
 	return 0;
 fail:
-	c->dead = 1;
-	out_free_all(c);
+	conn_fail(c);
 	return -1;
 }
 

@@ -112,6 +112,8 @@ struct dnet_out {
 	uint64_t buf_len, buf_off;
 	int fd;
 	uint64_t file_off, file_len; /* file_off advances as bytes go out */
+	struct dnet_read_verify *ver; /* file bytes are checked before they go out */
+	uint64_t ver_end;	       /* verified up to this file offset */
 };
 
 struct dnet_conn {

@@ -54,6 +54,23 @@ struct dnet_read_res {
 	void *buf;            /* else: data is buf[0..len) */
 	uint64_t len;         /* bytes returned (may be 0) */
 	struct dnet_obj_info info; /* the whole object's size, timestamp, checksum */
+	/* Only with DNET_READ_DEFER_VERIFY, and only for a file range: not verified yet;
+	 * the caller passes every byte through it before sending it, and frees it. */
+	struct dnet_read_verify *verify;
+};
+
+/* read() flag (never on the wire): the caller sends the file range it gets and can
+ * verify it as it goes (res->verify), so the engine need not verify it first. */
+#define DNET_READ_DEFER_VERIFY 0x80000000u
+
+/* Verification of a file range as it is sent. check() makes sure bytes from file
+ * offset `from` on are verified (the ones before were): returns 0 and *end > from,
+ * [from, *end) verified; or DNET_ECORRUPT (reported by the engine) or an IO error,
+ * after which nothing more of the range may be sent. */
+struct dnet_read_verify {
+	int (*check)(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t *end);
+	void (*free)(struct dnet_read_verify *v);
+	uint8_t id[64];
 };
 
 struct dnet_backend_stat {

@@ -20,11 +20,15 @@
  * rewritten in place at COMMIT, lies inside one disk sector and that rewrite is
  * atomic). The gap before such a record is zeros (never written).
  *    0 u32 magic "DBRC"    4 u16 version 1   6 u16 flags (1 tombstone, 2 uncommitted,
- *                                                        4 dead; 1|4 deleted in place)
+ *                                      4 dead, 8 block table; 1|4 deleted in place)
  *    8 u64 data size      16 u64 reserved (bytes after the header that belong to the
- *                                          record; = size except for uploads)
+ *                                          record: = size, or with a block table
+ *                                          align8(size) + 8 * ceil(size / 64 KiB))
  *   24 u64 timestamp (ns) 32 u64 version (0)  40 u8 csum[16] XXH3-128 of the data
  *   56 u8  id[64]        120 u64 XXH3-64 of header bytes [0, 120)
+ *   then the data; with flag 8, at align8(size) after it, the block table: XXH3-64
+ *   of each 64 KiB block of the data (records > 64 KiB), so a read verifies only
+ *   the blocks it returns, and can do so as it sends them.
  *   record length = align8(128 + reserved)
  *
  * INDEX FILE: 64-byte header, then 32-byte entries sorted by (prefix, offset).
@@ -32,7 +36,8 @@
  *   24 u64 covered: the index describes blob bytes [0, covered); a longer blob has
  *          a tail to scan (a checkpointed active blob that was appended to later)
  *   32 u64 entry count    40 u64 XXH3-64 of all entries   56 u64 XXH3-64 of [0, 56)
- *   entry: 0 u8 id prefix[16]  16 u64 offset | 1 (tombstone)  24 u64 data size
+ *   entry: 0 u8 id prefix[16]  16 u64 offset | 1 (tombstone) | 2 (block table)
+ *          24 u64 data size
  *   Entries: every tombstone of the blob and every live record that was current
  *   (not overwritten or deleted) when the index was written.
  *
@@ -95,12 +100,16 @@
  * its whole 4 KiB blocks may be punched out. Set by an in-place rewrite of the
  * header after what supersedes it is durable. */
 #define BL_F_DEAD 0x4u
-#define BL_F_KNOWN 0x7u
+/* A block table follows the data: XXH3-64 of each BL_BLOCK of it (records bigger
+ * than BL_SMALL), so a read verifies only the blocks it returns, as it sends them. */
+#define BL_F_BTAB 0x8u
+#define BL_F_KNOWN 0xfu
 #define BL_MAX_OBJECT (1ull << 44) /* 16 TiB: offset sums stay far from overflow */
 #define BL_MAX_OFFSET (1ull << 51) /* 48 bits of 8-byte units in a location */
 /* Records up to this size are written in one pwritev under the append lock, and
  * returned from reads in a buffer (the verification already read them). */
 #define BL_SMALL 65536u
+#define BL_BLOCK 65536u /* block of a block table */
 #define BL_PREFIX 16
 #define BL_SHARDS 1024u
 #define BL_MAX_SLOTS 65536u /* slot 0 unused: loc 0 marks an empty table cell */
@@ -131,6 +140,34 @@ static uint64_t align_up(uint64_t v, uint64_t a)
 static uint64_t rec_len(uint64_t reserved)
 {
 	return align_up(BL_RHDR + reserved, 8);
+}
+
+/* Block table of a record of `size` data bytes: entries, and where it starts
+ * (relative to the data). */
+static uint64_t btab_n(uint64_t size)
+{
+	return (size + BL_BLOCK - 1) / BL_BLOCK;
+}
+
+static uint64_t btab_at(uint64_t size)
+{
+	return align_up(size, 8);
+}
+
+/* Low bits of an index entry's (and the pending index's) offset. */
+#define BL_IX_TOMB 0x1u
+#define BL_IX_BTAB 0x2u
+
+/* Bytes after the header that a record of `size` data bytes owns. */
+static uint64_t rec_reserved(uint64_t size, unsigned ixfl)
+{
+	return (ixfl & BL_IX_BTAB) ? btab_at(size) + 8 * btab_n(size) : size;
+}
+
+/* New records bigger than BL_SMALL get a block table. */
+static unsigned new_ixfl(uint64_t size)
+{
+	return size > BL_SMALL ? BL_IX_BTAB : 0;
 }
 
 static int bl_errno(void)
@@ -208,13 +245,23 @@ static int hdr_decode(const uint8_t p[BL_RHDR], struct bl_hdr *h)
 	h->version = dnet_get_u64(p + 32);
 	memcpy(h->csum, p + 40, 16);
 	memcpy(h->id, p + 56, DNET_ID_SIZE);
-	if ((h->flags & ~BL_F_KNOWN) || h->size > h->reserved || h->reserved > BL_MAX_OBJECT)
+	if ((h->flags & ~BL_F_KNOWN) || h->size > h->reserved || h->size > BL_MAX_OBJECT)
+		return -1;
+	if ((h->flags & BL_F_BTAB) ? h->reserved != rec_reserved(h->size, BL_IX_BTAB)
+				   : h->reserved > BL_MAX_OBJECT)
 		return -1;
 	/* a tombstone has no data, unless it is a record deleted in place (TOMB|DEAD) */
 	if ((h->flags & BL_F_TOMB) &&
 	    ((h->flags & BL_F_UNCOMMITTED) || (!(h->flags & BL_F_DEAD) && (h->size || h->reserved))))
 		return -1;
 	return 0;
+}
+
+static unsigned ix_flags(const struct bl_hdr *h)
+{
+	if (h->flags & BL_F_TOMB)
+		return BL_IX_TOMB;
+	return (h->flags & BL_F_BTAB) ? BL_IX_BTAB : 0;
 }
 
 static void info_from_hdr(struct dnet_obj_info *info, const struct bl_hdr *h)
@@ -231,7 +278,7 @@ static void info_from_hdr(struct dnet_obj_info *info, const struct bl_hdr *h)
 /* One entry of a blob's pending index: what its index file will list. */
 struct bl_lrec {
 	uint8_t p[BL_PREFIX];
-	uint64_t off; /* | BL_F_TOMB */
+	uint64_t off; /* | BL_IX_TOMB, BL_IX_BTAB */
 	uint64_t size;
 };
 
@@ -316,6 +363,10 @@ struct bl_upload {
 	 * space must be reserved whole and its size is not known before then. */
 	int spool_fd; /* -1 when the upload writes into its blob reservation */
 	uint64_t written;
+	uint64_t reserved; /* of the reservation: data and block table */
+	/* Chunks that arrive in order are hashed as they come, so COMMIT need not read
+	 * the object back; NULL once one did not (then COMMIT reads it back). */
+	struct bl_hasher *hx;
 };
 
 struct dnet_backend {
@@ -371,7 +422,12 @@ struct dnet_backend {
 	struct bl_dead *await_seal;
 	_Atomic uintptr_t await_for; /* the active blob they wait on (0: none wait) */
 
-	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt;
+	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt, table_fallbacks;
+	/* Records found corrupt while being sent (locations): read again, they are
+	 * verified before anything is sent, so the reader gets DNET_ECORRUPT. */
+	pthread_mutex_t badlock;
+	uint64_t bad[16];
+	unsigned nbad;
 	_Atomic uint64_t compactions, reclaimed;
 	_Atomic uint64_t marked, punched, punch_deferred, inplace_dels, active_seals;
 	uint64_t open_us, recovered, scanned, torn;
@@ -478,15 +534,21 @@ static void blob_put(struct dnet_backend *b, struct blob *B)
 	free(B);
 }
 
-static void report_corrupt(struct dnet_backend *b, const uint8_t *id, const struct blob *B,
-			   uint64_t off, const char *what)
+static void report_corrupt_num(struct dnet_backend *b, const uint8_t *id, uint32_t num,
+			       uint64_t off, const char *what)
 {
 	char hex[2 * 8 + 1];
 	for (int i = 0; i < 8; i++)
 		snprintf(hex + 2 * i, 3, "%02x", id ? id[i] : 0);
 	atomic_fetch_add(&b->corrupt, 1);
 	dnet_log_error("blob backend %s: %s: object %s... in blob %u at offset %llu", b->path, what,
-		       hex, B->num, (unsigned long long)off);
+		       hex, num, (unsigned long long)off);
+}
+
+static void report_corrupt(struct dnet_backend *b, const uint8_t *id, const struct blob *B,
+			   uint64_t off, const char *what)
+{
+	report_corrupt_num(b, id, B->num, off, what);
 }
 
 /* Under s->lock: the cell holding the full `id`. Every candidate sharing the prefix
@@ -690,7 +752,7 @@ static int prealloc_locked(struct dnet_backend *b, struct blob *B, uint64_t end)
 }
 
 /* Under alock. */
-static int log_push(struct blob *B, const uint8_t *id, uint64_t off, uint64_t size, int tomb)
+static int log_push(struct blob *B, const uint8_t *id, uint64_t off, uint64_t size, unsigned ixfl)
 {
 	if (B->nlog == B->caplog) {
 		size_t ncap = B->caplog ? B->caplog * 2 : 1024;
@@ -702,7 +764,7 @@ static int log_push(struct blob *B, const uint8_t *id, uint64_t off, uint64_t si
 	}
 	struct bl_lrec *r = &B->log[B->nlog++];
 	memcpy(r->p, id, BL_PREFIX);
-	r->off = off | (tomb ? BL_F_TOMB : 0);
+	r->off = off | ixfl;
 	r->size = size;
 	return 0;
 }
@@ -1114,7 +1176,7 @@ static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const s
 {
 	const int tomb = !!(h->flags & BL_F_TOMB);
 	pthread_mutex_lock(&b->alock);
-	int err = log_push(B, h->id, off, h->size, tomb);
+	int err = log_push(B, h->id, off, h->size, ix_flags(h));
 	pthread_mutex_unlock(&b->alock);
 	if (err)
 		return err;
@@ -1321,6 +1383,116 @@ static int durable_wait(struct dnet_backend *b, struct blob *B, struct bl_dead *
 	return w.status;
 }
 
+/* ---- record checksums: the whole-data XXH3-128 and the block table -------------- */
+
+#define BL_TBUF 512u /* block table entries written per pwrite */
+
+/* Hashes a record's data in order, in pieces of any size; with tab_off set it also
+ * writes the block table (at that file offset) as blocks complete. */
+struct bl_hasher {
+	XXH3_state_t *whole, *blk;
+	uint64_t pos, size;
+	uint32_t blk_fill;
+	int fd;
+	uint64_t tab_off, tab_next; /* 0: no table; next entry to write */
+	uint32_t tn;
+	uint8_t tbuf[8 * BL_TBUF];
+};
+
+static struct bl_hasher *hasher_new(uint64_t size, int fd, uint64_t tab_off)
+{
+	struct bl_hasher *x = calloc(1, sizeof(*x));
+	if (!x)
+		return NULL;
+	x->whole = XXH3_createState();
+	x->blk = XXH3_createState();
+	if (!x->whole || !x->blk || XXH3_128bits_reset(x->whole) != XXH_OK) {
+		XXH3_freeState(x->whole);
+		XXH3_freeState(x->blk);
+		free(x);
+		return NULL;
+	}
+	x->size = size;
+	x->fd = fd;
+	x->tab_off = tab_off;
+	return x;
+}
+
+static void hasher_free(struct bl_hasher *x)
+{
+	if (!x)
+		return;
+	XXH3_freeState(x->whole);
+	XXH3_freeState(x->blk);
+	free(x);
+}
+
+static int hasher_flush(struct bl_hasher *x)
+{
+	if (!x->tn)
+		return 0;
+	int err = dnet_pwrite_full(x->fd, x->tbuf, 8u * x->tn, x->tab_off + 8 * x->tab_next);
+	x->tab_next += x->tn;
+	x->tn = 0;
+	return err;
+}
+
+static int hasher_entry(struct bl_hasher *x, uint64_t v)
+{
+	dnet_put_u64(x->tbuf + 8 * x->tn++, v);
+	return x->tn == BL_TBUF ? hasher_flush(x) : 0;
+}
+
+static int hasher_update(struct bl_hasher *x, const uint8_t *d, size_t n)
+{
+	XXH3_128bits_update(x->whole, d, n);
+	x->pos += n;
+	if (!x->tab_off)
+		return 0;
+	while (n) {
+		if (!x->blk_fill && n >= BL_BLOCK) {
+			int err = hasher_entry(x, XXH3_64bits(d, BL_BLOCK));
+			if (err)
+				return err;
+			d += BL_BLOCK;
+			n -= BL_BLOCK;
+			continue;
+		}
+		if (!x->blk_fill)
+			XXH3_64bits_reset(x->blk);
+		size_t k = BL_BLOCK - x->blk_fill < n ? BL_BLOCK - x->blk_fill : n;
+		XXH3_64bits_update(x->blk, d, k);
+		x->blk_fill += (uint32_t)k;
+		d += k;
+		n -= k;
+		if (x->blk_fill == BL_BLOCK) {
+			x->blk_fill = 0;
+			int err = hasher_entry(x, XXH3_64bits_digest(x->blk));
+			if (err)
+				return err;
+		}
+	}
+	return 0;
+}
+
+/* All `size` bytes seen: the last block's entry, the table out, the checksum. */
+static int hasher_finish(struct bl_hasher *x, uint8_t csum[16])
+{
+	int err = 0;
+	if (x->pos != x->size)
+		return DNET_EIO;
+	if (x->tab_off && x->blk_fill) {
+		x->blk_fill = 0;
+		err = hasher_entry(x, XXH3_64bits_digest(x->blk));
+	}
+	if (!err && x->tab_off)
+		err = hasher_flush(x);
+	XXH128_canonical_t c;
+	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(x->whole));
+	memcpy(csum, c.digest, 16);
+	return err;
+}
+
 /* ---- writes --------------------------------------------------------------------- */
 
 /* Appends a whole object (header with its checksum, then the data) and publishes it. */
@@ -1332,18 +1504,39 @@ static void write_record(struct dnet_backend *b, const uint8_t *id, const void *
 	struct blob *B;
 	uint64_t off;
 	memset(&h, 0, sizeof(h));
-	h.size = h.reserved = size;
+	const int small = !new_ixfl(size);
+	h.size = size;
+	h.flags = small ? 0 : BL_F_BTAB;
+	h.reserved = rec_reserved(size, new_ixfl(size));
 	h.timestamp = timestamp ? timestamp : dnet_now_real_ns();
-	dnet_csum(data, (size_t)size, h.csum);
 	memcpy(h.id, id, DNET_ID_SIZE);
+	struct bl_hasher *x = NULL;
+	int err = 0;
+	/* the checksum goes in the header, written first; the table after the data */
+	dnet_csum(data, (size_t)size, h.csum);
+	if (!small && !(x = hasher_new(0, -1, 0)))
+		err = DNET_ENOMEM;
 	hdr_encode(hb, &h);
-	const int small = size <= BL_SMALL;
-	int err = append(b, hb, data, small ? (size_t)size : 0, size, 8, 0, &B, &off);
+	if (!err)
+		err = append(b, hb, data, small ? (size_t)size : 0, h.reserved, 8, 0, &B, &off);
 	if (err) {
+		hasher_free(x);
 		done(arg, err, NULL);
 		return;
 	}
-	if (!small && (err = dnet_pwrite_full(B->fd, data, (size_t)size, off + BL_RHDR))) {
+	if (!small) {
+		x->fd = B->fd;
+		x->tab_off = off + BL_RHDR + btab_at(size); /* only its table writer is used */
+		err = dnet_pwrite_full(B->fd, data, (size_t)size, off + BL_RHDR);
+		for (uint64_t p = 0; !err && p < size; p += BL_BLOCK) {
+			size_t k = size - p < BL_BLOCK ? (size_t)(size - p) : BL_BLOCK;
+			err = hasher_entry(x, XXH3_64bits((const uint8_t *)data + p, k));
+		}
+		if (!err)
+			err = hasher_flush(x);
+		hasher_free(x);
+	}
+	if (err) {
 		/* The header is already in the blob (records after it may be too), its data
 		 * is not: mark it dead in place (flags and checksum only, torn-safe), so a
 		 * recovery scan steps over it as dead space instead of reporting a corrupt
@@ -1479,8 +1672,9 @@ static void up_free(struct dnet_backend *b, struct bl_upload *u)
 		/* an abandoned reservation: nothing supersedes it, mark and punch it now */
 		uint8_t id[DNET_ID_SIZE];
 		memcpy(id, u->id, DNET_ID_SIZE);
-		dead_push(b, dead_new(B, u->off, u->total, id), NULL);
+		dead_push(b, dead_new(B, u->off, u->reserved, id), NULL);
 	}
+	hasher_free(u->hx);
 	free(u);
 	if (!B)
 		return; /* a spooled upload that never reserved blob space */
@@ -1556,18 +1750,24 @@ static int up_prepare(struct dnet_backend *b, const struct dnet_write_req *req,
 	struct bl_hdr h;
 	uint8_t hb[BL_RHDR];
 	memset(&h, 0, sizeof(h));
-	h.flags = BL_F_UNCOMMITTED;
-	h.size = h.reserved = io->total_size;
+	const unsigned fl = new_ixfl(io->total_size);
+	h.flags = BL_F_UNCOMMITTED | (fl ? BL_F_BTAB : 0);
+	h.size = io->total_size;
+	h.reserved = rec_reserved(io->total_size, fl);
 	h.timestamp = io->timestamp ? io->timestamp : dnet_now_real_ns();
 	memcpy(h.id, req->id, DNET_ID_SIZE);
 	hdr_encode(hb, &h);
-	int err = append(b, hb, NULL, 0, io->total_size, BL_UPLOAD_ALIGN, AP_UPLOAD, &u->blob,
+	int err = append(b, hb, NULL, 0, h.reserved, BL_UPLOAD_ALIGN, AP_UPLOAD, &u->blob,
 			 &u->off);
 	if (err) {
 		free(u);
 		return err;
 	}
 	record_done(b, u->blob); /* the reservation itself is complete */
+	u->reserved = h.reserved;
+	/* no memory for it: COMMIT reads the object back */
+	u->hx = hasher_new(io->total_size, u->blob->fd,
+			   fl ? u->off + BL_RHDR + btab_at(io->total_size) : 0);
 	memcpy(u->id, req->id, DNET_ID_SIZE);
 	u->cookie = io->cookie;
 	u->total = io->total_size;
@@ -1600,31 +1800,36 @@ static void up_release(struct dnet_backend *b, struct bl_upload *u, int destroy)
 		up_free(b, u);
 }
 
+/* The checksum of a complete upload and its block table: from the in-order hashing,
+ * or by reading the object back. */
 static int up_checksum(struct bl_upload *u, uint8_t csum[16])
 {
-	XXH3_state_t *st = XXH3_createState();
+	const unsigned fl = new_ixfl(u->total);
+	if (u->hx && u->hx->pos == u->total)
+		return hasher_finish(u->hx, csum);
+	struct bl_hasher *x =
+	    hasher_new(u->total, u->blob->fd, fl ? u->off + BL_RHDR + btab_at(u->total) : 0);
 	uint8_t *buf = malloc(BL_IO_CHUNK);
 	int err = 0;
-	if (!st || !buf || XXH3_128bits_reset(st) != XXH_OK) {
+	if (!x || !buf) {
 		err = DNET_ENOMEM;
 		goto out;
 	}
-	for (uint64_t pos = 0; pos < u->total;) {
+	for (uint64_t pos = 0; pos < u->total && !err;) {
 		size_t n = u->total - pos < BL_IO_CHUNK ? (size_t)(u->total - pos) : BL_IO_CHUNK;
 		int64_t r = dnet_pread_full(u->blob->fd, buf, n, u->off + BL_RHDR + pos);
 		if (r < 0 || (size_t)r != n) {
 			err = r < 0 ? (int)r : DNET_EIO;
 			goto out;
 		}
-		XXH3_128bits_update(st, buf, n);
+		err = hasher_update(x, buf, n);
 		pos += n;
 	}
-	XXH128_canonical_t c;
-	XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
-	memcpy(csum, c.digest, 16);
+	if (!err)
+		err = hasher_finish(x, csum);
 out:
 	free(buf);
-	XXH3_freeState(st);
+	hasher_free(x);
 	return err;
 }
 
@@ -1635,15 +1840,18 @@ static int up_unspool(struct dnet_backend *b, struct bl_upload *u)
 	struct bl_hdr h;
 	uint8_t hb[BL_RHDR];
 	memset(&h, 0, sizeof(h));
-	h.flags = BL_F_UNCOMMITTED;
-	h.size = h.reserved = u->hwm;
+	const unsigned fl = new_ixfl(u->hwm);
+	h.flags = BL_F_UNCOMMITTED | (fl ? BL_F_BTAB : 0);
+	h.size = u->hwm;
+	h.reserved = rec_reserved(u->hwm, fl);
 	h.timestamp = u->timestamp;
 	memcpy(h.id, u->id, DNET_ID_SIZE);
 	hdr_encode(hb, &h);
-	int err = append(b, hb, NULL, 0, u->hwm, BL_UPLOAD_ALIGN, AP_UPLOAD, &u->blob, &u->off);
+	int err = append(b, hb, NULL, 0, h.reserved, BL_UPLOAD_ALIGN, AP_UPLOAD, &u->blob, &u->off);
 	if (err)
 		return err;
 	u->total = u->hwm; /* the reservation's size, should the copy fail */
+	u->reserved = h.reserved;
 	record_done(b, u->blob);
 	loff_t in = 0, out = (loff_t)(u->off + BL_RHDR);
 	while ((uint64_t)in < u->hwm) {
@@ -1702,6 +1910,15 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 			done(arg, err, NULL);
 			return;
 		}
+		if (u->hx && u->spool_fd < 0 && io->offset == u->hx->pos) {
+			if (hasher_update(u->hx, req->data, (size_t)io->size)) {
+				hasher_free(u->hx); /* COMMIT reads back and reports it */
+				u->hx = NULL;
+			}
+		} else if (u->hx) {
+			hasher_free(u->hx); /* out of order (or resent) */
+			u->hx = NULL;
+		}
 		if (io->offset + io->size > u->hwm)
 			u->hwm = io->offset + io->size;
 		u->written += io->size;
@@ -1737,7 +1954,9 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 	struct bl_hdr h;
 	uint8_t hb[BL_RHDR];
 	memset(&h, 0, sizeof(h));
-	h.size = h.reserved = u->total;
+	h.size = u->total;
+	h.flags = new_ixfl(u->total) ? BL_F_BTAB : 0;
+	h.reserved = rec_reserved(u->total, new_ixfl(u->total));
 	h.timestamp = u->timestamp;
 	memcpy(h.id, u->id, DNET_ID_SIZE);
 	if ((err = up_checksum(u, h.csum))) {
@@ -1788,6 +2007,138 @@ static void bl_write(struct dnet_backend *b, const struct dnet_write_req *req,
 }
 
 /* ---- reads, deletes, lookups ---------------------------------------------------- */
+
+/* ---- reads of block-table records: verified block by block ------------------------ */
+
+#define BL_VER_STEP 16u /* blocks verified per check: 1 MiB */
+
+/* The blocks a read covers are checked against the table as the bytes go out (or
+ * all of them before the read returns). A block that disagrees with its entry sends
+ * the check to the whole-data checksum: if that holds, the table is what is damaged
+ * (logged; the rest of the read trusts the whole checksum), else the data is. */
+struct bl_ver {
+	struct dnet_read_verify v;
+	struct dnet_backend *b;
+	uint32_t num;		 /* blob number, for reports */
+	uint64_t loc;		 /* of the record, for the list of bad ones */
+	uint64_t off;		 /* record offset */
+	uint64_t size;		 /* data size */
+	uint8_t csum[16];	 /* whole-data checksum */
+	uint64_t next, last;	 /* blocks still to check: [next, last] */
+	uint64_t tw0;		 /* first block of the loaded table window */
+	uint32_t tn;		 /* entries in it */
+	int whole_ok;		 /* table damaged, data verified whole */
+	uint8_t *buf;		 /* BL_BLOCK */
+	uint8_t tab[8 * BL_TBUF]; /* table window */
+};
+
+static void bad_note(struct dnet_backend *b, uint64_t loc)
+{
+	pthread_mutex_lock(&b->badlock);
+	b->bad[b->nbad++ % 16] = loc;
+	pthread_mutex_unlock(&b->badlock);
+}
+
+static int bad_known(struct dnet_backend *b, uint64_t loc)
+{
+	int r = 0;
+	pthread_mutex_lock(&b->badlock);
+	for (unsigned i = 0; i < 16 && i < b->nbad; i++)
+		r |= b->bad[i] == loc;
+	pthread_mutex_unlock(&b->badlock);
+	return r;
+}
+
+static int ver_whole(struct bl_ver *x, int fd)
+{
+	XXH3_state_t *st = XXH3_createState();
+	uint8_t *buf = malloc(BL_IO_CHUNK);
+	int err = 0;
+	if (!st || !buf || XXH3_128bits_reset(st) != XXH_OK)
+		err = DNET_ENOMEM;
+	for (uint64_t p = 0; p < x->size && !err;) {
+		size_t n = x->size - p < BL_IO_CHUNK ? (size_t)(x->size - p) : BL_IO_CHUNK;
+		int64_t r = dnet_pread_full(fd, buf, n, x->off + BL_RHDR + p);
+		if (r < 0)
+			err = (int)r;
+		else if ((size_t)r != n)
+			err = DNET_ECORRUPT;
+		else
+			XXH3_128bits_update(st, buf, n);
+		p += n;
+	}
+	if (!err) {
+		XXH128_canonical_t c;
+		XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+		if (memcmp(c.digest, x->csum, 16) != 0)
+			err = DNET_ECORRUPT;
+	}
+	free(buf);
+	XXH3_freeState(st);
+	return err;
+}
+
+static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t *end)
+{
+	struct bl_ver *x = (struct bl_ver *)v;
+	const uint64_t data = x->off + BL_RHDR, dend = data + x->size;
+	uint64_t vend = x->whole_ok || x->next > x->last ? dend : data + x->next * BL_BLOCK;
+	if (from < vend || x->whole_ok || x->next > x->last) {
+		*end = vend;
+		return 0;
+	}
+	int err = 0;
+	if (!x->buf && !(x->buf = malloc(BL_BLOCK)))
+		return DNET_ENOMEM;
+	for (uint32_t k = 0; k < BL_VER_STEP && x->next <= x->last && !err; k++, x->next++) {
+		if (x->next < x->tw0 || x->next >= x->tw0 + x->tn) {
+			uint64_t n = btab_n(x->size) - x->next;
+			x->tn = n < BL_TBUF ? (uint32_t)n : BL_TBUF;
+			x->tw0 = x->next;
+			int64_t r = dnet_pread_full(fd, x->tab, 8u * x->tn,
+						    data + btab_at(x->size) + 8 * x->next);
+			if (r != (int64_t)(8u * x->tn)) {
+				x->tn = 0;
+				err = r < 0 ? (int)r : DNET_ECORRUPT;
+				break;
+			}
+		}
+		uint64_t bs = x->next * BL_BLOCK;
+		size_t n = x->size - bs < BL_BLOCK ? (size_t)(x->size - bs) : BL_BLOCK;
+		int64_t r = dnet_pread_full(fd, x->buf, n, data + bs);
+		if (r < 0)
+			err = (int)r;
+		else if ((size_t)r != n ||
+			 XXH3_64bits(x->buf, n) != dnet_get_u64(x->tab + 8 * (x->next - x->tw0)))
+			err = DNET_ECORRUPT;
+	}
+	if (err == DNET_ECORRUPT) {
+		/* the data, or only its table? the whole checksum decides */
+		err = ver_whole(x, fd);
+		if (!err) {
+			dnet_log_warn("blob backend %s: the block table of a record in blob %u at "
+				      "offset %llu is damaged (its data is intact); reads of it "
+				      "verify the whole object; compaction or a rewrite mends it",
+				      x->b->path, x->num, (unsigned long long)x->off);
+			x->whole_ok = 1;
+			atomic_fetch_add(&x->b->table_fallbacks, 1);
+		} else if (err == DNET_ECORRUPT) {
+			report_corrupt_num(x->b, x->v.id, x->num, x->off, "data checksum mismatch");
+			bad_note(x->b, x->loc);
+		}
+	}
+	if (err)
+		return err;
+	*end = x->whole_ok || x->next > x->last ? dend : data + x->next * BL_BLOCK;
+	return 0;
+}
+
+static void ver_free(struct dnet_read_verify *v)
+{
+	struct bl_ver *x = (struct bl_ver *)v;
+	free(x->buf);
+	free(x);
+}
 
 static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, uint64_t size,
 		   uint32_t flags, struct dnet_read_res *res)
@@ -1875,6 +2226,44 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 		}
 		free(d);
 		res->len = err ? 0 : len;
+		goto out;
+	}
+
+	/* large, with a block table: the blocks the read covers, as they are sent or now */
+	if (verify && (h.flags & BL_F_BTAB) && len) {
+		struct bl_ver *x = calloc(1, sizeof(*x));
+		int fd = x ? lease_fd(B, off, BL_RHDR + h.reserved) : -1;
+		if (!x || fd < 0) {
+			err = x ? bl_errno() : DNET_ENOMEM;
+			free(x);
+			goto out;
+		}
+		x->v.check = ver_check;
+		x->v.free = ver_free;
+		memcpy(x->v.id, id, DNET_ID_SIZE);
+		x->b = b;
+		x->num = B->num;
+		x->loc = mkloc(B->slot, off);
+		x->off = off;
+		x->size = h.size;
+		memcpy(x->csum, h.csum, 16);
+		x->next = offset / BL_BLOCK;
+		x->last = (offset + len - 1) / BL_BLOCK;
+		res->fd = fd;
+		res->file_offset = off + BL_RHDR + offset;
+		res->len = len;
+		if ((flags & DNET_READ_DEFER_VERIFY) && !bad_known(b, x->loc)) {
+			res->verify = &x->v;
+			goto out;
+		}
+		for (uint64_t at = res->file_offset, e; at < res->file_offset + len && !err; at = e)
+			err = ver_check(&x->v, fd, at, &e);
+		ver_free(&x->v);
+		if (err) {
+			close(fd);
+			res->fd = -1;
+			res->len = 0;
+		}
 		goto out;
 	}
 
@@ -1997,7 +2386,7 @@ static int del_in_place(struct dnet_backend *b, const uint8_t *id)
 	/* an unsealed blob's next index must list the tombstone */
 	pthread_mutex_lock(&b->alock);
 	if (!atomic_load(&O->sealed))
-		log_push(O, id, off, 0, 1);
+		log_push(O, id, off, 0, BL_IX_TOMB);
 	pthread_mutex_unlock(&b->alock);
 	pthread_mutex_lock(&s->lock);
 	int64_t p = ix_find_loc(s, id, loc);
@@ -2160,7 +2549,7 @@ static int index_build(struct dnet_backend *b, struct blob *B, struct bl_lrec **
 	size_t n = 0;
 	for (size_t i = 0; i < B->nlog; i++) {
 		const struct bl_lrec *r = &B->log[i];
-		if (!(r->off & BL_F_TOMB)) {
+		if (!(r->off & BL_IX_TOMB)) {
 			struct bl_shard *s = shard_of(b, r->p);
 			pthread_mutex_lock(&s->lock);
 			int64_t pos = ix_find_loc(s, r->p, mkloc(B->slot, r->off));
@@ -2313,8 +2702,9 @@ static int seal_pending(struct dnet_backend *b)
 /* Applies one record found at (B, off) - from an index file (id = prefix only, full
  * = NULL) or a scan (full ID known) - on top of what older records built. */
 static int apply(struct dnet_backend *b, struct blob *B, const uint8_t *p, const uint8_t *full,
-		 uint64_t off, uint64_t size, int tomb, int to_log)
+		 uint64_t off, uint64_t size, unsigned ixfl, int to_log)
 {
+	const int tomb = !!(ixfl & BL_IX_TOMB);
 	struct bl_shard *s = shard_of(b, p);
 	uint8_t hb[BL_RHDR], fid[DNET_ID_SIZE];
 	struct bl_hdr h;
@@ -2322,7 +2712,7 @@ static int apply(struct dnet_backend *b, struct blob *B, const uint8_t *p, const
 	uint32_t pos;
 	int err = 0;
 
-	if (to_log && (err = log_push(B, p, off, size, tomb)))
+	if (to_log && (err = log_push(B, p, off, size, ixfl)))
 		return err;
 	if (tomb)
 		atomic_fetch_add(&B->tomb, (int64_t)rec_len(0));
@@ -2348,7 +2738,7 @@ static int apply(struct dnet_backend *b, struct blob *B, const uint8_t *p, const
 				atomic_fetch_sub(&b->objects, 1);
 			} else {
 				s->t[pos].loc = mkloc(B->slot, off);
-				atomic_fetch_add(&B->live, (int64_t)rec_len(size));
+				atomic_fetch_add(&B->live, (int64_t)rec_len(rec_reserved(size, ixfl)));
 				atomic_fetch_add(&b->bytes, size);
 			}
 			return 0;
@@ -2359,7 +2749,7 @@ static int apply(struct dnet_backend *b, struct blob *B, const uint8_t *p, const
 	if ((err = ix_insert(s, p, mkloc(B->slot, off))))
 		return err;
 	atomic_fetch_add(&b->objects, 1);
-	atomic_fetch_add(&B->live, (int64_t)rec_len(size));
+	atomic_fetch_add(&B->live, (int64_t)rec_len(rec_reserved(size, ixfl)));
 	atomic_fetch_add(&b->bytes, size);
 	return 0;
 }
@@ -2427,16 +2817,18 @@ static uint64_t index_load(struct dnet_backend *b, struct blob *B, uint64_t fsiz
 				const uint8_t *e = buf + j * BL_IENT;
 				uint64_t off = dnet_get_u64(e + 16) & ~7ull,
 					 size = dnet_get_u64(e + 24);
-				int tomb = (int)(dnet_get_u64(e + 16) & BL_F_TOMB);
+				unsigned fl = (unsigned)(dnet_get_u64(e + 16) & 7);
+				int tomb = !!(fl & BL_IX_TOMB);
 				if (pass == 0) {
-					if ((dnet_get_u64(e + 16) & 6) || off < BL_BHDR ||
+					if ((fl & ~(BL_IX_TOMB | BL_IX_BTAB)) || off < BL_BHDR ||
 					    size > BL_MAX_OBJECT ||
-					    off + rec_len(size) > align_up(covered, 8) ||
-					    (tomb && size) || memcmp(prev, e, BL_PREFIX) > 0)
+					    off + rec_len(rec_reserved(size, fl)) > align_up(covered, 8) ||
+					    (tomb && (size || (fl & BL_IX_BTAB))) ||
+					    memcmp(prev, e, BL_PREFIX) > 0)
 						why = "bad entry";
 					memcpy(prev, e, BL_PREFIX);
 				} else {
-					*err = apply(b, B, e, NULL, off, size, tomb, !*sealed);
+					*err = apply(b, B, e, NULL, off, size, fl, !*sealed);
 				}
 			}
 			i += k;
@@ -2566,7 +2958,7 @@ static int scan_apply_cb(struct dnet_backend *b, struct blob *B, struct reader *
 		return 0;
 	b->scanned++;
 	b->recovered++;
-	return apply(b, B, h->id, h->id, off, tomb ? 0 : h->size, tomb, 1);
+	return apply(b, B, h->id, h->id, off, tomb ? 0 : h->size, ix_flags(h), 1);
 }
 
 /* Opens and loads blob `num`: its index file, then a scan of what it does not cover
@@ -2717,6 +3109,7 @@ struct moved {
 	uint8_t p[BL_PREFIX];
 	uint64_t old_off, new_off, size;
 	int tomb;
+	unsigned ixfl;
 };
 
 struct compact_ctx {
@@ -2798,6 +3191,7 @@ copied:;
 	m->new_off = c->pos;
 	m->size = tomb ? 0 : h->size;
 	m->tomb = tomb;
+	m->ixfl = tomb ? BL_IX_TOMB : ix_flags(h);
 	if (!tomb)
 		c->live += rec_len(h->reserved);
 	c->end = c->pos + len;
@@ -2835,7 +3229,7 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 	}
 	for (size_t i = 0; i < c.n; i++) {
 		memcpy(e[i].p, c.m[i].p, BL_PREFIX);
-		e[i].off = c.m[i].new_off | (c.m[i].tomb ? BL_F_TOMB : 0);
+		e[i].off = c.m[i].new_off | c.m[i].ixfl;
 		e[i].size = c.m[i].size;
 	}
 	qsort(e, c.n, sizeof(*e), lrec_cmp);
@@ -2876,7 +3270,8 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 		if (pos >= 0)
 			s->t[pos].loc = mkloc(NB->slot, c.m[i].new_off);
 		else /* overwritten or deleted since: the copy is dead already */
-			atomic_fetch_sub(&NB->live, (int64_t)rec_len(c.m[i].size));
+			atomic_fetch_sub(&NB->live,
+					 (int64_t)rec_len(rec_reserved(c.m[i].size, c.m[i].ixfl)));
 		pthread_mutex_unlock(&s->lock);
 	}
 	if (dnet_f_renameat(b->dirfd, tmp, b->dirfd, name) < 0 ||
@@ -3009,6 +3404,7 @@ int dnet_blob_stats(struct dnet_backend *b, struct dnet_blob_stats *st)
 	st->dead_marked = atomic_load(&b->marked);
 	st->punched_bytes = atomic_load(&b->punched);
 	st->punch_deferred = atomic_load(&b->punch_deferred);
+	st->table_fallbacks = atomic_load(&b->table_fallbacks);
 	st->inplace_deletes = atomic_load(&b->inplace_dels);
 	st->active_seals = atomic_load(&b->active_seals);
 	st->reserve_bytes = b->reserve;
@@ -3113,6 +3509,7 @@ static void bl_free(struct dnet_backend *b)
 	if (b->dirfd >= 0)
 		close(b->dirfd);
 	pthread_mutex_destroy(&b->alock);
+	pthread_mutex_destroy(&b->badlock);
 	pthread_mutex_destroy(&b->llock);
 	pthread_mutex_destroy(&b->cmp_lock);
 	pthread_mutex_destroy(&b->seal_lock);
@@ -3172,6 +3569,7 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 		b->cfg.upload_timeout_s = 3600;
 	b->qtail = &b->q;
 	pthread_mutex_init(&b->alock, NULL);
+	pthread_mutex_init(&b->badlock, NULL);
 	pthread_mutex_init(&b->llock, NULL);
 	pthread_mutex_init(&b->cmp_lock, NULL);
 	pthread_mutex_init(&b->seal_lock, NULL);

@@ -42,6 +42,7 @@ struct dnet_blob_stats {
 	uint64_t inplace_deletes; /* deletes done in place: no room even for a tombstone */
 	uint64_t active_seals;	  /* active blobs sealed early because mostly dead */
 	uint64_t reserve_bytes;	  /* the tombstone reserve */
+	uint64_t table_fallbacks; /* reads whose block table disagreed with intact data */
 	/* The last open(): */
 	uint64_t open_us;
 	uint64_t recovered;  /* index entries loaded from index files + records scanned */

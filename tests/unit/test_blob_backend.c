@@ -1363,6 +1363,116 @@ static void test_punch_waits_for_seal(void **state)
 	(void)state;
 }
 
+/* Records over 64 KiB carry a table of per-64 KiB-block checksums: written by whole
+ * writes, by uploads hashed in order, read back out of order, or spooled; a read
+ * verifies only the blocks it returns, before returning or (deferred) as the caller
+ * sends them; a damaged table falls back to the whole checksum; found corruption is
+ * refused up front the next time. */
+#define BT_BLOCK 65536u
+static void bt_expect_range(struct dnet_backend *b, const uint8_t *id, const uint8_t *want,
+			    uint64_t off, uint64_t size)
+{
+	uint8_t *got;
+	uint64_t len;
+	assert_int_equal(rd(b, id, off, size, 0, &got, &len, NULL), 0);
+	assert_int_equal(len, size);
+	assert_memory_equal(got, want + off, size);
+	free(got);
+}
+
+static void test_block_table(void **state)
+{
+	char dir[300], blob[400];
+	dir_for(dir, sizeof(dir), "btab");
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
+	const uint64_t W = (1u << 20) + 100, U = 900000, C = 300000;
+	uint8_t *w = malloc(W), *u = malloc(U), id[4][DNET_ID_SIZE];
+	fill(w, W, 31);
+	fill(u, U, 32);
+	for (int k = 0; k < 4; k++)
+		mkid(id[k], 40 + (uint64_t)k);
+	/* 0: whole write; 1: upload in order; 2: out of order; 3: unknown length */
+	assert_int_equal(wr(b, id[0], 0, w, W, 0, 0, 0, NULL), 0);
+	for (uint64_t o = 0; o < U; o += C)
+		assert_int_equal(wr(b, id[1], o, u + o, C,
+				    o == 0 ? DNET_IO_PREPARE : o + C == U ? DNET_IO_COMMIT : DNET_IO_PLAIN,
+				    U, 7, NULL), 0);
+	assert_int_equal(wr(b, id[2], C, u + C, C, DNET_IO_PREPARE, U, 8, NULL), 0);
+	assert_int_equal(wr(b, id[2], 0, u, C, DNET_IO_PLAIN, U, 8, NULL), 0);
+	assert_int_equal(wr(b, id[2], 2 * C, u + 2 * C, C, DNET_IO_COMMIT, U, 8, NULL), 0);
+	for (uint64_t o = 0; o < U; o += C)
+		assert_int_equal(wr(b, id[3], o, u + o, C,
+				    o == 0 ? DNET_IO_PREPARE : o + C == U ? DNET_IO_COMMIT : DNET_IO_PLAIN,
+				    0, 9, NULL), 0);
+	for (int pass = 0; pass < 2; pass++) {
+		bt_expect_range(b, id[0], w, 0, W);
+		bt_expect_range(b, id[0], w, W - 7, 7);
+		bt_expect_range(b, id[0], w, BT_BLOCK - 3, 6);
+		for (int k = 1; k < 4; k++) {
+			bt_expect_range(b, id[k], u, 0, U);
+			bt_expect_range(b, id[k], u, 5 * BT_BLOCK + 1, 2 * BT_BLOCK);
+		}
+		struct dnet_blob_stats bs = bstats(b);
+		assert_int_equal(bs.table_fallbacks, 0); /* every table was right */
+		struct dnet_backend_stat st;
+		ops->stat(b, &st);
+		assert_int_equal(st.corrupt, 0);
+		ops->close(b); /* and the same from the index files */
+		b = open_be(dir, DNET_FSYNC_NEVER);
+	}
+
+	/* a bad byte in block 16, the last, of object 0 */
+	last_blob(dir, blob, sizeof(blob));
+	flip_in_file(blob, w + 16 * BT_BLOCK + 10, 64);
+	/* deferred: the good blocks before it pass, then the check fails */
+	struct dnet_read_res res;
+	assert_int_equal(ops->read(b, id[0], 0, 0, DNET_READ_DEFER_VERIFY, &res), 0);
+	assert_non_null(res.verify);
+	assert_true(res.fd >= 0);
+	assert_int_equal(res.len, W);
+	uint64_t at = res.file_offset, end = 0;
+	int err = 0;
+	while (at < res.file_offset + res.len && !(err = res.verify->check(res.verify, res.fd, at, &end))) {
+		assert_true(end > at);
+		at = end;
+	}
+	assert_int_equal(err, DNET_ECORRUPT);
+	/* released in steps: the good blocks before it were, the bad one never */
+	assert_true(at <= res.file_offset + 16 * BT_BLOCK);
+	assert_true(at >= res.file_offset + BT_BLOCK);
+	res.verify->free(res.verify);
+	close(res.fd);
+	uint8_t *got;
+	uint64_t len;
+	bt_expect_range(b, id[0], w, 0, 16 * BT_BLOCK); /* blocks 0..15 are fine */
+	bt_expect_range(b, id[0], w, 3 * BT_BLOCK + 1, BT_BLOCK);
+	assert_int_equal(rd(b, id[0], 16 * BT_BLOCK + 5, 1, 0, &got, &len, NULL), DNET_ECORRUPT);
+	assert_int_equal(rd(b, id[0], 0, 0, 0, &got, &len, NULL), DNET_ECORRUPT);
+	/* found once: the next deferred read is verified before it returns */
+	assert_int_equal(ops->read(b, id[0], 0, 0, DNET_READ_DEFER_VERIFY, &res), DNET_ECORRUPT);
+	assert_int_equal(ops->read(b, id[1], 0, 0, DNET_READ_DEFER_VERIFY, &res), 0);
+	assert_non_null(res.verify); /* others are not */
+	res.verify->free(res.verify);
+	close(res.fd);
+
+	/* a damaged table entry (block 3 of object 1): the data is served, noted */
+	uint8_t ent[8];
+	uint64_t h3 = XXH3_64bits(u + 3 * BT_BLOCK, BT_BLOCK);
+	for (int i = 0; i < 8; i++)
+		ent[i] = (uint8_t)(h3 >> (8 * i));
+	flip_in_file(blob, ent, 8);
+	bt_expect_range(b, id[1], u, 3 * BT_BLOCK + 10, 100);
+	bt_expect_range(b, id[1], u, 0, U);
+	assert_true(bstats(b).table_fallbacks >= 2);
+	struct dnet_backend_stat st;
+	ops->stat(b, &st);
+	assert_int_equal(st.corrupt, 4); /* object 0 only: 2 deferred, the ranged and whole reads */
+	ops->close(b);
+	free(w);
+	free(u);
+	(void)state;
+}
+
 int main(void)
 {
 	snprintf(root, sizeof(root), "/tmp/test_blob_XXXXXX");
@@ -1386,6 +1496,7 @@ int main(void)
 	    cmocka_unit_test(test_torn_tail),
 	    cmocka_unit_test(test_hostile_header),
 	    cmocka_unit_test(test_corruption),
+	    cmocka_unit_test(test_block_table),
 	    cmocka_unit_test(test_concurrent_batch),
 	    cmocka_unit_test(test_compaction),
 	    cmocka_unit_test(test_prefix_twins),
