@@ -34,7 +34,7 @@ UNIT_SRC := $(wildcard tests/unit/test_*.c)
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
 LIBCLIENT := $(BUILD)/libelliptics.a
-BINS := $(BUILD)/ellipticsd $(BUILD)/elliptics $(BUILD)/bench/memcload
+BINS := $(BUILD)/ellipticsd $(BUILD)/elliptics $(BUILD)/bench/memcload $(BUILD)/bench/rawcopy
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 .PHONY: all unit test clean fmt fuzz
@@ -80,6 +80,11 @@ $(BUILD)/elliptics: $(call obj,$(TOOLS_SRC)) $(LIBCLIENT)
 $(BUILD)/bench/memcload: $(call obj,bench/memcload.c)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ -lm
+
+# bench/compare's raw loopback copy: the ceiling for large GETs.
+$(BUILD)/bench/rawcopy: $(call obj,bench/rawcopy.c)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ -lpthread
 
 # Each unit test links every non-main object, so any module can be tested.
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(call obj,$(SERVER_SRC) $(STORAGE_SRC) $(COMMON_SRC) $(CLIENT_SRC)) $(ASSETS_O)
