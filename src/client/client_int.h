@@ -150,6 +150,7 @@ struct dnet_conn {
 	uint64_t in_left;
 	uint8_t in_io[DNET_IO_ATTR_SIZE];
 	size_t in_io_got;
+	int lowat; /* SO_RCVLOWAT set on fd (0: the default, 1 byte) */
 };
 
 struct dnet_client {
