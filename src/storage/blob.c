@@ -2049,16 +2049,18 @@ static int bad_known(struct dnet_backend *b, uint64_t loc)
 	return r;
 }
 
-static int ver_whole(struct bl_ver *x, int fd)
+/* The whole-data checksum of the record at `off` (of `size` data bytes) read
+ * through fd: 0, DNET_ECORRUPT (mismatch or short), or an IO error. */
+static int verify_whole(int fd, uint64_t off, uint64_t size, const uint8_t csum[16])
 {
 	XXH3_state_t *st = XXH3_createState();
 	uint8_t *buf = malloc(BL_IO_CHUNK);
 	int err = 0;
 	if (!st || !buf || XXH3_128bits_reset(st) != XXH_OK)
 		err = DNET_ENOMEM;
-	for (uint64_t p = 0; p < x->size && !err;) {
-		size_t n = x->size - p < BL_IO_CHUNK ? (size_t)(x->size - p) : BL_IO_CHUNK;
-		int64_t r = dnet_pread_full(fd, buf, n, x->off + BL_RHDR + p);
+	for (uint64_t p = 0; p < size && !err;) {
+		size_t n = size - p < BL_IO_CHUNK ? (size_t)(size - p) : BL_IO_CHUNK;
+		int64_t r = dnet_pread_full(fd, buf, n, off + BL_RHDR + p);
 		if (r < 0)
 			err = (int)r;
 		else if ((size_t)r != n)
@@ -2070,7 +2072,7 @@ static int ver_whole(struct bl_ver *x, int fd)
 	if (!err) {
 		XXH128_canonical_t c;
 		XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
-		if (memcmp(c.digest, x->csum, 16) != 0)
+		if (memcmp(c.digest, csum, 16) != 0)
 			err = DNET_ECORRUPT;
 	}
 	free(buf);
@@ -2114,7 +2116,7 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 	}
 	if (err == DNET_ECORRUPT) {
 		/* the data, or only its table? the whole checksum decides */
-		err = ver_whole(x, fd);
+		err = verify_whole(fd, x->off, x->size, x->csum);
 		if (!err) {
 			dnet_log_warn("blob backend %s: the block table of a record in blob %u at "
 				      "offset %llu is damaged (its data is intact); reads of it "
@@ -2268,37 +2270,10 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 	}
 
 	/* large: verify the whole record by streaming it, then hand out a file range */
-	if (verify) {
-		XXH3_state_t *st = XXH3_createState();
-		uint8_t *buf = malloc(BL_IO_CHUNK);
-		if (!st || !buf || XXH3_128bits_reset(st) != XXH_OK) {
-			err = DNET_ENOMEM;
-		} else {
-			for (uint64_t p = 0; p < h.size && !err;) {
-				size_t n =
-				    h.size - p < BL_IO_CHUNK ? (size_t)(h.size - p) : BL_IO_CHUNK;
-				int64_t r = dnet_pread_full(B->fd, buf, n, off + BL_RHDR + p);
-				if (r < 0)
-					err = (int)r;
-				else if ((size_t)r != n)
-					err = DNET_ECORRUPT;
-				else
-					XXH3_128bits_update(st, buf, n);
-				p += n;
-			}
-			if (!err) {
-				XXH128_canonical_t c;
-				XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
-				if (memcmp(c.digest, h.csum, 16) != 0)
-					err = DNET_ECORRUPT;
-			}
-			if (err == DNET_ECORRUPT)
-				report_corrupt(b, id, B, off, "data checksum mismatch");
-		}
-		free(buf);
-		XXH3_freeState(st);
-		if (err)
-			goto out;
+	if (verify && (err = verify_whole(B->fd, off, h.size, h.csum))) {
+		if (err == DNET_ECORRUPT)
+			report_corrupt(b, id, B, off, "data checksum mismatch");
+		goto out;
 	}
 	if (len) {
 		int fd = lease_fd(B, off, BL_RHDR + h.size);
