@@ -149,6 +149,11 @@ struct dnet_backend {
 
 	_Atomic uint64_t objects, bytes, disk_bytes, syncs, synced_writes, corrupt;
 	_Atomic uint64_t tmp_seq;
+	/* Objects found corrupt while being sent: read again, they are verified before
+	 * anything is sent, so the reader gets DNET_ECORRUPT. */
+	pthread_mutex_t bad_lock;
+	uint8_t bad[16][DNET_ID_SIZE];
+	unsigned nbad;
 	atomic_int no_renameat2;
 
 	pthread_mutex_t up_lock;
@@ -1285,6 +1290,62 @@ static void fb_write(struct dnet_backend *b, const struct dnet_write_req *req,
 /* ---- reads and the rest ------------------------------------------------------- */
 
 /* size 0 = to the end; a range running past the end is clipped to it. */
+/* Verification of a read's blocks as they are sent (DNET_READ_DEFER_VERIFY): the
+ * sender checks FB_IO_CHUNK of blocks at a time before they may go out. */
+struct fb_ver {
+	struct dnet_read_verify v;
+	struct dnet_backend *b;
+	struct fb_hdr h;
+	uint64_t next, end; /* data offsets: verified up to next; the read ends at end */
+};
+
+static int fb_bad_known(struct dnet_backend *b, const uint8_t *id)
+{
+	int r = 0;
+	pthread_mutex_lock(&b->bad_lock);
+	for (unsigned i = 0; i < 16 && i < b->nbad; i++)
+		r |= memcmp(b->bad[i], id, DNET_ID_SIZE) == 0;
+	pthread_mutex_unlock(&b->bad_lock);
+	return r;
+}
+
+static int fbv_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t *end)
+{
+	struct fb_ver *x = (struct fb_ver *)v;
+	const uint64_t d = from - FB_HDR_SIZE, bs = x->h.block_size;
+	if (from < FB_HDR_SIZE || d >= x->end)
+		return DNET_EINVAL;
+	if (d < x->next) {
+		*end = FB_HDR_SIZE + x->next;
+		return 0;
+	}
+	uint8_t *scratch = fb_scratch();
+	if (!scratch)
+		return DNET_ENOMEM;
+	uint64_t start = d / bs * bs, stop = start + FB_IO_CHUNK;
+	if (stop > x->end)
+		stop = x->end;
+	int err = fb_verify_range(fd, &x->h, start, stop - start, scratch, NULL);
+	if (err == DNET_ECORRUPT) {
+		fb_report_corrupt(x->b, x->v.id, "data block checksum mismatch");
+		pthread_mutex_lock(&x->b->bad_lock);
+		memcpy(x->b->bad[x->b->nbad++ % 16], x->v.id, DNET_ID_SIZE);
+		pthread_mutex_unlock(&x->b->bad_lock);
+	}
+	if (err)
+		return err;
+	x->next = fb_nblocks(stop, bs) * bs;
+	if (x->next > x->h.size)
+		x->next = x->h.size;
+	*end = FB_HDR_SIZE + x->next;
+	return 0;
+}
+
+static void fbv_free(struct dnet_read_verify *v)
+{
+	free(v);
+}
+
 static int fb_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, uint64_t size,
 		   uint32_t flags, struct dnet_read_res *res)
 {
@@ -1351,7 +1412,21 @@ static int fb_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 		res->len = len;
 		goto out_close;
 	}
-	if (verify && (err = fb_verify_range(fd, &h, offset, len, scratch, NULL))) {
+	if (verify && (flags & DNET_READ_DEFER_VERIFY) && !fb_bad_known(b, id)) {
+		struct fb_ver *x = calloc(1, sizeof(*x));
+		if (!x) {
+			err = DNET_ENOMEM;
+			goto out_close;
+		}
+		x->v.check = fbv_check;
+		x->v.free = fbv_free;
+		memcpy(x->v.id, id, DNET_ID_SIZE);
+		x->b = b;
+		x->h = h;
+		x->next = offset; /* nothing verified: the first check starts at offset */
+		x->end = offset + len;
+		res->verify = &x->v;
+	} else if (verify && (err = fb_verify_range(fd, &h, offset, len, scratch, NULL))) {
 		if (err == DNET_ECORRUPT)
 			goto out_corrupt;
 		goto out_close;
@@ -1577,6 +1652,7 @@ static void fb_free(struct dnet_backend *b)
 	if (b->lockfd >= 0)
 		close(b->lockfd); /* drops the flock */
 	pthread_mutex_destroy(&b->up_lock);
+	pthread_mutex_destroy(&b->bad_lock);
 	pthread_mutex_destroy(&b->q_lock);
 	pthread_cond_destroy(&b->q_cond);
 	pthread_cond_destroy(&b->done_cond);
@@ -1617,6 +1693,7 @@ static int fb_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&b->up_lock, NULL);
+	pthread_mutex_init(&b->bad_lock, NULL);
 	pthread_mutex_init(&b->q_lock, NULL);
 	pthread_cond_init(&b->q_cond, &ca);
 	pthread_cond_init(&b->done_cond, NULL);

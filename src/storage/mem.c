@@ -260,6 +260,7 @@ static int mem_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, 
 	if (size && size < len)
 		len = size;
 	res->fd = -1;
+	res->verify = NULL;
 	res->buf = malloc(len ? len : 1);
 	if (!res->buf) {
 		pthread_mutex_unlock(&st->lock);
