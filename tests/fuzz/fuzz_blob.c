@@ -40,6 +40,13 @@ static void fill_rotated(const struct dnet_backend_ops *ops, struct dnet_backend
 	fz_put(ops, b, 3, 0, 5000, 1);
 }
 
+static void fill_btab(const struct dnet_backend_ops *ops, struct dnet_backend *b)
+{
+	/* a record over 64 KiB: it carries a block table */
+	fz_put(ops, b, 0, 0, 65536 + 700, 1);
+	fz_put(ops, b, 1, 0, 100, 0);
+}
+
 static void fz_make_seeds(const char *dir)
 {
 	setenv("ELLIPTICS_BLOB_SIZE", "64K", 1);
@@ -55,6 +62,9 @@ static void fz_make_seeds(const char *dir)
 	fz_seed_reset();
 	fz_seed_write("blob", fill_rotated);
 	fz_files_pack(dir, "rotated", names, NNAMES);
+	fz_seed_reset();
+	fz_seed_write("blob", fill_btab);
+	fz_files_pack(dir, "btab", names, NNAMES);
 	fz_cleanup_root();
 }
 

@@ -266,6 +266,26 @@ static inline int fz_read(const struct dnet_backend_ops *ops, struct dnet_backen
 			fz_fail("a failed read returned data");
 		return err;
 	}
+	if (res.verify) {
+		/* deferred verification: steps that move forward, cover the range, and
+		 * may stop at a corrupt block (then nothing more of it may be used) */
+		if (res.fd < 0)
+			fz_fail("a verifier without a file range");
+		uint64_t at = res.file_offset, e = 0;
+		int verr = 0;
+		while (at < res.file_offset + res.len &&
+		       !(verr = res.verify->check(res.verify, res.fd, at, &e))) {
+			if (e <= at)
+				fz_fail("a verification step did not move forward");
+			at = e;
+		}
+		res.verify->free(res.verify);
+		res.verify = NULL;
+		if (verr) {
+			close(res.fd);
+			return verr;
+		}
+	}
 	if (size && res.len > size)
 		fz_fail("read returned more than asked");
 	if (res.len > res.info.size)
@@ -332,6 +352,8 @@ static inline void fz_workout(const char *engine, int fsync)
 		fz_read(ops, b, ids.id[i], 0, 0, 0, NULL, 0);
 		fz_read(ops, b, ids.id[i], 0, 0, DNET_FLAG_NOCSUM, NULL, 0);
 		fz_read(ops, b, ids.id[i], 3, 70000, 0, NULL, 0);
+		fz_read(ops, b, ids.id[i], 0, 0, DNET_READ_DEFER_VERIFY, NULL, 0);
+		fz_read(ops, b, ids.id[i], 65537, 70000, DNET_READ_DEFER_VERIFY, NULL, 0);
 	}
 	uint8_t k0[DNET_ID_SIZE], k1[DNET_ID_SIZE], k2[DNET_ID_SIZE];
 	fz_known_id(0, k0);
