@@ -18,6 +18,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "fuzz_talk.h"
 #include "server/server.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -58,41 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		close(fd);
 		return 0;
 	}
-	struct pollfd p = {.fd = fd};
-	size_t off = 0;
-	char sink[65536];
-	if (size == 0)
-		shutdown(fd, SHUT_WR);
-	/* Send everything while draining replies, half-close, then read until the
-	 * server closes: it must, since it sees our EOF. */
-	for (;;) {
-		p.events = POLLIN | (off < size ? POLLOUT : 0);
-		if (poll(&p, 1, 20000) <= 0) {
-			FILE *f = fopen("fuzz-http-hang.bin", "wb");
-			if (f) {
-				fwrite(data, 1, size, f);
-				fclose(f);
-			}
-			fprintf(stderr,
-				"fuzz_httpd: no progress for 20 s on a %zu-byte input "
-				"(saved as fuzz-http-hang.bin)\n",
-				size);
-			abort();
-		}
-		if (p.revents & POLLIN) {
-			ssize_t n = recv(fd, sink, sizeof(sink), 0);
-			if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN))
-				break;
-		}
-		if (off < size && (p.revents & POLLOUT)) {
-			ssize_t n = send(fd, data + off, size - off, MSG_NOSIGNAL);
-			if (n < 0)
-				break;
-			off += (size_t)n;
-			if (off == size)
-				shutdown(fd, SHUT_WR);
-		}
-	}
+	fz_talk(fd, data, size, "fuzz_httpd", "fuzz-http-hang.bin");
 	/* Close with a reset: hundreds of thousands of runs must not fill the loopback
 	 * with TIME_WAIT connections whose ports new runs would then collide with. */
 	struct linger lg = {.l_onoff = 1, .l_linger = 0};

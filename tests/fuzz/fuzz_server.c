@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/util.h"
+#include "fuzz_talk.h"
 #include "server/server.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -57,41 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		close(fd);
 		return 0;
 	}
-	struct pollfd p = {.fd = fd};
-	size_t off = 0;
-	char sink[65536];
-	if (size == 0)
-		shutdown(fd, SHUT_WR);
-	/* Send everything while draining replies (the server may stop reading us if
-	 * we don't), then half-close and read until the server closes. */
-	for (int rounds = 0; rounds < 100000; rounds++) {
-		p.events = POLLIN | (off < size ? POLLOUT : 0);
-		if (poll(&p, 1, 20000) <= 0) {
-			/* The server hung: a bug (20 s: on a loaded shared machine with ASan
-			 * an input that replays in 40 ms once went 5 s without progress). */
-			FILE *f = fopen("fuzz-hang.bin", "wb");
-			if (f) {
-				fwrite(data, 1, size, f);
-				fclose(f);
-			}
-			fprintf(stderr, "fuzz_server: no progress for 20 s on a %zu-byte input "
-					"(saved as fuzz-hang.bin)\n", size);
-			abort();
-		}
-		if (p.revents & POLLIN) {
-			ssize_t n = recv(fd, sink, sizeof(sink), 0);
-			if (n <= 0)
-				break;
-		}
-		if (off < size && (p.revents & POLLOUT)) {
-			ssize_t n = send(fd, data + off, size - off, MSG_NOSIGNAL);
-			if (n < 0)
-				break;
-			off += (size_t)n;
-			if (off == size)
-				shutdown(fd, SHUT_WR);
-		}
-	}
+	fz_talk(fd, data, size, "fuzz_server", "fuzz-hang.bin");
 	close(fd);
 	return 0;
 }
