@@ -1475,6 +1475,27 @@ static int hasher_update(struct bl_hasher *x, const uint8_t *d, size_t n)
 	return 0;
 }
 
+/* Feeds the `size` data bytes of the record at `off` to x, read back through fd:
+ * 0, DNET_ECORRUPT (the file is shorter), an IO error, or the table's write error. */
+static int hash_back(int fd, uint64_t off, uint64_t size, struct bl_hasher *x)
+{
+	uint8_t *buf = malloc(BL_IO_CHUNK);
+	int err = buf ? 0 : DNET_ENOMEM;
+	for (uint64_t p = 0; p < size && !err;) {
+		size_t n = size - p < BL_IO_CHUNK ? (size_t)(size - p) : BL_IO_CHUNK;
+		int64_t r = dnet_pread_full(fd, buf, n, off + BL_RHDR + p);
+		if (r < 0)
+			err = (int)r;
+		else if ((size_t)r != n)
+			err = DNET_ECORRUPT;
+		else
+			err = hasher_update(x, buf, n);
+		p += n;
+	}
+	free(buf);
+	return err;
+}
+
 /* All `size` bytes seen: the last block's entry, the table out, the checksum. */
 static int hasher_finish(struct bl_hasher *x, uint8_t csum[16])
 {
@@ -1809,26 +1830,13 @@ static int up_checksum(struct bl_upload *u, uint8_t csum[16])
 		return hasher_finish(u->hx, csum);
 	struct bl_hasher *x =
 	    hasher_new(u->total, u->blob->fd, fl ? u->off + BL_RHDR + btab_at(u->total) : 0);
-	uint8_t *buf = malloc(BL_IO_CHUNK);
-	int err = 0;
-	if (!x || !buf) {
-		err = DNET_ENOMEM;
-		goto out;
-	}
-	for (uint64_t pos = 0; pos < u->total && !err;) {
-		size_t n = u->total - pos < BL_IO_CHUNK ? (size_t)(u->total - pos) : BL_IO_CHUNK;
-		int64_t r = dnet_pread_full(u->blob->fd, buf, n, u->off + BL_RHDR + pos);
-		if (r < 0 || (size_t)r != n) {
-			err = r < 0 ? (int)r : DNET_EIO;
-			goto out;
-		}
-		err = hasher_update(x, buf, n);
-		pos += n;
-	}
+	if (!x)
+		return DNET_ENOMEM;
+	int err = hash_back(u->blob->fd, u->off, u->total, x);
+	if (err == DNET_ECORRUPT)
+		err = DNET_EIO; /* our own reservation came back short */
 	if (!err)
 		err = hasher_finish(x, csum);
-out:
-	free(buf);
 	hasher_free(x);
 	return err;
 }
@@ -2053,30 +2061,14 @@ static int bad_known(struct dnet_backend *b, uint64_t loc)
  * through fd: 0, DNET_ECORRUPT (mismatch or short), or an IO error. */
 static int verify_whole(int fd, uint64_t off, uint64_t size, const uint8_t csum[16])
 {
-	XXH3_state_t *st = XXH3_createState();
-	uint8_t *buf = malloc(BL_IO_CHUNK);
-	int err = 0;
-	if (!st || !buf || XXH3_128bits_reset(st) != XXH_OK)
-		err = DNET_ENOMEM;
-	for (uint64_t p = 0; p < size && !err;) {
-		size_t n = size - p < BL_IO_CHUNK ? (size_t)(size - p) : BL_IO_CHUNK;
-		int64_t r = dnet_pread_full(fd, buf, n, off + BL_RHDR + p);
-		if (r < 0)
-			err = (int)r;
-		else if ((size_t)r != n)
-			err = DNET_ECORRUPT;
-		else
-			XXH3_128bits_update(st, buf, n);
-		p += n;
-	}
-	if (!err) {
-		XXH128_canonical_t c;
-		XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
-		if (memcmp(c.digest, csum, 16) != 0)
-			err = DNET_ECORRUPT;
-	}
-	free(buf);
-	XXH3_freeState(st);
+	struct bl_hasher *x = hasher_new(size, -1, 0);
+	if (!x)
+		return DNET_ENOMEM;
+	uint8_t c[16];
+	int err = hash_back(fd, off, size, x);
+	if (!err && !(err = hasher_finish(x, c)) && memcmp(c, csum, 16) != 0)
+		err = DNET_ECORRUPT;
+	hasher_free(x);
 	return err;
 }
 
@@ -3083,8 +3075,7 @@ static int load_all(struct dnet_backend *b)
 struct moved {
 	uint8_t p[BL_PREFIX];
 	uint64_t old_off, new_off, size;
-	int tomb;
-	unsigned ixfl;
+	unsigned ixfl; /* BL_IX_TOMB: a tombstone */
 };
 
 struct compact_ctx {
@@ -3165,7 +3156,6 @@ copied:;
 	m->old_off = off;
 	m->new_off = c->pos;
 	m->size = tomb ? 0 : h->size;
-	m->tomb = tomb;
 	m->ixfl = tomb ? BL_IX_TOMB : ix_flags(h);
 	if (!tomb)
 		c->live += rec_len(h->reserved);
@@ -3233,11 +3223,11 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 	/* tombstone bytes of the new blob: the ones kept */
 	int64_t tb = 0;
 	for (size_t i = 0; i < c.n; i++)
-		tb += c.m[i].tomb ? (int64_t)rec_len(0) : 0;
+		tb += (c.m[i].ixfl & BL_IX_TOMB) ? (int64_t)rec_len(0) : 0;
 	atomic_store(&NB->tomb, tb);
 	/* flip every cell still pointing into the old blob */
 	for (size_t i = 0; i < c.n; i++) {
-		if (c.m[i].tomb)
+		if (c.m[i].ixfl & BL_IX_TOMB)
 			continue;
 		struct bl_shard *s = shard_of(b, c.m[i].p);
 		pthread_mutex_lock(&s->lock);
