@@ -142,3 +142,33 @@ int dnet_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 	struct iovec iov = {(void *)buf, len};
 	return len ? dnet_pwritev_full(fd, &iov, 1, off) : 0;
 }
+
+void dnet_bad_ring_init(struct dnet_bad_ring *r)
+{
+	memset(r, 0, sizeof(*r));
+	pthread_mutex_init(&r->lock, NULL);
+}
+
+void dnet_bad_ring_destroy(struct dnet_bad_ring *r)
+{
+	pthread_mutex_destroy(&r->lock);
+}
+
+void dnet_bad_ring_note(struct dnet_bad_ring *r, const uint8_t *id, uint64_t tag)
+{
+	pthread_mutex_lock(&r->lock);
+	unsigned i = r->n++ % DNET_BAD_RING;
+	memcpy(r->e[i].id, id, sizeof(r->e[i].id));
+	r->e[i].tag = tag;
+	pthread_mutex_unlock(&r->lock);
+}
+
+int dnet_bad_ring_known(struct dnet_bad_ring *r, const uint8_t *id, uint64_t tag)
+{
+	int found = 0;
+	pthread_mutex_lock(&r->lock);
+	for (unsigned i = 0; i < DNET_BAD_RING && i < r->n && !found; i++)
+		found = r->e[i].tag == tag && memcmp(r->e[i].id, id, sizeof(r->e[i].id)) == 0;
+	pthread_mutex_unlock(&r->lock);
+	return found;
+}

@@ -8,6 +8,7 @@
 #ifndef DNET_BACKEND_H
 #define DNET_BACKEND_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -72,6 +73,23 @@ struct dnet_read_verify {
 	void (*free)(struct dnet_read_verify *v);
 	uint8_t id[64];
 };
+
+/* Objects an engine found corrupt while they were being sent: read again, they are
+ * verified before anything is sent, so the reader gets DNET_ECORRUPT instead of a
+ * cut connection. The last 16, by ID and an engine tag (a location; 0 if none). */
+#define DNET_BAD_RING 16
+struct dnet_bad_ring {
+	pthread_mutex_t lock;
+	struct {
+		uint8_t id[64];
+		uint64_t tag;
+	} e[DNET_BAD_RING];
+	unsigned n;
+};
+void dnet_bad_ring_init(struct dnet_bad_ring *r);
+void dnet_bad_ring_destroy(struct dnet_bad_ring *r);
+void dnet_bad_ring_note(struct dnet_bad_ring *r, const uint8_t *id, uint64_t tag);
+int dnet_bad_ring_known(struct dnet_bad_ring *r, const uint8_t *id, uint64_t tag);
 
 struct dnet_backend_stat {
 	uint64_t objects;     /* live objects */

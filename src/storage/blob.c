@@ -423,11 +423,7 @@ struct dnet_backend {
 	_Atomic uintptr_t await_for; /* the active blob they wait on (0: none wait) */
 
 	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt, table_fallbacks;
-	/* Records found corrupt while being sent (locations): read again, they are
-	 * verified before anything is sent, so the reader gets DNET_ECORRUPT. */
-	pthread_mutex_t badlock;
-	uint64_t bad[16];
-	unsigned nbad;
+	struct dnet_bad_ring bad; /* found corrupt while sent: by ID and location */
 	_Atomic uint64_t compactions, reclaimed;
 	_Atomic uint64_t marked, punched, punch_deferred, inplace_dels, active_seals;
 	uint64_t open_us, recovered, scanned, torn;
@@ -2040,23 +2036,6 @@ struct bl_ver {
 	uint8_t tab[8 * BL_TBUF]; /* table window */
 };
 
-static void bad_note(struct dnet_backend *b, uint64_t loc)
-{
-	pthread_mutex_lock(&b->badlock);
-	b->bad[b->nbad++ % 16] = loc;
-	pthread_mutex_unlock(&b->badlock);
-}
-
-static int bad_known(struct dnet_backend *b, uint64_t loc)
-{
-	int r = 0;
-	pthread_mutex_lock(&b->badlock);
-	for (unsigned i = 0; i < 16 && i < b->nbad; i++)
-		r |= b->bad[i] == loc;
-	pthread_mutex_unlock(&b->badlock);
-	return r;
-}
-
 /* The whole-data checksum of the record at `off` (of `size` data bytes) read
  * through fd: 0, DNET_ECORRUPT (mismatch or short), or an IO error. */
 static int verify_whole(int fd, uint64_t off, uint64_t size, const uint8_t csum[16])
@@ -2118,7 +2097,7 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 			atomic_fetch_add(&x->b->table_fallbacks, 1);
 		} else if (err == DNET_ECORRUPT) {
 			report_corrupt_num(x->b, x->v.id, x->num, x->off, "data checksum mismatch");
-			bad_note(x->b, x->loc);
+			dnet_bad_ring_note(&x->b->bad, x->v.id, x->loc);
 		}
 	}
 	if (err)
@@ -2246,7 +2225,7 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 		res->fd = fd;
 		res->file_offset = off + BL_RHDR + offset;
 		res->len = len;
-		if ((flags & DNET_READ_DEFER_VERIFY) && !bad_known(b, x->loc)) {
+		if ((flags & DNET_READ_DEFER_VERIFY) && !dnet_bad_ring_known(&b->bad, id, x->loc)) {
 			res->verify = &x->v;
 			goto out;
 		}
@@ -3474,7 +3453,7 @@ static void bl_free(struct dnet_backend *b)
 	if (b->dirfd >= 0)
 		close(b->dirfd);
 	pthread_mutex_destroy(&b->alock);
-	pthread_mutex_destroy(&b->badlock);
+	dnet_bad_ring_destroy(&b->bad);
 	pthread_mutex_destroy(&b->llock);
 	pthread_mutex_destroy(&b->cmp_lock);
 	pthread_mutex_destroy(&b->seal_lock);
@@ -3534,7 +3513,7 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 		b->cfg.upload_timeout_s = 3600;
 	b->qtail = &b->q;
 	pthread_mutex_init(&b->alock, NULL);
-	pthread_mutex_init(&b->badlock, NULL);
+	dnet_bad_ring_init(&b->bad);
 	pthread_mutex_init(&b->llock, NULL);
 	pthread_mutex_init(&b->cmp_lock, NULL);
 	pthread_mutex_init(&b->seal_lock, NULL);

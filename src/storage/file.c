@@ -149,11 +149,7 @@ struct dnet_backend {
 
 	_Atomic uint64_t objects, bytes, disk_bytes, syncs, synced_writes, corrupt;
 	_Atomic uint64_t tmp_seq;
-	/* Objects found corrupt while being sent: read again, they are verified before
-	 * anything is sent, so the reader gets DNET_ECORRUPT. */
-	pthread_mutex_t bad_lock;
-	uint8_t bad[16][DNET_ID_SIZE];
-	unsigned nbad;
+	struct dnet_bad_ring bad; /* found corrupt while sent: by ID */
 	atomic_int no_renameat2;
 
 	pthread_mutex_t up_lock;
@@ -1299,16 +1295,6 @@ struct fb_ver {
 	uint64_t next, end; /* data offsets: verified up to next; the read ends at end */
 };
 
-static int fb_bad_known(struct dnet_backend *b, const uint8_t *id)
-{
-	int r = 0;
-	pthread_mutex_lock(&b->bad_lock);
-	for (unsigned i = 0; i < 16 && i < b->nbad; i++)
-		r |= memcmp(b->bad[i], id, DNET_ID_SIZE) == 0;
-	pthread_mutex_unlock(&b->bad_lock);
-	return r;
-}
-
 static int fbv_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t *end)
 {
 	struct fb_ver *x = (struct fb_ver *)v;
@@ -1328,9 +1314,7 @@ static int fbv_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 	int err = fb_verify_range(fd, &x->h, start, stop - start, scratch, NULL);
 	if (err == DNET_ECORRUPT) {
 		fb_report_corrupt(x->b, x->v.id, "data block checksum mismatch");
-		pthread_mutex_lock(&x->b->bad_lock);
-		memcpy(x->b->bad[x->b->nbad++ % 16], x->v.id, DNET_ID_SIZE);
-		pthread_mutex_unlock(&x->b->bad_lock);
+		dnet_bad_ring_note(&x->b->bad, x->v.id, 0);
 	}
 	if (err)
 		return err;
@@ -1412,7 +1396,7 @@ static int fb_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 		res->len = len;
 		goto out_close;
 	}
-	if (verify && (flags & DNET_READ_DEFER_VERIFY) && !fb_bad_known(b, id)) {
+	if (verify && (flags & DNET_READ_DEFER_VERIFY) && !dnet_bad_ring_known(&b->bad, id, 0)) {
 		struct fb_ver *x = calloc(1, sizeof(*x));
 		if (!x) {
 			err = DNET_ENOMEM;
@@ -1652,7 +1636,7 @@ static void fb_free(struct dnet_backend *b)
 	if (b->lockfd >= 0)
 		close(b->lockfd); /* drops the flock */
 	pthread_mutex_destroy(&b->up_lock);
-	pthread_mutex_destroy(&b->bad_lock);
+	dnet_bad_ring_destroy(&b->bad);
 	pthread_mutex_destroy(&b->q_lock);
 	pthread_cond_destroy(&b->q_cond);
 	pthread_cond_destroy(&b->done_cond);
@@ -1693,7 +1677,7 @@ static int fb_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&b->up_lock, NULL);
-	pthread_mutex_init(&b->bad_lock, NULL);
+	dnet_bad_ring_init(&b->bad);
 	pthread_mutex_init(&b->q_lock, NULL);
 	pthread_cond_init(&b->q_cond, &ca);
 	pthread_cond_init(&b->done_cond, NULL);
