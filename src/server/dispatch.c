@@ -272,6 +272,16 @@ static void finish_tomb(struct dnet_trans *t, const struct dnet_obj_info *info)
 	finish(t, o, DNET_ENOENT);
 }
 
+/* What a read returned and nobody will send. */
+static void read_res_release(struct dnet_read_res *res)
+{
+	if (res->fd >= 0)
+		close(res->fd);
+	if (res->verify)
+		res->verify->free(res->verify);
+	free(res->buf);
+}
+
 static void do_read(struct dnet_server *s, struct dnet_trans *t)
 {
 	struct dnet_io_attr io;
@@ -297,21 +307,13 @@ static void do_read(struct dnet_server *s, struct dnet_trans *t)
 		return;
 	}
 	if (res.info.timestamp & DNET_VERSION_TOMB) {
-		if (res.fd >= 0)
-			close(res.fd);
-		if (res.verify)
-			res.verify->free(res.verify);
-		free(res.buf);
+		read_res_release(&res);
 		finish_tomb(t, &res.info);
 		return;
 	}
 	struct dnet_out *o = dnet_out_new();
 	if (!o) {
-		if (res.fd >= 0)
-			close(res.fd);
-		if (res.verify)
-			res.verify->free(res.verify);
-		free(res.buf);
+		read_res_release(&res);
 		finish_status(t, DNET_ENOMEM);
 		return;
 	}
