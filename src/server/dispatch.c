@@ -584,6 +584,13 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 	atomic_fetch_add(&s->stats.busy_ns, dnet_now_mono_ns() - t0);
 }
 
+void dnet_dispatch_flush(void *ctx)
+{
+	struct dnet_server *s = ctx;
+	if (s->bops->flush)
+		s->bops->flush(s->backend);
+}
+
 int dnet_local_call(struct dnet_server *s, uint8_t cmd, const uint8_t *id,
 		    const struct dnet_io_attr *io, const void *data, struct dnet_obj_info *info)
 {

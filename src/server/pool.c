@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "storage/backend.h"
 #include "server.h"
 
 struct dnet_worker {
@@ -19,6 +20,7 @@ struct dnet_worker {
 struct dnet_pool {
 	int n;
 	dnet_pool_fn fn;
+	dnet_pool_flush_fn flush;
 	void *ctx;
 	atomic_uint_fast64_t *queued;
 	struct dnet_worker *w;
@@ -29,6 +31,7 @@ static void *worker_main(void *arg)
 	struct dnet_worker *w = arg;
 	struct dnet_pool *p = w->pool;
 
+	dnet_backend_batching = p->flush != NULL;
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
 		while (!w->head && !w->stop) {
@@ -50,14 +53,16 @@ static void *worker_main(void *arg)
 				atomic_fetch_sub(p->queued, 1);
 			p->fn(p->ctx, t);
 		}
+		if (p->flush)
+			p->flush(p->ctx);
 		pthread_mutex_lock(&w->lock);
 	}
 	pthread_mutex_unlock(&w->lock);
 	return NULL;
 }
 
-int dnet_pool_start(struct dnet_pool **out, int nthreads, dnet_pool_fn fn, void *ctx,
-		    atomic_uint_fast64_t *queued)
+int dnet_pool_start(struct dnet_pool **out, int nthreads, dnet_pool_fn fn,
+		    dnet_pool_flush_fn flush, void *ctx, atomic_uint_fast64_t *queued)
 {
 	if (nthreads < 1 || nthreads > 1024)
 		return -1;
@@ -70,6 +75,7 @@ int dnet_pool_start(struct dnet_pool **out, int nthreads, dnet_pool_fn fn, void 
 		return -1;
 	}
 	p->fn = fn;
+	p->flush = flush;
 	p->ctx = ctx;
 	p->queued = queued;
 	for (int i = 0; i < nthreads; i++) {

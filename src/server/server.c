@@ -123,7 +123,7 @@ int dnet_server_start(struct dnet_server *s)
 	if (dnet_auth_start(s) != 0)
 		goto out_close_backend;
 	dnet_member_init(s);
-	if (dnet_pool_start(&s->pool, s->cfg.io_threads, dnet_dispatch, s, &s->stats.queued) != 0) {
+	if (dnet_pool_start(&s->pool, s->cfg.io_threads, dnet_dispatch, dnet_dispatch_flush, s, &s->stats.queued) != 0) {
 		dnet_log_error("cannot start the IO pool");
 		goto out_close_backend;
 	}

@@ -211,8 +211,12 @@ const char *dnet_stats_status_label(unsigned slot);
  * requests for one object execute in arrival order on one worker. */
 struct dnet_pool;
 typedef void (*dnet_pool_fn)(void *ctx, struct dnet_trans *t);
-int dnet_pool_start(struct dnet_pool **out, int nthreads, dnet_pool_fn fn, void *ctx,
-		    atomic_uint_fast64_t *queued);
+/* A worker takes its whole queue at once and runs fn on each transaction, then
+ * flush (may be NULL) once: the storage engine writes what it held back during the
+ * batch (dnet_backend_batching is set on the workers). */
+typedef void (*dnet_pool_flush_fn)(void *ctx);
+int dnet_pool_start(struct dnet_pool **out, int nthreads, dnet_pool_fn fn,
+		    dnet_pool_flush_fn flush, void *ctx, atomic_uint_fast64_t *queued);
 void dnet_pool_push(struct dnet_pool *p, struct dnet_trans *t);
 /* Batched hand-off (one per network loop): add() keeps transactions aside, commit()
  * queues them all, waking each worker at most once. Order per object is kept. */
@@ -239,6 +243,8 @@ void dnet_conn_trans_done(struct dnet_conn *c, uint64_t bytes);
 struct dnet_out *dnet_out_new(void);
 void dnet_out_free(struct dnet_out *o);
 void dnet_dispatch(void *ctx, struct dnet_trans *t);
+/* The end of an IO worker's batch: the engine writes the writes it held. */
+void dnet_dispatch_flush(void *ctx);
 /* Free a transaction and drop its connection reference. */
 void dnet_trans_free(struct dnet_trans *t);
 /* net.c: t's payload is no longer held (t came from a connection). */

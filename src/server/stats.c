@@ -180,6 +180,8 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 		dnet_hbuf_add(&b, "syncs %llu\n", (unsigned long long)bs.syncs);
 		dnet_hbuf_add(&b, "synced_writes %llu\n", (unsigned long long)bs.synced_writes);
 		dnet_hbuf_add(&b, "corrupt_objects %llu\n", (unsigned long long)bs.corrupt);
+		dnet_hbuf_add(&b, "write_groups %llu\n", (unsigned long long)bs.write_groups);
+		dnet_hbuf_add(&b, "grouped_writes %llu\n", (unsigned long long)bs.grouped_writes);
 	}
 	if (b.p)
 		*len = b.len;

@@ -77,6 +77,8 @@ const char *dnet_fsync_policy_name(int policy)
 	}
 }
 
+_Thread_local int dnet_backend_batching;
+
 void dnet_backend_config_defaults(struct dnet_backend_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));

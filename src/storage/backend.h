@@ -99,6 +99,8 @@ struct dnet_backend_stat {
 	uint64_t syncs;       /* sync calls made (group commit effectiveness) */
 	uint64_t synced_writes; /* writes made durable by those syncs */
 	uint64_t corrupt;     /* checksum mismatches detected */
+	uint64_t write_groups;   /* groups of held writes appended together (flush) */
+	uint64_t grouped_writes; /* writes in those groups */
 };
 
 /* Called by iterate() once per live object; return non-zero to stop early
@@ -123,7 +125,16 @@ struct dnet_backend_ops {
 	/* Make everything written so far durable. */
 	int (*sync)(struct dnet_backend *b);
 	int (*stat)(struct dnet_backend *b, struct dnet_backend_stat *st);
+	/* Optional. On a thread that set dnet_backend_batching, write() may hold a
+	 * write back (its done not called yet) to write it together with the next
+	 * ones; flush() writes what this thread holds and calls their done. Every
+	 * other call of that thread into the engine flushes first. */
+	void (*flush)(struct dnet_backend *b);
 };
+
+/* Set by a thread that runs requests in batches and calls flush() after each
+ * (the IO workers); writes are never held on other threads. */
+extern _Thread_local int dnet_backend_batching;
 
 /* The registry of engines compiled in (backend.c); NULL if unknown. */
 const struct dnet_backend_ops *dnet_backend_find(const char *name);

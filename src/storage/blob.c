@@ -423,6 +423,7 @@ struct dnet_backend {
 	_Atomic uintptr_t await_for; /* the active blob they wait on (0: none wait) */
 
 	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt, table_fallbacks;
+	_Atomic uint64_t write_groups, grouped_writes; /* held small writes, appended together */
 	struct dnet_bad_ring bad; /* found corrupt while sent: by ID and location */
 	_Atomic uint64_t compactions, reclaimed;
 	_Atomic uint64_t marked, punched, punch_deferred, inplace_dels, active_seals;
@@ -1085,15 +1086,16 @@ int dnet_blob_test_fail_appends(struct dnet_backend *b, int n)
 #define AP_UPLOAD 1 /* a chunked upload's reservation */
 #define AP_TOMB 2   /* a tombstone: may use the reserve, never rotates */
 
-/* Reserves a record with `reserved` bytes after its header at the end of the active
- * blob (start aligned to `align`), and writes the header `hb` plus `inl_len` bytes of
- * inline data there, all under the append lock. Returns the blob with a reference,
- * its inflight count raised (and its upload count, for uploads).
+/* Reserves `len` bytes at the end of the active blob (start aligned to `align`) for
+ * `nrec` records and writes `iov` (at most `len` bytes: a header, or a whole group of
+ * records) there, all under the append lock. Returns the blob with `nrec`
+ * references, its inflight count raised by `nrec` (and its upload count, for
+ * uploads).
  * Every record but a tombstone must leave b->reserve bytes allocated after it, so
  * that deletes work on a full disk. On ENOSPC the dead-record queue is reclaimed
  * (punching frees space) and the append tried once more. */
-static int append(struct dnet_backend *b, const uint8_t *hb, const void *inl, size_t inl_len,
-		  uint64_t reserved, uint32_t align, int kind, struct blob **out, uint64_t *offp)
+static int append_iov(struct dnet_backend *b, struct iovec *iov, int iovcnt, uint64_t len,
+		      uint32_t nrec, uint32_t align, int kind, struct blob **out, uint64_t *offp)
 {
 	int err;
 	const int upload = kind == AP_UPLOAD, tomb = kind == AP_TOMB;
@@ -1114,7 +1116,7 @@ static int append(struct dnet_backend *b, const uint8_t *hb, const void *inl, si
 	}
 	struct blob *B = b->active;
 	uint64_t off = align_up(atomic_load(&B->size), align);
-	uint64_t end = off + BL_RHDR + reserved;
+	uint64_t end = off + len;
 	if (end > BL_MAX_OFFSET) {
 		pthread_mutex_unlock(&b->alock);
 		return DNET_ETOOBIG;
@@ -1124,27 +1126,35 @@ static int append(struct dnet_backend *b, const uint8_t *hb, const void *inl, si
 		pthread_mutex_unlock(&b->alock);
 		if (reclaim(b, DNET_BLOB_RECLAIM_ALL | DNET_BLOB_RECLAIM_FORCE) <= 0)
 			return DNET_ENOSPC;
-		return append(b, hb, inl, inl_len, reserved, align, kind, out, offp);
+		return append_iov(b, iov, iovcnt, len, nrec, align, kind, out, offp);
 	}
 	if (err) {
 		pthread_mutex_unlock(&b->alock);
 		return err;
 	}
-	struct iovec iov[2] = {{(void *)hb, BL_RHDR}, {(void *)inl, inl_len}};
-	if ((err = dnet_pwritev_full(B->fd, iov, inl_len ? 2 : 1, off))) {
+	if ((err = dnet_pwritev_full(B->fd, iov, iovcnt, off))) {
 		/* nothing after us yet: the next record simply overwrites this spot */
 		pthread_mutex_unlock(&b->alock);
 		return err;
 	}
 	atomic_store(&B->size, end);
-	atomic_fetch_add(&B->inflight, 1);
+	atomic_fetch_add(&B->inflight, nrec);
 	if (upload)
 		atomic_fetch_add(&B->uploads, 1);
-	blob_get(B);
+	atomic_fetch_add(&B->ref, nrec);
 	pthread_mutex_unlock(&b->alock);
 	*out = B;
 	*offp = off;
 	return 0;
+}
+
+/* One record: header `hb`, `inl_len` bytes of inline data, `reserved` bytes after
+ * the header in all. */
+static int append(struct dnet_backend *b, const uint8_t *hb, const void *inl, size_t inl_len,
+		  uint64_t reserved, uint32_t align, int kind, struct blob **out, uint64_t *offp)
+{
+	struct iovec iov[2] = {{(void *)hb, BL_RHDR}, {(void *)inl, inl_len}};
+	return append_iov(b, iov, inl_len ? 2 : 1, BL_RHDR + reserved, 1, align, kind, out, offp);
 }
 
 static void record_done(struct dnet_backend *b, struct blob *B)
@@ -1226,6 +1236,17 @@ static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const s
 /* Acknowledges a published record per the fsync policy; consumes the blob ref.
  * `dead` (may be NULL): the record it superseded, queued for reclaim once this one
  * is durable. */
+static void durable_done(struct dnet_backend *b, struct blob *B, dnet_write_done_fn done,
+			 void *arg, const struct dnet_obj_info *info, struct bl_dead *dead, int err)
+{
+	if (err)
+		dead_free(b, dead);
+	else
+		dead_push(b, dead, b->cfg.fsync == DNET_FSYNC_NEVER ? B : NULL);
+	blob_put(b, B);
+	done(arg, err, err ? NULL : info);
+}
+
 static void durable(struct dnet_backend *b, struct blob *B, dnet_write_done_fn done, void *arg,
 		    const struct dnet_obj_info *info, struct bl_dead *dead)
 {
@@ -1259,12 +1280,7 @@ static void durable(struct dnet_backend *b, struct blob *B, dnet_write_done_fn d
 		if (!err)
 			atomic_fetch_add(&b->synced_writes, 1);
 	}
-	if (err)
-		dead_free(b, dead);
-	else
-		dead_push(b, dead, b->cfg.fsync == DNET_FSYNC_NEVER ? B : NULL);
-	blob_put(b, B);
-	done(arg, err, err ? NULL : info);
+	durable_done(b, B, done, arg, info, dead, err);
 }
 
 static void *committer(void *arg)
@@ -1990,6 +2006,145 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 	durable(b, B, done, arg, &info, dead);
 }
 
+/* ---- write groups --------------------------------------------------------------- */
+
+/* An IO worker runs its queue in batches (dnet_backend_batching is set on its
+ * thread). Its small whole-object writes are held here and appended together when
+ * the batch ends (bl_flush): one append-lock round trip and one pwritev for the
+ * group instead of one each per write, and with --fsync always one fdatasync for
+ * the group (what redis does per event-loop round). A write is answered (done)
+ * only once its group is written, published and durable per the policy. Any other
+ * call of this thread into the engine first writes the group, so a read, lookup or
+ * delete that follows a write in the same batch sees it (requests for one ID run
+ * in order on one worker); other threads see a held write as one not yet made. */
+#define BL_GROUP_MAX 64
+#define BL_GROUP_BYTES (1u << 20)
+
+struct bl_gent {
+	struct bl_hdr h;
+	uint8_t hb[BL_RHDR];
+	const void *data;
+	dnet_write_done_fn done;
+	void *arg;
+};
+
+struct bl_group {
+	struct dnet_backend *b;
+	uint32_t n;
+	int writing; /* in group_write: a write from a done callback is not held */
+	uint64_t bytes;
+	struct bl_gent e[BL_GROUP_MAX];
+};
+
+static _Thread_local struct bl_group tl_group;
+
+static void group_write(struct bl_group *g)
+{
+	static const uint8_t zeros[8];
+	struct dnet_backend *b = g->b;
+	const uint32_t n = g->n;
+	struct iovec iov[3 * BL_GROUP_MAX];
+	int cnt = 0;
+	uint64_t len = 0;
+	g->writing = 1;
+	for (uint32_t i = 0; i < n; i++) {
+		struct bl_gent *e = &g->e[i];
+		uint64_t rl = rec_len(e->h.reserved);
+		iov[cnt++] = (struct iovec){e->hb, BL_RHDR};
+		if (e->h.size)
+			iov[cnt++] = (struct iovec){(void *)e->data, (size_t)e->h.size};
+		if (rl > BL_RHDR + e->h.size) /* to the next record's 8-byte alignment */
+			iov[cnt++] = (struct iovec){(void *)zeros, (size_t)(rl - BL_RHDR - e->h.size)};
+		len += rl;
+	}
+	struct blob *B;
+	uint64_t off;
+	int err = append_iov(b, iov, cnt, len, n, 8, 0, &B, &off);
+	if (err) {
+		for (uint32_t i = 0; i < n; i++)
+			g->e[i].done(g->e[i].arg, err, NULL);
+		goto out;
+	}
+	int perr[BL_GROUP_MAX];
+	struct bl_dead *dead[BL_GROUP_MAX];
+	uint64_t ok = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		perr[i] = publish(b, B, off, &g->e[i].h, &dead[i]);
+		record_done(b, B);
+		ok += !perr[i];
+		off += rec_len(g->e[i].h.reserved);
+	}
+	const int always = b->cfg.fsync == DNET_FSYNC_ALWAYS;
+	int serr = 0;
+	if (always && ok) {
+		serr = bl_fdatasync(B->fd);
+		atomic_fetch_add(&b->syncs, 1);
+		if (!serr)
+			atomic_fetch_add(&b->synced_writes, ok);
+	}
+	atomic_fetch_add(&b->grouped_writes, n);
+	atomic_fetch_add(&b->write_groups, 1);
+	for (uint32_t i = 0; i < n; i++) {
+		struct bl_gent *e = &g->e[i];
+		if (perr[i]) {
+			blob_put(b, B);
+			e->done(e->arg, perr[i], NULL);
+			continue;
+		}
+		struct dnet_obj_info info;
+		info_from_hdr(&info, &e->h);
+		if (always)
+			durable_done(b, B, e->done, e->arg, &info, dead[i], serr);
+		else
+			durable(b, B, e->done, e->arg, &info, dead[i]);
+	}
+out:
+	g->n = 0;
+	g->bytes = 0;
+	g->b = NULL;
+	g->writing = 0;
+}
+
+/* Writes this thread's held group, if any (see above). */
+static void group_flush(void)
+{
+	if (tl_group.n && !tl_group.writing)
+		group_write(&tl_group);
+}
+
+/* Holds a small whole-object write for this thread's group; 0 if it cannot be. */
+static int group_add(struct dnet_backend *b, const struct dnet_write_req *req,
+		     dnet_write_done_fn done, void *arg)
+{
+	struct bl_group *g = &tl_group;
+	const uint64_t size = req->io.size;
+	if (!dnet_backend_batching || g->writing || new_ixfl(size))
+		return 0;
+	if (g->n && (g->b != b || g->n == BL_GROUP_MAX || g->bytes + size > BL_GROUP_BYTES))
+		group_write(g);
+	struct bl_gent *e = &g->e[g->n];
+	memset(&e->h, 0, sizeof(e->h));
+	e->h.size = size;
+	e->h.reserved = rec_reserved(size, 0);
+	e->h.timestamp = req->io.timestamp ? req->io.timestamp : dnet_now_real_ns();
+	memcpy(e->h.id, req->id, DNET_ID_SIZE);
+	dnet_csum(req->data, (size_t)size, e->h.csum);
+	hdr_encode(e->hb, &e->h);
+	e->data = req->data;
+	e->done = done;
+	e->arg = arg;
+	g->b = b;
+	g->bytes += size;
+	g->n++;
+	return 1;
+}
+
+static void bl_flush(struct dnet_backend *b)
+{
+	(void)b;
+	group_flush();
+}
+
 static void bl_write(struct dnet_backend *b, const struct dnet_write_req *req,
 		     dnet_write_done_fn done, void *arg)
 {
@@ -2002,7 +2157,11 @@ static void bl_write(struct dnet_backend *b, const struct dnet_write_req *req,
 		done(arg, DNET_ETOOBIG, NULL);
 		return;
 	}
-	if (fl & (DNET_IO_PREPARE | DNET_IO_PLAIN | DNET_IO_COMMIT))
+	const int upload = !!(fl & (DNET_IO_PREPARE | DNET_IO_PLAIN | DNET_IO_COMMIT));
+	if (!upload && req->io.offset == 0 && group_add(b, req, done, arg))
+		return;
+	group_flush();
+	if (upload)
 		write_upload(b, req, done, arg);
 	else if (req->io.offset == 0)
 		write_record(b, req->id, req->data, req->io.size, req->io.timestamp, done, arg);
@@ -2116,6 +2275,7 @@ static void ver_free(struct dnet_read_verify *v)
 static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, uint64_t size,
 		   uint32_t flags, struct dnet_read_res *res)
 {
+	group_flush();
 	uint8_t first[BL_READ_FIRST];
 	struct bl_shard *s = shard_of(b, id);
 	struct bl_hdr h;
@@ -2263,6 +2423,7 @@ out:
 
 static int bl_lookup(struct dnet_backend *b, const uint8_t *id, struct dnet_obj_info *info)
 {
+	group_flush();
 	struct bl_shard *s = shard_of(b, id);
 	uint8_t hb[BL_RHDR];
 	struct bl_hdr h;
@@ -2357,6 +2518,7 @@ static int del_in_place(struct dnet_backend *b, const uint8_t *id)
 
 static int bl_del(struct dnet_backend *b, const uint8_t *id)
 {
+	group_flush();
 	struct bl_shard *s = shard_of(b, id);
 	uint8_t hb[BL_RHDR];
 	struct bl_hdr h;
@@ -2391,6 +2553,7 @@ static int bl_del(struct dnet_backend *b, const uint8_t *id)
  * dropped (the blob is held by a reference), so callbacks may call the engine. */
 static int bl_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 {
+	group_flush();
 	struct bl_ent *snap = NULL;
 	size_t cap = 0;
 	int rc = 0;
@@ -2435,6 +2598,7 @@ static int bl_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 
 static int bl_sync(struct dnet_backend *b)
 {
+	group_flush();
 	struct blob *list[64];
 	int n = 0, err = 0;
 	pthread_mutex_lock(&b->llock);
@@ -2469,6 +2633,8 @@ static int bl_stat(struct dnet_backend *b, struct dnet_backend_stat *st)
 		st->disk_free = (uint64_t)sv.f_bavail * sv.f_frsize;
 	st->syncs = atomic_load(&b->syncs);
 	st->synced_writes = atomic_load(&b->synced_writes);
+	st->write_groups = atomic_load(&b->write_groups);
+	st->grouped_writes = atomic_load(&b->grouped_writes);
 	st->corrupt = atomic_load(&b->corrupt);
 	return 0;
 }
@@ -3603,6 +3769,7 @@ out_free:
 
 static void bl_close(struct dnet_backend *b)
 {
+	group_flush();
 	if (b->mthr_on) {
 		pthread_mutex_lock(&b->mlock);
 		b->mstop = 1;
@@ -3654,4 +3821,5 @@ const struct dnet_backend_ops dnet_blob_backend_ops = {
     .iterate = bl_iterate,
     .sync = bl_sync,
     .stat = bl_stat,
+    .flush = bl_flush,
 };
