@@ -1173,6 +1173,9 @@ static void unaccount(struct dnet_backend *b, uint64_t oldloc, const struct bl_h
 	}
 }
 
+static int publish_index(struct dnet_backend *b, struct blob *B, uint64_t off,
+			 const struct bl_hdr *h, struct bl_dead **old);
+
 /* Makes a written record the current version of its ID (or, for a tombstone,
  * removes the ID): adds it to its blob's pending index, then flips the index cell.
  * *old (when old is given) gets the record it superseded, to be marked dead and
@@ -1180,12 +1183,18 @@ static void unaccount(struct dnet_backend *b, uint64_t oldloc, const struct bl_h
 static int publish(struct dnet_backend *b, struct blob *B, uint64_t off, const struct bl_hdr *h,
 		   struct bl_dead **old)
 {
-	const int tomb = !!(h->flags & BL_F_TOMB);
 	pthread_mutex_lock(&b->alock);
 	int err = log_push(B, h->id, off, h->size, ix_flags(h));
 	pthread_mutex_unlock(&b->alock);
-	if (err)
-		return err;
+	return err ? err : publish_index(b, B, off, h, old);
+}
+
+/* publish() once the record is in its blob's pending index. */
+static int publish_index(struct dnet_backend *b, struct blob *B, uint64_t off,
+			 const struct bl_hdr *h, struct bl_dead **old)
+{
+	const int tomb = !!(h->flags & BL_F_TOMB);
+	int err = 0;
 
 	struct bl_shard *s = shard_of(b, h->id);
 	uint8_t ob[BL_RHDR];
@@ -2067,9 +2076,18 @@ static void group_write(struct bl_group *g)
 	}
 	int perr[BL_GROUP_MAX];
 	struct bl_dead *dead[BL_GROUP_MAX];
-	uint64_t ok = 0;
+	uint64_t ok = 0, o = off;
+	pthread_mutex_lock(&b->alock); /* publish(), its pending-index part for all at once */
 	for (uint32_t i = 0; i < n; i++) {
-		perr[i] = publish(b, B, off, &g->e[i].h, &dead[i]);
+		const struct bl_hdr *h = &g->e[i].h;
+		perr[i] = log_push(B, h->id, o, h->size, ix_flags(h));
+		o += rec_len(h->reserved);
+	}
+	pthread_mutex_unlock(&b->alock);
+	for (uint32_t i = 0; i < n; i++) {
+		dead[i] = NULL;
+		if (!perr[i])
+			perr[i] = publish_index(b, B, off, &g->e[i].h, &dead[i]);
 		record_done(b, B);
 		ok += !perr[i];
 		off += rec_len(g->e[i].h.reserved);
