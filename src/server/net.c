@@ -250,27 +250,45 @@ static void conn_fail(struct dnet_conn *c)
 	shutdown(c->fd, SHUT_RDWR);
 }
 
-/* Bytes of o's file part that may go out now: the verified ones (all without a
- * verifier). -1: they failed verification; the reply cannot be completed, so the
+/* Verifies o's file part from `from` on (the bytes before are verified), moving
+ * o->ver_end. -1: they failed verification; the reply cannot be completed, so the
  * connection must close (a copy gets a repair). Called with conn->lock held. */
+static int verify_from(struct dnet_conn *c, struct dnet_out *o, uint64_t from)
+{
+	int err = o->ver->check(o->ver, o->fd, from, &o->ver_end);
+	if (!err && o->ver_end <= from)
+		err = DNET_EIO;
+	if (!err)
+		return 0;
+	dnet_log_error("%s: a reply's data failed verification as it was sent: %s; closing",
+		       c->peer, dnet_strerror(err));
+	if (err == DNET_ECORRUPT)
+		dnet_recover_corrupt(c->loop->s, o->ver->id);
+	return -1;
+}
+
+/* Bytes of o's file part that may go out now: the verified ones (all without a
+ * verifier); -1 if they failed verification. */
 static int64_t file_avail(struct dnet_conn *c, struct dnet_out *o)
 {
 	if (!o->ver)
 		return (int64_t)o->file_len;
-	if (o->file_off >= o->ver_end) {
-		int err = o->ver->check(o->ver, o->fd, o->file_off, &o->ver_end);
-		if (!err && o->ver_end <= o->file_off)
-			err = DNET_EIO;
-		if (err) {
-			dnet_log_error("%s: a reply's data failed verification as it was sent: %s; "
-				       "closing", c->peer, dnet_strerror(err));
-			if (err == DNET_ECORRUPT)
-				dnet_recover_corrupt(c->loop->s, o->ver->id);
-			return -1;
-		}
-	}
+	if (o->file_off >= o->ver_end && verify_from(c, o, o->file_off) < 0)
+		return -1;
 	uint64_t a = o->ver_end - o->file_off;
 	return (int64_t)(a < o->file_len ? a : o->file_len);
+}
+
+/* The socket is full and o's file part waits for EPOLLOUT: verify its next bytes
+ * now, while the peer drains the socket, instead of after the wake-up while the
+ * socket runs dry (up to DNET_VERIFY_AHEAD beyond what is sent). -1 as above. */
+#define DNET_VERIFY_AHEAD (4u << 20)
+static int verify_ahead(struct dnet_conn *c, struct dnet_out *o)
+{
+	if (!o->ver || o->ver_end >= o->file_off + o->file_len ||
+	    o->ver_end - o->file_off >= DNET_VERIFY_AHEAD)
+		return 0;
+	return verify_from(c, o, o->ver_end);
 }
 
 /* do_flush over TLS. Staged bytes go first; a big heap part goes from where it is;
@@ -468,8 +486,11 @@ static int do_flush(struct dnet_conn *c)
 		off_t off = (off_t)o->file_off;
 		ssize_t w = sendfile(c->fd, o->fd, &off, chunk);
 		if (w < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				if (verify_ahead(c, o) < 0)
+					goto fail;
 				return 0;
+			}
 			if (errno == EINTR)
 				continue;
 			goto fail;

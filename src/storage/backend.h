@@ -155,6 +155,13 @@ int dnet_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 /* Advances through (modifies) iov on short writes. */
 int dnet_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off);
 
+/* XXH3-64 of each `block`-byte piece of fd's [off, off + len) (the last may be
+ * shorter) into out[], read through a mapping of the page cache instead of copied
+ * out of it: the copy was a third of the CPU time of a large verified read.
+ * 0; DNET_EIO if the bytes could not be read (SIGBUS, caught); 1 if this way is
+ * not available here (range past the end of the file, no mapping): use pread. */
+int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, uint64_t *out);
+
 /* XXH3-128 helpers shared by engines: canonical 16-byte form. */
 void dnet_csum(const void *data, size_t len, uint8_t out[16]);
 

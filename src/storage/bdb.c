@@ -38,7 +38,7 @@
 #include <unistd.h>
 
 #include <db.h>
-#include <xxhash.h>
+#include "xxh.h"
 
 #include "../common/errors.h"
 #include "../common/id.h"

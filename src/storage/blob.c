@@ -76,7 +76,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <xxhash.h>
+#include "xxh.h"
 
 #include "../common/errors.h"
 #include "../common/log.h"
@@ -2238,7 +2238,16 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 		return 0;
 	}
 	int err = 0;
-	if (!x->buf && !(x->buf = malloc(BL_BLOCK)))
+	/* this step's blocks hashed where they lie in the page cache */
+	uint64_t mh[BL_VER_STEP];
+	const uint64_t step = x->last - x->next + 1 < BL_VER_STEP ? x->last - x->next + 1 : BL_VER_STEP;
+	const uint64_t ms = x->next * BL_BLOCK, me = (x->next + step) * BL_BLOCK;
+	int mapped = dnet_hash_blocks_mapped(fd, data + ms, (me < x->size ? me : x->size) - ms,
+					     BL_BLOCK, mh);
+	if (mapped < 0)
+		return mapped;
+	const uint64_t first = x->next;
+	if (mapped && !x->buf && !(x->buf = malloc(BL_BLOCK)))
 		return DNET_ENOMEM;
 	for (uint32_t k = 0; k < BL_VER_STEP && x->next <= x->last && !err; k++, x->next++) {
 		if (x->next < x->tw0 || x->next >= x->tw0 + x->tn) {
@@ -2253,13 +2262,18 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 				break;
 			}
 		}
+		const uint64_t want = dnet_get_u64(x->tab + 8 * (x->next - x->tw0));
+		if (mapped == 0) {
+			if (mh[x->next - first] != want)
+				err = DNET_ECORRUPT;
+			continue;
+		}
 		uint64_t bs = x->next * BL_BLOCK;
 		size_t n = x->size - bs < BL_BLOCK ? (size_t)(x->size - bs) : BL_BLOCK;
 		int64_t r = dnet_pread_full(fd, x->buf, n, data + bs);
 		if (r < 0)
 			err = (int)r;
-		else if ((size_t)r != n ||
-			 XXH3_64bits(x->buf, n) != dnet_get_u64(x->tab + 8 * (x->next - x->tw0)))
+		else if ((size_t)r != n || XXH3_64bits(x->buf, n) != want)
 			err = DNET_ECORRUPT;
 	}
 	if (err == DNET_ECORRUPT) {

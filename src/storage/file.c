@@ -65,7 +65,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <xxhash.h>
+#include "xxh.h"
 
 #include "../common/errors.h"
 #include "../common/id.h"

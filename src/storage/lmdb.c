@@ -42,7 +42,7 @@
 #include <unistd.h>
 
 #include <lmdb.h>
-#include <xxhash.h>
+#include "xxh.h"
 
 #include "../common/errors.h"
 #include "../common/id.h"

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <xxhash.h>
+#include "xxh.h"
 
 #include "common/errors.h"
 #include "common/id.h"
