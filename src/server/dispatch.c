@@ -587,8 +587,11 @@ void dnet_dispatch(void *ctx, struct dnet_trans *t)
 void dnet_dispatch_flush(void *ctx)
 {
 	struct dnet_server *s = ctx;
-	if (s->bops->flush)
-		s->bops->flush(s->backend);
+	if (!s->bops->flush)
+		return;
+	uint64_t t0 = dnet_now_mono_ns(); /* held writes are written here: worker time too */
+	s->bops->flush(s->backend);
+	atomic_fetch_add(&s->stats.busy_ns, dnet_now_mono_ns() - t0);
 }
 
 int dnet_local_call(struct dnet_server *s, uint8_t cmd, const uint8_t *id,
