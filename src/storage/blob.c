@@ -170,6 +170,12 @@ static unsigned new_ixfl(uint64_t size)
 	return size > BL_SMALL ? BL_IX_BTAB : 0;
 }
 
+/* File offset of the block table of a new record at `off` (0: it has none). */
+static uint64_t new_tab_off(uint64_t off, uint64_t size)
+{
+	return new_ixfl(size) ? off + BL_RHDR + btab_at(size) : 0;
+}
+
 static int bl_errno(void)
 {
 	return dnet_from_errno(errno);
@@ -255,6 +261,19 @@ static int hdr_decode(const uint8_t p[BL_RHDR], struct bl_hdr *h)
 	    ((h->flags & BL_F_UNCOMMITTED) || (!(h->flags & BL_F_DEAD) && (h->size || h->reserved))))
 		return -1;
 	return 0;
+}
+
+/* The header of a new record of `size` data bytes (checksum still zero): a block
+ * table for big ones, its reservation, `timestamp` or now. */
+static void hdr_new(struct bl_hdr *h, const uint8_t *id, uint64_t size, uint64_t timestamp,
+		    uint32_t flags)
+{
+	memset(h, 0, sizeof(*h));
+	h->flags = flags | (new_ixfl(size) ? BL_F_BTAB : 0);
+	h->size = size;
+	h->reserved = rec_reserved(size, new_ixfl(size));
+	h->timestamp = timestamp ? timestamp : dnet_now_real_ns();
+	memcpy(h->id, id, DNET_ID_SIZE);
 }
 
 static unsigned ix_flags(const struct bl_hdr *h)
@@ -1545,13 +1564,8 @@ static void write_record(struct dnet_backend *b, const uint8_t *id, const void *
 	uint8_t hb[BL_RHDR];
 	struct blob *B;
 	uint64_t off;
-	memset(&h, 0, sizeof(h));
-	const int small = !new_ixfl(size);
-	h.size = size;
-	h.flags = small ? 0 : BL_F_BTAB;
-	h.reserved = rec_reserved(size, new_ixfl(size));
-	h.timestamp = timestamp ? timestamp : dnet_now_real_ns();
-	memcpy(h.id, id, DNET_ID_SIZE);
+	hdr_new(&h, id, size, timestamp, 0);
+	const int small = !(h.flags & BL_F_BTAB);
 	struct bl_hasher *x = NULL;
 	int err = 0;
 	/* the checksum goes in the header, written first; the table after the data */
@@ -1568,7 +1582,7 @@ static void write_record(struct dnet_backend *b, const uint8_t *id, const void *
 	}
 	if (!small) {
 		x->fd = B->fd;
-		x->tab_off = off + BL_RHDR + btab_at(size); /* only its table writer is used */
+		x->tab_off = new_tab_off(off, size); /* only its table writer is used */
 		err = dnet_pwrite_full(B->fd, data, (size_t)size, off + BL_RHDR);
 		for (uint64_t p = 0; !err && p < size; p += BL_BLOCK) {
 			size_t k = size - p < BL_BLOCK ? (size_t)(size - p) : BL_BLOCK;
@@ -1791,13 +1805,7 @@ static int up_prepare(struct dnet_backend *b, const struct dnet_write_req *req,
 	}
 	struct bl_hdr h;
 	uint8_t hb[BL_RHDR];
-	memset(&h, 0, sizeof(h));
-	const unsigned fl = new_ixfl(io->total_size);
-	h.flags = BL_F_UNCOMMITTED | (fl ? BL_F_BTAB : 0);
-	h.size = io->total_size;
-	h.reserved = rec_reserved(io->total_size, fl);
-	h.timestamp = io->timestamp ? io->timestamp : dnet_now_real_ns();
-	memcpy(h.id, req->id, DNET_ID_SIZE);
+	hdr_new(&h, req->id, io->total_size, io->timestamp, BL_F_UNCOMMITTED);
 	hdr_encode(hb, &h);
 	int err = append(b, hb, NULL, 0, h.reserved, BL_UPLOAD_ALIGN, AP_UPLOAD, &u->blob,
 			 &u->off);
@@ -1808,8 +1816,7 @@ static int up_prepare(struct dnet_backend *b, const struct dnet_write_req *req,
 	record_done(b, u->blob); /* the reservation itself is complete */
 	u->reserved = h.reserved;
 	/* no memory for it: COMMIT reads the object back */
-	u->hx = hasher_new(io->total_size, u->blob->fd,
-			   fl ? u->off + BL_RHDR + btab_at(io->total_size) : 0);
+	u->hx = hasher_new(io->total_size, u->blob->fd, new_tab_off(u->off, io->total_size));
 	memcpy(u->id, req->id, DNET_ID_SIZE);
 	u->cookie = io->cookie;
 	u->total = io->total_size;
@@ -1846,11 +1853,9 @@ static void up_release(struct dnet_backend *b, struct bl_upload *u, int destroy)
  * or by reading the object back. */
 static int up_checksum(struct bl_upload *u, uint8_t csum[16])
 {
-	const unsigned fl = new_ixfl(u->total);
 	if (u->hx && u->hx->pos == u->total)
 		return hasher_finish(u->hx, csum);
-	struct bl_hasher *x =
-	    hasher_new(u->total, u->blob->fd, fl ? u->off + BL_RHDR + btab_at(u->total) : 0);
+	struct bl_hasher *x = hasher_new(u->total, u->blob->fd, new_tab_off(u->off, u->total));
 	if (!x)
 		return DNET_ENOMEM;
 	int err = hash_back(u->blob->fd, u->off, u->total, x);
@@ -1868,13 +1873,7 @@ static int up_unspool(struct dnet_backend *b, struct bl_upload *u)
 {
 	struct bl_hdr h;
 	uint8_t hb[BL_RHDR];
-	memset(&h, 0, sizeof(h));
-	const unsigned fl = new_ixfl(u->hwm);
-	h.flags = BL_F_UNCOMMITTED | (fl ? BL_F_BTAB : 0);
-	h.size = u->hwm;
-	h.reserved = rec_reserved(u->hwm, fl);
-	h.timestamp = u->timestamp;
-	memcpy(h.id, u->id, DNET_ID_SIZE);
+	hdr_new(&h, u->id, u->hwm, u->timestamp, BL_F_UNCOMMITTED);
 	hdr_encode(hb, &h);
 	int err = append(b, hb, NULL, 0, h.reserved, BL_UPLOAD_ALIGN, AP_UPLOAD, &u->blob, &u->off);
 	if (err)
@@ -1982,12 +1981,7 @@ static void write_upload(struct dnet_backend *b, const struct dnet_write_req *re
 	}
 	struct bl_hdr h;
 	uint8_t hb[BL_RHDR];
-	memset(&h, 0, sizeof(h));
-	h.size = u->total;
-	h.flags = new_ixfl(u->total) ? BL_F_BTAB : 0;
-	h.reserved = rec_reserved(u->total, new_ixfl(u->total));
-	h.timestamp = u->timestamp;
-	memcpy(h.id, u->id, DNET_ID_SIZE);
+	hdr_new(&h, u->id, u->total, u->timestamp, 0);
 	if ((err = up_checksum(u, h.csum))) {
 		up_release(b, u, 1);
 		done(arg, err, NULL);
@@ -2141,11 +2135,7 @@ static int group_add(struct dnet_backend *b, const struct dnet_write_req *req,
 	if (g->n && (g->b != b || g->n == BL_GROUP_MAX || g->bytes + size > BL_GROUP_BYTES))
 		group_write(g);
 	struct bl_gent *e = &g->e[g->n];
-	memset(&e->h, 0, sizeof(e->h));
-	e->h.size = size;
-	e->h.reserved = rec_reserved(size, 0);
-	e->h.timestamp = req->io.timestamp ? req->io.timestamp : dnet_now_real_ns();
-	memcpy(e->h.id, req->id, DNET_ID_SIZE);
+	hdr_new(&e->h, req->id, size, req->io.timestamp, 0);
 	dnet_csum(req->data, (size_t)size, e->h.csum);
 	hdr_encode(e->hb, &e->h);
 	e->data = req->data;
@@ -2561,11 +2551,8 @@ static int bl_del(struct dnet_backend *b, const uint8_t *id)
 	pthread_mutex_unlock(&s->lock);
 	if (err && err != DNET_ECORRUPT)
 		return err;
-	memset(&h, 0, sizeof(h));
-	h.flags = BL_F_TOMB;
-	h.timestamp = dnet_now_real_ns();
+	hdr_new(&h, id, 0, 0, BL_F_TOMB);
 	dnet_csum("", 0, h.csum);
-	memcpy(h.id, id, DNET_ID_SIZE);
 	hdr_encode(hb, &h);
 	struct blob *B;
 	uint64_t off;
