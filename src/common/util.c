@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +32,16 @@ uint64_t dnet_now_real_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void dnet_thread_name(const char *fmt, ...)
+{
+	char name[16];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(name, sizeof(name), fmt, ap);
+	va_end(ap);
+	pthread_setname_np(pthread_self(), name);
 }
 
 int dnet_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,

@@ -10,6 +10,9 @@
 uint64_t dnet_now_mono_ns(void);
 uint64_t dnet_now_real_ns(void);
 
+/* Name the calling thread (shown by top -H, ps -L, perf), cut to 15 bytes. */
+void dnet_thread_name(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Parse "HOST:PORT", "[V6]:PORT" or "HOST" (port = default_port) into a socket
  * address, resolving names. Returns 0 or DNET_EADDR. */
 int dnet_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,

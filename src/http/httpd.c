@@ -647,6 +647,8 @@ static void *http_loop(void *arg)
 {
 	struct dnet_http *h = arg;
 	struct epoll_event evs[64];
+
+	dnet_thread_name("ell-http");
 	uint64_t last_check = 0;
 	for (;;) {
 		int n = epoll_wait(h->epfd, evs, 64, 250);

@@ -164,6 +164,8 @@ static void *collector(void *arg)
 {
 	struct dnet_http *h = arg;
 	struct cpeer *peers = NULL;
+
+	dnet_thread_name("ell-http-ring");
 	size_t npeers = 0;
 	pthread_mutex_lock(&h->lock);
 	while (!h->coll_stop) {

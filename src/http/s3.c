@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/util.h"
 #include "common/log.h"
 #include "elliptics/elliptics.h"
 #include "http_int.h"
@@ -1721,6 +1722,8 @@ static void *worker(void *arg)
 {
 	struct s3_worker *w = arg;
 	struct dnet_s3 *g = w->g;
+
+	dnet_thread_name("ell-s3/%d", (int)(w - g->w));
 	pthread_mutex_lock(&g->lock);
 	for (;;) {
 		while (!g->stop && !g->qhead)

@@ -180,6 +180,8 @@ static int do_refute(struct dnet_server *s)
 static void do_remember(struct dnet_server *s, struct dnet_ring *before)
 {
 	struct dnet_member *m = &s->member;
+
+	dnet_thread_name("ell-member");
 	if (!m->met_others && m->ring.nnodes > 1) {
 		/* First contact with the ring: our solo view before it is no history. */
 		m->met_others = 1;

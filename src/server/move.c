@@ -65,6 +65,8 @@ static void remember_moved(struct dnet_mover *mv, const uint8_t *id)
 int dnet_mover_moved_recently(struct dnet_server *s, const uint8_t *id)
 {
 	struct dnet_mover *mv = &s->mover;
+
+	dnet_thread_name("ell-mover");
 	if (!mv->recent_id)
 		return 0;
 	uint64_t p = id_prefix(id);

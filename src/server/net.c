@@ -1147,6 +1147,8 @@ static void *loop_main(void *arg)
 {
 	struct dnet_loop *l = arg;
 	struct epoll_event evs[256];
+
+	dnet_thread_name("ell-net/%d", l->index);
 	int reading = 1;
 	uint64_t last_sweep = dnet_now_mono_ns();
 	const struct dnet_config *cfg = &l->s->cfg;

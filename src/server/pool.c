@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/util.h"
 #include "storage/backend.h"
 #include "server.h"
 
@@ -31,6 +32,7 @@ static void *worker_main(void *arg)
 	struct dnet_worker *w = arg;
 	struct dnet_pool *p = w->pool;
 
+	dnet_thread_name("ell-io/%d", (int)(w - p->w));
 	dnet_backend_batching = p->flush != NULL;
 	pthread_mutex_lock(&w->lock);
 	for (;;) {

@@ -284,6 +284,8 @@ static int sync_peer(struct rstate *st, const struct dnet_ring *ring, int self, 
 {
 	struct dnet_server *s = st->s;
 	struct dnet_recover *rc = &s->recover;
+
+	dnet_thread_name("ell-recover");
 	const struct dnet_ring_node *pn = &ring->nodes[peer];
 	struct dnet_peer p;
 	struct sockaddr_storage ss;

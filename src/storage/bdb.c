@@ -926,6 +926,7 @@ static void count(struct dnet_backend *b, const struct bd_op *op)
 static void *syncer(void *arg)
 {
 	struct dnet_backend *b = arg;
+	dnet_thread_name("ell-bdb-sync");
 	pthread_mutex_lock(&b->q_lock);
 	for (;;) {
 		while (!b->q_head && !b->q_stop)
@@ -1582,6 +1583,7 @@ static int bd_stat(struct dnet_backend *b, struct dnet_backend_stat *st)
 static void *maint(void *arg)
 {
 	struct dnet_backend *b = arg;
+	dnet_thread_name("ell-bdb-maint");
 	pthread_mutex_lock(&b->q_lock);
 	while (!b->q_stop) {
 		struct timespec ts;

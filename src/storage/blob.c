@@ -1314,6 +1314,7 @@ static void durable(struct dnet_backend *b, struct blob *B, dnet_write_done_fn d
 static void *committer(void *arg)
 {
 	struct dnet_backend *b = arg;
+	dnet_thread_name("ell-blob-sync");
 	pthread_mutex_lock(&b->clock);
 	for (;;) {
 		while (!b->q && !b->cstop)
@@ -3549,6 +3550,7 @@ int dnet_blob_stats(struct dnet_backend *b, struct dnet_blob_stats *st)
 static void *maint(void *arg)
 {
 	struct dnet_backend *b = arg;
+	dnet_thread_name("ell-blob-maint");
 	uint64_t last_compact = dnet_now_mono_ns();
 	pthread_mutex_lock(&b->mlock);
 	while (!b->mstop) {

@@ -550,6 +550,7 @@ static void fb_commit_batch(struct dnet_backend *b, struct fb_bent *batch)
 static void *fb_committer(void *arg)
 {
 	struct dnet_backend *b = arg;
+	dnet_thread_name("ell-file-sync");
 	pthread_mutex_lock(&b->q_lock);
 	for (;;) {
 		while (!b->q_head && !b->q_stop)

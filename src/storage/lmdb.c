@@ -920,6 +920,7 @@ static void commit_batch(struct dnet_backend *b, struct lm_op *batch)
 static void *committer(void *arg)
 {
 	struct dnet_backend *b = arg;
+	dnet_thread_name("ell-lmdb-sync");
 	pthread_mutex_lock(&b->q_lock);
 	for (;;) {
 		while (!b->q_head && !b->q_stop)
