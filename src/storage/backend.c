@@ -185,7 +185,9 @@ int dnet_bad_ring_known(struct dnet_bad_ring *r, const uint8_t *id, uint64_t tag
 /* A read through a mapping raises SIGBUS where pread would return EIO (a disk
  * error) or a short count (past the end of the file). The handler turns it into
  * DNET_EIO for the thread that was hashing; anywhere else SIGBUS stays fatal. */
-static _Thread_local sigjmp_buf *tl_bus;
+/* volatile: only the signal handler reads it, so without it the compiler may drop
+ * or move the stores around a memcpy it knows does not look at it */
+static _Thread_local sigjmp_buf *volatile tl_bus;
 static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
 static int bus_ready;
 
@@ -201,12 +203,20 @@ static void bus_handler(int sig, siginfo_t *si, void *uc)
 
 static void bus_install(void)
 {
+	dnet_map_install();
+}
+
+int dnet_map_install(void)
+{
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_sigaction = bus_handler;
-	sa.sa_flags = SA_SIGINFO;
+	/* SA_NODEFER: the handler leaves by siglongjmp to a sigsetjmp(env, 0), which
+	 * does not restore the signal mask, so SIGBUS must not be blocked in it */
+	sa.sa_flags = SA_SIGINFO | SA_NODEFER;
 	sigemptyset(&sa.sa_mask);
 	bus_ready = sigaction(SIGBUS, &sa, NULL) == 0;
+	return bus_ready ? 0 : -1;
 }
 
 int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, uint64_t *out)
@@ -223,7 +233,7 @@ int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, 
 		return 1;
 	sigjmp_buf env;
 	int err = 0;
-	if (sigsetjmp(env, 1) == 0) {
+	if (sigsetjmp(env, 0) == 0) {
 		tl_bus = &env;
 		const uint8_t *p = (const uint8_t *)m + (off - moff);
 		for (uint64_t o = 0, i = 0; o < len; o += block, i++)
@@ -233,5 +243,25 @@ int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, 
 	}
 	tl_bus = NULL;
 	munmap(m, mlen);
+	return err;
+}
+
+int dnet_map_ready(void)
+{
+	pthread_once(&bus_once, bus_install);
+	return bus_ready;
+}
+
+int dnet_map_copy(void *dst, const void *src, size_t len)
+{
+	sigjmp_buf env;
+	int err = 0;
+	if (sigsetjmp(env, 0) == 0) {
+		tl_bus = &env;
+		memcpy(dst, src, len);
+	} else {
+		err = DNET_EIO;
+	}
+	tl_bus = NULL;
 	return err;
 }

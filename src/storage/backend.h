@@ -162,6 +162,15 @@ int dnet_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off);
  * not available here (range past the end of the file, no mapping): use pread. */
 int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, uint64_t *out);
 
+/* Copies len bytes out of a read-only file mapping; a disk error or a range past
+ * the end of the file (SIGBUS) becomes DNET_EIO instead of killing the process.
+ * Only valid once dnet_map_ready() returned 1 (the SIGBUS handler is installed). */
+int dnet_map_ready(void);
+/* (Re)installs that handler; for a process where something else (a test harness)
+ * replaced it. 0 or -1. */
+int dnet_map_install(void);
+int dnet_map_copy(void *dst, const void *src, size_t len);
+
 /* XXH3-128 helpers shared by engines: canonical 16-byte form. */
 void dnet_csum(const void *data, size_t len, uint8_t out[16]);
 

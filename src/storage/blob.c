@@ -70,6 +70,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -319,6 +320,12 @@ struct blob {
 	struct bl_lrec *log;   /* pending index of an unsealed blob (alock) */
 	size_t nlog, caplog;
 	struct blob *next; /* the list, by number (llock) */
+	/* A read-only shared mapping of the file (NULL if none could be made): record
+	 * headers and small objects are copied out of it rather than pread, one system
+	 * call less per request. maplen covers the blob's size limit, or its size
+	 * when larger; records past it are pread. */
+	const uint8_t *map;
+	size_t maplen;
 };
 
 /* ---- in-memory index ------------------------------------------------------------ */
@@ -532,6 +539,27 @@ static struct blob *slot_blob(struct dnet_backend *b, uint16_t slot)
 	return __atomic_load_n(&b->slots[slot], __ATOMIC_ACQUIRE);
 }
 
+/* Frees a blob whose fd the caller closes (or already did). */
+static void blob_free(struct blob *B)
+{
+	if (B->map)
+		munmap((void *)B->map, B->maplen);
+	free(B->log);
+	free(B);
+}
+
+/* Reads [off, off + len) of B: out of its mapping when that covers the range,
+ * else with pread. Bytes read (short only at the end of the file) or DNET_E*. */
+static int64_t blob_pread(const struct blob *B, void *buf, size_t len, uint64_t off)
+{
+	if (B->map && off <= B->maplen && len <= B->maplen - off &&
+	    off + len <= atomic_load_explicit(&B->size, memory_order_acquire)) {
+		int err = dnet_map_copy(buf, B->map + off, len);
+		return err ? err : (int64_t)len;
+	}
+	return dnet_pread_full(B->fd, buf, len, off);
+}
+
 static void blob_get(struct blob *B)
 {
 	atomic_fetch_add(&B->ref, 1);
@@ -546,8 +574,7 @@ static void blob_put(struct dnet_backend *b, struct blob *B)
 	pthread_mutex_unlock(&b->llock);
 	if (B->fd >= 0)
 		close(B->fd);
-	free(B->log);
-	free(B);
+	blob_free(B);
 }
 
 static void report_corrupt_num(struct dnet_backend *b, const uint8_t *id, uint32_t num,
@@ -582,7 +609,10 @@ static int ix_resolve(struct dnet_backend *b, struct bl_shard *s, const uint8_t 
 			continue;
 		struct blob *B = slot_blob(b, LOC_SLOT(s->t[i].loc));
 		uint64_t off = LOC_OFF(s->t[i].loc);
-		int64_t r = dnet_pread_full(B->fd, buf, want, off);
+		/* Mapped: the header, then no more of the record than it holds (bytes past
+		 * the record may be past the end of the file). pread: all of `want` at once. */
+		const int mapped = B->map && off + want <= B->maplen;
+		int64_t r = blob_pread(B, buf, mapped ? BL_RHDR : want, off);
 		if (r < 0) {
 			ioerr = (int)r;
 			continue;
@@ -595,6 +625,13 @@ static int ix_resolve(struct dnet_backend *b, struct bl_shard *s, const uint8_t 
 			continue;
 		}
 		if (memcmp(h->id, id, DNET_ID_SIZE) == 0) {
+			if (mapped && want > BL_RHDR && h->size) {
+				size_t more = want - BL_RHDR < h->size ? want - BL_RHDR : (size_t)h->size;
+				int64_t m = blob_pread(B, buf + BL_RHDR, more, off + BL_RHDR);
+				if (m < 0)
+					return (int)m;
+				r += m;
+			}
 			*pos = i;
 			*got = (size_t)r;
 			return 0;
@@ -635,7 +672,8 @@ static void bhdr_encode(uint8_t p[BL_BHDR], uint32_t num, uint64_t gen)
 	dnet_put_u64(p + 56, XXH3_64bits(p, 56));
 }
 
-static struct blob *blob_alloc(uint32_t num, uint64_t gen, int fd, uint64_t size)
+static struct blob *blob_alloc(struct dnet_backend *b, uint32_t num, uint64_t gen, int fd,
+			       uint64_t size)
 {
 	struct blob *B = calloc(1, sizeof(*B));
 	if (!B)
@@ -646,6 +684,17 @@ static struct blob *blob_alloc(uint32_t num, uint64_t gen, int fd, uint64_t size
 	atomic_store(&B->size, size);
 	B->prealloc = size;
 	atomic_store(&B->ref, 1);
+	/* Only address space: pages come from the page cache as they are touched.
+	 * Past the end of the file a touch would raise SIGBUS; readers only copy
+	 * published records, which are inside it, and dnet_map_copy catches the rest. */
+	uint64_t want = size > b->blob_limit ? size : b->blob_limit;
+	if (dnet_map_ready() && want <= (uint64_t)SIZE_MAX / 2) {
+		void *m = mmap(NULL, (size_t)want, PROT_READ, MAP_SHARED, fd, 0);
+		if (m != MAP_FAILED) {
+			B->map = m;
+			B->maplen = (size_t)want;
+		}
+	}
 	return B;
 }
 
@@ -704,11 +753,11 @@ static int blob_create(struct dnet_backend *b, uint32_t num, struct blob **out)
 	int err = dnet_pwrite_full(fd, hb, BL_BHDR, 0);
 	if (!err && b->cfg.fsync != DNET_FSYNC_NEVER && !(err = bl_fdatasync(fd)))
 		err = fsync_dir(b);
-	struct blob *B = err ? NULL : blob_alloc(num, 0, fd, BL_BHDR);
+	struct blob *B = err ? NULL : blob_alloc(b, num, 0, fd, BL_BHDR);
 	if (!err && !B)
 		err = DNET_ENOMEM;
 	if (!err && (err = blob_register(b, B, NULL))) {
-		free(B);
+		blob_free(B);
 		B = NULL;
 	}
 	if (err) {
@@ -2346,8 +2395,8 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 				goto out;
 			}
 			memcpy(d, first + BL_RHDR, got - BL_RHDR);
-			int64_t r = dnet_pread_full(B->fd, d + (got - BL_RHDR),
-					     (size_t)(h.size - (got - BL_RHDR)), off + got);
+			int64_t r = blob_pread(B, d + (got - BL_RHDR),
+					       (size_t)(h.size - (got - BL_RHDR)), off + got);
 			if (r < 0 || (uint64_t)r != h.size - (got - BL_RHDR)) {
 				free(d);
 				if (r < 0) {
@@ -3125,7 +3174,7 @@ static int load_blob(struct dnet_backend *b, uint32_t num, int last, struct blob
 		dnet_f_renameat(b->dirfd, name, b->dirfd, bad);
 		return 1;
 	}
-	struct blob *B = blob_alloc(num, dnet_get_u64(hb + 16), fd, fsize);
+	struct blob *B = blob_alloc(b, num, dnet_get_u64(hb + 16), fd, fsize);
 	int err;
 	if (!B) {
 		close(fd);
@@ -3133,7 +3182,7 @@ static int load_blob(struct dnet_backend *b, uint32_t num, int last, struct blob
 	}
 	if ((err = blob_register(b, B, NULL))) {
 		close(fd);
-		free(B);
+		blob_free(B);
 		return err;
 	}
 	int sealed = 0;
@@ -3372,7 +3421,7 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 	if (err)
 		goto out_unlink;
 
-	struct blob *NB = blob_alloc(B->num, B->gen + 1, c.fd, c.end);
+	struct blob *NB = blob_alloc(b, B->num, B->gen + 1, c.fd, c.end);
 	if (!NB) {
 		err = DNET_ENOMEM;
 		goto out_unlink_idx;
@@ -3381,7 +3430,7 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 	atomic_store(&NB->live, (int64_t)c.live);
 	atomic_store(&NB->tomb, atomic_load(&B->tomb));
 	if ((err = blob_register(b, NB, B))) {
-		free(NB);
+		blob_free(NB);
 		goto out_unlink_idx;
 	}
 	c.fd = -1; /* NB owns it */
@@ -3622,8 +3671,7 @@ static void bl_free(struct dnet_backend *b)
 			struct blob *n = B->next;
 			if (B->fd >= 0)
 				close(B->fd);
-			free(B->log);
-			free(B);
+			blob_free(B);
 			B = n;
 		}
 	}
