@@ -1361,6 +1361,56 @@ static void test_enospc(void **state)
 	rmdir(mnt);
 }
 
+/* Superseded records of a sealed blob that automatic compaction is about to take
+ * whole are left to it: not marked, not punched (a write and an extent split per
+ * record), and freed once compaction retired the blob. A forced pass, or automatic
+ * compaction turned off, marks and punches them as before. */
+static void test_punch_leaves_to_compaction(void **state)
+{
+	const uint64_t K = 100 << 10;
+	for (int mode = 0; mode < 3; mode++) { /* 0: held, 1: forced, 2: no auto compaction */
+		char dir[300], name[32];
+		snprintf(name, sizeof(name), "punchcompact%d", mode);
+		dir_for(dir, sizeof(dir), name);
+		setenv(DNET_BLOB_ENV_PUNCH, "manual", 1);
+		setenv(DNET_BLOB_ENV_COMPACT, mode == 2 ? "0" : "0.5", 1);
+		setenv(DNET_BLOB_ENV_COMPACT_MS, "600000", 1); /* the test compacts by hand */
+		struct dnet_backend *b = open_be(dir, DNET_FSYNC_ALWAYS);
+		for (uint64_t k = 0; k < 8; k++)
+			put_seeded(b, k, K, k);
+		assert_int_equal(dnet_blob_rotate(b), 0); /* blob 1 sealed */
+		for (uint64_t k = 0; k < 8; k++)
+			put_seeded(b, k, K, 100 + k); /* blob 1 is now all dead */
+		int steps = DNET_BLOB_RECLAIM_ALL | (mode == 1 ? DNET_BLOB_RECLAIM_FORCE : 0);
+		assert_true(dnet_blob_reclaim(b, steps) >= 0);
+		struct dnet_blob_stats bs = bstats(b);
+		if (mode == 0) {
+			assert_int_equal(bs.dead_marked, 0);
+			assert_int_equal(bs.punched_bytes, 0);
+			uint64_t disk = bs.disk_bytes;
+			assert_true(dnet_blob_compact(b, 0.5) >= 1);
+			assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL) >= 0);
+			bs = bstats(b);
+			assert_int_equal(bs.dead_marked, 0); /* freed, never marked */
+			assert_int_equal(bs.punched_bytes, 0);
+			assert_true(bs.disk_bytes + 8 * K <= disk);
+		} else {
+			assert_int_equal(bs.dead_marked, 8);
+			assert_true(bs.punched_bytes >= 8 * (K - 8192));
+		}
+		for (uint64_t k = 0; k < 8; k++)
+			expect_obj(b, k, K, 100 + k);
+		ops->close(b);
+		b = open_be(dir, DNET_FSYNC_ALWAYS); /* and after a restart */
+		for (uint64_t k = 0; k < 8; k++)
+			expect_obj(b, k, K, 100 + k);
+		ops->close(b);
+	}
+	unsetenv(DNET_BLOB_ENV_PUNCH);
+	unsetenv(DNET_BLOB_ENV_COMPACT);
+	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+}
+
 /* Superseded records in the blob being appended to are not marked or punched until
  * that blob is sealed (that would take the inode lock against every append and,
  * with fsync=never, sync the blob being written); a forced pass still takes them. */
@@ -1582,6 +1632,7 @@ int main(void)
 	    cmocka_unit_test(test_enospc),
 	    cmocka_unit_test(test_punch),
 	    cmocka_unit_test(test_punch_waits_for_seal),
+	    cmocka_unit_test(test_punch_leaves_to_compaction),
 	    cmocka_unit_test(test_punch_crash_points),
 	    cmocka_unit_test(test_torn_mark),
 	    cmocka_unit_test(test_read_lease),
