@@ -571,7 +571,19 @@ out_close:
 	return err;
 }
 
+static int conn_connect(dnet_client *c, struct dnet_conn *conn);
+
 int dnet__conn_connect(dnet_client *c, struct dnet_conn *conn)
+{
+	int err = conn_connect(c, conn);
+	/* a connect blocks (up to the timeout per address): a deadline set after it
+	 * from the round's clock would be short by that long */
+	if (c->now_ok)
+		c->now_ns = dnet_now_mono_ns();
+	return err;
+}
+
+static int conn_connect(dnet_client *c, struct dnet_conn *conn)
 {
 	struct dnet_node *n = conn->owner_node;
 	if (!n->is_boot) {
@@ -1287,7 +1299,7 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 static int conn_busy(const dnet_client *c, const struct dnet_conn *conn, uint64_t now)
 {
 	int mid = conn->in_req || (conn->out_head && conn->out_head->out_done);
-	return mid && now - conn->last_active < timeout_ns(c);
+	return mid && dnet__since(now, conn->last_active) < timeout_ns(c);
 }
 
 static void expire(dnet_client *c, uint64_t now)
@@ -1333,12 +1345,13 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 		timeout_ms = c->inflight ? c->timeout_ms : 0;
 	}
 	int n = epoll_wait(c->epfd, evs, 64, timeout_ms);
+	/* the round's clock, also when interrupted: dnet_poll's callbacks use it */
+	c->now_ns = dnet_now_mono_ns();
 	if (n < 0) {
 		if (errno == EINTR)
 			return 0;
 		return DNET_ESYS;
 	}
-	c->now_ns = dnet_now_mono_ns();
 	c->now_ok = 1;
 	for (int i = 0; i < n; i++) {
 		struct dnet_conn *conn = evs[i].data.ptr;

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -235,9 +236,11 @@ int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, 
 	int err = 0;
 	if (sigsetjmp(env, 0) == 0) {
 		tl_bus = &env;
+		atomic_signal_fence(memory_order_seq_cst); /* armed before the first touch */
 		const uint8_t *p = (const uint8_t *)m + (off - moff);
 		for (uint64_t o = 0, i = 0; o < len; o += block, i++)
 			out[i] = XXH3_64bits(p + o, len - o < block ? (size_t)(len - o) : block);
+		atomic_signal_fence(memory_order_seq_cst); /* disarmed after the last */
 	} else {
 		err = DNET_EIO;
 	}
@@ -258,7 +261,9 @@ int dnet_map_copy(void *dst, const void *src, size_t len)
 	int err = 0;
 	if (sigsetjmp(env, 0) == 0) {
 		tl_bus = &env;
+		atomic_signal_fence(memory_order_seq_cst); /* armed before the first touch */
 		memcpy(dst, src, len);
+		atomic_signal_fence(memory_order_seq_cst); /* disarmed after the last */
 	} else {
 		err = DNET_EIO;
 	}

@@ -1102,7 +1102,12 @@ static int reclaim(struct dnet_backend *b, int steps)
 		list = d->next;
 		d->next = NULL;
 		uint64_t s, l;
-		if (d->B->retired || atomic_load(&b->no_punch) || !punch_range(d, &s, &l)) {
+		if (d->B->retired) { /* compaction dropped it: freeing lets the old file go */
+			dead_free(b, d);
+			done++;
+			continue;
+		}
+		if (atomic_load(&b->no_punch) || !punch_range(d, &s, &l)) {
 			dead_free(b, d);
 			continue;
 		}
@@ -3682,6 +3687,10 @@ static void *maint(void *arg)
 			if (r < 0)
 				dnet_log_error("blob backend %s: compaction: %s", b->path,
 					       dnet_strerror(r));
+			/* records that waited for it still hold the retired blobs' files */
+			if (r > 0 && atomic_load(&b->await_compact) &&
+			    b->punch_mode == DNET_BLOB_PUNCH_AUTO)
+				reclaim(b, DNET_BLOB_RECLAIM_ALL);
 			last_compact = dnet_now_mono_ns();
 		}
 		pthread_mutex_lock(&b->mlock);
@@ -3881,6 +3890,12 @@ static void bl_close(struct dnet_backend *b)
 		pthread_join(b->cthr, NULL); /* it completes every queued write first */
 	}
 	up_sweep(b, 1);
+	/* records left to compaction stay unmarked (safe: the index and later records
+	 * say they are dead); compaction after the next open takes their blobs.
+	 * Marking and punching them all here would make closing take seconds. */
+	pthread_mutex_lock(&b->rlock);
+	dead_free(b, atomic_exchange(&b->await_compact, NULL));
+	pthread_mutex_unlock(&b->rlock);
 	if (b->punch_mode == DNET_BLOB_PUNCH_AUTO)
 		reclaim(b, DNET_BLOB_RECLAIM_ALL | DNET_BLOB_RECLAIM_FORCE);
 	/* what is left (leased, or manual mode) stays dead space until compaction */
