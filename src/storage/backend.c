@@ -220,11 +220,50 @@ int dnet_map_install(void)
 	return bus_ready ? 0 : -1;
 }
 
-int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, uint64_t *out)
+int dnet_map_ready(void)
 {
 	pthread_once(&bus_once, bus_install);
+	return bus_ready;
+}
+
+/* Runs fn(arg), which reads through a file mapping, with SIGBUS caught: 0, or
+ * DNET_EIO if a read faulted (fn stopped there). */
+static int bus_guarded(void (*fn)(void *), void *arg)
+{
+	sigjmp_buf env;
+	int err = 0;
+	if (sigsetjmp(env, 0) == 0) {
+		tl_bus = &env;
+		atomic_signal_fence(memory_order_seq_cst); /* armed before the first touch */
+		fn(arg);
+		atomic_signal_fence(memory_order_seq_cst); /* disarmed after the last */
+	} else {
+		err = DNET_EIO;
+	}
+	tl_bus = NULL;
+	return err;
+}
+
+struct hash_blocks {
+	const uint8_t *p;
+	uint64_t len;
+	uint32_t block;
+	uint64_t *out;
+};
+
+static void hash_blocks(void *arg)
+{
+	const struct hash_blocks *h = arg;
+	for (uint64_t o = 0, i = 0; o < h->len; o += h->block, i++)
+		h->out[i] = XXH3_64bits(h->p + o, h->len - o < h->block ? (size_t)(h->len - o)
+									  : h->block);
+}
+
+int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, uint64_t *out)
+{
 	struct stat sb;
-	if (!bus_ready || !len || !block || fstat(fd, &sb) < 0 || off + len > (uint64_t)sb.st_size)
+	if (!dnet_map_ready() || !len || !block || fstat(fd, &sb) < 0 ||
+	    off + len > (uint64_t)sb.st_size)
 		return 1;
 	const uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE);
 	const uint64_t moff = off & ~(pg - 1);
@@ -232,41 +271,26 @@ int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, 
 	void *m = mmap(NULL, mlen, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, (off_t)moff);
 	if (m == MAP_FAILED)
 		return 1;
-	sigjmp_buf env;
-	int err = 0;
-	if (sigsetjmp(env, 0) == 0) {
-		tl_bus = &env;
-		atomic_signal_fence(memory_order_seq_cst); /* armed before the first touch */
-		const uint8_t *p = (const uint8_t *)m + (off - moff);
-		for (uint64_t o = 0, i = 0; o < len; o += block, i++)
-			out[i] = XXH3_64bits(p + o, len - o < block ? (size_t)(len - o) : block);
-		atomic_signal_fence(memory_order_seq_cst); /* disarmed after the last */
-	} else {
-		err = DNET_EIO;
-	}
-	tl_bus = NULL;
+	struct hash_blocks h = {(const uint8_t *)m + (off - moff), len, block, out};
+	int err = bus_guarded(hash_blocks, &h);
 	munmap(m, mlen);
 	return err;
 }
 
-int dnet_map_ready(void)
+struct map_copy {
+	void *dst;
+	const void *src;
+	size_t len;
+};
+
+static void map_copy(void *arg)
 {
-	pthread_once(&bus_once, bus_install);
-	return bus_ready;
+	const struct map_copy *c = arg;
+	memcpy(c->dst, c->src, c->len);
 }
 
 int dnet_map_copy(void *dst, const void *src, size_t len)
 {
-	sigjmp_buf env;
-	int err = 0;
-	if (sigsetjmp(env, 0) == 0) {
-		tl_bus = &env;
-		atomic_signal_fence(memory_order_seq_cst); /* armed before the first touch */
-		memcpy(dst, src, len);
-		atomic_signal_fence(memory_order_seq_cst); /* disarmed after the last */
-	} else {
-		err = DNET_EIO;
-	}
-	tl_bus = NULL;
-	return err;
+	struct map_copy c = {dst, src, len};
+	return bus_guarded(map_copy, &c);
 }
