@@ -543,6 +543,13 @@ static struct blob *slot_blob(struct dnet_backend *b, uint16_t slot)
 	return __atomic_load_n(&b->slots[slot], __ATOMIC_ACQUIRE);
 }
 
+/* B has an index file covering all of it from now on (read-only). */
+static void blob_mark_sealed(struct blob *B)
+{
+	atomic_store(&B->sealed_ns, dnet_now_mono_ns());
+	atomic_store(&B->sealed, 1);
+}
+
 /* Frees a blob whose fd the caller closes (or already did). */
 static void blob_free(struct blob *B)
 {
@@ -997,8 +1004,6 @@ static int sync_distinct(struct dnet_backend *b, struct bl_dead *list, int of_sy
 	return err;
 }
 
-/* Runs steps 2 and 3 for everything queued (and deferred punches whose lease may
- * be gone). Returns the number of records punched or marked, or a DNET_E* code. */
 static double dead_ratio(const struct blob *B);
 
 /* Will automatic compaction soon drop sealed blob B whole? (see reclaim) */
@@ -1009,6 +1014,9 @@ static int compaction_takes(const struct dnet_backend *b, struct blob *B, uint64
 	       dead_ratio(B) >= b->compact_ratio;
 }
 
+/* Runs steps 2 and 3 for everything queued (and deferred punches whose lease may
+ * be gone). Returns the number of records punched or marked (or, of blobs that
+ * compaction retired, freed), or a DNET_E* code. */
 static int reclaim(struct dnet_backend *b, int steps)
 {
 	pthread_mutex_lock(&b->rlock);
@@ -2308,12 +2316,13 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 	uint64_t mh[BL_VER_STEP];
 	const uint64_t step = x->last - x->next + 1 < BL_VER_STEP ? x->last - x->next + 1 : BL_VER_STEP;
 	const uint64_t ms = x->next * BL_BLOCK, me = (x->next + step) * BL_BLOCK;
-	int mapped = dnet_hash_blocks_mapped(fd, data + ms, (me < x->size ? me : x->size) - ms,
-					     BL_BLOCK, mh);
-	if (mapped < 0)
-		return mapped;
+	/* 0: mh[] holds this step's digests; 1: no mapping here, pread each block */
+	int by_pread = dnet_hash_blocks_mapped(fd, data + ms, (me < x->size ? me : x->size) - ms,
+					       BL_BLOCK, mh);
+	if (by_pread < 0)
+		return by_pread;
 	const uint64_t first = x->next;
-	if (mapped && !x->buf && !(x->buf = malloc(BL_BLOCK)))
+	if (by_pread && !x->buf && !(x->buf = malloc(BL_BLOCK)))
 		return DNET_ENOMEM;
 	for (uint32_t k = 0; k < BL_VER_STEP && x->next <= x->last && !err; k++, x->next++) {
 		if (x->next < x->tw0 || x->next >= x->tw0 + x->tn) {
@@ -2329,7 +2338,7 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 			}
 		}
 		const uint64_t want = dnet_get_u64(x->tab + 8 * (x->next - x->tw0));
-		if (mapped == 0) {
+		if (!by_pread) {
 			if (mh[x->next - first] != want)
 				err = DNET_ECORRUPT;
 			continue;
@@ -2865,8 +2874,7 @@ static int seal(struct dnet_backend *b, struct blob *B)
 	B->log = NULL;
 	B->nlog = B->caplog = 0;
 	pthread_mutex_unlock(&b->alock);
-	atomic_store(&B->sealed, 1);
-	atomic_store(&B->sealed_ns, dnet_now_mono_ns());
+	blob_mark_sealed(B);
 	return 0;
 }
 
@@ -3235,8 +3243,7 @@ static int load_blob(struct dnet_backend *b, uint32_t num, int last, struct blob
 	atomic_store(&B->size, fsize);
 	B->prealloc = fsize;
 	if (sealed) {
-		atomic_store(&B->sealed, 1);
-		atomic_store(&B->sealed_ns, dnet_now_mono_ns());
+		blob_mark_sealed(B);
 		free(B->log);
 		B->log = NULL;
 		B->nlog = B->caplog = 0;
@@ -3454,8 +3461,7 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 		err = DNET_ENOMEM;
 		goto out_unlink_idx;
 	}
-	atomic_store(&NB->sealed, 1);
-	atomic_store(&NB->sealed_ns, dnet_now_mono_ns());
+	blob_mark_sealed(NB);
 	atomic_store(&NB->live, (int64_t)c.live);
 	atomic_store(&NB->tomb, atomic_load(&B->tomb));
 	if ((err = blob_register(b, NB, B))) {
@@ -3902,8 +3908,6 @@ static void bl_close(struct dnet_backend *b)
 	dead_free(b, b->dq);
 	dead_free(b, b->deferred);
 	dead_free(b, b->await_seal);
-	dead_free(b, atomic_load(&b->await_compact));
-	atomic_store(&b->await_compact, NULL);
 	b->dq = b->deferred = b->await_seal = NULL;
 	seal_pending(b);
 	/* checkpoint the active blob: a clean restart then scans nothing */
