@@ -1478,7 +1478,8 @@ static int bd_sync(struct dnet_backend *b)
 	return bd_err(b, rc ? rc : b->env->log_flush(b->env, NULL), "log flush");
 }
 
-/* Batches of keys, each batch in its own read-committed txn; fn runs outside. */
+/* Batches of keys, each batch in its own read-committed txn; fn runs outside. A
+ * batch whose txn loses a deadlock is read again in a new txn. */
 static int bd_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 {
 	struct it {
@@ -1532,13 +1533,32 @@ static int bd_iterate(struct dnet_backend *b, dnet_iterate_fn fn, void *arg)
 			if (n < KV_ITER_BATCH)
 				rc = get_fit(c, &key, &val, DB_NEXT);
 		}
-		c->close(c);
-		txn->commit(txn, 0);
-		if (rc == DB_LOCK_DEADLOCK && ++tries < BD_RETRIES) {
-			memcpy(last, last0, sizeof(last)); /* redo this batch */
-			have_last = have_last0;
-			continue;
+		/* The cursor first (its close may fail too), then the txn: a txn in which
+		 * a call failed is aborted. BDB refuses to commit a deadlock victim
+		 * ("BDB0102 previous transaction deadlock return not resolved", EINVAL;
+		 * the commit aborts it then), and the commit of this one used to be
+		 * made whatever rc was. */
+		int crc = c->close(c);
+		if (!rc || rc == DB_NOTFOUND)
+			rc = crc ? crc : rc;
+		if (rc && rc != DB_NOTFOUND)
+			txn->abort(txn);
+		else if ((crc = txn->commit(txn, 0)))
+			rc = crc;
+		if (rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED) {
+			if (++tries < BD_RETRIES) {
+				memcpy(last, last0, sizeof(last)); /* redo this batch */
+				have_last = have_last0;
+				if (tries > 2)
+					usleep((useconds_t)(tries * 100));
+				continue;
+			}
+			dnet_log_error("bdb backend %s: iterate still deadlocked after %d tries",
+				       b->path, BD_RETRIES);
+			ret = DNET_EBUSY;
+			break;
 		}
+		tries = 0; /* the retries are per batch */
 		if (rc == DB_NOTFOUND)
 			end = 1;
 		else if (rc)
