@@ -426,7 +426,15 @@ static int del_chunks(struct dnet_backend *b, DB_TXN *txn, const uint8_t *id, ui
 			break;
 		done++;
 	}
-	c->close(c);
+	/* A record deleted through a cursor is removed for good (its overflow pages
+	 * freed, an emptied page unlinked) when the cursor moves off it or closes, so
+	 * the close takes locks and can lose a deadlock: the txn is dead then. Its
+	 * result was ignored, and the caller's next call in the txn failed with
+	 * "BDB0102 previous transaction deadlock return not resolved" (EINVAL): a
+	 * write failed with "put: Invalid argument", an upload's COMMIT with "del". */
+	int crc = c->close(c);
+	if (!rc)
+		rc = crc;
 	return rc ? bd_err(b, rc, "delete chunks") : 0;
 }
 
@@ -1662,7 +1670,9 @@ static int del_first_upl(struct dnet_backend *b)
 		rc = c->get(c, &key, &val, DB_FIRST | DB_RMW);
 		if (!rc)
 			rc = c->del(c, 0);
-		c->close(c);
+		int crc = c->close(c); /* removes the record: can fail (see del_chunks) */
+		if (!rc || rc == DB_NOTFOUND)
+			rc = crc ? crc : rc;
 	}
 	if (rc && rc != DB_NOTFOUND) {
 		txn->abort(txn);
