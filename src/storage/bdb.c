@@ -45,6 +45,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "backend.h"
+#include "bdb.h"
 #include "fault.h"
 
 #define KV_MAGIC 0x4f564b44u /* "DKVO" */
@@ -1937,6 +1938,13 @@ static void bd_close(struct dnet_backend *b)
 	if (rc)
 		bd_err(b, rc, "checkpoint");
 	bd_free(b);
+}
+
+void dnet_bdb_test_handles(struct dnet_backend *b, DB_ENV **env, DB **objects, DB **chunks)
+{
+	*env = b->env;
+	*objects = b->obj;
+	*chunks = b->chunk;
 }
 
 const struct dnet_backend_ops dnet_bdb_backend_ops = {
