@@ -375,6 +375,7 @@ struct bl_pend {
 	void *arg;
 	struct dnet_obj_info info;
 	int has_info;
+	int err; /* the committer's verdict, for the acker */
 };
 
 struct bl_upload {
@@ -430,6 +431,12 @@ struct dnet_backend {
 	uint64_t qfirst_ns;
 	int cstop, cthr_on;
 	pthread_t cthr;
+	/* acks of synced batches: the committer hands them over and syncs again */
+	pthread_mutex_t aklock;
+	pthread_cond_t akcond;
+	struct bl_pend *akq, **aktail;
+	int akstop, akthr_on, akwait;
+	pthread_t akthr;
 
 	pthread_mutex_t mlock; /* maintenance thread: sealing, sweeps, auto compaction */
 	pthread_cond_t mcond, msealed;
@@ -1422,7 +1429,6 @@ static void *committer(void *arg)
 			pthread_cond_timedwait(&b->ccond, &b->clock, &ts);
 		}
 		struct bl_pend *batch = b->q;
-		uint32_t n = b->qn;
 		b->q = NULL;
 		b->qtail = &b->q;
 		b->qn = 0;
@@ -1431,48 +1437,99 @@ static void *committer(void *arg)
 		/* one fdatasync per distinct blob in the batch (almost always one) */
 		struct blob *done_blobs[8];
 		int done_err[8], nd = 0;
-		for (struct bl_pend *p = batch; p; p = p->next) {
+		uint64_t ok = 0;
+		struct bl_pend *last = NULL;
+		for (struct bl_pend *p = batch; p; last = p, p = p->next) {
 			int k;
 			for (k = 0; k < nd && done_blobs[k] != p->blob; k++)
 				;
-			if (k < nd)
-				continue;
-			int err = bl_fdatasync(p->blob->fd);
-			atomic_fetch_add(&b->syncs, 1);
-			if (err)
-				dnet_log_error("blob backend %s: fdatasync of blob %u: %s", b->path,
-					       p->blob->num, dnet_strerror(err));
-			if (nd < 8) {
-				done_blobs[nd] = p->blob;
-				done_err[nd++] = err;
+			if (k < nd) {
+				p->err = done_err[k];
+			} else {
+				p->err = bl_fdatasync(p->blob->fd); /* > 8 blobs: one each */
+				atomic_fetch_add(&b->syncs, 1);
+				if (p->err)
+					dnet_log_error("blob backend %s: fdatasync of blob %u: %s",
+						       b->path, p->blob->num, dnet_strerror(p->err));
+				if (nd < 8) {
+					done_blobs[nd] = p->blob;
+					done_err[nd++] = p->err;
+				}
 			}
-		}
-		uint64_t ok = 0;
-		(void)n;
-		while (batch) {
-			struct bl_pend *p = batch;
-			batch = p->next;
-			int k, err = 0;
-			for (k = 0; k < nd && done_blobs[k] != p->blob; k++)
-				;
-			if (k < nd)
-				err = done_err[k];
-			else
-				err = bl_fdatasync(p->blob->fd); /* > 8 blobs in one batch */
-			ok += !err;
-			if (err)
-				dead_free(b, p->dead);
-			else
-				dead_push(b, p->dead, NULL);
-			blob_put(b, p->blob);
-			p->done(p->arg, err, err || !p->has_info ? NULL : &p->info);
-			free(p);
+			ok += !p->err;
 		}
 		atomic_fetch_add(&b->synced_writes, ok);
+		/* The acks go out on the acker thread: sending them here (a sendmsg
+		 * each, waking each client) kept the disk idle for as long as the
+		 * sync took. Writes queued meanwhile are synced at once instead. */
+		pthread_mutex_lock(&b->aklock);
+		*b->aktail = batch;
+		b->aktail = &last->next;
+		if (b->akwait)
+			pthread_cond_signal(&b->akcond);
+		pthread_mutex_unlock(&b->aklock);
 		pthread_mutex_lock(&b->clock);
 	}
 	pthread_mutex_unlock(&b->clock);
 	return NULL;
+}
+
+/* Completes the writes the committer synced: reclaim bookkeeping, the blob ref,
+ * the caller's callback (which sends the reply). */
+static void *acker(void *arg)
+{
+	struct dnet_backend *b = arg;
+	dnet_thread_name("ell-blob-ack");
+	pthread_mutex_lock(&b->aklock);
+	for (;;) {
+		while (!b->akq && !b->akstop) {
+			b->akwait = 1;
+			pthread_cond_wait(&b->akcond, &b->aklock);
+			b->akwait = 0;
+		}
+		struct bl_pend *batch = b->akq;
+		if (!batch)
+			break; /* stop requested and every ack sent */
+		b->akq = NULL;
+		b->aktail = &b->akq;
+		pthread_mutex_unlock(&b->aklock);
+		while (batch) {
+			struct bl_pend *p = batch;
+			batch = p->next;
+			if (p->err)
+				dead_free(b, p->dead);
+			else
+				dead_push(b, p->dead, NULL);
+			blob_put(b, p->blob);
+			p->done(p->arg, p->err, p->err || !p->has_info ? NULL : &p->info);
+			free(p);
+		}
+		pthread_mutex_lock(&b->aklock);
+	}
+	pthread_mutex_unlock(&b->aklock);
+	return NULL;
+}
+
+/* Stops the committer, then the acker once it has sent every ack the committer
+ * handed it. */
+static void stop_committer(struct dnet_backend *b)
+{
+	if (b->cthr_on) {
+		pthread_mutex_lock(&b->clock);
+		b->cstop = 1;
+		pthread_cond_signal(&b->ccond);
+		pthread_mutex_unlock(&b->clock);
+		pthread_join(b->cthr, NULL); /* it syncs every queued write first */
+		b->cthr_on = 0;
+	}
+	if (b->akthr_on) {
+		pthread_mutex_lock(&b->aklock);
+		b->akstop = 1;
+		pthread_cond_signal(&b->akcond);
+		pthread_mutex_unlock(&b->aklock);
+		pthread_join(b->akthr, NULL);
+		b->akthr_on = 0;
+	}
 }
 
 /* A synchronous wait for durable() (deletes). */
@@ -3736,6 +3793,8 @@ static void bl_free(struct dnet_backend *b)
 	pthread_mutex_destroy(&b->seal_lock);
 	pthread_mutex_destroy(&b->clock);
 	pthread_cond_destroy(&b->ccond);
+	pthread_mutex_destroy(&b->aklock);
+	pthread_cond_destroy(&b->akcond);
 	pthread_mutex_destroy(&b->mlock);
 	pthread_cond_destroy(&b->mcond);
 	pthread_cond_destroy(&b->msealed);
@@ -3789,6 +3848,9 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	if (!b->cfg.upload_timeout_s)
 		b->cfg.upload_timeout_s = 3600;
 	b->qtail = &b->q;
+	b->aktail = &b->akq;
+	pthread_mutex_init(&b->aklock, NULL);
+	pthread_cond_init(&b->akcond, NULL);
 	pthread_mutex_init(&b->alock, NULL);
 	dnet_bad_ring_init(&b->bad);
 	pthread_mutex_init(&b->llock, NULL);
@@ -3843,9 +3905,14 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 		goto out_free;
 	}
 	if (b->cfg.fsync == DNET_FSYNC_BATCH) {
-		if (pthread_create(&b->cthr, NULL, committer, b)) {
+		if (pthread_create(&b->akthr, NULL, acker, b)) {
 			err = DNET_ENOMEM;
 			goto out_free;
+		}
+		b->akthr_on = 1;
+		if (pthread_create(&b->cthr, NULL, committer, b)) {
+			err = DNET_ENOMEM;
+			goto out_stop;
 		}
 		b->cthr_on = 1;
 	}
@@ -3866,13 +3933,7 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 	return 0;
 
 out_stop:
-	if (b->cthr_on) {
-		pthread_mutex_lock(&b->clock);
-		b->cstop = 1;
-		pthread_cond_signal(&b->ccond);
-		pthread_mutex_unlock(&b->clock);
-		pthread_join(b->cthr, NULL);
-	}
+	stop_committer(b);
 out_free:
 	bl_free(b);
 	return err;
@@ -3888,13 +3949,7 @@ static void bl_close(struct dnet_backend *b)
 		pthread_mutex_unlock(&b->mlock);
 		pthread_join(b->mthr, NULL);
 	}
-	if (b->cthr_on) {
-		pthread_mutex_lock(&b->clock);
-		b->cstop = 1;
-		pthread_cond_signal(&b->ccond);
-		pthread_mutex_unlock(&b->clock);
-		pthread_join(b->cthr, NULL); /* it completes every queued write first */
-	}
+	stop_committer(b); /* every queued write is synced and acknowledged first */
 	up_sweep(b, 1);
 	/* records left to compaction stay unmarked (safe: the index and later records
 	 * say they are dead); compaction after the next open takes their blobs.
