@@ -68,6 +68,9 @@ struct dnet_req {
 	uint64_t deadline; /* monotonic ns; pushed forward while its bytes move */
 	struct dnet_req *retry_next;
 	struct dnet_node *redirect_to; /* NOTOWNER: where to resend */
+	struct dnet_node *redirect_from; /* the node that sent it there */
+	uint8_t bounces;		 /* redirects back to the node that redirected it */
+	uint64_t retry_at;		 /* monotonic ns: not resent before (0: at once) */
 	struct dnet_node *target;      /* copies: this node, whatever the routes say */
 	struct dnet_conn **stick;      /* chunked uploads: the connection all chunks use */
 
@@ -179,6 +182,7 @@ struct dnet_client {
 	struct dnet_req *ring_req;   /* background refresh in flight */
 	unsigned ring_src;           /* rotates refresh sources when the bootstrap fails */
 	struct dnet_req *retry_head, *retry_tail; /* requests to resend */
+	uint64_t retry_wake; /* earliest retry_at on the list (0: none waits) */
 	struct dnet_node *last; /* where the last request went (for messages) */
 
 	struct dnet_req **slots;

@@ -191,6 +191,18 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 		struct dnet_node *to = dnet__node_by_addr(c, &aw, via);
 		if (!to)
 			return 0;
+		struct dnet_node *from = r->conn ? r->conn->owner_node : NULL;
+		if (to == r->redirect_from && r->redirect_from) {
+			/* A says B, B says A: their rings disagree for a moment (a node
+			 * joins or leaves). Wait for them to agree: 10 ms, doubling, at
+			 * most 8 times (2.5 s in all), not counted as redirects. */
+			if (r->bounces >= 8)
+				return 0;
+			r->retry_at = dnet_now_mono_ns() + (10000000ull << r->bounces);
+			r->bounces++;
+			r->redirects--;
+		}
+		r->redirect_from = from;
 		/* Hints after the address: DIRECT names the object's previous owner while
 		 * objects move (our table is right; the object is not there yet). */
 		uint32_t hints = r->rgot >= DNET_ADDR_WIRE_SIZE + 4
@@ -272,12 +284,29 @@ static void req_finish_detached(dnet_client *c, struct dnet_req *r)
 
 void dnet__run_retries(dnet_client *c)
 {
+	struct dnet_req *later = NULL, *later_last = NULL;
+	uint64_t now = c->retry_wake ? dnet_now_mono_ns() : 0, wake = 0;
 	while (c->retry_head) {
 		struct dnet_req *r = c->retry_head;
 		c->retry_head = r->retry_next;
 		if (!c->retry_head)
 			c->retry_tail = NULL;
 		r->retry_next = NULL;
+		if (r->retry_at) {
+			if (!now)
+				now = dnet_now_mono_ns();
+			if (r->retry_at > now) { /* not yet: back on the list afterwards */
+				if (later_last)
+					later_last->retry_next = r;
+				else
+					later = r;
+				later_last = r;
+				if (!wake || r->retry_at < wake)
+					wake = r->retry_at;
+				continue;
+			}
+			r->retry_at = 0;
+		}
 		r->flags &= ~(uint32_t)DNET_REQ_RETRY;
 		int err = 0;
 		struct dnet_conn *conn;
@@ -296,6 +325,13 @@ void dnet__run_retries(dnet_client *c)
 			req_finish_detached(c, r);
 		}
 	}
+	if (later) { /* ahead of anything queued meanwhile */
+		later_last->retry_next = c->retry_head;
+		if (!c->retry_head)
+			c->retry_tail = later_last;
+		c->retry_head = later;
+	}
+	c->retry_wake = wake;
 }
 
 static void req_complete2(dnet_client *c, struct dnet_req *r, int status, int broken)
@@ -1329,7 +1365,13 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 		if (timeout_ms < 0 || lm < timeout_ms)
 			timeout_ms = lm;
 	} else if (timeout_ms < 0) {
-		timeout_ms = c->inflight ? c->timeout_ms : 0;
+		timeout_ms = c->inflight || c->retry_wake ? c->timeout_ms : 0;
+	}
+	if (c->retry_wake) { /* a redirect waits (see req_may_retry): wake for it */
+		int64_t left = (int64_t)(c->retry_wake - now);
+		int lm = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+		if (timeout_ms < 0 || lm < timeout_ms)
+			timeout_ms = lm;
 	}
 	int n = epoll_wait(c->epfd, evs, 64, timeout_ms);
 	if (n < 0) {
