@@ -19,6 +19,12 @@
 #define DNET_CLIENT_MAX_ERRINFO 4096u
 /* Routing: a request follows at most this many NOTOWNER redirects. */
 #define DNET_MAX_REDIRECTS 5
+/* A plain NOTOWNER that sends a request back to the node that redirected it (two
+ * rings disagree for a moment while a node joins or leaves) is a bounce: resent
+ * after DNET_BOUNCE_WAIT_NS, doubling each time, at most DNET_MAX_BOUNCES times
+ * (2.55 s in all), not counted as a redirect. */
+#define DNET_BOUNCE_WAIT_NS (10ull * 1000000ull)
+#define DNET_MAX_BOUNCES 8
 /* The route table is refreshed (in the background) when older than this. */
 #define DNET_ROUTES_TTL_NS (5ull * 1000000000ull)
 /* After a failed connect to a ring node, requests to it fail at once for this long. */
@@ -67,10 +73,10 @@ struct dnet_req {
 	uint8_t id[DNET_ID_SIZE];
 	uint64_t deadline; /* monotonic ns; pushed forward while its bytes move */
 	struct dnet_req *retry_next;
-	struct dnet_node *redirect_to; /* NOTOWNER: where to resend */
-	struct dnet_node *redirect_from; /* the node that sent it there */
-	uint8_t bounces;		 /* redirects back to the node that redirected it */
-	uint64_t retry_at;		 /* monotonic ns: not resent before (0: at once) */
+	struct dnet_node *redirect_to;   /* NOTOWNER: where to resend */
+	struct dnet_node *redirect_from; /* the node whose NOTOWNER sent it where it is */
+	uint8_t bounces;   /* NOTOWNERs that sent it back there (DNET_MAX_BOUNCES) */
+	uint64_t retry_at; /* on the retry list: not resent before (mono ns; 0: at once) */
 	struct dnet_node *target;      /* copies: this node, whatever the routes say */
 	struct dnet_conn **stick;      /* chunked uploads: the connection all chunks use */
 

@@ -170,54 +170,67 @@ void dnet__addr_wire_str(const struct dnet_addr_wire *a, const char *via, char *
 	}
 }
 
+/* Is node `to` the node `from`? Ring nodes are one object per advertised address,
+ * but the bootstrap node is a second object for the same node when the address it
+ * advertises is not the one we dialled (a wildcard one): those share a name. */
+static int same_node(const struct dnet_node *to, const struct dnet_node *from)
+{
+	return to == from || (from && to->name[0] && !strcmp(to->name, from->name));
+}
+
 /* May r be resent instead of completing with its status? `broken`: the status comes
  * from its connection breaking, not from the node. Sets r->redirect_to for a
- * NOTOWNER redirect. */
+ * NOTOWNER redirect, and r->retry_at for one that bounces. */
 static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 {
 	if (r->status == DNET_ENOTOWNER && (r->reroute & DNET_RR_REDIRECT)) {
 		struct dnet_addr_wire aw;
 		if (!r->rbuf || dnet_addr_decode(r->rbuf, r->rgot, &aw) || !aw.port)
 			return 0;
-		if (r->redirects >= DNET_MAX_REDIRECTS) {
-			/* Sent to a previous owner and told to try another: neither the owner
-			 * nor the previous owners asked have the object. */
-			if ((r->hflags & DNET_FLAG_DIRECT) && r->rgot >= DNET_ADDR_WIRE_SIZE + 4 &&
-			    (dnet_get_u32(r->rbuf + DNET_ADDR_WIRE_SIZE) & DNET_REDIRECT_DIRECT))
-				r->status = DNET_ENOENT;
-			return 0;
-		}
-		const char *via = r->conn ? r->conn->node : NULL;
-		struct dnet_node *to = dnet__node_by_addr(c, &aw, via);
-		if (!to)
-			return 0;
-		struct dnet_node *from = r->conn ? r->conn->owner_node : NULL;
-		if (to == r->redirect_from && r->redirect_from) {
-			/* A says B, B says A: their rings disagree for a moment (a node
-			 * joins or leaves). Wait for them to agree: 10 ms, doubling, at
-			 * most 8 times (2.5 s in all), not counted as redirects. */
-			if (r->bounces >= 8)
-				return 0;
-			r->retry_at = dnet_now_mono_ns() + (10000000ull << r->bounces);
-			r->bounces++;
-			r->redirects--;
-		}
-		r->redirect_from = from;
 		/* Hints after the address: DIRECT names the object's previous owner while
 		 * objects move (our table is right; the object is not there yet). */
 		uint32_t hints = r->rgot >= DNET_ADDR_WIRE_SIZE + 4
 					 ? dnet_get_u32(r->rbuf + DNET_ADDR_WIRE_SIZE)
 					 : 0;
+		const char *via = r->conn ? r->conn->node : NULL;
+		struct dnet_node *from = r->conn ? r->conn->owner_node : NULL;
+		struct dnet_node *to = dnet__node_by_addr(c, &aw, via);
+		if (!to)
+			return 0;
+		/* A says B, B says A: their rings disagree for a moment (a node joins or
+		 * leaves) and would use up the redirects in milliseconds. Such a bounce
+		 * waits for them to agree instead: DNET_BOUNCE_WAIT_NS, doubling, at most
+		 * DNET_MAX_BOUNCES times, not counted as a redirect. Hand-offs (a previous
+		 * owner named with the DIRECT hint, or one sending a DIRECT request back
+		 * to the owner) go back and forth by design: they stay redirects. */
+		int bounce = r->redirect_from && same_node(to, r->redirect_from) &&
+			     !(hints & DNET_REDIRECT_DIRECT) && !(r->hflags & DNET_FLAG_DIRECT);
+		if (bounce) {
+			if (r->bounces >= DNET_MAX_BOUNCES)
+				return 0;
+		} else if (r->redirects >= DNET_MAX_REDIRECTS) {
+			/* Sent to a previous owner and told to try another: neither the owner
+			 * nor the previous owners asked have the object. */
+			if ((r->hflags & DNET_FLAG_DIRECT) && (hints & DNET_REDIRECT_DIRECT))
+				r->status = DNET_ENOENT;
+			return 0;
+		}
 		if (hints & DNET_REDIRECT_DIRECT) {
 			r->hflags |= DNET_FLAG_DIRECT;
 		} else {
 			r->hflags &= (uint16_t)~DNET_FLAG_DIRECT;
 			/* Our table sent us to the wrong node: the one that said so knows
 			 * better. */
-			dnet__routes_refresh(c, r->conn ? r->conn->owner_node : NULL);
+			dnet__routes_refresh(c, from);
 		}
+		if (bounce) {
+			r->retry_at = dnet_now_mono_ns() + (DNET_BOUNCE_WAIT_NS << r->bounces);
+			r->bounces++;
+		} else {
+			r->redirects++;
+		}
+		r->redirect_from = from;
 		r->redirect_to = to;
-		r->redirects++;
 		return 1;
 	}
 	if (broken && r->status == DNET_ECONNRESET && (r->reroute & DNET_RR_RETRY) &&
@@ -225,8 +238,10 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 		int idempotent = r->cmd == DNET_CMD_READ || r->cmd == DNET_CMD_LOOKUP;
 		if (!idempotent && r->out_done)
 			return 0;
-		r->redirect_to = NULL;
-		r->hflags &= (uint16_t)~DNET_FLAG_DIRECT; /* routed afresh */
+		/* Routed afresh: no node sent it where it goes now. */
+		r->redirect_to = r->redirect_from = NULL;
+		r->retry_at = 0;
+		r->hflags &= (uint16_t)~DNET_FLAG_DIRECT;
 		r->retries++;
 		if (r->conn && r->conn->owner_node && !r->conn->owner_node->is_boot)
 			dnet__routes_refresh(c, NULL);

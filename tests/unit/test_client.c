@@ -1,7 +1,8 @@
 /* test_client.c - the client library against scripted fake nodes in threads:
  * malformed replies, out-of-order replies, timeouts, resumed reads after a broken
  * connection, early error replies, reconnects and failover; and ring routing: one
- * hop to the owner, NOTOWNER redirects and their limit, down nodes failing fast,
+ * hop to the owner, NOTOWNER redirects and their limit, redirects that bounce
+ * between two nodes (the back-off and its limit), down nodes failing fast,
  * chunked uploads following a redirect, resends after a broken connection. */
 #include <setjmp.h>
 #include <signal.h>
@@ -872,8 +873,38 @@ static void test_redirect(void **state)
 	assert_int_equal(b.keyed, 6);
 }
 
-/* Two nodes naming each other: the client gives up after DNET_MAX_REDIRECTS (5). */
+/* Nodes naming one another round a cycle (A -> B -> X -> A ...): no NOTOWNER sends
+ * a request back to the node that sent it there, so the client gives up after
+ * DNET_MAX_REDIRECTS (5). */
 static void test_redirect_limit(void **state)
+{
+	(void)state;
+	struct fake a, b, x;
+	fake_start_mode(&a, NODE_NOTOWNER);
+	fake_start_mode(&b, NODE_NOTOWNER);
+	fake_start_mode(&x, NODE_NOTOWNER);
+	a.peer = &b;
+	b.peer = &x;
+	x.peer = &a;
+	dnet_client *c = client_for(&a, 5000);
+	struct dnet_object_info info;
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_ENOTOWNER);
+	assert_int_equal(dnet_write(c, "k", 1, object, 10, &info), DNET_ENOTOWNER);
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+	fake_stop(&x);
+	/* twice: 1 + 5 redirects */
+	assert_int_equal(a.keyed + b.keyed + x.keyed, 2 * (1 + DNET_MAX_REDIRECTS));
+	assert_int_equal(DNET_MAX_REDIRECTS, 5);
+}
+
+/* Two nodes naming each other (their rings disagree): after the first redirect each
+ * NOTOWNER sends the request back to the node that sent it there. Such bounces are
+ * not redirects: the client waits 10 ms, 20 ms, ... before each resend, at most
+ * DNET_MAX_BOUNCES times (2.55 s in all), then gives up with NOTOWNER. A blocking
+ * call and an async request (dnet_poll) wait out the bounces together. */
+static void test_redirect_bounce_limit(void **state)
 {
 	(void)state;
 	struct fake a, b;
@@ -882,14 +913,26 @@ static void test_redirect_limit(void **state)
 	a.peer = &b;
 	b.peer = &a;
 	dnet_client *c = client_for(&a, 5000);
+	uint8_t id[64];
+	dnet_key_to_id("k", 1, id);
+	struct got g = {0};
+	uint64_t t0 = dnet_now_mono_ns();
+	assert_int_equal(dnet_submit_read_id(c, id, 0, 10, on_read, &g), 0);
 	struct dnet_object_info info;
 	assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_ENOTOWNER);
-	assert_int_equal(dnet_write(c, "k", 1, object, 10, &info), DNET_ENOTOWNER);
+	while (dnet_inflight(c))
+		assert_true(dnet_poll(c, -1) >= 0);
+	uint64_t took = dnet_now_mono_ns() - t0;
+	assert_int_equal(g.calls, 1);
+	assert_int_equal(g.status, DNET_ENOTOWNER);
+	assert_true(took >= DNET_BOUNCE_WAIT_NS * ((1u << DNET_MAX_BOUNCES) - 1));
+	assert_true(took < 20000000000ull);
 	dnet_client_free(c);
 	fake_stop(&a);
 	fake_stop(&b);
-	assert_int_equal(a.keyed + b.keyed, 2 * (1 + DNET_MAX_REDIRECTS)); /* twice: 1 + 5 redirects */
-	assert_int_equal(DNET_MAX_REDIRECTS, 5);
+	/* each: the first request, 1 redirect, 8 bounces */
+	assert_int_equal(a.keyed + b.keyed, 2 * (2 + DNET_MAX_BOUNCES));
+	assert_int_equal(DNET_MAX_BOUNCES, 8);
 }
 
 /* While objects move, the owner sends reads to the previous owner with the hint
@@ -1052,6 +1095,7 @@ int main(void)
 		cmocka_unit_test(test_route_one_hop),
 		cmocka_unit_test(test_redirect),
 		cmocka_unit_test(test_redirect_limit),
+		cmocka_unit_test(test_redirect_bounce_limit),
 		cmocka_unit_test(test_handoff_direct),
 		cmocka_unit_test(test_down_fails_fast),
 		cmocka_unit_test(test_upload_follows_redirect),
