@@ -250,6 +250,15 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 	return 0;
 }
 
+/* When a request on the retry list needs the loop: 1 (at once) unless it waits
+ * out a bounce; then when that wait ends, or its deadline if that comes first. */
+static uint64_t retry_due(const struct dnet_req *r)
+{
+	if (!r->retry_at)
+		return 1;
+	return r->deadline && r->deadline < r->retry_at ? r->deadline : r->retry_at;
+}
+
 /* Put r (detached) on the retry list, its reply state reset. */
 static void req_queue_retry(dnet_client *c, struct dnet_req *r)
 {
@@ -271,6 +280,10 @@ static void req_queue_retry(dnet_client *c, struct dnet_req *r)
 	else
 		c->retry_head = r;
 	c->retry_tail = r;
+	/* The loop must come round for it: at once, or when its wait ends. */
+	uint64_t due = retry_due(r);
+	if (!c->retry_wake || due < c->retry_wake)
+		c->retry_wake = due;
 }
 
 static void req_complete2(dnet_client *c, struct dnet_req *r, int status, int broken);
@@ -299,8 +312,9 @@ static void req_finish_detached(dnet_client *c, struct dnet_req *r)
 
 void dnet__run_retries(dnet_client *c)
 {
+	/* Requests still waiting out a bounce go back on the list, in order. */
 	struct dnet_req *later = NULL, *later_last = NULL;
-	uint64_t now = c->retry_wake ? dnet_now_mono_ns() : 0, wake = 0;
+	uint64_t now = 0, wake = 0;
 	while (c->retry_head) {
 		struct dnet_req *r = c->retry_head;
 		c->retry_head = r->retry_next;
@@ -310,14 +324,25 @@ void dnet__run_retries(dnet_client *c)
 		if (r->retry_at) {
 			if (!now)
 				now = dnet_now_mono_ns();
-			if (r->retry_at > now) { /* not yet: back on the list afterwards */
+			uint64_t due = retry_due(r);
+			if (due > now) {
 				if (later_last)
 					later_last->retry_next = r;
 				else
 					later = r;
 				later_last = r;
-				if (!wake || r->retry_at < wake)
-					wake = r->retry_at;
+				if (!wake || due < wake)
+					wake = due;
+				continue;
+			}
+			if (due < r->retry_at) {
+				/* Its deadline came while it waited: it times out like a request
+				 * whose node does not answer. */
+				r->retry_at = 0;
+				r->redirect_to = NULL;
+				r->flags &= ~(uint32_t)DNET_REQ_RETRY;
+				r->status = DNET_ETIMEDOUT;
+				req_finish_detached(c, r);
 				continue;
 			}
 			r->retry_at = 0;
@@ -340,12 +365,10 @@ void dnet__run_retries(dnet_client *c)
 			req_finish_detached(c, r);
 		}
 	}
-	if (later) { /* ahead of anything queued meanwhile */
-		later_last->retry_next = c->retry_head;
-		if (!c->retry_head)
-			c->retry_tail = later_last;
-		c->retry_head = later;
-	}
+	/* The loop ran until the list was empty (requests queued meanwhile, by a
+	 * connection dropped under a resend, included): these are all that is left. */
+	c->retry_head = later;
+	c->retry_tail = later_last;
 	c->retry_wake = wake;
 }
 
@@ -444,15 +467,20 @@ void dnet__conns_free(dnet_client *c)
 	for (size_t i = 0; i < c->nall; i++)
 		if (c->all[i]->fd >= 0 || c->all[i]->reqs)
 			dnet__conn_drop(c, c->all[i], DNET_ESHUTDOWN);
-	/* Requests waiting for a resend have nowhere to go now. */
+	/* Requests waiting for a resend (at once or after a bounce) have nowhere to go
+	 * now. */
 	while (c->retry_head) {
 		struct dnet_req *r = c->retry_head;
 		c->retry_head = r->retry_next;
+		r->retry_next = NULL;
+		r->retry_at = 0;
+		r->redirect_to = NULL;
 		r->flags &= ~(uint32_t)DNET_REQ_RETRY;
 		r->status = DNET_ESHUTDOWN;
 		req_finish_detached(c, r);
 	}
 	c->retry_tail = NULL;
+	c->retry_wake = 0;
 	for (size_t i = 0; i < c->nall; i++) {
 		free(c->all[i]->ibuf);
 		free(c->all[i]->tls_wbuf);
@@ -1380,9 +1408,10 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 		if (timeout_ms < 0 || lm < timeout_ms)
 			timeout_ms = lm;
 	} else if (timeout_ms < 0) {
-		timeout_ms = c->inflight || c->retry_wake ? c->timeout_ms : 0;
+		timeout_ms = c->inflight || c->retry_head ? c->timeout_ms : 0;
 	}
-	if (c->retry_wake) { /* a redirect waits (see req_may_retry): wake for it */
+	if (c->retry_head && c->retry_wake) {
+		/* A resend is due then (a bounce's wait ends, or its deadline comes). */
 		int64_t left = (int64_t)(c->retry_wake - now);
 		int lm = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
 		if (timeout_ms < 0 || lm < timeout_ms)

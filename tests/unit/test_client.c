@@ -2,7 +2,7 @@
  * malformed replies, out-of-order replies, timeouts, resumed reads after a broken
  * connection, early error replies, reconnects and failover; and ring routing: one
  * hop to the owner, NOTOWNER redirects and their limit, redirects that bounce
- * between two nodes (the back-off and its limit), down nodes failing fast,
+ * between two nodes (back-off, its limit, the timeout), down nodes failing fast,
  * chunked uploads following a redirect, resends after a broken connection. */
 #include <setjmp.h>
 #include <signal.h>
@@ -935,6 +935,29 @@ static void test_redirect_bounce_limit(void **state)
 	assert_int_equal(DNET_MAX_BOUNCES, 8);
 }
 
+/* A bounce's wait that would outlast the request's timeout: the request times out
+ * (DNET_ETIMEDOUT) at its deadline, as one whose node does not answer would. With
+ * 300 ms, the waits of 10 .. 160 ms fit, the next (320 ms) does not. */
+static void test_redirect_bounce_timeout(void **state)
+{
+	(void)state;
+	struct fake a, b;
+	fake_start_mode(&a, NODE_NOTOWNER);
+	fake_start_mode(&b, NODE_NOTOWNER);
+	a.peer = &b;
+	b.peer = &a;
+	dnet_client *c = client_for(&a, 300);
+	struct dnet_object_info info;
+	uint64_t t0 = dnet_now_mono_ns();
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_ETIMEDOUT);
+	/* 310 ms of waits, then the last NOTOWNER's 300 ms */
+	assert_true(dnet_now_mono_ns() - t0 >= 610000000ull);
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+	assert_int_equal(a.keyed + b.keyed, 2 + 5); /* 1 request, 1 redirect, 5 bounces */
+}
+
 /* While objects move, the owner sends reads to the previous owner with the hint
  * DIRECT: the client resends there with DNET_FLAG_DIRECT. */
 static void test_handoff_direct(void **state)
@@ -1096,6 +1119,7 @@ int main(void)
 		cmocka_unit_test(test_redirect),
 		cmocka_unit_test(test_redirect_limit),
 		cmocka_unit_test(test_redirect_bounce_limit),
+		cmocka_unit_test(test_redirect_bounce_timeout),
 		cmocka_unit_test(test_handoff_direct),
 		cmocka_unit_test(test_down_fails_fast),
 		cmocka_unit_test(test_upload_follows_redirect),
