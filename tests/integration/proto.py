@@ -52,12 +52,23 @@ EIO = -4
 ENOSPC = -5
 EPROTO = -6
 ETOOBIG = -7
+ETIMEDOUT = -8
 ECORRUPT = -12
 EUNSUPP = -13
 EBUSY = -15
 EEXIST = -16
 EPERM = -17
 ERANGE = -18
+ENOTOWNER = -22
+
+# NOTOWNER reply hints (the u32 after the owner's address).
+REDIRECT_DIRECT = 0x1
+
+# Route table node states.
+NODE_UP = 1
+NODE_DOWN = 2
+NODE_LEFT = 3
+ZONE_MAX = 32
 
 # <: little-endian, no padding. magic u32, version u8, cmd u8, flags u16,
 # status i32, reserved u32, trans u64, size u64, id 64s.
@@ -104,6 +115,29 @@ def decode_obj_info(buf):
 
 def decode_addr(buf):
     return Addr(*_ADDR.unpack(buf[:ADDR_WIRE_SIZE]))
+
+
+def encode_addr(hostport):
+    """An IPv4 "HOST:PORT" as a 24-byte dnet_addr_wire."""
+    host, port = hostport.rsplit(":", 1)
+    return _ADDR.pack(4, int(port), socket.inet_aton(host) + b"\0" * 12, 0)
+
+
+def notowner_payload(owner, hints=0):
+    """A DNET_ENOTOWNER reply's payload: the owner's address, then u32 hints."""
+    return encode_addr(owner) + struct.pack("<I", hints)
+
+
+def encode_ring(nodes, copies=0):
+    """A route table (ROUTES reply) as src/common/ring.c encodes it. nodes: a list of
+    (node_id 64 bytes, "HOST:PORT", [ring ids of 64 bytes]); every node is UP, zone "",
+    incarnation 1."""
+    out = [struct.pack("<II", len(nodes), copies)]
+    for node_id, addr, ids in nodes:
+        assert len(node_id) == ID_SIZE and all(len(i) == ID_SIZE for i in ids)
+        out.append(node_id + encode_addr(addr) + b"\0" * ZONE_MAX
+                   + struct.pack("<QII", 1, NODE_UP, len(ids)) + b"".join(ids))
+    return b"".join(out)
 
 
 def write_request(id, data, trans, flags=FLAG_NEED_ACK, offset=0):
