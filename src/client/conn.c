@@ -1396,10 +1396,14 @@ static void expire(dnet_client *c, uint64_t now)
 int dnet__loop_once(dnet_client *c, int timeout_ms)
 {
 	struct epoll_event evs[64];
+	struct dnet_req *done_tail = c->done_tail;
 	if (c->retry_head)
 		dnet__run_retries(c);
 	flush_all(c);
-	if (c->done_head)
+	/* Something completed just now (a resend that failed at once): back to the
+	 * caller for its callback. Callbacks already due before do not count: a
+	 * blocking call waits for its own request and would spin on them. */
+	if (c->done_tail != done_tail)
 		timeout_ms = 0;
 	uint64_t now = dnet_now_mono_ns();
 	if (c->next_deadline) {

@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -958,6 +959,45 @@ static void test_redirect_bounce_timeout(void **state)
 	assert_int_equal(a.keyed + b.keyed, 2 + 5); /* 1 request, 1 redirect, 5 bounces */
 }
 
+/* An async request's callback is due (its reply came while a blocking call waited)
+ * and the next blocking call waits for a node that does not answer: it sleeps until
+ * its timeout instead of spinning because a callback is due. */
+static void test_wait_with_callback_due(void **state)
+{
+	(void)state;
+	struct fake a, b;
+	fake_start_mode(&a, NODE_SERVE);
+	fake_start(&b, script_silent);
+	uint8_t ids[2][DNET_ID_SIZE];
+	ids_for_k(ids, 1); /* "k" to b (silent), every other key to a */
+	struct fake *nodes[2] = {&a, &b};
+	table_build(&a, 2, nodes, ids, NULL);
+	dnet_client *c = client_for(&a, 500);
+	uint8_t id[64];
+	dnet_key_to_id("other", 5, id);
+	struct got g = {0};
+	assert_int_equal(dnet_submit_read_id(c, id, 0, 10, on_read, &g), 0);
+	struct dnet_object_info info;
+	/* answered after the read, on the same connection: the read is done */
+	assert_int_equal(dnet_lookup(c, "other", 5, &info), 0);
+	assert_int_equal(g.calls, 0);
+	struct rusage ru0, ru1;
+	getrusage(RUSAGE_SELF, &ru0);
+	assert_int_equal(dnet_lookup(c, "k", 1, &info), DNET_ETIMEDOUT);
+	getrusage(RUSAGE_SELF, &ru1);
+	double cpu = (double)(ru1.ru_utime.tv_sec - ru0.ru_utime.tv_sec) +
+		     (double)(ru1.ru_stime.tv_sec - ru0.ru_stime.tv_sec) +
+		     (double)(ru1.ru_utime.tv_usec - ru0.ru_utime.tv_usec) / 1e6 +
+		     (double)(ru1.ru_stime.tv_usec - ru0.ru_stime.tv_usec) / 1e6;
+	assert_true(cpu < 0.2); /* spinning: about the 0.5 s it waited */
+	assert_int_equal(dnet_poll(c, 0), 1);
+	assert_int_equal(g.calls, 1);
+	assert_int_equal(g.status, 0);
+	dnet_client_free(c);
+	fake_stop(&a);
+	fake_stop(&b);
+}
+
 /* While objects move, the owner sends reads to the previous owner with the hint
  * DIRECT: the client resends there with DNET_FLAG_DIRECT. */
 static void test_handoff_direct(void **state)
@@ -1120,6 +1160,7 @@ int main(void)
 		cmocka_unit_test(test_redirect_limit),
 		cmocka_unit_test(test_redirect_bounce_limit),
 		cmocka_unit_test(test_redirect_bounce_timeout),
+		cmocka_unit_test(test_wait_with_callback_due),
 		cmocka_unit_test(test_handoff_direct),
 		cmocka_unit_test(test_down_fails_fast),
 		cmocka_unit_test(test_upload_follows_redirect),
