@@ -17,8 +17,11 @@
  *    node owning its ID, over connections of its own to each node (made lazily,
  *    dnet_client_set_conns per node). A node answering NOTOWNER names the owner:
  *    the request follows (at most 5 redirects, then DNET_ENOTOWNER) and the table
- *    is refreshed. The table is also refreshed in the background every few
- *    seconds. A node the table marks down fails at once with DNET_ENODEDOWN.
+ *    is refreshed. A NOTOWNER sending it back to the node that redirected it (two
+ *    rings disagree during a join or leave) is a bounce, not a redirect: resent
+ *    after 10 ms, doubling, at most 8 times (2.55 s). The table is also refreshed
+ *    in the background every few seconds. A node the table marks down fails at
+ *    once with DNET_ENODEDOWN.
  *    Stat and ping go to the first remote that answers.
  *  - Large objects are streamed in chunks (DNET_CHUNK_SIZE): neither side ever holds
  *    a whole large object in memory.
