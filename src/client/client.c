@@ -1244,7 +1244,10 @@ int dnet_poll(dnet_client *c, int timeout_ms)
 		int err = dnet__loop_once(c, wait);
 		if (err)
 			return err;
+		c->now_ok = 1; /* the round's clock (now_ns) for what its callbacks submit */
 		n = dnet__run_callbacks(c);
+		dnet__flush_all(c); /* and send that now, while the clock is fresh */
+		c->now_ok = 0;
 		if (n || !timeout_ms || (timeout_ms > 0 && dnet_now_mono_ns() >= end))
 			return n;
 	}

@@ -10,6 +10,7 @@
 #include "elliptics/elliptics.h"
 #include "common/proto.h"
 #include "common/ring.h"
+#include "common/util.h"
 
 /* Non-READ reply payloads (obj_info, stat text, error details) are bounded. */
 #define DNET_CLIENT_MAX_REPLY (1u << 20)
@@ -207,6 +208,12 @@ struct dnet_client {
 	size_t req_cache_n;
 
 	uint64_t next_deadline;
+	/* The clock read once per loop round, right after epoll_wait, for deadlines and
+	 * idle times set while the round's events and then its callbacks run (a request
+	 * submitted from a callback): one clock_gettime a round instead of several per
+	 * request. Valid only while now_ok; any other time reads the clock. */
+	uint64_t now_ns;
+	int now_ok;
 	uint8_t *sbuf; /* streaming read scratch */
 
 	void (*progress)(void *arg, uint64_t done, uint64_t total);
@@ -304,5 +311,20 @@ void dnet__conns_free(dnet_client *c);
 /* Resend requests waiting on the retry list (redirects, broken connections). */
 void dnet__run_retries(dnet_client *c);
 void dnet__addr_wire_str(const struct dnet_addr_wire *a, const char *via, char *out, size_t len);
+
+/* Now, for deadlines and idle times: see dnet_client.now_ns. */
+static inline uint64_t dnet__now(const dnet_client *c)
+{
+	return c->now_ok ? c->now_ns : dnet_now_mono_ns();
+}
+
+/* now - then, 0 if then is later (a round's clock is older than a time read since). */
+static inline uint64_t dnet__since(uint64_t now, uint64_t then)
+{
+	return now > then ? now - then : 0;
+}
+
+/* Sends what is queued on every connection (requests submitted since). */
+void dnet__flush_all(dnet_client *c);
 
 #endif

@@ -650,7 +650,19 @@ out_close:
 	return err;
 }
 
+static int conn_connect(dnet_client *c, struct dnet_conn *conn);
+
 int dnet__conn_connect(dnet_client *c, struct dnet_conn *conn)
+{
+	int err = conn_connect(c, conn);
+	/* a connect blocks (up to the timeout per address): a deadline set after it
+	 * from the round's clock would be short by that long */
+	if (c->now_ok)
+		c->now_ns = dnet_now_mono_ns();
+	return err;
+}
+
+static int conn_connect(dnet_client *c, struct dnet_conn *conn)
 {
 	struct dnet_node *n = conn->owner_node;
 	if (!n->is_boot) {
@@ -743,8 +755,9 @@ struct dnet_conn *dnet__node_conn(dnet_client *c, struct dnet_node *n, const uin
 			return NULL;
 		}
 	}
-	if (conn->fd >= 0 && !conn->inflight &&
-	    dnet_now_mono_ns() - conn->last_active > 1000000000ull && conn_stale(conn))
+	uint64_t now;
+	if (conn->fd >= 0 && !conn->inflight && (now = dnet__now(c)) > conn->last_active &&
+	    now - conn->last_active > 1000000000ull && conn_stale(conn))
 		dnet__conn_drop(c, conn, DNET_ECONNRESET);
 	if (conn->dropping) {
 		*err = DNET_ECONNRESET;
@@ -816,7 +829,7 @@ int dnet__submit(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r, uin
 		conn->flushing = 1;
 		c->flush_list[c->nflush++] = conn;
 	}
-	r->deadline = dnet_now_mono_ns() + timeout_ns(c);
+	r->deadline = dnet__now(c) + timeout_ns(c);
 	deadline_note(c, r->deadline);
 	return 0;
 }
@@ -838,7 +851,7 @@ static void req_sent(dnet_client *c, struct dnet_conn *conn, struct dnet_req *r)
 	if (!conn->out_head)
 		conn->out_tail = NULL;
 	else /* its clock starts when it can move */
-		conn->out_head->deadline = dnet_now_mono_ns() + timeout_ns(c);
+		conn->out_head->deadline = dnet__now(c) + timeout_ns(c);
 	r->out_next = NULL;
 	r->flags &= ~(uint32_t)DNET_REQ_QUEUED;
 	r->flags |= DNET_REQ_SENT;
@@ -1004,7 +1017,7 @@ static int conn_flush(dnet_client *c, struct dnet_conn *conn)
 								     : dnet_from_errno(errno);
 		}
 		uint64_t left = (uint64_t)s;
-		uint64_t now = dnet_now_mono_ns();
+		uint64_t now = dnet__now(c);
 		conn->last_active = now;
 		while (left && conn->out_head) {
 			r = conn->out_head;
@@ -1021,12 +1034,12 @@ static int conn_flush(dnet_client *c, struct dnet_conn *conn)
 				break;
 		}
 	}
-	conn->last_active = dnet_now_mono_ns();
+	conn->last_active = dnet__now(c);
 	set_pollout(c, conn, 0);
 	return 0;
 }
 
-static void flush_all(dnet_client *c)
+void dnet__flush_all(dnet_client *c)
 {
 	/* A stack: a connection is on it at most once (conn->flushing), and one that a
 	 * resend marks again while we work is simply pushed again. */
@@ -1055,7 +1068,7 @@ static int reply_header(dnet_client *c, struct dnet_conn *conn, const struct dne
 		return DNET_EPROTO;
 	conn->in_req = r;
 	conn->in_left = h->size;
-	r->deadline = dnet_now_mono_ns() + timeout_ns(c);
+	r->deadline = dnet__now(c) + timeout_ns(c);
 	if (h->status) {
 		if (h->status > 0 || h->size > DNET_CLIENT_MAX_REPLY)
 			return DNET_EPROTO;
@@ -1119,7 +1132,7 @@ static void reply_done(dnet_client *c, struct dnet_conn *conn)
 	struct dnet_req *r = conn->in_req;
 	conn->in_req = NULL;
 	conn->in_state = DNET_IN_HDR;
-	conn->last_active = dnet_now_mono_ns();
+	conn->last_active = dnet__now(c);
 	if (!r->status && r->rbuf && r->cmd != DNET_CMD_READ)
 		r->rbuf[r->rlen] = '\0';
 	if (!r->status && (r->cmd == DNET_CMD_WRITE || r->cmd == DNET_CMD_LOOKUP))
@@ -1240,7 +1253,7 @@ static long long consume(dnet_client *c, struct dnet_conn *conn, const uint8_t *
 			used += n;
 			conn->in_left -= n;
 			if (n > 4096)
-				r->deadline = dnet_now_mono_ns() + timeout_ns(c);
+				r->deadline = dnet__now(c) + timeout_ns(c);
 			if (!conn->in_left)
 				reply_done(c, conn);
 			break;
@@ -1326,7 +1339,7 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 		}
 		if (n == 0)
 			return DNET_ECONNRESET;
-		conn->last_active = dnet_now_mono_ns();
+		conn->last_active = dnet__now(c);
 		if (direct == 1) {
 			r->rgot += (size_t)n;
 			conn->in_left -= (uint64_t)n;
@@ -1365,7 +1378,7 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 static int conn_busy(const dnet_client *c, const struct dnet_conn *conn, uint64_t now)
 {
 	int mid = conn->in_req || (conn->out_head && conn->out_head->out_done);
-	return mid && now - conn->last_active < timeout_ns(c);
+	return mid && dnet__since(now, conn->last_active) < timeout_ns(c);
 }
 
 static void expire(dnet_client *c, uint64_t now)
@@ -1399,7 +1412,7 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 	struct dnet_req *done_tail = c->done_tail;
 	if (c->retry_head)
 		dnet__run_retries(c);
-	flush_all(c);
+	dnet__flush_all(c);
 	/* Something completed just now (a resend that failed at once): back to the
 	 * caller for its callback. Callbacks already due before do not count: a
 	 * blocking call waits for its own request and would spin on them. */
@@ -1422,11 +1435,14 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 			timeout_ms = lm;
 	}
 	int n = epoll_wait(c->epfd, evs, 64, timeout_ms);
+	/* the round's clock, also when interrupted: dnet_poll's callbacks use it */
+	c->now_ns = dnet_now_mono_ns();
 	if (n < 0) {
 		if (errno == EINTR)
 			return 0;
 		return DNET_ESYS;
 	}
+	c->now_ok = 1;
 	for (int i = 0; i < n; i++) {
 		struct dnet_conn *conn = evs[i].data.ptr;
 		if (!conn || conn->fd < 0)
@@ -1442,11 +1458,12 @@ int dnet__loop_once(dnet_client *c, int timeout_ms)
 		if (err)
 			dnet__conn_drop(c, conn, err);
 	}
-	now = dnet_now_mono_ns();
+	now = c->now_ns;
 	if (c->next_deadline && now >= c->next_deadline)
 		expire(c, now);
 	if (c->retry_head)
 		dnet__run_retries(c);
+	c->now_ok = 0;
 	return 0;
 }
 

@@ -234,8 +234,8 @@ static struct dnet_node *route(dnet_client *c, const uint8_t *id, int *err)
 	if (c->ring_state == DNET_RING_UNKNOWN) {
 		dnet__routes_fetch(c);
 	} else if (!c->ring_req) {
-		now = dnet_now_mono_ns();
-		if (now - c->ring_time > DNET_ROUTES_TTL_NS)
+		now = dnet__now(c);
+		if (dnet__since(now, c->ring_time) > DNET_ROUTES_TTL_NS)
 			dnet__routes_refresh(c, NULL);
 	}
 	if (c->ring_state != DNET_RING_HAVE || c->ring_single)
@@ -250,9 +250,9 @@ static struct dnet_node *route(dnet_client *c, const uint8_t *id, int *err)
 	}
 	if (c->ring.nodes[o].state == DNET_NODE_DOWN) {
 		if (!now)
-			now = dnet_now_mono_ns();
+			now = dnet__now(c);
 		/* A fresh table says it is down: don't wait for a connect to time out. */
-		if (now - c->ring_time <= DNET_ROUTES_TTL_NS) {
+		if (dnet__since(now, c->ring_time) <= DNET_ROUTES_TTL_NS) {
 			c->last = n;
 			*err = DNET_ENODEDOWN;
 			return NULL;
@@ -273,8 +273,7 @@ int dnet__plan(dnet_client *c, const uint8_t *id, struct dnet_plan *p)
 	int n = dnet_ring_placement(&c->ring, id, homes + 4, idx);
 	if (n < 2)
 		return 0;
-	uint64_t now = dnet_now_mono_ns();
-	int fresh = now - c->ring_time <= DNET_ROUTES_TTL_NS;
+	int fresh = dnet__since(dnet__now(c), c->ring_time) <= DNET_ROUTES_TTL_NS;
 	p->n = 0;
 	p->homes = homes < n ? homes : n;
 	for (int i = 0; i < n; i++) {
