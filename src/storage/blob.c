@@ -3709,6 +3709,10 @@ static void *maint(void *arg)
 		if (b->mstop)
 			break;
 		pthread_mutex_unlock(&b->mlock);
+		/* Seal first: a blob that just stopped being active must be sealed
+		 * before reclaim looks at its records, or compaction_takes() (which
+		 * wants it sealed) lets reclaim mark and punch every one of them. */
+		seal_pending(b);
 		if (b->punch_mode == DNET_BLOB_PUNCH_AUTO) {
 			pthread_mutex_lock(&b->dlock);
 			int due = (b->dq || b->deferred) &&
@@ -3727,7 +3731,6 @@ static void *maint(void *arg)
 			if (due)
 				reclaim(b, DNET_BLOB_RECLAIM_ALL);
 		}
-		seal_pending(b);
 		up_sweep(b, 0);
 		uint64_t now = dnet_now_mono_ns();
 		if (b->compact_ratio > 0 && now - last_compact >= b->compact_ns) {

@@ -1411,6 +1411,56 @@ static void test_punch_leaves_to_compaction(void **state)
 	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
 }
 
+/* The maintenance thread, on its own: when appends fill the active blob and it is
+ * rotated, the thread seals it before it reclaims, so the superseded records of
+ * that mostly-dead blob are left to compaction, not marked and punched one by one
+ * (reclaim used to run first, when the blob was not yet sealed: after each 1 GiB
+ * rotation under 10 KiB overwrites it marked and punched ~100,000 records while
+ * durable writes halved). */
+static void test_rotation_leaves_to_compaction(void **state)
+{
+	char dir[300];
+	dir_for(dir, sizeof(dir), "rotatecompact");
+	const uint64_t K = 16 << 10;
+	setenv(DNET_BLOB_ENV_SIZE, "1M", 1);
+	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
+	setenv(DNET_BLOB_ENV_COMPACT_MS, "600000", 1); /* no compaction during the test */
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_ALWAYS);
+	uint64_t v = 0;
+	for (; v < 10; v++) /* 640 KiB of overwrites in blob 1 */
+		for (uint64_t k = 0; k < 4; k++)
+			put_seeded(b, k, K, 100 * v + k);
+	/* the superseded records wait for blob 1's seal */
+	assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL) >= 0);
+	assert_int_equal(bstats(b).dead_marked, 0);
+	for (; bstats(b).blobs < 2 && v < 40; v++) /* until blob 1 is full and rotated */
+		for (uint64_t k = 0; k < 4; k++)
+			put_seeded(b, k, K, 100 * v + k);
+	assert_true(bstats(b).blobs >= 2);
+	struct dnet_blob_stats bs = bstats(b);
+	for (int i = 0; i < 500 && bs.sealed < 1; i++) { /* up to 10 s */
+		usleep(20000);
+		bs = bstats(b);
+	}
+	assert_true(bs.sealed >= 1);
+	assert_int_equal(bs.dead_marked, 0);
+	assert_int_equal(bs.punched_bytes, 0);
+	for (uint64_t k = 0; k < 4; k++)
+		expect_obj(b, k, K, 100 * (v - 1) + k);
+	/* compaction then takes blob 1 whole */
+	uint64_t disk = bs.disk_bytes;
+	assert_true(dnet_blob_compact(b, 0.5) >= 1);
+	bs = bstats(b);
+	assert_int_equal(bs.dead_marked, 0);
+	assert_true(bs.disk_bytes + (512 << 10) <= disk);
+	for (uint64_t k = 0; k < 4; k++)
+		expect_obj(b, k, K, 100 * (v - 1) + k);
+	ops->close(b);
+	unsetenv(DNET_BLOB_ENV_SIZE);
+	unsetenv(DNET_BLOB_ENV_COMPACT);
+	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+}
+
 /* Superseded records in the blob being appended to are not marked or punched until
  * that blob is sealed (that would take the inode lock against every append and,
  * with fsync=never, sync the blob being written); a forced pass still takes them. */
@@ -1633,6 +1683,7 @@ int main(void)
 	    cmocka_unit_test(test_punch),
 	    cmocka_unit_test(test_punch_waits_for_seal),
 	    cmocka_unit_test(test_punch_leaves_to_compaction),
+	    cmocka_unit_test(test_rotation_leaves_to_compaction),
 	    cmocka_unit_test(test_punch_crash_points),
 	    cmocka_unit_test(test_torn_mark),
 	    cmocka_unit_test(test_read_lease),
