@@ -13,6 +13,7 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <pthread.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -42,6 +43,16 @@ void dnet_thread_name(const char *fmt, ...)
 	vsnprintf(name, sizeof(name), fmt, ap);
 	va_end(ap);
 	pthread_setname_np(pthread_self(), name);
+}
+
+/* The node's request threads (network loops, IO workers) run as SCHED_BATCH: they
+ * do not preempt the running thread when woken (a worker woken by the receive
+ * thread waits until the round is handed over; a node's threads do not interrupt
+ * each other's or another node's). docs/performance.md has the measurements. */
+int dnet_thread_batch(void)
+{
+	struct sched_param sp = {0};
+	return pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
 }
 
 int dnet_parse_addr(const char *s, int default_port, struct sockaddr_storage *ss,

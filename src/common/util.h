@@ -12,6 +12,8 @@ uint64_t dnet_now_real_ns(void);
 
 /* Name the calling thread (shown by top -H, ps -L, perf), cut to 15 bytes. */
 void dnet_thread_name(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* This thread as SCHED_BATCH (no wake-up preemption); 0 or an errno value. */
+int dnet_thread_batch(void);
 
 /* Parse "HOST:PORT", "[V6]:PORT" or "HOST" (port = default_port) into a socket
  * address, resolving names. Returns 0 or DNET_EADDR. */

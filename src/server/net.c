@@ -1149,6 +1149,8 @@ static void *loop_main(void *arg)
 	struct epoll_event evs[256];
 
 	dnet_thread_name("ell-net/%d", l->index);
+	if (dnet_thread_batch() != 0) /* see dnet_thread_batch */
+		dnet_log_debug("network loop: SCHED_BATCH refused; running as SCHED_OTHER");
 	int reading = 1;
 	uint64_t last_sweep = dnet_now_mono_ns();
 	const struct dnet_config *cfg = &l->s->cfg;

@@ -1,6 +1,5 @@
 /* pool.c - the IO worker pool: per-worker FIFO queues, transactions sharded by
  * object ID so that requests for one object run in arrival order. */
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,13 +33,9 @@ static void *worker_main(void *arg)
 	struct dnet_pool *p = w->pool;
 
 	dnet_thread_name("ell-io/%d", (int)(w - p->w));
-	/* SCHED_BATCH: a worker the receive thread wakes does not preempt it, so the
-	 * receive thread finishes its round (reading and handing over the requests
-	 * of every ready connection) before the workers run. Measured on 2 cores,
-	 * 1 KiB puts at 32 connections, 10 alternated pairs: +6.7% ops/s, node CPU
-	 * per put 8.36 -> 7.55 us; durable 10 KiB puts unchanged (14 pairs). */
-	struct sched_param sp = {0};
-	if (pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp) != 0)
+	/* SCHED_BATCH (dnet_thread_batch): woken by the receive thread, a worker does
+	 * not preempt it mid-round. */
+	if (dnet_thread_batch() != 0)
 		dnet_log_debug("IO thread: SCHED_BATCH refused; running as SCHED_OTHER");
 	dnet_backend_batching = p->flush != NULL;
 	pthread_mutex_lock(&w->lock);
