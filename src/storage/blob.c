@@ -3470,6 +3470,21 @@ copied:;
 	return 0;
 }
 
+/* Does any index cell point into blob slot `slot`? (a walk of the whole index,
+ * shard by shard: ~24 bytes a object, in memory) */
+static int index_uses_slot(struct dnet_backend *b, uint16_t slot)
+{
+	int used = 0;
+	for (uint32_t k = 0; k < BL_SHARDS && !used; k++) {
+		struct bl_shard *s = &b->sh[k];
+		pthread_mutex_lock(&s->lock);
+		for (uint32_t i = 0; i < s->cap && !used; i++)
+			used = s->t[i].loc && LOC_SLOT(s->t[i].loc) == slot;
+		pthread_mutex_unlock(&s->lock);
+	}
+	return used;
+}
+
 static int compact_blob(struct dnet_backend *b, struct blob *B)
 {
 	char tmp[BL_NAME_MAX], name[BL_NAME_MAX], itmp[BL_NAME_MAX], iname[BL_NAME_MAX];
@@ -3488,8 +3503,14 @@ static int compact_blob(struct dnet_backend *b, struct blob *B)
 		return bl_errno();
 	bhdr_encode(hb, B->num, B->gen + 1);
 	uint64_t valid_end;
+	/* A sealed blob with no live record and no tombstone (no index cell points
+	 * into it: nothing new can, as appends go to the active blob) becomes an
+	 * empty one without reading it: scanning a dead 1 GiB blob took a core for
+	 * ~200 ms, a dip in every write running meanwhile. */
+	int empty = atomic_load(&B->live) == 0 && atomic_load(&B->tomb) == 0 &&
+		    !index_uses_slot(b, B->slot);
 	if ((err = dnet_pwrite_full(c.fd, hb, BL_BHDR, 0)) ||
-	    (err = scan(b, B, BL_BHDR, old_size, 0, compact_cb, &c, &valid_end)) ||
+	    (!empty && (err = scan(b, B, BL_BHDR, old_size, 0, compact_cb, &c, &valid_end))) ||
 	    (err = bl_fdatasync(c.fd)))
 		goto out_unlink;
 	/* the new blob's index: moved entries are in offset order, sort them */
