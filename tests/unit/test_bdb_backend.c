@@ -125,6 +125,30 @@ static void lock_stats(DB_ENV *env, uintmax_t *waits, uintmax_t *deadlocks)
 }
 
 /* iterate() in a thread of its own: how often it reported each object. */
+/* Waits (up to 30 s) until a lock request in env waits, i.e. the engine's thread
+ * (`who`) blocked on the test's lock; NULL then, else why not. */
+static const char *await_lock_wait(DB_ENV *env, uintmax_t waits0, atomic_int *done,
+				   const char *who)
+{
+	static char why[128];
+	for (uint64_t end = now_ms() + 30000;;) {
+		uintmax_t waits, dl;
+		lock_stats(env, &waits, &dl);
+		if (waits > waits0)
+			return NULL;
+		if (atomic_load(done)) {
+			snprintf(why, sizeof(why), "%s finished without waiting for the test's lock",
+				 who);
+			return why;
+		}
+		if (now_ms() > end) {
+			snprintf(why, sizeof(why), "%s never waited for the test's lock", who);
+			return why;
+		}
+		pause_ms(1);
+	}
+}
+
 struct iter_run {
 	struct dnet_backend *b;
 	pthread_t th;
@@ -266,21 +290,7 @@ static void test_iterate_deadlock_victim(void **state)
 		assert_int_equal(pthread_create(&r->th, NULL, iter_main, r), 0);
 
 		/* until iterate waits for the last page (bounded) */
-		const char *why = NULL;
-		for (uint64_t end = now_ms() + 5000;;) {
-			lock_stats(env, &waits, &dl);
-			if (waits > waits0)
-				break;
-			if (atomic_load(&r->done)) {
-				why = "iterate finished without waiting for the test's lock";
-				break;
-			}
-			if (now_ms() > end) {
-				why = "iterate never waited for the test's lock";
-				break;
-			}
-			pause_ms(1);
-		}
+		const char *why = await_lock_wait(env, waits0, &r->done, "iterate");
 		/* walk back until the page iterate holds: one of the two loses */
 		int rc = 0, steps = 0;
 		while (!why) {
@@ -411,21 +421,8 @@ static void test_close_deadlock_victim(void **state)
 		cr->io.offset = size; /* every byte came with the PREPARE */
 		assert_int_equal(pthread_create(&cr->th, NULL, commit_main, cr), 0);
 
-		const char *why = NULL;
-		for (uint64_t end = now_ms() + 5000;;) { /* until the COMMIT waits for T */
-			lock_stats(env, &waits, &dl);
-			if (waits > waits0)
-				break;
-			if (atomic_load(&cr->done)) {
-				why = "the COMMIT finished without waiting for the test's lock";
-				break;
-			}
-			if (now_ms() > end) {
-				why = "the COMMIT never waited for the test's lock";
-				break;
-			}
-			pause_ms(1);
-		}
+		/* until the COMMIT waits for T */
+		const char *why = await_lock_wait(env, waits0, &cr->done, "the COMMIT");
 		int rc = 0;
 		if (!why) {
 			uint8_t vb[64];
