@@ -455,6 +455,7 @@ struct dnet_backend {
 	 * reclaimed; they wait until it is sealed (see reclaim). */
 	struct bl_dead *await_seal;
 	_Atomic uintptr_t await_for; /* the active blob they wait on (0: none wait) */
+	atomic_uint_fast64_t nseals; /* blobs sealed since open: a waiting record's may be */
 	/* Under rlock: superseded records of sealed blobs that compaction is about to
 	 * drop whole (see reclaim); _Atomic for the maintenance thread's peek. */
 	struct bl_dead *_Atomic await_compact;
@@ -1065,7 +1066,9 @@ static int reclaim(struct dnet_backend *b, int steps)
 			while (d) {
 				struct bl_dead *n = d->next;
 				struct bl_dead **to = &go;
-				if (!all && d->B == A)
+				/* the active blob, or one rotated out and not sealed yet
+				 * (a record still being published in it holds its seal) */
+				if (!all && (d->B == A || !atomic_load(&d->B->sealed)))
 					to = &wait;
 				else if (!all && compaction_takes(b, d->B, now))
 					to = &held;
@@ -2659,6 +2662,10 @@ static int del_in_place(struct dnet_backend *b, const uint8_t *id)
 	if (!atomic_load(&O->sealed))
 		log_push(O, id, off, 0, BL_IX_TOMB);
 	pthread_mutex_unlock(&b->alock);
+	/* the tombstone is counted before the cell goes: compaction (which finds a
+	 * blob with no live bytes, no tombstone and no cell empty) must not take
+	 * O for empty in between */
+	atomic_fetch_add(&O->tomb, (int64_t)rec_len(0));
 	pthread_mutex_lock(&s->lock);
 	int64_t p = ix_find_loc(s, id, loc);
 	if (p >= 0) {
@@ -2669,7 +2676,6 @@ static int del_in_place(struct dnet_backend *b, const uint8_t *id)
 	pthread_mutex_unlock(&s->lock);
 	pthread_mutex_unlock(&b->seal_lock);
 	pthread_mutex_unlock(&b->cmp_lock);
-	atomic_fetch_add(&O->tomb, (int64_t)rec_len(0));
 	atomic_fetch_add(&b->inplace_dels, 1);
 	dnet_log_warn("blob backend %s: no space for a tombstone: deleted in place in blob %u",
 		      b->path, O->num);
@@ -2932,6 +2938,7 @@ static int seal(struct dnet_backend *b, struct blob *B)
 	B->nlog = B->caplog = 0;
 	pthread_mutex_unlock(&b->alock);
 	blob_mark_sealed(B);
+	atomic_fetch_add(&b->nseals, 1);
 	return 0;
 }
 
@@ -3713,7 +3720,7 @@ static void *maint(void *arg)
 {
 	struct dnet_backend *b = arg;
 	dnet_thread_name("ell-blob-maint");
-	uint64_t last_compact = dnet_now_mono_ns();
+	uint64_t last_compact = dnet_now_mono_ns(), seen_seals = 0;
 	pthread_mutex_lock(&b->mlock);
 	while (!b->mstop) {
 		if (!b->mkick) {
@@ -3748,9 +3755,12 @@ static void *maint(void *arg)
 				pthread_mutex_lock(&b->alock);
 				due = (uintptr_t)b->active != aw;
 				pthread_mutex_unlock(&b->alock);
+				due = due || atomic_load(&b->nseals) != seen_seals;
 			}
-			if (due)
+			if (due) {
+				seen_seals = atomic_load(&b->nseals);
 				reclaim(b, DNET_BLOB_RECLAIM_ALL);
+			}
 		}
 		up_sweep(b, 0);
 		uint64_t now = dnet_now_mono_ns();
