@@ -189,6 +189,7 @@ struct dnet_client {
 	struct dnet_req *ring_req;   /* background refresh in flight */
 	unsigned ring_src;           /* rotates refresh sources when the bootstrap fails */
 	struct dnet_req *retry_head, *retry_tail; /* requests to resend */
+	uint64_t ncompleted; /* requests completed (any way) since the start */
 	uint64_t retry_wake; /* the retry list needs the loop by then (mono ns; 0: empty) */
 	struct dnet_node *last; /* where the last request went (for messages) */
 

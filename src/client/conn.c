@@ -296,6 +296,7 @@ static void req_complete(dnet_client *c, struct dnet_req *r, int status)
 static void req_finish_detached(dnet_client *c, struct dnet_req *r)
 {
 	r->flags |= DNET_REQ_DONE;
+	c->ncompleted++;
 	if (r->hook) {
 		r->hook(r);
 		return;
@@ -386,6 +387,7 @@ static void req_complete2(dnet_client *c, struct dnet_req *r, int status, int br
 		return;
 	}
 	r->flags |= DNET_REQ_DONE;
+	c->ncompleted++;
 	req_detach(c, r);
 	if (r->hook) {
 		r->hook(r);
@@ -405,6 +407,7 @@ void dnet__req_finish(dnet_client *c, struct dnet_req *r, int status)
 {
 	r->status = status;
 	r->flags |= DNET_REQ_DONE;
+	c->ncompleted++;
 	r->done_next = NULL;
 	if (c->done_tail)
 		c->done_tail->done_next = r;
@@ -424,6 +427,10 @@ int dnet__run_callbacks(dnet_client *c)
 		if (r->done) {
 			const void *data = NULL;
 			size_t len = 0;
+			/* the round's clock, fresh for what this callback submits: the
+			 * callbacks before it may have taken a while */
+			if (c->now_ok)
+				c->now_ns = dnet_now_mono_ns();
 			if (r->cmd == DNET_CMD_READ && !r->status) {
 				data = r->rbuf;
 				len = r->rgot;
@@ -1409,14 +1416,15 @@ static void expire(dnet_client *c, uint64_t now)
 int dnet__loop_once(dnet_client *c, int timeout_ms)
 {
 	struct epoll_event evs[64];
-	struct dnet_req *done_tail = c->done_tail;
+	uint64_t completed = c->ncompleted;
 	if (c->retry_head)
 		dnet__run_retries(c);
 	dnet__flush_all(c);
-	/* Something completed just now (a resend that failed at once): back to the
-	 * caller for its callback. Callbacks already due before do not count: a
-	 * blocking call waits for its own request and would spin on them. */
-	if (c->done_tail != done_tail)
+	/* Something completed just now (a resend that failed at once, a send that
+	 * broke; a blocking call's own request, a fan's part or a callback's): back
+	 * to the caller. Callbacks already due before do not count: a blocking call
+	 * waits for its own request and would spin on them. */
+	if (c->ncompleted != completed)
 		timeout_ms = 0;
 	uint64_t now = dnet_now_mono_ns();
 	if (c->next_deadline) {
