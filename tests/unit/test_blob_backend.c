@@ -1479,9 +1479,13 @@ static void test_punch_waits_for_seal(void **state)
 	assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL) >= 0);
 	assert_int_equal(bstats(b).dead_marked, 0); /* all in the active blob: they wait */
 	assert_int_equal(bstats(b).blobs, 1);
-	for (uint64_t k = 100; k < 180; k++) /* 1.25 MiB more: the first blob is sealed */
+	for (uint64_t k = 100; k < 180; k++) /* 1.25 MiB more: the first blob rotates out */
 		put_seeded(b, k, K, k);
 	assert_true(bstats(b).blobs >= 2);
+	/* its records wait until the maintenance thread has sealed it (up to 10 s) */
+	for (int i = 0; i < 500 && bstats(b).sealed < 1; i++)
+		usleep(20000);
+	assert_true(bstats(b).sealed >= 1);
 	assert_true(dnet_blob_reclaim(b, DNET_BLOB_RECLAIM_ALL) >= 0);
 	struct dnet_blob_stats bs = bstats(b);
 	assert_int_equal(bs.dead_marked, 4);
