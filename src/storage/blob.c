@@ -1513,26 +1513,25 @@ static void *acker(void *arg)
 	return NULL;
 }
 
-/* Stops the committer, then the acker once it has sent every ack the committer
- * handed it. */
+/* Stops a thread of the engine that waits on cv under m for *stop (if *on). */
+static void thread_stop(pthread_mutex_t *m, pthread_cond_t *cv, int *stop, pthread_t t, int *on)
+{
+	if (!*on)
+		return;
+	pthread_mutex_lock(m);
+	*stop = 1;
+	pthread_cond_signal(cv);
+	pthread_mutex_unlock(m);
+	pthread_join(t, NULL);
+	*on = 0;
+}
+
+/* Stops the committer (it syncs every queued write first), then the acker once it
+ * has sent every ack the committer handed it. */
 static void stop_committer(struct dnet_backend *b)
 {
-	if (b->cthr_on) {
-		pthread_mutex_lock(&b->clock);
-		b->cstop = 1;
-		pthread_cond_signal(&b->ccond);
-		pthread_mutex_unlock(&b->clock);
-		pthread_join(b->cthr, NULL); /* it syncs every queued write first */
-		b->cthr_on = 0;
-	}
-	if (b->akthr_on) {
-		pthread_mutex_lock(&b->aklock);
-		b->akstop = 1;
-		pthread_cond_signal(&b->akcond);
-		pthread_mutex_unlock(&b->aklock);
-		pthread_join(b->akthr, NULL);
-		b->akthr_on = 0;
-	}
+	thread_stop(&b->clock, &b->ccond, &b->cstop, b->cthr, &b->cthr_on);
+	thread_stop(&b->aklock, &b->akcond, &b->akstop, b->akthr, &b->akthr_on);
 }
 
 /* A synchronous wait for durable() (deletes). */
@@ -3976,13 +3975,7 @@ out_free:
 static void bl_close(struct dnet_backend *b)
 {
 	group_flush();
-	if (b->mthr_on) {
-		pthread_mutex_lock(&b->mlock);
-		b->mstop = 1;
-		pthread_cond_signal(&b->mcond);
-		pthread_mutex_unlock(&b->mlock);
-		pthread_join(b->mthr, NULL);
-	}
+	thread_stop(&b->mlock, &b->mcond, &b->mstop, b->mthr, &b->mthr_on);
 	stop_committer(b); /* every queued write is synced and acknowledged first */
 	up_sweep(b, 1);
 	/* records left to compaction stay unmarked (safe: the index and later records
