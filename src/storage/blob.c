@@ -327,6 +327,12 @@ struct blob {
 	 * when larger; records past it are pread. */
 	const uint8_t *map;
 	size_t maplen;
+	/* automatic compaction's last look at it (maintenance thread only): live
+	 * bytes then, when, and how many passes it was left to die; when its pass
+	 * for empty blobs last walked the index for it */
+	int64_t live_seen;
+	uint64_t seen_ns, empty_ns;
+	int postponed;
 };
 
 /* ---- in-memory index ------------------------------------------------------------ */
@@ -1014,11 +1020,18 @@ static int sync_distinct(struct dnet_backend *b, struct bl_dead *list, int of_sy
 
 static double dead_ratio(const struct blob *B);
 
+/* Automatic compaction leaves a sealed blob whose live bytes are still falling
+ * fast (by a quarter or more between two passes) to die on its own, for at most
+ * this many passes: copying hot records only to see them overwritten moments
+ * later doubled the writes, and a 95 MB copy (fdatasync'd at once) stalled the
+ * durable writes running meanwhile for ~0.6 s. */
+#define BL_DIE_PASSES 6
+
 /* Will automatic compaction soon drop sealed blob B whole? (see reclaim) */
 static int compaction_takes(const struct dnet_backend *b, struct blob *B, uint64_t now)
 {
 	return b->compact_ratio > 0 && !B->retired && atomic_load(&B->sealed) &&
-	       now - atomic_load(&B->sealed_ns) < 3 * b->compact_ns &&
+	       now - atomic_load(&B->sealed_ns) < (BL_DIE_PASSES + 3) * b->compact_ns &&
 	       dead_ratio(B) >= b->compact_ratio;
 }
 
@@ -3616,23 +3629,64 @@ static struct dnet_backend *blob_handle(struct dnet_backend *b)
 	return b && b->magic == BL_ENGINE_MAGIC ? b : NULL;
 }
 
-int dnet_blob_compact(struct dnet_backend *b, double min_dead_ratio)
+/* What a compaction pass takes: every blob at or past the ratio (a call from
+ * outside), the same minus blobs still dying fast (the maintenance thread's
+ * periodic pass), or only blobs with nothing live (its pass between those). */
+enum { CP_ALL, CP_AUTO, CP_EMPTY };
+
+/* Is sealed blob B an empty one (no live record, no tombstone)? Counters only;
+ * compact_blob() confirms with a walk of the index. */
+static int blob_looks_empty(const struct blob *B)
 {
-	if (!blob_handle(b))
-		return DNET_EINVAL;
+	return atomic_load(&B->size) > BL_BHDR && atomic_load(&B->live) == 0 &&
+	       atomic_load(&B->tomb) == 0;
+}
+
+/* CP_AUTO: should the pass leave blob x (at or past the ratio) for later? Called
+ * under llock, by the maintenance thread only (it owns the seen fields). */
+static int still_dying(const struct dnet_backend *b, struct blob *x, uint64_t now)
+{
+	int64_t live = atomic_load(&x->live);
+	if (blob_looks_empty(x))
+		return 0;
+	if (!x->seen_ns) { /* first look: no trend yet; left one pass unless old */
+		x->seen_ns = now;
+		x->live_seen = live;
+		if (now - atomic_load(&x->sealed_ns) >= b->compact_ns)
+			return 0;
+		x->postponed++;
+		return 1;
+	}
+	int dying = live < x->live_seen - x->live_seen / 4 && x->postponed < BL_DIE_PASSES;
+	x->seen_ns = now;
+	x->live_seen = live;
+	x->postponed += dying;
+	return dying;
+}
+
+static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode)
+{
 	int done = 0, err = 0;
 	uint32_t after = 0;
+	uint64_t now = dnet_now_mono_ns();
 	pthread_mutex_lock(&b->cmp_lock);
 	for (;;) {
 		struct blob *B = NULL;
 		pthread_mutex_lock(&b->llock);
 		for (struct blob *x = b->blobs; x; x = x->next) {
-			if (x->num > after && atomic_load(&x->sealed) && !x->retired &&
-			    dead_ratio(x) > 0 && dead_ratio(x) >= min_dead_ratio) {
-				B = x;
-				blob_get(B);
-				break;
-			}
+			if (x->num <= after || !atomic_load(&x->sealed) || x->retired)
+				continue;
+			if (mode == CP_EMPTY ? !blob_looks_empty(x) || (x->empty_ns &&
+							now - x->empty_ns < b->compact_ns)
+					     : !(dead_ratio(x) > 0 && dead_ratio(x) >= min_dead_ratio))
+				continue;
+			if (mode == CP_EMPTY)
+				x->empty_ns = now; /* one index walk per interval at most */
+			else if (mode == CP_AUTO && still_dying(b, x, now))
+				continue;
+			B = x;
+			blob_get(B);
+			break;
 		}
 		pthread_mutex_unlock(&b->llock);
 		if (!B)
@@ -3646,6 +3700,20 @@ int dnet_blob_compact(struct dnet_backend *b, double min_dead_ratio)
 	}
 	pthread_mutex_unlock(&b->cmp_lock);
 	return err ? err : done;
+}
+
+int dnet_blob_compact(struct dnet_backend *b, double min_dead_ratio)
+{
+	if (!blob_handle(b))
+		return DNET_EINVAL;
+	return compact_pass(b, min_dead_ratio, CP_ALL);
+}
+
+int dnet_blob_compact_auto(struct dnet_backend *b)
+{
+	if (!blob_handle(b))
+		return DNET_EINVAL;
+	return b->compact_ratio > 0 ? compact_pass(b, b->compact_ratio, CP_AUTO) : 0;
 }
 
 int dnet_blob_rotate(struct dnet_backend *b)
@@ -3719,7 +3787,9 @@ static void *maint(void *arg)
 {
 	struct dnet_backend *b = arg;
 	dnet_thread_name("ell-blob-maint");
-	uint64_t last_compact = dnet_now_mono_ns(), seen_seals = 0;
+	uint64_t last_compact = dnet_now_mono_ns(), last_empty = last_compact, seen_seals = 0;
+	uint32_t active_seen = 0; /* the active blob at the last pass, and its size */
+	uint64_t active_seen_size = 0;
 	pthread_mutex_lock(&b->mlock);
 	while (!b->mstop) {
 		if (!b->mkick) {
@@ -3763,32 +3833,49 @@ static void *maint(void *arg)
 		}
 		up_sweep(b, 0);
 		uint64_t now = dnet_now_mono_ns();
+		int r = 0;
 		if (b->compact_ratio > 0 && now - last_compact >= b->compact_ns) {
-			/* an active blob that is mostly dead is sealed so it can be compacted
-			 * (only past 1/8 of the blob size, so blobs do not get tiny) */
+			/* An active blob that is mostly dead is sealed so it can be compacted
+			 * (only past 1/8 of the blob size, so blobs do not get tiny), unless
+			 * it grows fast enough to fill up within the next interval anyway:
+			 * its records are being overwritten, and copying them now would only
+			 * copy what is about to die. */
 			pthread_mutex_lock(&b->alock);
 			struct blob *A = b->active;
 			uint64_t asize = atomic_load(&A->size);
+			uint64_t grew = A->num == active_seen && asize >= active_seen_size
+					    ? asize - active_seen_size : asize;
+			active_seen = A->num;
+			active_seen_size = asize;
 			if (asize - BL_BHDR >= b->blob_limit / 8 && !atomic_load(&A->uploads) &&
-			    dead_ratio(A) >= b->compact_ratio) {
+			    dead_ratio(A) >= b->compact_ratio && asize + grew < b->blob_limit) {
 				dnet_log_info("blob backend %s: active blob %u is %.0f%% dead: sealing "
 					      "it for compaction", b->path, A->num,
 					      100 * dead_ratio(A));
-				if (rotate_locked(b) == 0)
+				if (rotate_locked(b) == 0) {
 					atomic_fetch_add(&b->active_seals, 1);
+					/* not hot: compacted in this pass, not left to die */
+					A->seen_ns = now - b->compact_ns;
+					A->live_seen = atomic_load(&A->live);
+					A->postponed = BL_DIE_PASSES;
+				}
 			}
 			pthread_mutex_unlock(&b->alock);
 			seal_pending(b);
-			int r = dnet_blob_compact(b, b->compact_ratio);
-			if (r < 0)
-				dnet_log_error("blob backend %s: compaction: %s", b->path,
-					       dnet_strerror(r));
-			/* records that waited for it still hold the retired blobs' files */
-			if (r > 0 && atomic_load(&b->await_compact) &&
-			    b->punch_mode == DNET_BLOB_PUNCH_AUTO)
-				reclaim(b, DNET_BLOB_RECLAIM_ALL);
+			r = compact_pass(b, b->compact_ratio, CP_AUTO);
 			last_compact = dnet_now_mono_ns();
+		} else if (b->compact_ratio > 0 && now - last_empty >= b->compact_ns / 10) {
+			/* in between, blobs with nothing live left go ten times as often:
+			 * that takes no copy, and gives their disk space (and page cache)
+			 * back seconds sooner under overwrites */
+			r = compact_pass(b, b->compact_ratio, CP_EMPTY);
+			last_empty = dnet_now_mono_ns();
 		}
+		if (r < 0)
+			dnet_log_error("blob backend %s: compaction: %s", b->path, dnet_strerror(r));
+		/* records that waited for it still hold the retired blobs' files */
+		if (r > 0 && atomic_load(&b->await_compact) && b->punch_mode == DNET_BLOB_PUNCH_AUTO)
+			reclaim(b, DNET_BLOB_RECLAIM_ALL);
 		pthread_mutex_lock(&b->mlock);
 	}
 	pthread_mutex_unlock(&b->mlock);

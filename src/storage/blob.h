@@ -57,6 +57,14 @@ int dnet_blob_stats(struct dnet_backend *b, struct dnet_blob_stats *st);
  * blobs compacted (>= 0) or a DNET_E* code. One compaction runs at a time. */
 int dnet_blob_compact(struct dnet_backend *b, double min_dead_ratio);
 
+/* One pass of automatic compaction now, as the maintenance thread runs one every
+ * interval: dnet_blob_compact() at the configured ratio, except that a blob whose
+ * live bytes fell by a quarter or more since the previous pass (or that was sealed
+ * less than an interval ago and is seen for the first time) is left to die on its
+ * own, for up to 6 passes. Returns what dnet_blob_compact() does (0 when automatic
+ * compaction is off). */
+int dnet_blob_compact_auto(struct dnet_backend *b);
+
 /* Seals the active blob now (starts a new one) and waits until every blob waiting to
  * be sealed has its index file: makes blobs compactable, and restart fast. */
 int dnet_blob_rotate(struct dnet_backend *b);

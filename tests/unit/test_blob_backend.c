@@ -1461,6 +1461,100 @@ static void test_rotation_leaves_to_compaction(void **state)
 	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
 }
 
+/* A sealed blob whose records were all overwritten is dropped (no copy) by the
+ * maintenance thread within a tenth of the compaction interval, not at the next
+ * periodic pass. */
+static void test_empty_blob_goes_at_once(void **state)
+{
+	char dir[300];
+	dir_for(dir, sizeof(dir), "emptygoes");
+	setenv(DNET_BLOB_ENV_SIZE, "16M", 1);
+	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
+	setenv(DNET_BLOB_ENV_COMPACT_MS, "30000", 1); /* periodic pass: after 30 s */
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
+	for (uint64_t k = 0; k < 50; k++)
+		put_seeded(b, k, 2000, k);
+	assert_int_equal(dnet_blob_rotate(b), 0);
+	for (uint64_t k = 0; k < 50; k++)
+		put_seeded(b, k, 2000, 1000 + k);
+	struct dnet_blob_stats bs = bstats(b);
+	for (int i = 0; i < 1000 && bs.compactions < 1; i++) { /* up to 20 s */
+		usleep(20000);
+		bs = bstats(b);
+	}
+	assert_int_equal(bs.compactions, 1);
+	assert_true(bs.reclaimed_bytes >= 50 * 2000);
+	for (uint64_t k = 0; k < 50; k++)
+		expect_obj(b, k, 2000, 1000 + k);
+	ops->close(b);
+	unsetenv(DNET_BLOB_ENV_SIZE);
+	unsetenv(DNET_BLOB_ENV_COMPACT);
+	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+}
+
+/* Automatic compaction leaves a sealed blob whose live bytes are still falling fast
+ * to die on its own (copying records about to be overwritten doubles the writes),
+ * compacts it once they stop falling, and compacts one that keeps dying after 6
+ * passes anyway. */
+static void test_hot_blob_left_to_die(void **state)
+{
+	char dir[300];
+	const uint64_t S = 2000;
+	setenv(DNET_BLOB_ENV_SIZE, "16M", 1);
+	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
+	setenv(DNET_BLOB_ENV_COMPACT_MS, "600000", 1); /* passes only when the test asks */
+
+	dir_for(dir, sizeof(dir), "hotdie");
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
+	for (uint64_t k = 0; k < 100; k++)
+		put_seeded(b, k, S, k);
+	assert_int_equal(dnet_blob_rotate(b), 0);
+	for (uint64_t k = 0; k < 60; k++) /* 60% dead: past the ratio */
+		put_seeded(b, k, S, 1000 + k);
+	/* first look, sealed just now: no trend yet */
+	assert_int_equal(dnet_blob_compact_auto(b), 0);
+	for (uint64_t k = 60; k < 80; k++) /* live 40 -> 20 records */
+		put_seeded(b, k, S, 1000 + k);
+	assert_int_equal(dnet_blob_compact_auto(b), 0);
+	assert_int_equal(bstats(b).compactions, 0);
+	/* no longer falling: compacted, the 20 live records copied */
+	uint64_t disk = bstats(b).disk_bytes;
+	assert_int_equal(dnet_blob_compact_auto(b), 1);
+	struct dnet_blob_stats bs = bstats(b);
+	assert_int_equal(bs.compactions, 1);
+	assert_true(bs.disk_bytes + 75 * S <= disk);
+	for (uint64_t k = 0; k < 100; k++)
+		expect_obj(b, k, S, k < 80 ? 1000 + k : k);
+	ops->close(b);
+
+	dir_for(dir, sizeof(dir), "hotdiecap");
+	b = open_be(dir, DNET_FSYNC_NEVER);
+	for (uint64_t k = 0; k < 200; k++)
+		put_seeded(b, k, S, k);
+	assert_int_equal(dnet_blob_rotate(b), 0);
+	uint64_t next = 0, live = 200;
+	for (; next < 110; next++, live--)
+		put_seeded(b, next, S, 1000 + next);
+	int pass = 1;
+	for (; pass <= 7; pass++) {
+		if (pass > 1) /* a third of what is live dies before each pass */
+			for (uint64_t n = live / 3 + 1; n; n--, next++, live--)
+				put_seeded(b, next, S, 1000 + next);
+		int r = dnet_blob_compact_auto(b);
+		assert_true(r >= 0);
+		if (r == 1)
+			break;
+	}
+	assert_int_equal(pass, 7); /* 1 first look + 5 while dying, then taken */
+	assert_int_equal(bstats(b).compactions, 1);
+	for (uint64_t k = 0; k < 200; k++)
+		expect_obj(b, k, S, k < next ? 1000 + k : k);
+	ops->close(b);
+	unsetenv(DNET_BLOB_ENV_SIZE);
+	unsetenv(DNET_BLOB_ENV_COMPACT);
+	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+}
+
 /* Superseded records in the blob being appended to are not marked or punched until
  * that blob is sealed (that would take the inode lock against every append and,
  * with fsync=never, sync the blob being written); a forced pass still takes them. */
@@ -1688,6 +1782,8 @@ int main(void)
 	    cmocka_unit_test(test_punch_waits_for_seal),
 	    cmocka_unit_test(test_punch_leaves_to_compaction),
 	    cmocka_unit_test(test_rotation_leaves_to_compaction),
+	    cmocka_unit_test(test_empty_blob_goes_at_once),
+	    cmocka_unit_test(test_hot_blob_left_to_die),
 	    cmocka_unit_test(test_punch_crash_points),
 	    cmocka_unit_test(test_torn_mark),
 	    cmocka_unit_test(test_read_lease),
