@@ -327,9 +327,9 @@ struct blob {
 	 * when larger; records past it are pread. */
 	const uint8_t *map;
 	size_t maplen;
-	/* automatic compaction's last look at it (maintenance thread only): live
-	 * bytes then, when, and how many passes it was left to die; when its pass
-	 * for empty blobs last walked the index for it */
+	/* automatic compaction's last look at it (compact_pass, under cmp_lock):
+	 * live bytes then, when, and how many passes it was left to die; when its
+	 * pass for empty blobs last walked the index for it */
 	int64_t live_seen;
 	uint64_t seen_ns, empty_ns;
 	int postponed;
@@ -3643,7 +3643,7 @@ static int blob_looks_empty(const struct blob *B)
 }
 
 /* CP_AUTO: should the pass leave blob x (at or past the ratio) for later? Called
- * under llock, by the maintenance thread only (it owns the seen fields). */
+ * under cmp_lock and llock (the seen fields are only touched there). */
 static int still_dying(const struct dnet_backend *b, struct blob *x, uint64_t now)
 {
 	int64_t live = atomic_load(&x->live);
@@ -3664,7 +3664,10 @@ static int still_dying(const struct dnet_backend *b, struct blob *x, uint64_t no
 	return dying;
 }
 
-static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode)
+/* `taken` (CP_AUTO; 0 = none): a blob this pass takes even if it looks hot - the
+ * active blob the maintenance thread just sealed because it was mostly dead and
+ * growing slowly. The seen fields are read and written only here, under cmp_lock. */
+static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode, uint32_t taken)
 {
 	int done = 0, err = 0;
 	uint32_t after = 0;
@@ -3682,7 +3685,7 @@ static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode)
 				continue;
 			if (mode == CP_EMPTY)
 				x->empty_ns = now; /* one index walk per interval at most */
-			else if (mode == CP_AUTO && still_dying(b, x, now))
+			else if (mode == CP_AUTO && x->num != taken && still_dying(b, x, now))
 				continue;
 			B = x;
 			blob_get(B);
@@ -3706,14 +3709,14 @@ int dnet_blob_compact(struct dnet_backend *b, double min_dead_ratio)
 {
 	if (!blob_handle(b))
 		return DNET_EINVAL;
-	return compact_pass(b, min_dead_ratio, CP_ALL);
+	return compact_pass(b, min_dead_ratio, CP_ALL, 0);
 }
 
 int dnet_blob_compact_auto(struct dnet_backend *b)
 {
 	if (!blob_handle(b))
 		return DNET_EINVAL;
-	return b->compact_ratio > 0 ? compact_pass(b, b->compact_ratio, CP_AUTO) : 0;
+	return b->compact_ratio > 0 ? compact_pass(b, b->compact_ratio, CP_AUTO, 0) : 0;
 }
 
 int dnet_blob_rotate(struct dnet_backend *b)
@@ -3834,6 +3837,7 @@ static void *maint(void *arg)
 		up_sweep(b, 0);
 		uint64_t now = dnet_now_mono_ns();
 		int r = 0;
+		uint32_t taken = 0;
 		if (b->compact_ratio > 0 && now - last_compact >= b->compact_ns) {
 			/* An active blob that is mostly dead is sealed so it can be compacted
 			 * (only past 1/8 of the blob size, so blobs do not get tiny), unless
@@ -3854,21 +3858,18 @@ static void *maint(void *arg)
 					      100 * dead_ratio(A));
 				if (rotate_locked(b) == 0) {
 					atomic_fetch_add(&b->active_seals, 1);
-					/* not hot: compacted in this pass, not left to die */
-					A->seen_ns = now - b->compact_ns;
-					A->live_seen = atomic_load(&A->live);
-					A->postponed = BL_DIE_PASSES;
+					taken = A->num; /* not hot: compacted in this pass */
 				}
 			}
 			pthread_mutex_unlock(&b->alock);
 			seal_pending(b);
-			r = compact_pass(b, b->compact_ratio, CP_AUTO);
+			r = compact_pass(b, b->compact_ratio, CP_AUTO, taken);
 			last_compact = dnet_now_mono_ns();
 		} else if (b->compact_ratio > 0 && now - last_empty >= b->compact_ns / 10) {
 			/* in between, blobs with nothing live left go ten times as often:
 			 * that takes no copy, and gives their disk space (and page cache)
 			 * back seconds sooner under overwrites */
-			r = compact_pass(b, b->compact_ratio, CP_EMPTY);
+			r = compact_pass(b, b->compact_ratio, CP_EMPTY, 0);
 			last_empty = dnet_now_mono_ns();
 		}
 		if (r < 0)
