@@ -333,6 +333,9 @@ struct blob {
 	int64_t live_seen;
 	uint64_t seen_ns, empty_ns;
 	int postponed;
+	/* reclaim holds its records for compaction until then (set with the above) */
+	_Atomic uint64_t hold_until_ns;
+	atomic_int cold; /* sealed because mostly dead and slow: never left to die */
 };
 
 /* ---- in-memory index ------------------------------------------------------------ */
@@ -1030,9 +1033,14 @@ static double dead_ratio(const struct blob *B);
 /* Will automatic compaction soon drop sealed blob B whole? (see reclaim) */
 static int compaction_takes(const struct dnet_backend *b, struct blob *B, uint64_t now)
 {
-	return b->compact_ratio > 0 && !B->retired && atomic_load(&B->sealed) &&
-	       now - atomic_load(&B->sealed_ns) < (BL_DIE_PASSES + 3) * b->compact_ns &&
-	       dead_ratio(B) >= b->compact_ratio;
+	if (b->compact_ratio <= 0 || B->retired || !atomic_load(&B->sealed) ||
+	    dead_ratio(B) < b->compact_ratio)
+		return 0;
+	/* from the seal for as long as passes may leave it to die, and for as long
+	 * as the last pass said it would come back (passes can run late) */
+	uint64_t sealed = atomic_load(&B->sealed_ns);
+	return sealed > now || now - sealed < (BL_DIE_PASSES + 3) * b->compact_ns ||
+	       now < atomic_load(&B->hold_until_ns);
 }
 
 /* Runs steps 2 and 3 for everything queued (and deferred punches whose lease may
@@ -1062,8 +1070,9 @@ static int reclaim(struct dnet_backend *b, int steps)
 	 * 10 KiB overwrites at 32 connections: 2-3.5x the throughput and a p99 of
 	 * ~4 ms instead of 16-35 ms.
 	 * Records of a sealed blob that automatic compaction will take (dead ratio at
-	 * or past the threshold) wait for it, for up to three compaction intervals
-	 * after the seal: compaction drops the blob whole, where marking and punching
+	 * or past the threshold) wait for it (compaction_takes: up to nine compaction
+	 * intervals after the seal, longer while it is left to die): compaction drops
+	 * the blob whole, where marking and punching
 	 * cost a write and an extent split per record (~70-90 us each on ext4; 120,000
 	 * of them after a 1 GiB blob of 10 KiB overwrites took 12 s and halved the
 	 * durable writes running meanwhile). Once the blob is retired, its records
@@ -3647,32 +3656,42 @@ static int blob_looks_empty(const struct blob *B)
 static int still_dying(const struct dnet_backend *b, struct blob *x, uint64_t now)
 {
 	int64_t live = atomic_load(&x->live);
-	if (blob_looks_empty(x))
+	if (blob_looks_empty(x) || atomic_load(&x->cold))
 		return 0;
+	int dying;
 	if (!x->seen_ns) { /* first look: no trend yet; left one pass unless old */
-		x->seen_ns = now;
-		x->live_seen = live;
-		if (now - atomic_load(&x->sealed_ns) >= b->compact_ns)
-			return 0;
-		x->postponed++;
-		return 1;
+		uint64_t sealed = atomic_load(&x->sealed_ns);
+		dying = sealed > now || now - sealed < b->compact_ns;
+	} else {
+		dying = live < x->live_seen - x->live_seen / 4 && x->postponed < BL_DIE_PASSES;
 	}
-	int dying = live < x->live_seen - x->live_seen / 4 && x->postponed < BL_DIE_PASSES;
 	x->seen_ns = now;
 	x->live_seen = live;
 	x->postponed += dying;
+	if (dying) /* reclaim keeps holding its records for the pass after next */
+		atomic_store(&x->hold_until_ns, now + 3 * b->compact_ns);
 	return dying;
 }
 
-/* `taken` (CP_AUTO; 0 = none): a blob this pass takes even if it looks hot - the
- * active blob the maintenance thread just sealed because it was mostly dead and
- * growing slowly. The seen fields are read and written only here, under cmp_lock. */
-static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode, uint32_t taken)
+/* The seen fields are read and written only here, under cmp_lock and llock. */
+static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode)
 {
 	int done = 0, err = 0;
 	uint32_t after = 0;
-	uint64_t now = dnet_now_mono_ns();
 	pthread_mutex_lock(&b->cmp_lock);
+	uint64_t now = dnet_now_mono_ns();
+	if (mode == CP_AUTO) { /* the trend of every sealed blob, so one that crosses
+				* the ratio later is judged by it too */
+		pthread_mutex_lock(&b->llock);
+		for (struct blob *x = b->blobs; x; x = x->next) {
+			if (atomic_load(&x->sealed) && !x->retired &&
+			    !(dead_ratio(x) > 0 && dead_ratio(x) >= min_dead_ratio)) {
+				x->seen_ns = now;
+				x->live_seen = atomic_load(&x->live);
+			}
+		}
+		pthread_mutex_unlock(&b->llock);
+	}
 	for (;;) {
 		struct blob *B = NULL;
 		pthread_mutex_lock(&b->llock);
@@ -3685,7 +3704,7 @@ static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode,
 				continue;
 			if (mode == CP_EMPTY)
 				x->empty_ns = now; /* one index walk per interval at most */
-			else if (mode == CP_AUTO && x->num != taken && still_dying(b, x, now))
+			else if (mode == CP_AUTO && still_dying(b, x, now))
 				continue;
 			B = x;
 			blob_get(B);
@@ -3709,14 +3728,14 @@ int dnet_blob_compact(struct dnet_backend *b, double min_dead_ratio)
 {
 	if (!blob_handle(b))
 		return DNET_EINVAL;
-	return compact_pass(b, min_dead_ratio, CP_ALL, 0);
+	return compact_pass(b, min_dead_ratio, CP_ALL);
 }
 
 int dnet_blob_compact_auto(struct dnet_backend *b)
 {
 	if (!blob_handle(b))
 		return DNET_EINVAL;
-	return b->compact_ratio > 0 ? compact_pass(b, b->compact_ratio, CP_AUTO, 0) : 0;
+	return b->compact_ratio > 0 ? compact_pass(b, b->compact_ratio, CP_AUTO) : 0;
 }
 
 int dnet_blob_rotate(struct dnet_backend *b)
@@ -3837,13 +3856,13 @@ static void *maint(void *arg)
 		up_sweep(b, 0);
 		uint64_t now = dnet_now_mono_ns();
 		int r = 0;
-		uint32_t taken = 0;
 		if (b->compact_ratio > 0 && now - last_compact >= b->compact_ns) {
 			/* An active blob that is mostly dead is sealed so it can be compacted
 			 * (only past 1/8 of the blob size, so blobs do not get tiny), unless
 			 * it grows fast enough to fill up within the next interval anyway:
 			 * its records are being overwritten, and copying them now would only
-			 * copy what is about to die. */
+			 * copy what is about to die. A full one (rotation waits for the next
+			 * append) or one that stopped growing is sealed. */
 			pthread_mutex_lock(&b->alock);
 			struct blob *A = b->active;
 			uint64_t asize = atomic_load(&A->size);
@@ -3852,24 +3871,25 @@ static void *maint(void *arg)
 			active_seen = A->num;
 			active_seen_size = asize;
 			if (asize - BL_BHDR >= b->blob_limit / 8 && !atomic_load(&A->uploads) &&
-			    dead_ratio(A) >= b->compact_ratio && asize + grew < b->blob_limit) {
+			    dead_ratio(A) >= b->compact_ratio &&
+			    (asize >= b->blob_limit || grew == 0 || asize + grew < b->blob_limit)) {
 				dnet_log_info("blob backend %s: active blob %u is %.0f%% dead: sealing "
 					      "it for compaction", b->path, A->num,
 					      100 * dead_ratio(A));
 				if (rotate_locked(b) == 0) {
 					atomic_fetch_add(&b->active_seals, 1);
-					taken = A->num; /* not hot: compacted in this pass */
+					atomic_store(&A->cold, 1); /* not left to die */
 				}
 			}
 			pthread_mutex_unlock(&b->alock);
 			seal_pending(b);
-			r = compact_pass(b, b->compact_ratio, CP_AUTO, taken);
+			r = compact_pass(b, b->compact_ratio, CP_AUTO);
 			last_compact = dnet_now_mono_ns();
 		} else if (b->compact_ratio > 0 && now - last_empty >= b->compact_ns / 10) {
 			/* in between, blobs with nothing live left go ten times as often:
 			 * that takes no copy, and gives their disk space (and page cache)
 			 * back seconds sooner under overwrites */
-			r = compact_pass(b, b->compact_ratio, CP_EMPTY, 0);
+			r = compact_pass(b, b->compact_ratio, CP_EMPTY);
 			last_empty = dnet_now_mono_ns();
 		}
 		if (r < 0)

@@ -1492,6 +1492,44 @@ static void test_empty_blob_goes_at_once(void **state)
 	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
 }
 
+/* A full active blob (rotation waits for the next append) that gets no more writes
+ * is still sealed and compacted by the maintenance thread: "it will fill up within
+ * the next interval anyway" must not keep it active for good. */
+static void test_full_idle_blob_is_compacted(void **state)
+{
+	char dir[300];
+	dir_for(dir, sizeof(dir), "fullidle");
+	setenv(DNET_BLOB_ENV_SIZE, "256k", 1);
+	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
+	/* the first pass comes 2 s after open: the writes below are done by then */
+	setenv(DNET_BLOB_ENV_COMPACT_MS, "2000", 1);
+	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
+	struct dnet_blob_stats bs = bstats(b);
+	uint64_t v = 0;
+	for (; v < 1000 && bs.disk_bytes < (256 << 10); v++) { /* 4 keys overwritten */
+		put_seeded(b, v % 4, 2000, v);
+		bs = bstats(b);
+	}
+	assert_int_equal(bs.blobs, 1); /* full, not rotated: no append came after */
+	assert_true(bs.disk_bytes >= (256 << 10));
+	for (int i = 0; i < 500 && (bs.active_seals < 1 || bs.compactions < 1); i++) {
+		usleep(20000); /* up to 10 s */
+		bs = bstats(b);
+	}
+	assert_true(bs.active_seals >= 1);
+	assert_true(bs.compactions >= 1);
+	for (uint64_t k = 0; k < 4; k++) {
+		uint64_t last = v - 1; /* the newest seed written for key k */
+		while (last % 4 != k)
+			last--;
+		expect_obj(b, k, 2000, last);
+	}
+	ops->close(b);
+	unsetenv(DNET_BLOB_ENV_SIZE);
+	unsetenv(DNET_BLOB_ENV_COMPACT);
+	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+}
+
 /* Automatic compaction leaves a sealed blob whose live bytes are still falling fast
  * to die on its own (copying records about to be overwritten doubles the writes),
  * compacts it once they stop falling, and compacts one that keeps dying after 6
@@ -1783,6 +1821,7 @@ int main(void)
 	    cmocka_unit_test(test_punch_leaves_to_compaction),
 	    cmocka_unit_test(test_rotation_leaves_to_compaction),
 	    cmocka_unit_test(test_empty_blob_goes_at_once),
+	    cmocka_unit_test(test_full_idle_blob_is_compacted),
 	    cmocka_unit_test(test_hot_blob_left_to_die),
 	    cmocka_unit_test(test_punch_crash_points),
 	    cmocka_unit_test(test_torn_mark),
