@@ -934,6 +934,23 @@ static void remove_indexes(const char *dir)
 	}
 }
 
+/* Tests of compaction set the blob size, the automatic compaction ratio and its
+ * interval; compact_env_reset() puts back the suite's defaults (no automatic
+ * compaction: main() sets the ratio to 0). */
+static void compact_env(const char *size, const char *ratio, const char *interval_ms)
+{
+	setenv(DNET_BLOB_ENV_SIZE, size, 1);
+	setenv(DNET_BLOB_ENV_COMPACT, ratio, 1);
+	setenv(DNET_BLOB_ENV_COMPACT_MS, interval_ms, 1);
+}
+
+static void compact_env_reset(void)
+{
+	unsetenv(DNET_BLOB_ENV_SIZE);
+	setenv(DNET_BLOB_ENV_COMPACT, "0", 1);
+	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+}
+
 static struct dnet_blob_stats bstats(struct dnet_backend *b)
 {
 	struct dnet_blob_stats bs;
@@ -1239,9 +1256,7 @@ static void test_auto_compact(void **state)
 {
 	char dir[300];
 	dir_for(dir, sizeof(dir), "autocompact");
-	setenv(DNET_BLOB_ENV_SIZE, "256k", 1);
-	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
-	setenv(DNET_BLOB_ENV_COMPACT_MS, "50", 1);
+	compact_env("256k", "0.5", "50");
 	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
 	for (uint64_t k = 0; k < 100; k++)
 		put_seeded(b, k, 2000, k);
@@ -1274,9 +1289,7 @@ static void test_auto_compact(void **state)
 		usleep(20000);
 	assert_true(bstats(b).compactions > before);
 	ops->close(b);
-	setenv(DNET_BLOB_ENV_COMPACT, "0", 1);
-	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
-	unsetenv(DNET_BLOB_ENV_SIZE);
+	compact_env_reset();
 	b = open_be(dir, DNET_FSYNC_NEVER);
 	for (uint64_t k = 0; k < 400; k++) {
 		if (k < 80 || (k >= 200 && k < 380))
@@ -1407,8 +1420,7 @@ static void test_punch_leaves_to_compaction(void **state)
 		ops->close(b);
 	}
 	unsetenv(DNET_BLOB_ENV_PUNCH);
-	unsetenv(DNET_BLOB_ENV_COMPACT);
-	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+	compact_env_reset();
 }
 
 /* The maintenance thread, on its own: when appends fill the active blob and it is
@@ -1422,9 +1434,7 @@ static void test_rotation_leaves_to_compaction(void **state)
 	char dir[300];
 	dir_for(dir, sizeof(dir), "rotatecompact");
 	const uint64_t K = 16 << 10;
-	setenv(DNET_BLOB_ENV_SIZE, "1M", 1);
-	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
-	setenv(DNET_BLOB_ENV_COMPACT_MS, "600000", 1); /* no compaction during the test */
+	compact_env("1M", "0.5", "600000"); /* no compaction during the test */
 	struct dnet_backend *b = open_be(dir, DNET_FSYNC_ALWAYS);
 	uint64_t v = 0;
 	for (; v < 10; v++) /* 640 KiB of overwrites in blob 1 */
@@ -1456,9 +1466,7 @@ static void test_rotation_leaves_to_compaction(void **state)
 	for (uint64_t k = 0; k < 4; k++)
 		expect_obj(b, k, K, 100 * (v - 1) + k);
 	ops->close(b);
-	unsetenv(DNET_BLOB_ENV_SIZE);
-	unsetenv(DNET_BLOB_ENV_COMPACT);
-	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+	compact_env_reset();
 }
 
 /* A sealed blob whose records were all overwritten is dropped (no copy) by the
@@ -1468,9 +1476,7 @@ static void test_empty_blob_goes_at_once(void **state)
 {
 	char dir[300];
 	dir_for(dir, sizeof(dir), "emptygoes");
-	setenv(DNET_BLOB_ENV_SIZE, "16M", 1);
-	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
-	setenv(DNET_BLOB_ENV_COMPACT_MS, "30000", 1); /* periodic pass: after 30 s */
+	compact_env("16M", "0.5", "30000"); /* periodic pass: after 30 s */
 	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
 	for (uint64_t k = 0; k < 50; k++)
 		put_seeded(b, k, 2000, k);
@@ -1487,9 +1493,7 @@ static void test_empty_blob_goes_at_once(void **state)
 	for (uint64_t k = 0; k < 50; k++)
 		expect_obj(b, k, 2000, 1000 + k);
 	ops->close(b);
-	unsetenv(DNET_BLOB_ENV_SIZE);
-	unsetenv(DNET_BLOB_ENV_COMPACT);
-	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+	compact_env_reset();
 }
 
 /* A full active blob (rotation waits for the next append) that gets no more writes
@@ -1499,10 +1503,8 @@ static void test_full_idle_blob_is_compacted(void **state)
 {
 	char dir[300];
 	dir_for(dir, sizeof(dir), "fullidle");
-	setenv(DNET_BLOB_ENV_SIZE, "256k", 1);
-	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
 	/* the first pass comes 2 s after open: the writes below are done by then */
-	setenv(DNET_BLOB_ENV_COMPACT_MS, "2000", 1);
+	compact_env("256k", "0.5", "2000");
 	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
 	struct dnet_blob_stats bs = bstats(b);
 	uint64_t v = 0;
@@ -1525,9 +1527,7 @@ static void test_full_idle_blob_is_compacted(void **state)
 		expect_obj(b, k, 2000, last);
 	}
 	ops->close(b);
-	unsetenv(DNET_BLOB_ENV_SIZE);
-	unsetenv(DNET_BLOB_ENV_COMPACT);
-	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+	compact_env_reset();
 }
 
 /* Automatic compaction leaves a sealed blob whose live bytes are still falling fast
@@ -1538,9 +1538,7 @@ static void test_hot_blob_left_to_die(void **state)
 {
 	char dir[300];
 	const uint64_t S = 2000;
-	setenv(DNET_BLOB_ENV_SIZE, "16M", 1);
-	setenv(DNET_BLOB_ENV_COMPACT, "0.5", 1);
-	setenv(DNET_BLOB_ENV_COMPACT_MS, "600000", 1); /* passes only when the test asks */
+	compact_env("16M", "0.5", "600000"); /* passes only when the test asks */
 
 	dir_for(dir, sizeof(dir), "hotdie");
 	struct dnet_backend *b = open_be(dir, DNET_FSYNC_NEVER);
@@ -1588,9 +1586,7 @@ static void test_hot_blob_left_to_die(void **state)
 	for (uint64_t k = 0; k < 200; k++)
 		expect_obj(b, k, S, k < next ? 1000 + k : k);
 	ops->close(b);
-	unsetenv(DNET_BLOB_ENV_SIZE);
-	unsetenv(DNET_BLOB_ENV_COMPACT);
-	unsetenv(DNET_BLOB_ENV_COMPACT_MS);
+	compact_env_reset();
 }
 
 /* Superseded records in the blob being appended to are not marked or punched until
