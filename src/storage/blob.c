@@ -3866,8 +3866,14 @@ static void *maint(void *arg)
 			pthread_mutex_lock(&b->alock);
 			struct blob *A = b->active;
 			uint64_t asize = atomic_load(&A->size);
-			uint64_t grew = A->num == active_seen && asize >= active_seen_size
-					    ? asize - active_seen_size : asize;
+			/* appended since the last pass: blobs rotated meanwhile filled up */
+			uint64_t grew = asize;
+			if (A->num == active_seen && asize >= active_seen_size)
+				grew = asize - active_seen_size;
+			else if (active_seen && A->num > active_seen)
+				grew += (active_seen_size < b->blob_limit ? b->blob_limit - active_seen_size
+									   : 0) +
+					(uint64_t)(A->num - active_seen - 1) * b->blob_limit;
 			active_seen = A->num;
 			active_seen_size = asize;
 			if (asize - BL_BHDR >= b->blob_limit / 8 && !atomic_load(&A->uploads) &&
