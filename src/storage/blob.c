@@ -3651,6 +3651,13 @@ static int blob_looks_empty(const struct blob *B)
 	       atomic_load(&B->tomb) == 0;
 }
 
+/* Has blob x dead bytes, at or past the ratio? */
+static int past_ratio(const struct blob *x, double ratio)
+{
+	double r = dead_ratio(x);
+	return r > 0 && r >= ratio;
+}
+
 /* CP_AUTO: should the pass leave blob x (at or past the ratio) for later? Called
  * under cmp_lock and llock (the seen fields are only touched there). */
 static int still_dying(const struct dnet_backend *b, struct blob *x, uint64_t now)
@@ -3684,8 +3691,7 @@ static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode)
 				* the ratio later is judged by it too */
 		pthread_mutex_lock(&b->llock);
 		for (struct blob *x = b->blobs; x; x = x->next) {
-			if (atomic_load(&x->sealed) && !x->retired &&
-			    !(dead_ratio(x) > 0 && dead_ratio(x) >= min_dead_ratio)) {
+			if (atomic_load(&x->sealed) && !x->retired && !past_ratio(x, min_dead_ratio)) {
 				x->seen_ns = now;
 				x->live_seen = atomic_load(&x->live);
 			}
@@ -3698,9 +3704,10 @@ static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode)
 		for (struct blob *x = b->blobs; x; x = x->next) {
 			if (x->num <= after || !atomic_load(&x->sealed) || x->retired)
 				continue;
-			if (mode == CP_EMPTY ? !blob_looks_empty(x) || (x->empty_ns &&
-							now - x->empty_ns < b->compact_ns)
-					     : !(dead_ratio(x) > 0 && dead_ratio(x) >= min_dead_ratio))
+			int want = mode == CP_EMPTY ? blob_looks_empty(x) &&
+							  (!x->empty_ns || now - x->empty_ns >= b->compact_ns)
+						    : past_ratio(x, min_dead_ratio);
+			if (!want)
 				continue;
 			if (mode == CP_EMPTY)
 				x->empty_ns = now; /* one index walk per interval at most */
@@ -3871,9 +3878,9 @@ static void *maint(void *arg)
 			if (A->num == active_seen && asize >= active_seen_size)
 				grew = asize - active_seen_size;
 			else if (active_seen && A->num > active_seen)
-				grew += (active_seen_size < b->blob_limit ? b->blob_limit - active_seen_size
-									   : 0) +
-					(uint64_t)(A->num - active_seen - 1) * b->blob_limit;
+				grew += (uint64_t)(A->num - active_seen) * b->blob_limit -
+					(active_seen_size < b->blob_limit ? active_seen_size
+									  : b->blob_limit);
 			active_seen = A->num;
 			active_seen_size = asize;
 			if (asize - BL_BHDR >= b->blob_limit / 8 && !atomic_load(&A->uploads) &&
