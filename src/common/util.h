@@ -9,6 +9,12 @@
 /* Monotonic and wall clocks in nanoseconds. */
 uint64_t dnet_now_mono_ns(void);
 uint64_t dnet_now_real_ns(void);
+/* Nanoseconds from `then` to `now`, 0 if `then` is later: a stamp written by another
+ * thread after `now` was read is not a wrap to "idle for 584 years". */
+static inline uint64_t dnet_ns_since(uint64_t now, uint64_t then)
+{
+	return now > then ? now - then : 0;
+}
 
 /* Name the calling thread (shown by top -H, ps -L, perf), cut to 15 bytes. */
 void dnet_thread_name(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1092,7 +1092,7 @@ static void up_sweep(struct dnet_backend *b, int all)
 	uint64_t now = dnet_now_mono_ns(), limit = b->cfg.upload_timeout_s * 1000000000ull;
 	struct bd_upload *gone = NULL;
 	pthread_mutex_lock(&b->up_lock);
-	if (!all && now - b->up_last_sweep_ns < (limit < 60000000000ull ? limit : 60000000000ull)) {
+	if (!all && dnet_ns_since(now, b->up_last_sweep_ns) < (limit < 60000000000ull ? limit : 60000000000ull)) {
 		pthread_mutex_unlock(&b->up_lock);
 		return;
 	}
@@ -1100,7 +1100,7 @@ static void up_sweep(struct dnet_backend *b, int all)
 	for (int k = 0; k < KV_UP_BUCKETS; k++) {
 		for (struct bd_upload **pp = &b->up[k]; *pp;) {
 			struct bd_upload *u = *pp;
-			if (!u->busy && (all || now - u->active_ns > limit)) {
+			if (!u->busy && (all || dnet_ns_since(now, u->active_ns) > limit)) {
 				*pp = u->next;
 				u->next = gone;
 				gone = u;

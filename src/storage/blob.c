@@ -1914,7 +1914,7 @@ static void up_sweep(struct dnet_backend *b, int all)
 		struct bl_upload **pp = &b->up[k];
 		while (*pp) {
 			struct bl_upload *u = *pp;
-			if (!u->busy && (all || now - u->active_ns > limit)) {
+			if (!u->busy && (all || dnet_ns_since(now, u->active_ns) > limit)) {
 				*pp = u->next;
 				u->next = gone;
 				gone = u;

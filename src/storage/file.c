@@ -944,7 +944,7 @@ static void fb_upload_sweep(struct dnet_backend *b)
 	struct fb_upload *dead = NULL;
 
 	pthread_mutex_lock(&b->up_lock);
-	if (now - b->up_last_sweep_ns < every) {
+	if (dnet_ns_since(now, b->up_last_sweep_ns) < every) {
 		pthread_mutex_unlock(&b->up_lock);
 		return;
 	}
@@ -952,7 +952,7 @@ static void fb_upload_sweep(struct dnet_backend *b)
 	for (int i = 0; i < FB_UPLOAD_BUCKETS; i++) {
 		for (struct fb_upload **pp = &b->up[i]; *pp;) {
 			struct fb_upload *u = *pp;
-			if (!u->busy && now - u->active_ns > limit) {
+			if (!u->busy && dnet_ns_since(now, u->active_ns) > limit) {
 				*pp = u->next;
 				u->next = dead;
 				dead = u;

@@ -1114,7 +1114,7 @@ static void up_sweep(struct dnet_backend *b)
 	uint64_t now = dnet_now_mono_ns(), limit = b->cfg.upload_timeout_s * 1000000000ull;
 	struct lm_upload *gone = NULL;
 	pthread_mutex_lock(&b->up_lock);
-	if (now - b->up_last_sweep_ns < (limit < 60000000000ull ? limit : 60000000000ull)) {
+	if (dnet_ns_since(now, b->up_last_sweep_ns) < (limit < 60000000000ull ? limit : 60000000000ull)) {
 		pthread_mutex_unlock(&b->up_lock);
 		return;
 	}
@@ -1122,7 +1122,7 @@ static void up_sweep(struct dnet_backend *b)
 	for (int k = 0; k < KV_UP_BUCKETS; k++) {
 		for (struct lm_upload **pp = &b->up[k]; *pp;) {
 			struct lm_upload *u = *pp;
-			if (!u->busy && now - u->active_ns > limit) {
+			if (!u->busy && dnet_ns_since(now, u->active_ns) > limit) {
 				*pp = u->next;
 				u->next = gone;
 				gone = u;

@@ -23,6 +23,7 @@
 #include "common/errors.h"
 #include "common/id.h"
 #include "common/log.h"
+#include "common/util.h"
 #include "storage/backend.h"
 #include "storage_test.h"
 
@@ -678,6 +679,71 @@ static void test_concurrent(void **state)
 	free(model);
 }
 
+/* Many small chunked uploads on several threads while the engine sweeps abandoned
+ * ones: an upload whose last chunk finished while a sweep was starting is not idle
+ * (its stamp can be newer than the sweep's clock), so no chunk or COMMIT of an
+ * upload in progress ever gets DNET_ENOENT. */
+#define UR_THREADS 4
+#define UR_CHUNKS 24
+#define UR_CHUNK 256
+
+struct ur_arg {
+	struct fx *f;
+	int t;
+	uint64_t until_ns;
+	int uploads, err, at;
+};
+
+static void *ur_thread(void *p)
+{
+	struct ur_arg *a = p;
+	uint8_t d[UR_CHUNKS * UR_CHUNK];
+	st_fill(d, sizeof(d), (uint64_t)a->t);
+	for (int n = 0; n < 20000 && !a->err && dnet_now_mono_ns() < a->until_ns; n++) {
+		uint8_t id[DNET_ID_SIZE];
+		key_id(id, "ur", a->t * 100 + n % 100);
+		uint64_t cookie = (uint64_t)a->t << 32 | (uint64_t)n;
+		for (int c = 0; c < UR_CHUNKS && !a->err; c++) {
+			uint32_t fl = c == 0 ? DNET_IO_PREPARE
+				      : c == UR_CHUNKS - 1 ? DNET_IO_COMMIT : DNET_IO_PLAIN;
+			a->err = chunk(a->f, id, fl, cookie, c == 0 ? sizeof(d) : 0,
+				       (uint64_t)c * UR_CHUNK, d + c * UR_CHUNK, UR_CHUNK);
+			a->at = c;
+		}
+		a->uploads += !a->err;
+	}
+	return NULL;
+}
+
+static void test_upload_sweep_race(void **state)
+{
+	struct fx *f = *state;
+	/* engines that sweep on a timer sweep often; the others at most once per
+	 * timeout: a short timeout makes them sweep during the run too */
+	f->cfg.upload_timeout_s = 1;
+	reopen(f);
+	pthread_t th[UR_THREADS];
+	struct ur_arg args[UR_THREADS];
+	uint64_t until = dnet_now_mono_ns() + 1500000000ull;
+	for (int t = 0; t < UR_THREADS; t++) {
+		args[t] = (struct ur_arg){f, t, until, 0, 0, 0};
+		assert_int_equal(pthread_create(&th[t], NULL, ur_thread, &args[t]), 0);
+	}
+	int total = 0;
+	for (int t = 0; t < UR_THREADS; t++) {
+		pthread_join(th[t], NULL);
+		if (args[t].err)
+			fail_msg("thread %d: upload %d, chunk %d: %s", t, args[t].uploads,
+				 args[t].at, dnet_strerror(args[t].err));
+		total += args[t].uploads;
+	}
+	assert_true(total >= UR_THREADS);
+	uint8_t id[DNET_ID_SIZE], d[UR_CHUNKS * UR_CHUNK];
+	key_id(id, "ur", 0);
+	st_fill(d, sizeof(d), 0);
+	expect_object(f, id, d, sizeof(d));
+}
+
 /* A sync after writes; stat fields are sane. */
 static void test_sync_stat(void **state)
 {
@@ -783,6 +849,7 @@ int main(void)
 	    {"iterate", test_iterate, DNET_FSYNC_NEVER},
 	    {"upload", test_upload, DNET_FSYNC_NEVER},
 	    {"upload/batch", test_upload, DNET_FSYNC_BATCH},
+	    {"upload_sweep_race", test_upload_sweep_race, DNET_FSYNC_NEVER},
 	    {"corruption", test_corruption, DNET_FSYNC_NEVER},
 	    {"deferred", test_deferred, DNET_FSYNC_NEVER},
 	    {"concurrent/never", test_concurrent, DNET_FSYNC_NEVER},
