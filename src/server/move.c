@@ -65,16 +65,14 @@ static void remember_moved(struct dnet_mover *mv, const uint8_t *id)
 int dnet_mover_moved_recently(struct dnet_server *s, const uint8_t *id)
 {
 	struct dnet_mover *mv = &s->mover;
-
-	dnet_thread_name("ell-mover");
 	if (!mv->recent_id)
 		return 0;
 	uint64_t p = id_prefix(id);
 	size_t slot = (size_t)(p % RECENT_SLOTS);
 	if (atomic_load(&mv->recent_id[slot]) != p)
 		return 0;
-	return dnet_now_mono_ns() - atomic_load(&mv->recent_ns[slot]) <
-	       (uint64_t)s->cfg.handoff_s * 1000000000ull;
+	uint64_t at = atomic_load(&mv->recent_ns[slot]);
+	return dnet_ns_since(dnet_now_mono_ns(), at) < (uint64_t)s->cfg.handoff_s * 1000000000ull;
 }
 
 static int collect_cb(void *arg, const uint8_t *id, const struct dnet_obj_info *info)
@@ -253,8 +251,15 @@ static size_t move_pass(struct dnet_server *s)
 			 * requests: if it was rewritten meanwhile (a client with old routes),
 			 * the next pass sends the new one. */
 			struct dnet_io_attr dio = {.timestamp = m->timestamp, .ioflags = DNET_IO_IFVERSION};
-			dnet_local_call(s, DNET_CMD_DEL, m->id, &dio, NULL, NULL);
+			/* Remembered first: a request sent here as to the previous owner
+			 * that finds the copy gone must always be sent back to the owner,
+			 * never answered "not found" in the moment between the two. */
 			remember_moved(mv, m->id);
+			if (mv->pause_ms)
+				nanosleep(&(struct timespec){.tv_sec = mv->pause_ms / 1000,
+							     .tv_nsec = (long)(mv->pause_ms % 1000) * 1000000L},
+					  NULL);
+			dnet_local_call(s, DNET_CMD_DEL, m->id, &dio, NULL, NULL);
 			moved++;
 			atomic_fetch_add(&mv->moved, 1);
 			atomic_fetch_add(&mv->moved_bytes, sent - before);
@@ -291,6 +296,7 @@ static void *mover_main(void *arg)
 	struct dnet_server *s = arg;
 	struct dnet_mover *mv = &s->mover;
 	size_t left = 1; /* a first pass at start: data may be misplaced from before */
+	dnet_thread_name("ell-mover");
 	for (;;) {
 		pthread_mutex_lock(&mv->lock);
 		if (!mv->stop && !mv->kick) {
@@ -323,6 +329,9 @@ int dnet_mover_start(struct dnet_server *s)
 	mv->recent_ns = calloc(RECENT_SLOTS, sizeof(*mv->recent_ns));
 	if (!mv->recent_id || !mv->recent_ns)
 		return DNET_ENOMEM;
+	const char *pause = getenv("ELLIPTICS_TEST_MOVE_PAUSE_MS");
+	if (pause)
+		mv->pause_ms = (unsigned)strtoul(pause, NULL, 10) % 60000u;
 	if (pthread_create(&mv->thread, NULL, mover_main, s) != 0)
 		return DNET_ESYS;
 	mv->started = 1;

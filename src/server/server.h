@@ -302,6 +302,9 @@ struct dnet_mover {
 	 * forgets one): a read that reaches us for one of them, as the previous owner,
 	 * is sent back to the owner instead of "not found". */
 	_Atomic uint64_t *recent_id, *recent_ns;
+	/* Test hook (ELLIPTICS_TEST_MOVE_PAUSE_MS): a pause in the middle of each
+	 * hand-over, so tests can look at a previous owner in that moment. */
+	unsigned pause_ms;
 };
 
 /* Anti-entropy between copies (recover.c). */

@@ -173,7 +173,7 @@ def run_cli(args, remotes=(), input=None, timeout=CLI_TIMEOUT, env=None, stdout_
 class Node:
     """One ellipticsd process on a loopback port with its own data dir."""
 
-    def __init__(self, tmp_path, name="node", extra=(), data=None, port=None):
+    def __init__(self, tmp_path, name="node", extra=(), data=None, port=None, env=None):
         self.dir = tmp_path / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data = str(data) if data else str(self.dir / "data")
@@ -181,6 +181,7 @@ class Node:
         self.log_path = str(self.dir / "ellipticsd.log")
         self.extra = list(extra)
         self.port = port
+        self.env = dict(os.environ, **env) if env else None  # e.g. test hooks
         self.proc = None
         self.killed = False  # the test killed it on purpose: no clean-exit check
         self.exit_codes = []
@@ -231,7 +232,7 @@ class Node:
                 logf.write(("--- start %s\n" % " ".join(self.cmdline())).encode())
                 logf.flush()
                 self.proc = subprocess.Popen(self.cmdline(), stdin=subprocess.DEVNULL,
-                                             stdout=logf, stderr=logf)
+                                             stdout=logf, stderr=logf, env=self.env)
             self.killed = False
             if self._wait_ready():
                 return self
@@ -305,8 +306,9 @@ class NodeFactory:
         self.tmp_path = tmp_path
         self.nodes = []
 
-    def __call__(self, *extra, name=None, start=True, data=None, port=None):
-        n = Node(self.tmp_path, name or "node%d" % len(self.nodes), extra, data=data, port=port)
+    def __call__(self, *extra, name=None, start=True, data=None, port=None, env=None):
+        n = Node(self.tmp_path, name or "node%d" % len(self.nodes), extra, data=data, port=port,
+                 env=env)
         self.nodes.append(n)
         return n.start() if start else n
 

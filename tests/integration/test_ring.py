@@ -207,6 +207,43 @@ def test_read_of_a_key_still_moving_is_redirected_to_its_previous_owner(node_fac
         assert proto.decode_addr(payload[:proto.ADDR_WIRE_SIZE]).port == b.port
 
 
+def test_previous_owner_never_says_not_found_mid_hand_over(node_factory):
+    # Each hand-over pauses between its steps (the test hook), so reads at the
+    # previous owner land in that moment: a DIRECT read there (a client sent back
+    # by the owner's redirect) gets the object or a redirect to the owner, never
+    # "not found". The hand-over used to delete the copy before it remembered the
+    # ID as moved, and a read in between got "not found" for a stored object.
+    a = node_factory(*FAST, env={"ELLIPTICS_TEST_MOVE_PAUSE_MS": "100"})
+    keys = ["handover-%d" % i for i in range(60)]
+    data = write_keys(a, keys)
+    b = node_factory(*FAST, "--join", a.addr)
+    wait_for(lambda: converged([a, b], 2), 30, what="2 nodes to converge")
+    ring = Ring(routes(b))
+    mine = [k for k in keys if ring.owner(proto.key_to_id(k)) == b.addr]
+    assert len(mine) >= 6, len(mine)
+    seen = {"served": 0, "sent back": 0}
+    deadline = time.monotonic() + 120
+    with proto.Conn(a.addr) as c:
+        while time.monotonic() < deadline:
+            for k in mine:
+                t = c.next_trans()
+                hdr, payload = c.call(
+                    proto.read_request(proto.key_to_id(k), t, flags=proto.FLAG_DIRECT), t)
+                if hdr.status == 0:
+                    assert payload[proto.IO_ATTR_SIZE:] == data[k]
+                    seen["served"] += 1
+                    continue
+                assert hdr.status == ENOTOWNER, (k, hdr.status, seen)
+                assert proto.decode_addr(payload[:proto.ADDR_WIRE_SIZE]).port == b.port
+                seen["sent back"] += 1
+            if seen["sent back"] >= 3 * len(mine) and settled([a, b]):
+                break
+    assert seen["served"] > 0 and seen["sent back"] >= 3 * len(mine), seen
+    for k in mine:
+        st, got = direct_read(b.addr, k)
+        assert st == 0 and got == data[k], (k, st)
+
+
 def test_move_never_replaces_a_newer_write(node_factory):
     a = node_factory(*FAST)
     id = proto.key_to_id("newer")
