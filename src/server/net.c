@@ -1072,7 +1072,9 @@ static void conn_event(struct dnet_loop *l, struct dnet_conn *c, uint32_t ev)
 }
 
 /* Once a second: close connections that are idle too long, that dribble a request
- * (slowloris), or that never read their replies. */
+ * (slowloris), or that never read their replies. `now` is read once for the whole
+ * walk, and IO workers stamp tx_ns as they queue replies: a stamp newer than `now`
+ * is "just now", not an unsigned wrap that made a healthy connection look stalled. */
 static void loop_sweep(struct dnet_loop *l, uint64_t now)
 {
 	const struct dnet_config *cfg = &l->s->cfg;
@@ -1084,19 +1086,19 @@ static void loop_sweep(struct dnet_loop *l, uint64_t now)
 		const char *why = NULL;
 		pthread_mutex_lock(&c->lock);
 		int busy = c->inflight || do_out_pending(c);
-		if (c->tls_wbuf && !do_out_pending(c) && now - c->tx_ns > sec) {
+		if (c->tls_wbuf && !do_out_pending(c) && dnet_ns_since(now, c->tx_ns) > sec) {
 			free(c->tls_wbuf); /* connections idle for a second keep no stage */
 			c->tls_wbuf = NULL;
 			c->tls_wlen = c->tls_woff = 0;
 		}
 		int stalled = do_out_pending(c) && cfg->send_timeout_s &&
-			      now - c->tx_ns > (uint64_t)cfg->send_timeout_s * sec;
+			      dnet_ns_since(now, c->tx_ns) > (uint64_t)cfg->send_timeout_s * sec;
 		pthread_mutex_unlock(&c->lock);
 		int partial = c->hpart_len || c->cur;
 		uint64_t hs_allow =
 		    (uint64_t)(cfg->request_timeout_s ? cfg->request_timeout_s : TLS_HS_TIMEOUT_S) *
 		    sec;
-		if (c->tls_hs && now - c->accept_ns > hs_allow) {
+		if (c->tls_hs && dnet_ns_since(now, c->accept_ns) > hs_allow) {
 			why = "its TLS handshake did not finish in time";
 			atomic_fetch_add(&st->conns_slow_closed, 1);
 			if (!c->tls_plain)
@@ -1107,12 +1109,12 @@ static void loop_sweep(struct dnet_loop *l, uint64_t now)
 		} else if (partial && cfg->request_timeout_s && c->partial_ns) {
 			uint64_t allow = (uint64_t)cfg->request_timeout_s * sec +
 					 (c->cur ? c->cur->size / 65536 * sec : 0);
-			if (now - c->partial_ns > allow) {
+			if (dnet_ns_since(now, c->partial_ns) > allow) {
 				why = "its request did not arrive in time";
 				atomic_fetch_add(&st->conns_slow_closed, 1);
 			}
 		} else if (!partial && !busy && cfg->idle_timeout_s &&
-			   now - c->rx_ns > (uint64_t)cfg->idle_timeout_s * sec) {
+			   dnet_ns_since(now, c->rx_ns) > (uint64_t)cfg->idle_timeout_s * sec) {
 			why = "idle";
 			atomic_fetch_add(&st->conns_idle_closed, 1);
 		}
