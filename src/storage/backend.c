@@ -259,6 +259,12 @@ static void hash_blocks(void *arg)
 									  : h->block);
 }
 
+int dnet_hash_blocks_in(const void *p, uint64_t len, uint32_t block, uint64_t *out)
+{
+	struct hash_blocks h = {(const uint8_t *)p, len, block, out};
+	return bus_guarded(hash_blocks, &h);
+}
+
 int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, uint64_t *out)
 {
 	struct stat sb;
@@ -271,8 +277,7 @@ int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, 
 	void *m = mmap(NULL, mlen, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, (off_t)moff);
 	if (m == MAP_FAILED)
 		return 1;
-	struct hash_blocks h = {(const uint8_t *)m + (off - moff), len, block, out};
-	int err = bus_guarded(hash_blocks, &h);
+	int err = dnet_hash_blocks_in((const uint8_t *)m + (off - moff), len, block, out);
 	munmap(m, mlen);
 	return err;
 }

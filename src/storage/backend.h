@@ -161,6 +161,10 @@ int dnet_pwritev_full(int fd, struct iovec *iov, int cnt, uint64_t off);
  * 0; DNET_EIO if the bytes could not be read (SIGBUS, caught); 1 if this way is
  * not available here (range past the end of the file, no mapping): use pread. */
 int dnet_hash_blocks_mapped(int fd, uint64_t off, uint64_t len, uint32_t block, uint64_t *out);
+/* The same out of a mapping the caller holds (p: its bytes for the range): 0, or
+ * DNET_EIO if they could not be read (SIGBUS, caught). Only valid once
+ * dnet_map_ready() returned 1. */
+int dnet_hash_blocks_in(const void *p, uint64_t len, uint32_t block, uint64_t *out);
 
 /* Copies len bytes out of a read-only file mapping; a disk error or a range past
  * the end of the file (SIGBUS) becomes DNET_EIO instead of killing the process.

@@ -2347,6 +2347,7 @@ static void bl_write(struct dnet_backend *b, const struct dnet_write_req *req,
 /* ---- reads of block-table records: verified block by block ------------------------ */
 
 #define BL_VER_STEP 16u /* blocks verified per check: 1 MiB */
+#define BL_ZAP_EVERY (8u << 20)
 
 /* The blocks a read covers are checked against the table as the bytes go out (or
  * all of them before the read returns). A block that disagrees with its entry sends
@@ -2364,6 +2365,14 @@ struct bl_ver {
 	uint64_t tw0;		 /* first block of the loaded table window */
 	uint32_t tn;		 /* entries in it */
 	int whole_ok;		 /* table damaged, data verified whole */
+	/* The record's data mapped once for the whole read: per-step mappings cost
+	 * an mmap, a populate, an munmap and a TLB shootdown every MiB (about a
+	 * third of a large GET's time). */
+	const uint8_t *map;	 /* its data's first byte, or NULL */
+	void *mbase;		 /* the mapping (page aligned) */
+	size_t mlen;
+	size_t zapped;		 /* [mbase, mbase + zapped) dropped from our page tables */
+	int nomap;		 /* mapping not possible here: the per-step way */
 	uint8_t *buf;		 /* BL_BLOCK */
 	uint8_t tab[8 * BL_TBUF]; /* table window */
 };
@@ -2383,6 +2392,32 @@ static int verify_whole(int fd, uint64_t off, uint64_t size, const uint8_t csum[
 	return err;
 }
 
+/* Maps the record's data for the verifier's life: 0, or 1 where that cannot be
+ * done (then each step maps its own bytes, or reads them). */
+static int ver_map(struct bl_ver *x, int fd)
+{
+	if (x->map)
+		return 0;
+	if (x->nomap)
+		return 1;
+	x->nomap = 1;
+	struct stat sb;
+	const uint64_t data = x->off + BL_RHDR, pg = (uint64_t)sysconf(_SC_PAGESIZE);
+	const uint64_t moff = data & ~(pg - 1);
+	if (!dnet_map_ready() || fstat(fd, &sb) < 0 || data + x->size > (uint64_t)sb.st_size ||
+	    data + x->size - moff > (uint64_t)SIZE_MAX / 2)
+		return 1;
+	size_t mlen = (size_t)(data + x->size - moff);
+	void *m = mmap(NULL, mlen, PROT_READ, MAP_SHARED, fd, (off_t)moff);
+	if (m == MAP_FAILED)
+		return 1;
+	x->mbase = m;
+	x->mlen = mlen;
+	x->map = (const uint8_t *)m + (data - moff);
+	x->nomap = 0;
+	return 0;
+}
+
 static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t *end)
 {
 	struct bl_ver *x = (struct bl_ver *)v;
@@ -2398,8 +2433,22 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 	const uint64_t step = x->last - x->next + 1 < BL_VER_STEP ? x->last - x->next + 1 : BL_VER_STEP;
 	const uint64_t ms = x->next * BL_BLOCK, me = (x->next + step) * BL_BLOCK;
 	/* 0: mh[] holds this step's digests; 1: no mapping here, pread each block */
-	int by_pread = dnet_hash_blocks_mapped(fd, data + ms, (me < x->size ? me : x->size) - ms,
-					       BL_BLOCK, mh);
+	const uint64_t mn = (me < x->size ? me : x->size) - ms;
+	int by_pread;
+	if (ver_map(x, fd) == 0) {
+		by_pread = dnet_hash_blocks_in(x->map + ms, mn, BL_BLOCK, mh);
+		/* Hashed pages leave our page tables every BL_ZAP_EVERY bytes, so a
+		 * large read does not count the object in the process's RSS (and one
+		 * TLB flush per 8 MiB instead of one per step). */
+		size_t done = (size_t)((x->map + ms + mn) - (const uint8_t *)x->mbase);
+		done &= ~(size_t)(sysconf(_SC_PAGESIZE) - 1);
+		if (done - x->zapped >= BL_ZAP_EVERY) { /* the rest goes with the munmap */
+			madvise((uint8_t *)x->mbase + x->zapped, done - x->zapped, MADV_DONTNEED);
+			x->zapped = done;
+		}
+	} else {
+		by_pread = dnet_hash_blocks_mapped(fd, data + ms, mn, BL_BLOCK, mh);
+	}
 	if (by_pread < 0)
 		return by_pread;
 	const uint64_t first = x->next;
@@ -2456,6 +2505,8 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 static void ver_free(struct dnet_read_verify *v)
 {
 	struct bl_ver *x = (struct bl_ver *)v;
+	if (x->mbase)
+		munmap(x->mbase, x->mlen);
 	free(x->buf);
 	free(x);
 }
