@@ -107,9 +107,17 @@ $(BUILD)/tests/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%_standalone.o $(call obj,$(
 
 # Unit tests, then bounded runs of the standalone fuzz drivers: structured random
 # inputs for the receive paths, the corpus plus random mutations of it for the rest.
+# The two longest (mostly waiting on fsync, no timing assertions) run alongside the
+# others; their output follows once all are done.
 FUZZ_CORPUS := tests/fuzz/corpus
+UNIT_BG := $(BUILD)/tests/test_fault $(BUILD)/tests/test_backend_conformance
 unit: $(UNIT_BINS) $(FUZZ_STANDALONE)
-	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
+	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; bad=; \
+	for t in $(UNIT_BG); do ( $$t > "$$d/$${t##*/}.log" 2>&1; echo $$? > "$$d/$${t##*/}.rc" ) & done; \
+	for t in $(filter-out $(UNIT_BG),$(UNIT_BINS)); do echo "== $$t"; $$t || bad="$$bad $$t"; done; \
+	wait; for t in $(UNIT_BG); do echo "== $$t (ran alongside)"; cat "$$d/$${t##*/}.log"; \
+		[ "$$(cat "$$d/$${t##*/}.rc")" = 0 ] || bad="$$bad $$t"; done; \
+	if [ -n "$$bad" ]; then echo "== FAILED:$$bad"; exit 1; fi
 	@echo "== $(BUILD)/tests/fuzz_server -n 20000"; cd $(BUILD)/tests && ./fuzz_server -n 20000
 	@echo "== $(BUILD)/tests/fuzz_http -n 200000"; $(BUILD)/tests/fuzz_http -n 200000
 	@echo "== $(BUILD)/tests/fuzz_httpd -n 20000"; cd $(BUILD)/tests && ./fuzz_httpd -n 20000
