@@ -112,8 +112,10 @@ $(BUILD)/tests/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%_standalone.o $(call obj,$(
 FUZZ_CORPUS := tests/fuzz/corpus
 UNIT_BG := $(BUILD)/tests/test_fault $(BUILD)/tests/test_backend_conformance
 unit: $(UNIT_BINS) $(FUZZ_STANDALONE)
-	@d=$$(mktemp -d); trap 'rm -rf "$$d"' EXIT; bad=; \
-	for t in $(UNIT_BG); do ( $$t > "$$d/$${t##*/}.log" 2>&1; echo $$? > "$$d/$${t##*/}.rc" ) & done; \
+	@d=$$(mktemp -d) || exit 1; bad=; pids=; \
+	trap 'kill $$pids 2>/dev/null; rm -rf "$$d"' EXIT; trap 'exit 130' INT TERM; \
+	for t in $(UNIT_BG); do ( $$t > "$$d/$${t##*/}.log" 2>&1; echo $$? > "$$d/$${t##*/}.rc" ) & \
+		pids="$$pids $$!"; done; \
 	for t in $(filter-out $(UNIT_BG),$(UNIT_BINS)); do echo "== $$t"; $$t || bad="$$bad $$t"; done; \
 	wait; for t in $(UNIT_BG); do echo "== $$t (ran alongside)"; cat "$$d/$${t##*/}.log"; \
 		[ "$$(cat "$$d/$${t##*/}.rc")" = 0 ] || bad="$$bad $$t"; done; \

@@ -112,7 +112,7 @@ static int do_connect(struct dnet_peer *p, uint64_t deadline)
 		static _Atomic uint64_t last_log;
 		uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
 		if (err != DNET_ETIMEDOUT && err != DNET_ECONNREFUSED &&
-		    now - prev > 1000000000ull &&
+		    dnet_ns_since(now, prev) > 1000000000ull &&
 		    atomic_compare_exchange_strong(&last_log, &prev, now))
 			dnet_log_error("%s: TLS to this node failed: %s", p->name,
 				       dnet_strerror(err));

@@ -2414,6 +2414,8 @@ static int ver_map(struct bl_ver *x, int fd)
 	x->mbase = m;
 	x->mlen = mlen;
 	x->map = (const uint8_t *)m + (data - moff);
+	/* a ranged read starts here: nothing before it is ever touched */
+	x->zapped = (size_t)((data + x->next * BL_BLOCK - moff) & ~(pg - 1));
 	x->nomap = 0;
 	return 0;
 }
@@ -3892,13 +3894,14 @@ static void *maint(void *arg)
 		seal_pending(b);
 		if (b->punch_mode == DNET_BLOB_PUNCH_AUTO) {
 			pthread_mutex_lock(&b->dlock);
-			int due = (b->dq || b->deferred) &&
-				  (b->dq_n >= BL_RECLAIM_BATCH ||
-				   dnet_now_mono_ns() - b->last_reclaim_ns >= BL_RECLAIM_EVERY_NS);
+			/* a writer short of space may have reclaimed since (under dlock) */
+			int stale = dnet_ns_since(dnet_now_mono_ns(), b->last_reclaim_ns) >=
+				    BL_RECLAIM_EVERY_NS;
+			int due = (b->dq || b->deferred) && (b->dq_n >= BL_RECLAIM_BATCH || stale);
 			pthread_mutex_unlock(&b->dlock);
 			/* records wait for compaction: freed once it took their blobs */
 			if (!due && atomic_load(&b->await_compact))
-				due = dnet_now_mono_ns() - b->last_reclaim_ns >= BL_RECLAIM_EVERY_NS;
+				due = stale;
 			uintptr_t aw = atomic_load(&b->await_for);
 			if (!due && aw) { /* records waited for a blob that is now sealed */
 				pthread_mutex_lock(&b->alock);

@@ -213,7 +213,7 @@ def test_previous_owner_never_says_not_found_mid_hand_over(node_factory):
     # by the owner's redirect) gets the object or a redirect to the owner, never
     # "not found". The hand-over used to delete the copy before it remembered the
     # ID as moved, and a read in between got "not found" for a stored object.
-    a = node_factory(*FAST, env={"ELLIPTICS_TEST_MOVE_PAUSE_MS": "100"})
+    a = node_factory(*FAST, env={"ELLIPTICS_TEST_MOVE_PAUSE_MS": "250"})
     keys = ["handover-%d" % i for i in range(60)]
     data = write_keys(a, keys)
     b = node_factory(*FAST, "--join", a.addr)

@@ -718,9 +718,11 @@ static void *ur_thread(void *p)
 static void test_upload_sweep_race(void **state)
 {
 	struct fx *f = *state;
-	/* engines that sweep on a timer sweep often; the others at most once per
-	 * timeout: a short timeout makes them sweep during the run too */
-	f->cfg.upload_timeout_s = 1;
+	/* The blob engine sweeps every 200 ms whatever the timeout: it is the one this
+	 * run really exercises. The others sweep at most once per timeout (here at the
+	 * first request); the timeout is long enough that a thread held off the CPU
+	 * on a loaded machine is not "idle". */
+	f->cfg.upload_timeout_s = 3;
 	reopen(f);
 	pthread_t th[UR_THREADS];
 	struct ur_arg args[UR_THREADS];
