@@ -319,12 +319,6 @@ static inline uint64_t dnet__now(const dnet_client *c)
 	return c->now_ok ? c->now_ns : dnet_now_mono_ns();
 }
 
-/* now - then, 0 if then is later (a round's clock is older than a time read since). */
-static inline uint64_t dnet__since(uint64_t now, uint64_t then)
-{
-	return now > then ? now - then : 0;
-}
-
 /* Sends what is queued on every connection (requests submitted since). */
 void dnet__flush_all(dnet_client *c);
 

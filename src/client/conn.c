@@ -1385,7 +1385,7 @@ static int conn_read(dnet_client *c, struct dnet_conn *conn)
 static int conn_busy(const dnet_client *c, const struct dnet_conn *conn, uint64_t now)
 {
 	int mid = conn->in_req || (conn->out_head && conn->out_head->out_done);
-	return mid && dnet__since(now, conn->last_active) < timeout_ns(c);
+	return mid && dnet_ns_since(now, conn->last_active) < timeout_ns(c);
 }
 
 static void expire(dnet_client *c, uint64_t now)

@@ -235,7 +235,7 @@ static struct dnet_node *route(dnet_client *c, const uint8_t *id, int *err)
 		dnet__routes_fetch(c);
 	} else if (!c->ring_req) {
 		now = dnet__now(c);
-		if (dnet__since(now, c->ring_time) > DNET_ROUTES_TTL_NS)
+		if (dnet_ns_since(now, c->ring_time) > DNET_ROUTES_TTL_NS)
 			dnet__routes_refresh(c, NULL);
 	}
 	if (c->ring_state != DNET_RING_HAVE || c->ring_single)
@@ -252,7 +252,7 @@ static struct dnet_node *route(dnet_client *c, const uint8_t *id, int *err)
 		if (!now)
 			now = dnet__now(c);
 		/* A fresh table says it is down: don't wait for a connect to time out. */
-		if (dnet__since(now, c->ring_time) <= DNET_ROUTES_TTL_NS) {
+		if (dnet_ns_since(now, c->ring_time) <= DNET_ROUTES_TTL_NS) {
 			c->last = n;
 			*err = DNET_ENODEDOWN;
 			return NULL;
@@ -273,7 +273,7 @@ int dnet__plan(dnet_client *c, const uint8_t *id, struct dnet_plan *p)
 	int n = dnet_ring_placement(&c->ring, id, homes + 4, idx);
 	if (n < 2)
 		return 0;
-	int fresh = dnet__since(dnet__now(c), c->ring_time) <= DNET_ROUTES_TTL_NS;
+	int fresh = dnet_ns_since(dnet__now(c), c->ring_time) <= DNET_ROUTES_TTL_NS;
 	p->n = 0;
 	p->homes = homes < n ? homes : n;
 	for (int i = 0; i < n; i++) {

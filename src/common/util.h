@@ -10,7 +10,8 @@
 uint64_t dnet_now_mono_ns(void);
 uint64_t dnet_now_real_ns(void);
 /* Nanoseconds from `then` to `now`, 0 if `then` is later: a stamp written by another
- * thread after `now` was read is not a wrap to "idle for 584 years". */
+ * thread after `now` was read (or a time read since a cached clock) is "just now",
+ * not a wrap to "idle for 584 years". */
 static inline uint64_t dnet_ns_since(uint64_t now, uint64_t then)
 {
 	return now > then ? now - then : 0;

@@ -255,10 +255,11 @@ static size_t move_pass(struct dnet_server *s)
 			 * that finds the copy gone must always be sent back to the owner,
 			 * never answered "not found" in the moment between the two. */
 			remember_moved(mv, m->id);
-			if (mv->pause_ms)
-				nanosleep(&(struct timespec){.tv_sec = mv->pause_ms / 1000,
-							     .tv_nsec = (long)(mv->pause_ms % 1000) * 1000000L},
-					  NULL);
+			if (mv->pause_ms) {
+				struct timespec ts = {mv->pause_ms / 1000,
+						      (long)(mv->pause_ms % 1000) * 1000000L};
+				nanosleep(&ts, NULL);
+			}
 			dnet_local_call(s, DNET_CMD_DEL, m->id, &dio, NULL, NULL);
 			moved++;
 			atomic_fetch_add(&mv->moved, 1);

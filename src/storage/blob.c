@@ -1038,8 +1038,7 @@ static int compaction_takes(const struct dnet_backend *b, struct blob *B, uint64
 		return 0;
 	/* from the seal for as long as passes may leave it to die, and for as long
 	 * as the last pass said it would come back (passes can run late) */
-	uint64_t sealed = atomic_load(&B->sealed_ns);
-	return sealed > now || now - sealed < (BL_DIE_PASSES + 3) * b->compact_ns ||
+	return dnet_ns_since(now, atomic_load(&B->sealed_ns)) < (BL_DIE_PASSES + 3) * b->compact_ns ||
 	       now < atomic_load(&B->hold_until_ns);
 }
 
@@ -2372,6 +2371,7 @@ struct bl_ver {
 	void *mbase;		 /* the mapping (page aligned) */
 	size_t mlen;
 	size_t zapped;		 /* [mbase, mbase + zapped) dropped from our page tables */
+	size_t pgmask;		 /* page size - 1 */
 	int nomap;		 /* mapping not possible here: the per-step way */
 	uint8_t *buf;		 /* BL_BLOCK */
 	uint8_t tab[8 * BL_TBUF]; /* table window */
@@ -2416,6 +2416,7 @@ static int ver_map(struct bl_ver *x, int fd)
 	x->map = (const uint8_t *)m + (data - moff);
 	/* a ranged read starts here: nothing before it is ever touched */
 	x->zapped = (size_t)((data + x->next * BL_BLOCK - moff) & ~(pg - 1));
+	x->pgmask = (size_t)(pg - 1);
 	x->nomap = 0;
 	return 0;
 }
@@ -2442,8 +2443,7 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 		/* Hashed pages leave our page tables every BL_ZAP_EVERY bytes, so a
 		 * large read does not count the object in the process's RSS (and one
 		 * TLB flush per 8 MiB instead of one per step). */
-		size_t done = (size_t)((x->map + ms + mn) - (const uint8_t *)x->mbase);
-		done &= ~(size_t)(sysconf(_SC_PAGESIZE) - 1);
+		size_t done = (size_t)((x->map + ms + mn) - (const uint8_t *)x->mbase) & ~x->pgmask;
 		if (done - x->zapped >= BL_ZAP_EVERY) { /* the rest goes with the munmap */
 			madvise((uint8_t *)x->mbase + x->zapped, done - x->zapped, MADV_DONTNEED);
 			x->zapped = done;
@@ -3719,12 +3719,10 @@ static int still_dying(const struct dnet_backend *b, struct blob *x, uint64_t no
 	if (blob_looks_empty(x) || atomic_load(&x->cold))
 		return 0;
 	int dying;
-	if (!x->seen_ns) { /* first look: no trend yet; left one pass unless old */
-		uint64_t sealed = atomic_load(&x->sealed_ns);
-		dying = sealed > now || now - sealed < b->compact_ns;
-	} else {
+	if (!x->seen_ns) /* first look: no trend yet; left one pass unless old */
+		dying = dnet_ns_since(now, atomic_load(&x->sealed_ns)) < b->compact_ns;
+	else
 		dying = live < x->live_seen - x->live_seen / 4 && x->postponed < BL_DIE_PASSES;
-	}
 	x->seen_ns = now;
 	x->live_seen = live;
 	x->postponed += dying;
