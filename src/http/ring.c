@@ -304,7 +304,8 @@ char *dnet_http_ring_json(struct dnet_http *h, size_t *len)
 			    &b,
 			    ",\"reachable\":%s,\"stats_age_s\":%.1f,\"objects\":%llu,"
 			    "\"object_bytes\":%llu,\"disk_bytes\":%llu,\"disk_free\":%llu",
-			    l.reachable ? "true" : "false", (double)dnet_ns_since(now, l.sample_ns) / 1e9,
+			    l.reachable ? "true" : "false",
+			    (double)dnet_ns_since(now, l.sample_ns) / 1e9,
 			    (unsigned long long)l.objects, (unsigned long long)l.object_bytes,
 			    (unsigned long long)l.disk_bytes, (unsigned long long)l.disk_free);
 			if (l.ops >= 0 && l.reachable)

@@ -357,7 +357,8 @@ int dnet_auth_step(struct dnet_server *s, struct dnet_conn *c, const uint8_t *p,
 		/* At most one line a second: refused attempts must not flood the log. */
 		static _Atomic uint64_t last_log;
 		uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
-		if (dnet_ns_since(now, prev) > 1000000000ull && atomic_compare_exchange_strong(&last_log, &prev, now))
+		if (dnet_ns_since(now, prev) > 1000000000ull &&
+		    atomic_compare_exchange_strong(&last_log, &prev, now))
 			dnet_log_warn("%s: authentication as %s refused (auth_failed in stat counts "
 				      "them all)", c->peer, name);
 		if (++c->auth_failures >= AUTH_MAX_FAILURES)

@@ -471,7 +471,8 @@ static void heartbeat_round(struct dnet_server *s, uint64_t round)
 		} else {
 			pthread_rwlock_wrlock(&m->lock);
 			if (m->ring.nodes[i].state == DNET_NODE_UP &&
-			    dnet_ns_since(now, m->last_seen[i]) > (uint64_t)cfg->fail_after_ms * 1000000ull) {
+			    dnet_ns_since(now, m->last_seen[i]) >
+				(uint64_t)cfg->fail_after_ms * 1000000ull) {
 				char a[64];
 				snprintf(a, sizeof(a), "%s", m->peers[i].name);
 				dnet_ring_set_state(&m->ring, (int)i, DNET_NODE_DOWN);
@@ -664,8 +665,8 @@ int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, int direct,
 		 * it answers heartbeats. */
 		uint32_t st = m->ring.nodes[cur].state;
 		if (st != DNET_NODE_UP &&
-		    !(st == DNET_NODE_LEFT &&
-		      dnet_ns_since(now, m->last_seen[cur]) < (uint64_t)s->cfg.fail_after_ms * 1000000ull))
+		    !(st == DNET_NODE_LEFT && dnet_ns_since(now, m->last_seen[cur]) <
+						  (uint64_t)s->cfg.fail_after_ms * 1000000ull))
 			continue;
 		if (direct && cur == cur_owner)
 			continue;

@@ -830,7 +830,8 @@ static int tls_refuse_plain(struct dnet_conn *c)
 		return -1;
 	static _Atomic uint64_t last_log; /* at most one line a second */
 	uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
-	if (dnet_ns_since(now, prev) > 1000000000ull && atomic_compare_exchange_strong(&last_log, &prev, now))
+	if (dnet_ns_since(now, prev) > 1000000000ull &&
+	    atomic_compare_exchange_strong(&last_log, &prev, now))
 		dnet_log_warn("%s: a plaintext client on the TLS port: told it to use TLS; "
 			      "closing (tls_failed in stat counts them all)", c->peer);
 	struct dnet_cmd_hdr r = {.magic = DNET_MAGIC,
@@ -914,7 +915,8 @@ static int conn_handshake(struct dnet_loop *l, struct dnet_conn *c)
 	/* At most one line a second: refused handshakes must not flood the log. */
 	static _Atomic uint64_t last_log;
 	uint64_t now = dnet_now_mono_ns(), prev = atomic_load(&last_log);
-	if (dnet_ns_since(now, prev) > 1000000000ull && atomic_compare_exchange_strong(&last_log, &prev, now))
+	if (dnet_ns_since(now, prev) > 1000000000ull &&
+	    atomic_compare_exchange_strong(&last_log, &prev, now))
 		dnet_log_warn("%s: TLS handshake failed: %s; closing (tls_failed in stat counts "
 			      "them all)",
 			      c->peer, why);

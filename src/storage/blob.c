@@ -1038,7 +1038,8 @@ static int compaction_takes(const struct dnet_backend *b, struct blob *B, uint64
 		return 0;
 	/* from the seal for as long as passes may leave it to die, and for as long
 	 * as the last pass said it would come back (passes can run late) */
-	return dnet_ns_since(now, atomic_load(&B->sealed_ns)) < (BL_DIE_PASSES + 3) * b->compact_ns ||
+	return dnet_ns_since(now, atomic_load(&B->sealed_ns)) <
+		   (BL_DIE_PASSES + 3) * b->compact_ns ||
 	       now < atomic_load(&B->hold_until_ns);
 }
 
@@ -2367,8 +2368,8 @@ struct bl_ver {
 	/* The record's data mapped once for the whole read: per-step mappings cost
 	 * an mmap, a populate, an munmap and a TLB shootdown every MiB (about a
 	 * third of a large GET's time). */
-	const uint8_t *map;	 /* its data's first byte, or NULL */
-	void *mbase;		 /* the mapping (page aligned) */
+	const uint8_t *map; /* its data's first byte, or NULL */
+	void *mbase;	    /* the mapping (page aligned) */
 	size_t mlen;
 	size_t zapped;		 /* [mbase, mbase + zapped) dropped from our page tables */
 	size_t pgmask;		 /* page size - 1 */
@@ -3742,7 +3743,8 @@ static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode)
 				* the ratio later is judged by it too */
 		pthread_mutex_lock(&b->llock);
 		for (struct blob *x = b->blobs; x; x = x->next) {
-			if (atomic_load(&x->sealed) && !x->retired && !past_ratio(x, min_dead_ratio)) {
+			if (atomic_load(&x->sealed) && !x->retired &&
+			    !past_ratio(x, min_dead_ratio)) {
 				x->seen_ns = now;
 				x->live_seen = atomic_load(&x->live);
 			}
@@ -3755,9 +3757,10 @@ static int compact_pass(struct dnet_backend *b, double min_dead_ratio, int mode)
 		for (struct blob *x = b->blobs; x; x = x->next) {
 			if (x->num <= after || !atomic_load(&x->sealed) || x->retired)
 				continue;
-			int want = mode == CP_EMPTY ? blob_looks_empty(x) &&
-							  (!x->empty_ns || now - x->empty_ns >= b->compact_ns)
-						    : past_ratio(x, min_dead_ratio);
+			int want = mode == CP_EMPTY
+				       ? blob_looks_empty(x) &&
+					     (!x->empty_ns || now - x->empty_ns >= b->compact_ns)
+				       : past_ratio(x, min_dead_ratio);
 			if (!want)
 				continue;
 			if (mode == CP_EMPTY)

@@ -1114,7 +1114,8 @@ static void up_sweep(struct dnet_backend *b)
 	uint64_t now = dnet_now_mono_ns(), limit = b->cfg.upload_timeout_s * 1000000000ull;
 	struct lm_upload *gone = NULL;
 	pthread_mutex_lock(&b->up_lock);
-	if (dnet_ns_since(now, b->up_last_sweep_ns) < (limit < 60000000000ull ? limit : 60000000000ull)) {
+	if (dnet_ns_since(now, b->up_last_sweep_ns) <
+	    (limit < 60000000000ull ? limit : 60000000000ull)) {
 		pthread_mutex_unlock(&b->up_lock);
 		return;
 	}

@@ -704,8 +704,9 @@ static void *ur_thread(void *p)
 		key_id(id, "ur", a->t * 100 + n % 100);
 		uint64_t cookie = (uint64_t)a->t << 32 | (uint64_t)n;
 		for (int c = 0; c < UR_CHUNKS && !a->err; c++) {
-			uint32_t fl = c == 0 ? DNET_IO_PREPARE
-				      : c == UR_CHUNKS - 1 ? DNET_IO_COMMIT : DNET_IO_PLAIN;
+			uint32_t fl = c == 0		   ? DNET_IO_PREPARE
+				      : c == UR_CHUNKS - 1 ? DNET_IO_COMMIT
+							   : DNET_IO_PLAIN;
 			a->err = chunk(a->f, id, fl, cookie, c == 0 ? sizeof(d) : 0,
 				       (uint64_t)c * UR_CHUNK, d + c * UR_CHUNK, UR_CHUNK);
 			a->at = c;

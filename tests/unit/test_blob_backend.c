@@ -1806,7 +1806,7 @@ int main(void)
 	    cmocka_unit_test(test_corruption),
 	    cmocka_unit_test(test_mapped_truncated),
 	    cmocka_unit_test(test_hash_blocks_mapped),
-    cmocka_unit_test(test_block_table),
+	    cmocka_unit_test(test_block_table),
 	    cmocka_unit_test(test_concurrent_batch),
 	    cmocka_unit_test(test_compaction),
 	    cmocka_unit_test(test_prefix_twins),
