@@ -255,16 +255,34 @@ static void conn_fail(struct dnet_conn *c)
  * connection must close (a copy gets a repair). Called with conn->lock held. */
 static int verify_from(struct dnet_conn *c, struct dnet_out *o, uint64_t from)
 {
-	int err = o->ver->check(o->ver, o->fd, from, &o->ver_end);
-	if (!err && o->ver_end <= from)
-		err = DNET_EIO;
+	struct dnet_server *s = c->loop->s;
+	int err = DNET_ESHUTDOWN;
+	pthread_rwlock_rdlock(&s->verify_lock);
+	if (!s->engine_closed) {
+		err = o->ver->check(o->ver, o->fd, from, &o->ver_end);
+		if (!err && o->ver_end <= from)
+			err = DNET_EIO;
+	}
+	pthread_rwlock_unlock(&s->verify_lock);
 	if (!err)
 		return 0;
+	if (err == DNET_ESHUTDOWN) {
+		dnet_log_info("%s: a reply not yet verified is cut off: the node is stopping",
+			      c->peer);
+		return -1;
+	}
 	dnet_log_error("%s: a reply's data failed verification as it was sent: %s; closing",
 		       c->peer, dnet_strerror(err));
 	if (err == DNET_ECORRUPT)
 		dnet_recover_corrupt(c->loop->s, o->ver->id);
 	return -1;
+}
+
+void dnet_net_verify_close(struct dnet_server *s)
+{
+	pthread_rwlock_wrlock(&s->verify_lock);
+	s->engine_closed = 1;
+	pthread_rwlock_unlock(&s->verify_lock);
 }
 
 /* Bytes of o's file part that may go out now: the verified ones (all without a

@@ -88,6 +88,7 @@ int dnet_server_start(struct dnet_server *s)
 {
 	dnet_srv = s;
 	s->start_ns = dnet_now_mono_ns();
+	pthread_rwlock_init(&s->verify_lock, NULL);
 	s->listen_fd = -1;
 	s->lock_fd = -1;
 	if (mkdir(s->cfg.data, 0755) != 0 && errno != EEXIST) {
@@ -180,6 +181,7 @@ void dnet_server_stop(struct dnet_server *s)
 	dnet_member_stop(s);
 	dnet_net_stop_reading(s);
 	dnet_pool_stop(s->pool);
+	dnet_net_verify_close(s); /* replies still to verify against it are cut off */
 	s->bops->close(s->backend);
 	dnet_net_stop(s, 5000);
 	dnet_mover_free(s);

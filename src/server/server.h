@@ -347,6 +347,11 @@ struct dnet_server {
 	struct dnet_http *http; /* src/http: NULL when --http is not given */
 	struct ssl_ctx_st *tls_srv, *tls_cli; /* --tls-cert: accepting, connecting out */
 	char http_str[64];      /* its bound address */
+	/* Replies verify their file bytes against the engine as they go out (net.c):
+	 * each step read-holds verify_lock; the engine's close write-holds it to set
+	 * engine_closed, after which what is left to verify is cut off. */
+	pthread_rwlock_t verify_lock;
+	int engine_closed;
 };
 
 /* The one server of this process (set by main). */
@@ -366,6 +371,9 @@ int dnet_net_start(struct dnet_server *s);
 /* Stop accepting and reading; returns when loops have exited after flushing output
  * (bounded by timeout_ms). */
 void dnet_net_stop(struct dnet_server *s, int timeout_ms);
+/* Before the storage engine closes: replies still to verify against it are cut
+ * off (their connections close) instead of reading a closed engine. */
+void dnet_net_verify_close(struct dnet_server *s);
 void dnet_net_stop_reading(struct dnet_server *s);
 
 /* member.c: init before the network starts, start after it (needs our address). */

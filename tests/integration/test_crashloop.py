@@ -19,6 +19,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 import proto
 from conftest import ELLIPTICS, sanitized, wait_for
 
@@ -110,6 +112,7 @@ def check(node, state, inflight, round_):
     return now
 
 
+@pytest.mark.cost(60)
 def test_kill9_loop(node_factory):
     node = node_factory(start=False)
     keys = [["loop-%d-%d" % (c, i) for i in range(6)] for c in range(3)]

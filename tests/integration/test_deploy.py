@@ -54,6 +54,7 @@ def tcp_open(net, frm, to, port):
     return r.returncode == 0
 
 
+@pytest.mark.cost(11)
 def test_deploy_three_hosts_from_one_command(net, tmp_path):
     d = str(tmp_path)
     key = os.path.join(d, "id")

@@ -188,6 +188,7 @@ def test_disconnect_mid_chunked_upload(node):
         assert h.status == proto.ENOENT
 
 
+@pytest.mark.cost(8)
 def test_never_reading_client_is_bounded(node):
     """A client floods READs of a 1 MiB object and never reads a reply. The server
     must stop reading from it (bounded memory) and keep serving everybody else."""

@@ -374,6 +374,7 @@ def ring_json(http):
     return json.loads(body)
 
 
+@pytest.mark.cost(7)
 def test_ring_page_in_chromium_three_nodes_then_one_killed(node_factory, tmp_path):
     a, ha = http_node(node_factory, *FAST, name="a")
     b, hb = http_node(node_factory, *FAST, "--join", a.addr, name="b")
@@ -548,6 +549,7 @@ def test_keep_alive_pipelining_and_bodies(node_factory):
         assert f.read() == b""
 
 
+@pytest.mark.cost(13)
 def test_slow_clients_are_bounded(node_factory):
     node, http = http_node(node_factory)
     host, port = http.rsplit(":", 1)

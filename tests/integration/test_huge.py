@@ -20,6 +20,7 @@ def block(i, base):
     return i.to_bytes(8, "little") + base[8:]
 
 
+@pytest.mark.cost(31)
 def test_object_larger_than_4gib(node, tmp_path):
     if sanitized() and not os.environ.get("ELLIPTICS_HUGE_SAN"):
         pytest.skip("4 GiB under ASan is slow; the release run covers it")

@@ -6,6 +6,8 @@ import random
 import threading
 import time
 
+import pytest
+
 from conftest import run_cli, wait_for
 
 FAST = ("--heartbeat-ms", "200", "--fail-after-ms", "3000")
@@ -31,6 +33,7 @@ def converged(nodes):
     return all(int(s["ring_up"]) == len(nodes) for s in st) and len({s["ring_digest"] for s in st}) == 1
 
 
+@pytest.mark.cost(7)
 def test_join_under_load(node_factory):
     first = node_factory(*FAST)
     ring = [first] + [node_factory(*FAST, "--join", first.addr) for _ in range(2)]

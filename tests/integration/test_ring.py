@@ -207,6 +207,7 @@ def test_read_of_a_key_still_moving_is_redirected_to_its_previous_owner(node_fac
         assert proto.decode_addr(payload[:proto.ADDR_WIRE_SIZE]).port == b.port
 
 
+@pytest.mark.cost(7)
 def test_previous_owner_never_says_not_found_mid_hand_over(node_factory):
     # Each hand-over pauses between its steps (the test hook), so reads at the
     # previous owner land in that moment: a DIRECT read there (a client sent back

@@ -115,6 +115,7 @@ def lookup_owners(nodes, keys, routes):
     return owners
 
 
+@pytest.mark.cost(12)
 def test_three_nodes(node_factory, tmp_path):
     nodes = start_ring(node_factory, 3)
     addrs = {n.addr for n in nodes}
@@ -221,6 +222,7 @@ def test_kill_one_node(node_factory):
     assert len(err) == 1 and victim.addr in err[0], r.err
 
 
+@pytest.mark.cost(60)
 @pytest.mark.skipif(sanitized(), reason="10 sanitized nodes on 2 cores: too slow to be useful")
 def test_ten_nodes(node_factory):
     """10k keys written through one node of ten and read back through the nine

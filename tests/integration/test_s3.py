@@ -96,6 +96,7 @@ def write_random(path, size, seed):
             left -= n
 
 
+@pytest.mark.cost(15)
 def test_awscli(node_factory, monkeypatch, tmp_path):
     require(AWS)
     node, gw = gw_node(node_factory, monkeypatch)

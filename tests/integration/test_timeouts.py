@@ -11,6 +11,8 @@ import select
 import socket
 import time
 
+import pytest
+
 import proto
 from conftest import sanitized, wait_for
 from test_ring_client import stat_values
@@ -137,6 +139,7 @@ def test_never_reading_client_is_cut_off(node_factory):
     s.close()
 
 
+@pytest.mark.cost(6)
 def test_idle_crowd_slowloris_and_never_reader_with_bounded_memory(node_factory):
     want = 2000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
