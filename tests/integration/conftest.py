@@ -381,7 +381,7 @@ def pytest_runtest_makereport(item, call):
 
 # ---- shards: the suite split over several pytest processes run side by side ------
 #
-# `--shard K/N` runs the K-th of N parts (1-based). Tests go to the part with the
+# `--shard=K/N` runs the K-th of N parts (1-based). Tests go to the part with the
 # least cost so far, costliest first (a test's cost is its @pytest.mark.cost(SECONDS),
 # else DEFAULT_COST), and each part keeps the collection order. scripts/test runs one
 # part per core: most of a test's time is waiting on daemons and sockets, so two
@@ -395,12 +395,23 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "cost(seconds): the test's usual run time, for --shard")
+    config.addinivalue_line("markers", "cost(seconds, sanitized=seconds): the test's usual "
+                            "run time (and under ASan), for --shard")
 
 
 def _cost(item):
+    """@pytest.mark.cost(SECONDS, sanitized=SECONDS): the usual seconds of the test
+    (under ASan when the build is sanitized and the mark says); 0 if it is skipped
+    here (a skipif whose condition is already True)."""
+    for m in item.iter_markers("skipif"):
+        if m.args and m.args[0] is True:
+            return 0.0
     m = item.get_closest_marker("cost")
-    return float(m.args[0]) if m and m.args else DEFAULT_COST
+    if not m or not m.args:
+        return DEFAULT_COST
+    if sanitized() and "sanitized" in m.kwargs:
+        return float(m.kwargs["sanitized"])
+    return float(m.args[0])
 
 
 def pytest_collection_modifyitems(config, items):

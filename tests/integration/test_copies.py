@@ -161,7 +161,7 @@ def copies_agree(nodes, keys, n=3):
     return bad
 
 
-@pytest.mark.cost(8)
+@pytest.mark.cost(8, sanitized=13)
 def test_kill9_during_load_loses_no_acknowledged_write(node_factory):
     nodes = start_ring(node_factory, 5, copies=3)
     count = 90 if sanitized() else 150
@@ -208,6 +208,7 @@ def test_kill9_during_load_loses_no_acknowledged_write(node_factory):
              DEADLINE, interval=0.5, what="stand-in copies handed over and dropped")
 
 
+@pytest.mark.cost(3, sanitized=7)
 def test_node_down_during_writes_and_deletes_then_recovery(node_factory):
     nodes = start_ring(node_factory, 4, copies=3)
     live = nodes[:3]
@@ -318,7 +319,7 @@ def test_stream_verified_read_resumes_from_another_copy(node_factory, tmp_path):
         assert cut, "no read was cut off mid-reply: " + nodes[0].log_tail()
 
 
-@pytest.mark.cost(15)
+@pytest.mark.cost(15, sanitized=5)
 def test_recovery_copies_only_what_differs(node_factory):
     """A node misses many writes; recovery brings it up to date, moving only the
     objects it missed. Figures: objects/s and MB/s."""

@@ -33,7 +33,7 @@ def converged(nodes):
     return all(int(s["ring_up"]) == len(nodes) for s in st) and len({s["ring_digest"] for s in st}) == 1
 
 
-@pytest.mark.cost(7)
+@pytest.mark.cost(7, sanitized=18)
 def test_join_under_load(node_factory):
     first = node_factory(*FAST)
     ring = [first] + [node_factory(*FAST, "--join", first.addr) for _ in range(2)]

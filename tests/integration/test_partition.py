@@ -111,6 +111,7 @@ def lookup_copies(net, i, key):
     return out
 
 
+@pytest.mark.cost(5, sanitized=12)
 def test_partition_with_copies_then_heal_converges_by_version(net, tmp_path):
     """Copies (N=3) on 4 nodes split 2/2; both sides take writes (their homes and
     stand-ins on their side), some keys on both sides. After the heal, every key's

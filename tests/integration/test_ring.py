@@ -317,6 +317,7 @@ def test_leave_hands_every_object_over_while_reads_go_on(node_factory):
         assert direct_read(owner, k) == (0, data[k])
 
 
+@pytest.mark.cost(4, sanitized=12)
 def test_dead_node_removed_by_address(node_factory):
     a = node_factory(*FAST)
     b = node_factory(*FAST, "--join", a.addr)

@@ -115,7 +115,7 @@ def lookup_owners(nodes, keys, routes):
     return owners
 
 
-@pytest.mark.cost(12)
+@pytest.mark.cost(12, sanitized=50)
 def test_three_nodes(node_factory, tmp_path):
     nodes = start_ring(node_factory, 3)
     addrs = {n.addr for n in nodes}
@@ -170,6 +170,7 @@ def test_three_nodes(node_factory, tmp_path):
         assert nodes[0].cli("get", k).rc == 1
 
 
+@pytest.mark.cost(4, sanitized=9)
 def test_kill_one_node(node_factory):
     nodes = start_ring(node_factory, 3)
     routes = parse_routes(nodes[0].cli("routes").out)
