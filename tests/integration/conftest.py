@@ -386,7 +386,7 @@ def pytest_runtest_makereport(item, call):
 # else DEFAULT_COST), and each part keeps the collection order. scripts/test runs one
 # part per core: most of a test's time is waiting on daemons and sockets, so two
 # parts on two cores finish in about 60% of the time of one.
-DEFAULT_COST = 1.3
+DEFAULT_COST = 0.5  # the median test: a node or two started, a few CLI runs
 
 
 def pytest_addoption(parser):

@@ -112,7 +112,7 @@ def check(node, state, inflight, round_):
     return now
 
 
-@pytest.mark.cost(60, sanitized=19)
+@pytest.mark.cost(min(60, BUDGET_S), sanitized=min(19, BUDGET_S))
 def test_kill9_loop(node_factory):
     node = node_factory(start=False)
     keys = [["loop-%d-%d" % (c, i) for i in range(6)] for c in range(3)]
