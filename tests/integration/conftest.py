@@ -397,6 +397,16 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "cost(seconds, sanitized=seconds): the test's usual "
                             "run time (and under ASan), for --shard")
+    config._elliptics_shard = None
+    spec = config.getoption("--shard")
+    if spec:  # checked before anything is collected
+        try:
+            k, n = (int(x) for x in spec.split("/"))
+        except ValueError:
+            raise pytest.UsageError("--shard wants K/N (e.g. 1/2), not %r" % spec)
+        if not 1 <= k <= n:
+            raise pytest.UsageError("--shard %s: K must be between 1 and N" % spec)
+        config._elliptics_shard = (k, n)
 
 
 def _cost(item):
@@ -415,15 +425,9 @@ def _cost(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    spec = config.getoption("--shard")
-    if not spec:
+    if not config._elliptics_shard:
         return
-    try:
-        k, n = (int(x) for x in spec.split("/"))
-    except ValueError:
-        raise pytest.UsageError("--shard wants K/N (e.g. 1/2), not %r" % spec)
-    if not 1 <= k <= n:
-        raise pytest.UsageError("--shard %s: K must be between 1 and N" % spec)
+    k, n = config._elliptics_shard
     load = [0.0] * n
     part = {}
     for i in sorted(range(len(items)), key=lambda i: -_cost(items[i])):  # stable
