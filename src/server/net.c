@@ -281,7 +281,7 @@ static int verify_from(struct dnet_conn *c, struct dnet_out *o, uint64_t from)
 void dnet_net_verify_close(struct dnet_server *s)
 {
 	pthread_rwlock_wrlock(&s->verify_lock);
-	s->engine_closed = 1;
+	__atomic_store_n(&s->engine_closed, 1, __ATOMIC_RELEASE);
 	pthread_rwlock_unlock(&s->verify_lock);
 }
 
@@ -304,8 +304,9 @@ static int64_t file_avail(struct dnet_conn *c, struct dnet_out *o)
 static int verify_ahead(struct dnet_conn *c, struct dnet_out *o)
 {
 	if (!o->ver || o->ver_end >= o->file_off + o->file_len ||
-	    o->ver_end - o->file_off >= DNET_VERIFY_AHEAD)
-		return 0;
+	    o->ver_end - o->file_off >= DNET_VERIFY_AHEAD ||
+	    __atomic_load_n(&c->loop->s->engine_closed, __ATOMIC_ACQUIRE))
+		return 0; /* closed: the verified bytes still go out first */
 	return verify_from(c, o, o->ver_end);
 }
 

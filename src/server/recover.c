@@ -557,23 +557,27 @@ static void *recover_main(void *arg)
 	return NULL;
 }
 
+/* Both may be called by network threads while the node stops: `started` and
+ * `repair` are read under the lock that dnet_recover_stop() clears them under. */
 void dnet_recover_kick(struct dnet_server *s)
 {
 	struct dnet_recover *rc = &s->recover;
-	if (!rc->started)
-		return;
 	pthread_mutex_lock(&rc->lock);
-	rc->kick = 1;
-	pthread_cond_signal(&rc->cond);
+	if (rc->started) {
+		rc->kick = 1;
+		pthread_cond_signal(&rc->cond);
+	}
 	pthread_mutex_unlock(&rc->lock);
 }
 
 void dnet_recover_corrupt(struct dnet_server *s, const uint8_t *id)
 {
 	struct dnet_recover *rc = &s->recover;
-	if (!rc->started)
-		return;
 	pthread_mutex_lock(&rc->lock);
+	if (!rc->started || !rc->repair) {
+		pthread_mutex_unlock(&rc->lock);
+		return;
+	}
 	int dup = 0;
 	for (int i = 0; i < rc->nrepair; i++)
 		dup |= !memcmp(rc->repair[i], id, DNET_ID_SIZE);
@@ -597,7 +601,9 @@ int dnet_recover_start(struct dnet_server *s)
 		return DNET_ENOMEM;
 	if (pthread_create(&rc->thread, NULL, recover_main, s) != 0)
 		return DNET_ESYS;
+	pthread_mutex_lock(&rc->lock);
 	rc->started = 1;
+	pthread_mutex_unlock(&rc->lock);
 	return 0;
 }
 
@@ -612,7 +618,9 @@ void dnet_recover_stop(struct dnet_server *s)
 	pthread_cond_signal(&rc->cond);
 	pthread_mutex_unlock(&rc->lock);
 	pthread_join(rc->thread, NULL);
+	pthread_mutex_lock(&rc->lock);
 	rc->started = 0;
 	free(rc->repair);
 	rc->repair = NULL;
+	pthread_mutex_unlock(&rc->lock);
 }

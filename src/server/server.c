@@ -88,7 +88,13 @@ int dnet_server_start(struct dnet_server *s)
 {
 	dnet_srv = s;
 	s->start_ns = dnet_now_mono_ns();
-	pthread_rwlock_init(&s->verify_lock, NULL);
+	/* Writer first: the stop is not held off by loops verifying back to back
+	 * (nothing takes the read lock twice). */
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&s->verify_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	s->listen_fd = -1;
 	s->lock_fd = -1;
 	if (mkdir(s->cfg.data, 0755) != 0 && errno != EEXIST) {

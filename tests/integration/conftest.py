@@ -394,9 +394,16 @@ def pytest_addoption(parser):
                      help="run only part K of N of the collected tests (balanced by cost)")
 
 
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cost(seconds, sanitized=seconds): the test's usual "
                             "run time (and under ASan), for --shard")
+    # scripts/test stops the parts it runs in the background with SIGTERM: end the
+    # run as Ctrl-C would, so every fixture's teardown still stops its nodes.
+    signal.signal(signal.SIGTERM, _sigterm)
     config._elliptics_shard = None
     spec = config.getoption("--shard")
     if spec:  # checked before anything is collected
@@ -424,6 +431,7 @@ def _cost(item):
     return float(m.args[0])
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected theirs
 def pytest_collection_modifyitems(config, items):
     if not config._elliptics_shard:
         return

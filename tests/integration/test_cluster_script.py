@@ -15,9 +15,10 @@ SCRIPT = os.path.join(ROOT, "scripts", "cluster")
 
 
 def free_range(n):
-    """A base port with n free ports after it."""
+    """A base port with n free ports after it, below the kernel's ephemeral range
+    (32768 and up), where free_port() of a test running alongside picks its own."""
     for _ in range(50):
-        base = random.randrange(30000, 60000 - n)
+        base = random.randrange(20000, 32000 - n)
         ok = True
         for p in range(base, base + n):
             with socket.socket() as s:
