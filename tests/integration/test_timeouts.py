@@ -45,17 +45,19 @@ def healthy(node):
     assert r.rc == 0 and r.out == data
 
 
+@pytest.mark.cost(5)
 def test_idle_connection_is_closed_and_an_active_one_is_not(node_factory):
-    node = node_factory("--idle-timeout-s", "2")
+    node = node_factory("--idle-timeout-s", "3")
     idle = proto.connect(node.addr)
     active = proto.Conn(node.addr)
     t0 = time.monotonic()
-    # The active one pings every half second, for longer than the timeout.
-    while time.monotonic() - t0 < 4:
+    # The active one pings four times a second, for longer than the timeout: a
+    # stall of this process under load must exceed ~2.7 s to make it look idle.
+    while time.monotonic() - t0 < 5:
         t = active.next_trans()
         hdr, _ = active.call(proto.simple_request(proto.CMD_PING, b"\0" * 64, t), t)
         assert hdr.status == 0
-        time.sleep(0.5)
+        time.sleep(0.25)
     assert closed_by_server(idle, 10), "an idle connection was not closed"
     t = active.next_trans()
     hdr, _ = active.call(proto.simple_request(proto.CMD_PING, b"\0" * 64, t), t)
