@@ -574,7 +574,7 @@ void dnet_recover_corrupt(struct dnet_server *s, const uint8_t *id)
 {
 	struct dnet_recover *rc = &s->recover;
 	pthread_mutex_lock(&rc->lock);
-	if (!rc->started || !rc->repair) {
+	if (!rc->started) { /* started: repair is allocated */
 		pthread_mutex_unlock(&rc->lock);
 		return;
 	}

@@ -436,12 +436,13 @@ def pytest_collection_modifyitems(config, items):
     if not config._elliptics_shard:
         return
     k, n = config._elliptics_shard
+    cost = [_cost(it) for it in items]
     load = [0.0] * n
     part = {}
-    for i in sorted(range(len(items)), key=lambda i: -_cost(items[i])):  # stable
+    for i in sorted(range(len(items)), key=lambda i: -cost[i]):  # stable
         p = min(range(n), key=lambda j: load[j])
         part[i] = p
-        load[p] += _cost(items[i])
+        load[p] += cost[i]
     keep = [it for i, it in enumerate(items) if part[i] == k - 1]
     drop = [it for i, it in enumerate(items) if part[i] != k - 1]
     if drop:

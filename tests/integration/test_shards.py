@@ -1,15 +1,12 @@
 """The suite's parts (conftest.py --shard=K/N, how scripts/test runs it side by
 side) together hold every test exactly once, for the whole suite and for the
 engine modules, and a bad --shard is refused."""
-import os
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT
-
-SUITE = os.path.join(ROOT, "tests", "integration")
 
 
 def collect(*args):
