@@ -33,14 +33,15 @@
 	XX(TLSREQUIRED, -25, "the node speaks TLS on this port: connect with --tls-ca FILE") \
 	XX(NOTLS, -26, "the node does not speak TLS on this port: connect without --tls-ca") \
 	XX(TLSCERT, -27, "TLS: certificate refused (the node's is not signed by --tls-ca, or the node did not accept ours)") \
-	XX(TLS, -28, "TLS handshake failed")
+	XX(TLS, -28, "TLS handshake failed")                                       \
+	XX(JOINING, -29, "the node has not joined the ring yet (try again)")
 
 typedef enum {
 	DNET_OK = 0,
 #define DNET_ERR_ENUM_(name, val, msg) DNET_E##name = (val),
 	DNET_ERRNO_MAP(DNET_ERR_ENUM_)
 #undef DNET_ERR_ENUM_
-	DNET_E_MIN_ = -29
+	DNET_E_MIN_ = -30
 } dnet_status_t;
 
 /* Text for a status code; never NULL (unknown codes get a generic text). */

@@ -233,6 +233,18 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 		r->redirect_to = to;
 		return 1;
 	}
+	if (r->status == DNET_EJOINING && (r->reroute & DNET_RR_REDIRECT) && r->conn &&
+	    r->conn->owner_node) {
+		/* The node lacks the key and has not reached the ring yet (it answered
+		 * before its first exchange landed): ask it again in a moment, when it
+		 * knows the owner and where the data was. Waits like a bounce. */
+		if (r->bounces >= DNET_MAX_BOUNCES)
+			return 0;
+		r->retry_at = dnet_now_mono_ns() + (DNET_BOUNCE_WAIT_NS << r->bounces);
+		r->bounces++;
+		r->redirect_to = r->conn->owner_node;
+		return 1;
+	}
 	if (broken && r->status == DNET_ECONNRESET && (r->reroute & DNET_RR_RETRY) &&
 	    !r->retries && !r->delivered) {
 		int idempotent = r->cmd == DNET_CMD_READ || r->cmd == DNET_CMD_LOOKUP;

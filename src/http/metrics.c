@@ -140,6 +140,9 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 	one_u(&b, "elliptics_handoff_redirects_total", "counter",
 	      "Redirects to a key's previous owner while data moves.",
 	      atomic_load(&st->handoff_redirects));
+	one_u(&b, "elliptics_joining_refused_total", "counter",
+	      "Misses answered 'not joined the ring yet' before the first exchange.",
+	      atomic_load(&st->joining_refused));
 	one_u(&b, "elliptics_io_queue_depth", "gauge", "Requests waiting in the IO worker queues.",
 	      atomic_load(&st->queued));
 	one_u(&b, "elliptics_io_threads", "gauge", "IO worker threads.",

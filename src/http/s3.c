@@ -231,7 +231,8 @@ static void send_store_error(struct s3_req *q, int err)
 		send_error(q, 404, "NoSuchKey", "The specified key does not exist.");
 	else if (err == DNET_ENOSPC)
 		send_error(q, 507, "InsufficientStorage", dnet_strerror(err));
-	else if (err == DNET_ETIMEDOUT || err == DNET_ENODEDOWN || err == DNET_EQUORUM)
+	else if (err == DNET_ETIMEDOUT || err == DNET_ENODEDOWN || err == DNET_EQUORUM ||
+		 err == DNET_EJOINING)
 		send_error(q, 503, "ServiceUnavailable", dnet_strerror(err));
 	else if (err <= -400 && err >= -599) /* an HTTP status from the body reader */
 		send_error(q, -err, err == -413 ? "EntityTooLarge" : "IncompleteBody",

@@ -427,6 +427,13 @@ static int handoff_redirect(struct dnet_server *s, struct dnet_trans *t)
 	 * about this node only. */
 	if (s->cfg.copies > 1 || t->local)
 		return 0;
+	/* Not in the ring yet: the key's owner and its data are elsewhere. The client
+	 * asks again shortly (by then we know the ring) instead of hearing "not found". */
+	if (dnet_member_joining(s)) {
+		atomic_fetch_add(&s->stats.joining_refused, 1);
+		finish_status(t, DNET_EJOINING);
+		return 1;
+	}
 	/* Asked as the previous owner for a key we have just handed over: it moved
 	 * between the client's two hops; send it back to the owner, which has it. */
 	if ((t->hdr.flags & DNET_FLAG_DIRECT) && dnet_mover_moved_recently(s, t->hdr.id) &&

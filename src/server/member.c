@@ -322,6 +322,15 @@ int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint
 	return *out ? 0 : DNET_ENOMEM;
 }
 
+int dnet_member_joining(struct dnet_server *s)
+{
+	struct dnet_member *m = &s->member;
+	pthread_rwlock_rdlock(&m->lock);
+	int joining = s->cfg.njoins > 0 && !m->met_others;
+	pthread_rwlock_unlock(&m->lock);
+	return joining;
+}
+
 int dnet_member_owns(struct dnet_server *s, const uint8_t *id, struct dnet_addr_wire *owner)
 {
 	struct dnet_member *m = &s->member;

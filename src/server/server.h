@@ -190,6 +190,7 @@ struct dnet_stats {
 	atomic_uint_fast64_t tls_handshakes, tls_failed; /* TLS port: done / refused or cut off */
 	atomic_uint_fast64_t redirects;   /* NOTOWNER replies: requests that were not one hop */
 	atomic_uint_fast64_t handoff_redirects; /* of which: to a previous owner */
+	atomic_uint_fast64_t joining_refused;   /* misses answered DNET_EJOINING */
 	atomic_uint_fast64_t queued;      /* transactions waiting in IO queues */
 	atomic_uint_fast64_t busy_ns;     /* time IO workers spent executing */
 	/* Lock-free: each slot is an independent relaxed counter. */
@@ -393,6 +394,10 @@ int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint
 uint64_t dnet_member_digest(struct dnet_server *s);
 /* While older rings are remembered: the node that owned id before (UP, not us), if
  * any. Returns 1 and sets *addr, else 0. */
+/* Started with --join and no seed has answered yet: our ring is only ourselves, so
+ * "we own it and do not have it" means nothing (clients that already know us from
+ * the ring may ask before our first exchange lands). */
+int dnet_member_joining(struct dnet_server *s);
 int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, int direct,
 			   struct dnet_addr_wire *addr);
 /* LEAVE: addr NULL = this node leaves; else remove the node with that address.

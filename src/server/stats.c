@@ -93,6 +93,7 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 	dnet_hbuf_add(&b, "tls_failed %llu\n", (unsigned long long)atomic_load(&st->tls_failed));
 	dnet_hbuf_add(&b, "redirects %llu\n", (unsigned long long)atomic_load(&st->redirects));
 	dnet_hbuf_add(&b, "handoff_redirects %llu\n", (unsigned long long)atomic_load(&st->handoff_redirects));
+	dnet_hbuf_add(&b, "joining_refused %llu\n", (unsigned long long)atomic_load(&st->joining_refused));
 	dnet_hbuf_add(&b, "bytes_in %llu\n", (unsigned long long)atomic_load(&st->bytes_in));
 	dnet_hbuf_add(&b, "bytes_out %llu\n", (unsigned long long)atomic_load(&st->bytes_out));
 	dnet_hbuf_add(&b, "io_queue_depth %llu\n", (unsigned long long)atomic_load(&st->queued));

@@ -4,7 +4,6 @@ write is lost, the data ends up balanced, and only about 1/N of it moved."""
 import os
 import random
 import threading
-import time
 
 import pytest
 
@@ -81,8 +80,19 @@ def test_join_under_load(node_factory):
     threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
     for t in threads:
         t.start()
+    def ops():
+        with lock:
+            return counts["writes"], counts["reads"]
+
+    def ran(since, n):
+        # Both the writer and the reader finished n operations since `since`.
+        w, r = ops()
+        return w - since[0] >= n and r - since[1] >= n
+
     try:
-        time.sleep(1.0)  # load running before the first join
+        # Load running before the first join, during both, and after the move.
+        wait_for(lambda: ran((0, 0), 25), 120, what="25 writes and reads before the joins")
+        at_join = ops()
         moved_before = sum(istat(n, "move_objects") for n in ring)
         ring.append(node_factory(*FAST, "--join", first.addr))
         wait_for(lambda: converged(ring), 60, what="the 4th node to converge")
@@ -90,13 +100,16 @@ def test_join_under_load(node_factory):
         wait_for(lambda: converged(ring), 60, what="the 5th node to converge")
         wait_for(lambda: all(istat(n, "move_pending") == 0 for n in ring), 120,
                  what="data movement to finish")
-        time.sleep(1.0)  # and load running after it
+        at_moved = ops()
+        wait_for(lambda: ran(at_moved, 25), 120, what="25 writes and reads after the move")
     finally:
         stop.set()
         for t in threads:
             t.join(120)
     assert not errors, "%d failed operations during the joins, e.g. %r" % (len(errors), errors[:5])
-    assert counts["writes"] > 50 and counts["reads"] > 50, counts
+    # Some of the load overlapped the joins and the move itself.
+    assert at_moved[0] > at_join[0] and at_moved[1] > at_join[1], \
+        (at_join, at_moved, ops())
 
     # Every acknowledged write reads back, through any node.
     for k, v in acked.items():
