@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import free_port, run_cli, wait_for
 
 
@@ -106,6 +108,7 @@ class HoldingProxy:
 FAST = ("--heartbeat-ms", "200")
 
 
+@pytest.mark.cost(5.5, sanitized=7)
 def test_a_node_that_cannot_reach_its_seed_never_says_not_found(node_factory):
     dead = free_port()  # nothing listens there: the join keeps failing
     d = node_factory(*FAST, "--join", "127.0.0.1:%d" % dead)
