@@ -326,7 +326,7 @@ int dnet_member_joining(struct dnet_server *s)
 {
 	struct dnet_member *m = &s->member;
 	pthread_rwlock_rdlock(&m->lock);
-	int joining = s->cfg.njoins > 0 && !m->met_others;
+	int joining = s->cfg.njoins > 0 && !m->met_others && !atomic_load(&m->seed_answered);
 	pthread_rwlock_unlock(&m->lock);
 	return joining;
 }
@@ -425,6 +425,7 @@ static void heartbeat_round(struct dnet_server *s, uint64_t round)
 		dnet_peer_close(&p);
 		if (!err) {
 			m->joined[j] = 1;
+			atomic_store(&m->seed_answered, 1);
 			dnet_log_info("joined the ring through %s", cfg->joins[j]);
 		} else if (round % 10 == 0) {
 			dnet_log_warn("cannot join through %s yet: %s", cfg->joins[j],

@@ -131,6 +131,17 @@ def test_a_node_that_cannot_reach_its_seed_never_says_not_found(node_factory):
     assert r.rc == 0 and r.out == b"v", r
 
 
+def test_a_node_that_joins_through_itself_is_a_ring_of_one(node_factory):
+    # One config for every node, the seed's own address included: the seed's
+    # exchange with itself answers, so it is no longer joining.
+    port = free_port()
+    d = node_factory(*FAST, "--join", "127.0.0.1:%d" % port, port=port)
+    wait_for(lambda: "joined the ring through" in d.log(), 30, what="the self-join")
+    r = run_cli(["get", "never stored", "-"], remotes=[d.addr])
+    assert r.rc == 1 and "not found" in r.err, r
+    assert istat(d, "joining_refused") == 0
+
+
 def test_a_read_at_a_joining_node_waits_and_finds_the_data(node_factory):
     a = node_factory(*FAST)
     keys = {"k%d" % i: ("value %d" % i).encode() * 20 for i in range(40)}
