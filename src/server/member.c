@@ -326,7 +326,7 @@ int dnet_member_joining(struct dnet_server *s)
 {
 	struct dnet_member *m = &s->member;
 	pthread_rwlock_rdlock(&m->lock);
-	int joining = s->cfg.njoins > 0 && !m->met_others && !atomic_load(&m->seed_answered);
+	int joining = s->cfg.njoins > 0 && !m->met_others && !atomic_load(&m->only_self_seeds);
 	pthread_rwlock_unlock(&m->lock);
 	return joining;
 }
@@ -413,25 +413,36 @@ static void heartbeat_round(struct dnet_server *s, uint64_t round)
 	const struct dnet_config *cfg = &s->cfg;
 
 	/* Seeds first: until one answers, we are a ring of one. */
+	int selves = 0;
 	for (int j = 0; j < cfg->njoins; j++) {
-		if (m->joined[j])
-			continue;
-		struct dnet_peer p;
-		if (dnet_peer_init_str(&p, cfg->joins[j]) != 0) {
-			m->joined[j] = 1; /* unparsable: reported at startup */
+		if (m->joined[j]) {
+			selves += m->self_seed[j];
 			continue;
 		}
+		struct dnet_peer p;
+		if (dnet_peer_init_str(&p, cfg->joins[j]) != 0)
+			continue; /* resolved at startup: a passing failure, try again */
 		int err = exchange(s, &p);
 		dnet_peer_close(&p);
 		if (!err) {
 			m->joined[j] = 1;
-			atomic_store(&m->seed_answered, 1);
-			dnet_log_info("joined the ring through %s", cfg->joins[j]);
+			/* Every node's table holds the node itself: a seed that leaves us
+			 * alone in ours is this very node (one config for all nodes). */
+			pthread_rwlock_rdlock(&m->lock);
+			m->self_seed[j] = m->ring.nnodes == 1;
+			pthread_rwlock_unlock(&m->lock);
+			selves += m->self_seed[j];
+			if (m->self_seed[j])
+				dnet_log_info("--join %s is this node", cfg->joins[j]);
+			else
+				dnet_log_info("joined the ring through %s", cfg->joins[j]);
 		} else if (round % 10 == 0) {
 			dnet_log_warn("cannot join through %s yet: %s", cfg->joins[j],
 				      dnet_strerror(err));
 		}
 	}
+	if (cfg->njoins && selves == cfg->njoins)
+		atomic_store(&m->only_self_seeds, 1);
 	if (sync_peers(s) != 0)
 		return;
 	if (atomic_exchange(&m->urgent, 0)) {
@@ -644,9 +655,9 @@ int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, int direct,
 {
 	struct dnet_member *m = &s->member;
 	uint64_t now = dnet_now_mono_ns();
-	int is_new = now < m->new_until_ns;
 	int found = 0;
 	pthread_rwlock_rdlock(&m->lock);
+	int is_new = now < m->new_until_ns;
 	int cur_owner = dnet_ring_owner(&m->ring, id);
 	for (int i = 0; i <= m->nhist && !found; i++) {
 		const struct dnet_ring *h;

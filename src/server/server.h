@@ -267,7 +267,8 @@ struct dnet_member {
 	size_t last_seen_cap;
 	struct dnet_peer *peers; /* per node; membership thread only */
 	size_t npeers;
-	int joined[16];
+	int joined[16];     /* per --join seed: it answered (membership thread only) */
+	int self_seed[16];  /* ... and it was this node */
 	/* Rings from before the last ownership changes (newest first), consulted while
 	 * objects move: a key missing at its new owner is looked for at its old one. */
 	struct {
@@ -281,7 +282,7 @@ struct dnet_member {
 	 * node that owned them before we came (the ring without us). */
 	uint64_t new_until_ns;
 	int met_others;
-	atomic_int seed_answered; /* an exchange with a --join seed succeeded (maybe us) */
+	atomic_int only_self_seeds; /* every --join seed answered and was this node */
 	atomic_uint_fast64_t layout_changes; /* wakes the mover */
 	atomic_uint_fast64_t node_ups;       /* nodes seen coming (back) up */
 	pthread_t thread;
@@ -395,8 +396,8 @@ int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint
 uint64_t dnet_member_digest(struct dnet_server *s);
 /* While older rings are remembered: the node that owned id before (UP, not us), if
  * any. Returns 1 and sets *addr, else 0. */
-/* Started with --join and no seed has answered yet (a seed that is this very node
- * counts: then we are a ring of one): our ring is only ourselves, so
+/* Started with --join and no other node has answered yet (unless every seed is this
+ * very node: then we are a ring of one): our ring is only ourselves, so
  * "we own it and do not have it" means nothing (clients that already know us from
  * the ring may ask before our first exchange lands). */
 int dnet_member_joining(struct dnet_server *s);

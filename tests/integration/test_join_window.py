@@ -110,7 +110,18 @@ FAST = ("--heartbeat-ms", "200")
 
 @pytest.mark.cost(5.5, sanitized=7)
 def test_a_node_that_cannot_reach_its_seed_never_says_not_found(node_factory):
-    dead = free_port()  # nothing listens there: the join keeps failing
+    # A port bound but not listening: connections to it are refused for as long
+    # as the test holds it (no other test's node can take it meanwhile).
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    dead = hold.getsockname()[1]
+    try:
+        dead_seed_refuses(node_factory, dead)
+    finally:
+        hold.close()
+
+
+def dead_seed_refuses(node_factory, dead):
     d = node_factory(*FAST, "--join", "127.0.0.1:%d" % dead)
     t0 = time.monotonic()
     r = run_cli(["get", "never stored", "-"], remotes=[d.addr])
@@ -136,13 +147,16 @@ def test_a_node_that_joins_through_itself_is_a_ring_of_one(node_factory):
     # exchange with itself answers, so it is no longer joining.
     port = free_port()
     d = node_factory(*FAST, "--join", "127.0.0.1:%d" % port, port=port)
-    wait_for(lambda: "joined the ring through" in d.log(), 30, what="the self-join")
+    wait_for(lambda: "is this node" in d.log(), 30, what="the node to find itself its seed")
     r = run_cli(["get", "never stored", "-"], remotes=[d.addr])
     assert r.rc == 1 and "not found" in r.err, r
     assert istat(d, "joining_refused") == 0
 
 
-def test_a_read_at_a_joining_node_waits_and_finds_the_data(node_factory):
+@pytest.mark.parametrize("self_first", [False, True], ids=["seed", "self-then-seed"])
+def test_a_read_at_a_joining_node_waits_and_finds_the_data(node_factory, self_first):
+    # self-then-seed: one config for every node lists the node itself first; its
+    # own answer must not end the wait for the real seed.
     a = node_factory(*FAST)
     keys = {"k%d" % i: ("value %d" % i).encode() * 20 for i in range(40)}
     for k, v in keys.items():
@@ -150,7 +164,11 @@ def test_a_read_at_a_joining_node_waits_and_finds_the_data(node_factory):
         assert r.rc == 0, r
     proxy = HoldingProxy(a.port)
     try:
-        d = node_factory(*FAST, "--join", proxy.addr)
+        port = free_port()
+        seeds = (["--join", "127.0.0.1:%d" % port] if self_first else []) + ["--join", proxy.addr]
+        d = node_factory(*FAST, *seeds, port=port)
+        if self_first:
+            wait_for(lambda: "is this node" in d.log(), 30, what="the node to find itself a seed")
         # A client that knows only the joining node: its ring is d alone, so d
         # owns every key, has none, and must not say "not found".
         results = {}
@@ -174,10 +192,12 @@ def test_a_read_at_a_joining_node_waits_and_finds_the_data(node_factory):
             assert r.rc == 0 and r.out == keys[k], (k, r)
         wait_for(lambda: istat(d, "ring_up") == 2 and istat(a, "ring_up") == 2, 60,
                  what="the two nodes to converge")
-        wait_for(lambda: istat(a, "move_pending") == 0, 60, what="the move to end")
+        # Every key once: the move to d ends with a's copies deleted.
+        wait_for(lambda: istat(a, "objects") + istat(d, "objects") == len(keys) and
+                 istat(d, "objects") > 0 and istat(a, "move_pending") == 0, 60,
+                 what="the move to end")
         for k, v in keys.items():
             r = run_cli(["get", k, "-"], remotes=[d.addr])
             assert r.rc == 0 and r.out == v, (k, r)
-        assert istat(a, "objects") + istat(d, "objects") == len(keys)
     finally:
         proxy.close()
