@@ -300,6 +300,20 @@ class Node:
     def cli(self, *args, **kw):
         return run_cli(args, remotes=[self.addr], **kw)
 
+    def stat(self):
+        """The node's `elliptics stat` counters, {name: text value}."""
+        r = self.cli("stat")
+        assert r.rc == 0, r
+        out = {}
+        for line in r.out.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                out[parts[1]] = parts[2]
+        return out
+
+    def istat(self, name):
+        return int(self.stat()[name])
+
 
 class NodeFactory:
     def __init__(self, tmp_path):

@@ -12,23 +12,8 @@ from conftest import run_cli, wait_for
 FAST = ("--heartbeat-ms", "200", "--fail-after-ms", "3000")
 
 
-def stat(node):
-    r = node.cli("stat")
-    assert r.rc == 0, r
-    out = {}
-    for line in r.out.decode().splitlines():
-        p = line.split()
-        if len(p) == 3:
-            out[p[1]] = p[2]
-    return out
-
-
-def istat(node, name):
-    return int(stat(node)[name])
-
-
 def converged(nodes):
-    st = [stat(n) for n in nodes]
+    st = [n.stat() for n in nodes]
     return all(int(s["ring_up"]) == len(nodes) for s in st) and len({s["ring_digest"] for s in st}) == 1
 
 
@@ -93,12 +78,12 @@ def test_join_under_load(node_factory):
         # Load running before the first join, during both, and after the move.
         wait_for(lambda: ran((0, 0), 25), 120, what="25 writes and reads before the joins")
         at_join = ops()
-        moved_before = sum(istat(n, "move_objects") for n in ring)
+        moved_before = sum(n.istat("move_objects") for n in ring)
         ring.append(node_factory(*FAST, "--join", first.addr))
         wait_for(lambda: converged(ring), 60, what="the 4th node to converge")
         ring.append(node_factory(*FAST, "--join", ring[1].addr))
         wait_for(lambda: converged(ring), 60, what="the 5th node to converge")
-        wait_for(lambda: all(istat(n, "move_pending") == 0 for n in ring), 120,
+        wait_for(lambda: all(n.istat("move_pending") == 0 for n in ring), 120,
                  what="data movement to finish")
         at_moved = ops()
         wait_for(lambda: ran(at_moved, 25), 120, what="25 writes and reads after the move")
@@ -116,7 +101,7 @@ def test_join_under_load(node_factory):
         r = run_cli(["get", k, "-"], remotes=[random.choice(remotes)])
         assert r.rc == 0 and r.out == v, (k, r.rc, r.err)
 
-    objs = [istat(n, "objects") for n in ring]
+    objs = [n.istat("objects") for n in ring]
     total = len(acked)
     assert sum(objs) == total, (objs, total)
     # Balanced: 64 ring IDs per node keep every share well within 0.4x..1.8x of 1/5.
@@ -126,8 +111,8 @@ def test_join_under_load(node_factory):
     # most what those two nodes hold (the rest of their data was written to them).
     # An object that reached the 4th node before the 5th joined may move on to the
     # 5th: a second hop, counted by the 4th node's own move_objects.
-    moved = sum(istat(n, "move_objects") for n in ring) - moved_before
-    second_hops = istat(ring[3], "move_objects")
+    moved = sum(n.istat("move_objects") for n in ring) - moved_before
+    second_hops = ring[3].istat("move_objects")
     assert moved <= objs[3] + objs[4] + second_hops + 5, (moved, objs, second_hops)
     print("\njoin under load: %d writes, %d reads, 0 errors; objects per node %s; moved %d "
           "(new nodes hold %d)" % (counts["writes"], counts["reads"], objs, moved, objs[3] + objs[4]))

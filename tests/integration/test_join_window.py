@@ -17,21 +17,6 @@ import pytest
 from conftest import free_port, run_cli, wait_for
 
 
-def stat(node):
-    r = node.cli("stat")
-    assert r.rc == 0, r
-    out = {}
-    for line in r.out.decode().splitlines():
-        p = line.split()
-        if len(p) == 3:
-            out[p[1]] = p[2]
-    return out
-
-
-def istat(node, name):
-    return int(stat(node)[name])
-
-
 class HoldingProxy:
     """Forwards TCP connections to `upstream`, but moves no byte until release()."""
 
@@ -131,7 +116,7 @@ def dead_seed_refuses(node_factory, dead):
     assert r.rc == 3, r
     assert "not joined the ring yet" in r.err, r.err
     assert waited >= 2.0, waited
-    assert istat(d, "joining_refused") == 9
+    assert d.istat("joining_refused") == 9
     r = run_cli(["del", "never stored"], remotes=[d.addr])
     assert r.rc == 3 and "not joined the ring yet" in r.err, r
     # Writes are taken (the mover hands them to their owner once the ring is
@@ -150,7 +135,7 @@ def test_a_node_that_joins_through_itself_is_a_ring_of_one(node_factory):
     wait_for(lambda: "is this node" in d.log(), 30, what="the node to find itself its seed")
     r = run_cli(["get", "never stored", "-"], remotes=[d.addr])
     assert r.rc == 1 and "not found" in r.err, r
-    assert istat(d, "joining_refused") == 0
+    assert d.istat("joining_refused") == 0
 
 
 @pytest.mark.parametrize("self_first", [False, True], ids=["seed", "self-then-seed"])
@@ -181,7 +166,7 @@ def test_a_read_at_a_joining_node_waits_and_finds_the_data(node_factory, self_fi
             t.start()
         # Every read was refused at least once (or, on a node that answers "not
         # found", they all ended), then the seed answers.
-        wait_for(lambda: int(stat(d).get("joining_refused", 0)) >= 3 or
+        wait_for(lambda: int(d.stat().get("joining_refused", 0)) >= 3 or
                  not any(t.is_alive() for t in readers), 30,
                  what="the joining node to refuse the three reads")
         proxy.release()
@@ -190,11 +175,11 @@ def test_a_read_at_a_joining_node_waits_and_finds_the_data(node_factory, self_fi
         for k in ("k1", "k2", "k3"):
             r = results[k]
             assert r.rc == 0 and r.out == keys[k], (k, r)
-        wait_for(lambda: istat(d, "ring_up") == 2 and istat(a, "ring_up") == 2, 60,
+        wait_for(lambda: d.istat("ring_up") == 2 and a.istat("ring_up") == 2, 60,
                  what="the two nodes to converge")
         # Every key once: the move to d ends with a's copies deleted.
-        wait_for(lambda: istat(a, "objects") + istat(d, "objects") == len(keys) and
-                 istat(d, "objects") > 0 and istat(a, "move_pending") == 0, 60,
+        wait_for(lambda: a.istat("objects") + d.istat("objects") == len(keys) and
+                 d.istat("objects") > 0 and a.istat("move_pending") == 0, 60,
                  what="the move to end")
         for k, v in keys.items():
             r = run_cli(["get", k, "-"], remotes=[d.addr])

@@ -20,21 +20,6 @@ ENOTOWNER = -22
 REDIRECT_DIRECT = 1
 
 
-def stat(node):
-    r = node.cli("stat")
-    assert r.rc == 0, r
-    out = {}
-    for line in r.out.decode().splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            out[parts[1]] = parts[2]
-    return out
-
-
-def istat(node, name):
-    return int(stat(node)[name])
-
-
 def routes(node):
     """The node's route table: list of (node_id, "HOST:PORT", state, [ring ids])."""
     with proto.Conn(node.addr) as c:
@@ -73,12 +58,12 @@ class Ring:
 
 
 def converged(nodes, up):
-    st = [stat(n) for n in nodes]
+    st = [n.stat() for n in nodes]
     return all(int(s["ring_up"]) == up for s in st) and len({s["ring_digest"] for s in st}) == 1
 
 
 def settled(nodes):
-    return all(istat(n, "move_pending") == 0 for n in nodes)
+    return all(n.istat("move_pending") == 0 for n in nodes)
 
 
 def write_keys(node, keys, size=1000):
@@ -118,7 +103,7 @@ def test_three_nodes_converge_detect_failure_and_heal(node_factory):
 
     c.kill()
     t0 = time.monotonic()
-    wait_for(lambda: istat(a, "ring_down") == 1 and istat(b, "ring_down") == 1, 30,
+    wait_for(lambda: a.istat("ring_down") == 1 and b.istat("ring_down") == 1, 30,
              what="the killed node to be marked down")
     detect = time.monotonic() - t0
     # --fail-after-ms 1.5 s plus a heartbeat and scheduling slack on a loaded box.
@@ -126,30 +111,30 @@ def test_three_nodes_converge_detect_failure_and_heal(node_factory):
 
     c.restart()  # no --join: the others find it again
     wait_for(lambda: converged([a, b, c], 3), 30, what="the restarted node to rejoin")
-    assert istat(c, "ring_nodes") == 3
+    assert c.istat("ring_nodes") == 3
 
 
 def test_join_moves_exactly_the_misplaced_objects(node_factory):
     a = node_factory(*FAST)
     keys = ["obj-%d" % i for i in range(1500)]
     data = write_keys(a, keys)
-    assert istat(a, "objects") == 1500
+    assert a.istat("objects") == 1500
 
     b = node_factory(*FAST, "--join", a.addr)
     wait_for(lambda: converged([a, b], 2) and settled([a, b]) and
-             istat(a, "objects") + istat(b, "objects") == 1500, 60, what="the 2nd node's data")
-    before = {n.addr: istat(n, "objects") for n in (a, b)}
-    moved_before = sum(istat(n, "move_objects") for n in (a, b))
+             a.istat("objects") + b.istat("objects") == 1500, 60, what="the 2nd node's data")
+    before = {n.addr: n.istat("objects") for n in (a, b)}
+    moved_before = sum(n.istat("move_objects") for n in (a, b))
 
     c = node_factory(*FAST, "--join", a.addr)
     wait_for(lambda: converged([a, b, c], 3) and settled([a, b, c]) and
-             sum(istat(n, "objects") for n in (a, b, c)) == 1500, 60, what="the 3rd node's data")
-    moved = sum(istat(n, "move_objects") for n in (a, b)) - moved_before
-    on_c = istat(c, "objects")
+             sum(n.istat("objects") for n in (a, b, c)) == 1500, 60, what="the 3rd node's data")
+    moved = sum(n.istat("move_objects") for n in (a, b)) - moved_before
+    on_c = c.istat("objects")
     # Only what the new node owns moved, each object once: exactly the ideal volume.
     assert moved == on_c, (moved, on_c)
     assert 1500 / 3 * 0.5 < on_c < 1500 / 3 * 1.6, "unbalanced: %d of 1500 on the new node" % on_c
-    assert istat(a, "objects") <= before[a.addr] and istat(b, "objects") <= before[b.addr]
+    assert a.istat("objects") <= before[a.addr] and b.istat("objects") <= before[b.addr]
 
     # Every object now lives exactly on its owner, intact.
     ring = Ring(routes(a))
@@ -279,7 +264,7 @@ def test_leave_hands_every_object_over_while_reads_go_on(node_factory):
     for addr in {a.addr, b.addr, c.addr}:
         node = [n for n in (a, b, c) if n.addr == addr][0]
         data.update(write_keys(node, [k for k in keys if ring.owner(proto.key_to_id(k)) == addr]))
-    assert istat(b, "objects") > 0
+    assert b.istat("objects") > 0
 
     # Reads through the CLI (which routes) go on during the whole handover.
     import random
@@ -301,15 +286,15 @@ def test_leave_hands_every_object_over_while_reads_go_on(node_factory):
     try:
         r = b.cli("leave")
         assert r.rc == 0, r
-        wait_for(lambda: istat(b, "objects") == 0 and istat(a, "ring_left") == 1 and
-                 istat(c, "ring_left") == 1 and settled([a, b, c]), 120,
+        wait_for(lambda: b.istat("objects") == 0 and a.istat("ring_left") == 1 and
+                 c.istat("ring_left") == 1 and settled([a, b, c]), 120,
                  what="the node to hand over")
     finally:
         stop.set()
         t.join(60)
     assert not failures, "%d of %d reads failed during the leave: %r" % (len(failures), reads[0], failures[:3])
     assert reads[0] > 10
-    assert istat(a, "objects") + istat(c, "objects") == 900
+    assert a.istat("objects") + c.istat("objects") == 900
     ring = Ring(routes(a))
     for k in keys:
         owner = ring.owner(proto.key_to_id(k))
@@ -324,10 +309,10 @@ def test_dead_node_removed_by_address(node_factory):
     c = node_factory(*FAST, "--join", a.addr)
     wait_for(lambda: converged([a, b, c], 3), 30, what="3 nodes to converge")
     c.kill()
-    wait_for(lambda: istat(a, "ring_down") == 1, 30, what="the dead node to be marked down")
+    wait_for(lambda: a.istat("ring_down") == 1, 30, what="the dead node to be marked down")
     r = a.cli("leave", c.addr)
     assert r.rc == 0, r
-    wait_for(lambda: istat(a, "ring_left") == 1 and istat(b, "ring_left") == 1, 30,
+    wait_for(lambda: a.istat("ring_left") == 1 and b.istat("ring_left") == 1, 30,
              what="the removal to spread")
     owners = {x[1] for x in routes(b) if x[2] != 3}
     assert owners == {a.addr, b.addr}
@@ -348,5 +333,5 @@ def test_join_with_garbage_is_refused(node_factory):
             msg = proto.encode_hdr(proto.CMD_JOIN, len(body), t, proto.FLAG_NEED_ACK) + body
             hdr, _ = c.call(msg, t)
             assert hdr.status == proto.EPROTO, hdr
-    assert istat(a, "ring_nodes") == 1
+    assert a.istat("ring_nodes") == 1
     assert a.alive()
