@@ -169,17 +169,6 @@ def scrape(addr):
     return body.decode("utf-8")
 
 
-def cli_stat(node):
-    r = node.cli("stat")
-    assert r.rc == 0, r
-    out = {}
-    for line in r.out.decode().splitlines():
-        parts = line.split()
-        if len(parts) == 3:
-            out[parts[1]] = parts[2]
-    return out
-
-
 def promtool():
     p = shutil.which("promtool")
     if not p:
@@ -301,7 +290,7 @@ def test_counters_move_with_traffic_and_match_stat(node_factory, tmp_path):
 
     # `elliptics stat` shows the same numbers (nothing but STAT runs in between; the
     # STAT request itself is counted only after its reply is built).
-    st = cli_stat(node)
+    st = node.stat()
     now = parse_metrics(scrape(http))
     assert int(st["cmd_write"]) == value(now, "elliptics_requests_total", cmd="write", status="ok")
     assert int(st["cmd_read"]) == value(now, "elliptics_requests_total", cmd="read", status="ok")
