@@ -394,13 +394,13 @@ uint8_t *dnet_member_routes(struct dnet_server *s, size_t *len);
 int dnet_member_join(struct dnet_server *s, const uint8_t *buf, size_t len, uint8_t **out,
 		     size_t *outlen);
 uint64_t dnet_member_digest(struct dnet_server *s);
-/* While older rings are remembered: the node that owned id before (UP, not us), if
- * any. Returns 1 and sets *addr, else 0. */
 /* Started with --join and no other node has answered yet (unless every seed is this
  * very node: then we are a ring of one): our ring is only ourselves, so
  * "we own it and do not have it" means nothing (clients that already know us from
  * the ring may ask before our first exchange lands). */
 int dnet_member_joining(struct dnet_server *s);
+/* While older rings are remembered: the node that owned id before (UP, not us), if
+ * any. Returns 1 and sets *addr, else 0. */
 int dnet_member_prev_owner(struct dnet_server *s, const uint8_t *id, int direct,
 			   struct dnet_addr_wire *addr);
 /* LEAVE: addr NULL = this node leaves; else remove the node with that address.
