@@ -31,6 +31,15 @@ static void fail(const char *what)
 	abort();
 }
 
+/* The scratch directory goes when the run ends (it was left behind, one per run). */
+static void remove_scratch(void)
+{
+	unlink(conf);
+	unlink(keys);
+	unlink(ckey);
+	rmdir(dir);
+}
+
 static void init_once(void)
 {
 	if (dir[0])
@@ -39,6 +48,7 @@ static void init_once(void)
 	snprintf(dir, sizeof(dir), "/tmp/elliptics-fuzz-config.XXXXXX");
 	if (!mkdtemp(dir))
 		abort();
+	atexit(remove_scratch);
 	snprintf(conf, sizeof(conf), "%s/c.conf", dir);
 	snprintf(keys, sizeof(keys), "%s/keys", dir);
 	snprintf(ckey, sizeof(ckey), "%s/cluster", dir);
