@@ -178,6 +178,14 @@ static int same_node(const struct dnet_node *to, const struct dnet_node *from)
 	return to == from || (from && to->name[0] && !strcmp(to->name, from->name));
 }
 
+/* Resend r after the next wait of the bounce schedule (DNET_BOUNCE_WAIT_NS,
+ * doubling); the caller checked r->bounces < DNET_MAX_BOUNCES. */
+static void bounce_wait(struct dnet_req *r)
+{
+	r->retry_at = dnet_now_mono_ns() + (DNET_BOUNCE_WAIT_NS << r->bounces);
+	r->bounces++;
+}
+
 /* May r be resent instead of completing with its status? `broken`: the status comes
  * from its connection breaking, not from the node. Sets r->redirect_to for a
  * NOTOWNER redirect, and r->retry_at for one that bounces. */
@@ -223,12 +231,10 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 			 * better. */
 			dnet__routes_refresh(c, from);
 		}
-		if (bounce) {
-			r->retry_at = dnet_now_mono_ns() + (DNET_BOUNCE_WAIT_NS << r->bounces);
-			r->bounces++;
-		} else {
+		if (bounce)
+			bounce_wait(r);
+		else
 			r->redirects++;
-		}
 		r->redirect_from = from;
 		r->redirect_to = to;
 		return 1;
@@ -240,8 +246,7 @@ static int req_may_retry(dnet_client *c, struct dnet_req *r, int broken)
 		 * knows the owner and where the data was. Waits like a bounce. */
 		if (r->bounces >= DNET_MAX_BOUNCES)
 			return 0;
-		r->retry_at = dnet_now_mono_ns() + (DNET_BOUNCE_WAIT_NS << r->bounces);
-		r->bounces++;
+		bounce_wait(r);
 		r->redirect_to = r->conn->owner_node;
 		return 1;
 	}
