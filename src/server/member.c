@@ -415,8 +415,8 @@ static void heartbeat_round(struct dnet_server *s, uint64_t round)
 	/* Seeds first: until one answers, we are a ring of one. */
 	int selves = 0;
 	for (int j = 0; j < cfg->njoins; j++) {
-		if (m->joined[j]) {
-			selves += m->self_seed[j];
+		if (m->seed[j] != DNET_SEED_WAIT) {
+			selves += m->seed[j] == DNET_SEED_SELF;
 			continue;
 		}
 		struct dnet_peer p;
@@ -425,14 +425,14 @@ static void heartbeat_round(struct dnet_server *s, uint64_t round)
 		int err = exchange(s, &p);
 		dnet_peer_close(&p);
 		if (!err) {
-			m->joined[j] = 1;
 			/* Every node's table holds the node itself: a seed that leaves us
 			 * alone in ours is this very node (one config for all nodes). */
 			pthread_rwlock_rdlock(&m->lock);
-			m->self_seed[j] = m->ring.nnodes == 1;
+			int alone = m->ring.nnodes == 1;
 			pthread_rwlock_unlock(&m->lock);
-			selves += m->self_seed[j];
-			if (m->self_seed[j])
+			m->seed[j] = alone ? DNET_SEED_SELF : DNET_SEED_OTHER;
+			selves += alone;
+			if (alone)
 				dnet_log_info("--join %s is this node", cfg->joins[j]);
 			else
 				dnet_log_info("joined the ring through %s", cfg->joins[j]);

@@ -267,8 +267,9 @@ struct dnet_member {
 	size_t last_seen_cap;
 	struct dnet_peer *peers; /* per node; membership thread only */
 	size_t npeers;
-	int joined[16];     /* per --join seed: it answered (membership thread only) */
-	int self_seed[16];  /* ... and it was this node */
+	/* Per --join seed (membership thread only): DNET_SEED_WAIT until it answers,
+	 * then DNET_SEED_OTHER, or DNET_SEED_SELF if it turned out to be this node. */
+	enum { DNET_SEED_WAIT, DNET_SEED_OTHER, DNET_SEED_SELF } seed[16];
 	/* Rings from before the last ownership changes (newest first), consulted while
 	 * objects move: a key missing at its new owner is looked for at its old one. */
 	struct {
