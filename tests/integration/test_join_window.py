@@ -15,37 +15,17 @@ import time
 import pytest
 
 from conftest import free_port, run_cli, wait_for
+from test_hostile_server import FakeServer
 
 
-class HoldingProxy:
-    """Forwards TCP connections to `upstream`, but moves no byte until release()."""
+class HoldingProxy(FakeServer):
+    """Forwards TCP connections to `upstream`, but moves no byte until release().
+    FakeServer's listener, accept loop and close, with a byte pump for _serve."""
 
     def __init__(self, upstream_port):
         self.upstream = upstream_port
         self.released = threading.Event()
-        self.closing = threading.Event()
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.lsock.settimeout(0.2)
-        self.addr = "127.0.0.1:%d" % self.lsock.getsockname()[1]
-        self.accepted = 0
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self):
-        while not self.closing.is_set():
-            try:
-                c, _ = self.lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
-            t.start()
-            self.threads.append(t)
+        super().__init__(respond=None)
 
     def _pump(self, a, b):
         try:
@@ -64,7 +44,7 @@ class HoldingProxy:
 
     def _serve(self, c):
         while not self.released.wait(0.1):
-            if self.closing.is_set():
+            if self.stop.is_set():
                 c.close()
                 return
         try:
@@ -82,12 +62,6 @@ class HoldingProxy:
 
     def release(self):
         self.released.set()
-
-    def close(self):
-        self.closing.set()
-        self.lsock.close()
-        for t in self.threads:
-            t.join(10)
 
 
 FAST = ("--heartbeat-ms", "200")
