@@ -77,6 +77,17 @@ def wait_for(cond, timeout, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+def parse_stat(out):
+    """`elliptics stat` output (bytes) as {name: text value}: one "HOST:PORT name
+    value" line per counter."""
+    stats = {}
+    for line in out.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            stats[parts[1]] = parts[2]
+    return stats
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -304,12 +315,7 @@ class Node:
         """The node's `elliptics stat` counters, {name: text value}."""
         r = self.cli("stat")
         assert r.rc == 0, r
-        out = {}
-        for line in r.out.decode().splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                out[parts[1]] = parts[2]
-        return out
+        return parse_stat(r.out)
 
     def istat(self, name):
         return int(self.stat()[name])

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 import netns
-from conftest import ELLIPTICS, ELLIPTICSD, wait_for
+from conftest import ELLIPTICS, ELLIPTICSD, parse_stat, wait_for
 
 PORT = 1025
 FAST = ["--heartbeat-ms", "200", "--fail-after-ms", "1500"]
@@ -31,12 +31,7 @@ def stat(net, i):
     r = net.run(i, ELLIPTICS, "-r", "%s:%d" % (net.ip(i), PORT), "--timeout", "3", "stat")
     if r.returncode != 0:
         return {}
-    out = {}
-    for line in r.stdout.decode().splitlines():
-        p = line.split()
-        if len(p) == 3:
-            out[p[1]] = p[2]
-    return out
+    return parse_stat(r.stdout)
 
 
 def view(net, i):
