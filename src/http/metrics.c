@@ -168,6 +168,18 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 		      "Writes made durable by those syncs.", bs.synced_writes);
 		one_u(&b, "elliptics_backend_corrupt_objects_total", "counter",
 		      "Checksum mismatches detected on reads.", bs.corrupt);
+		one_u(&b, "elliptics_verified_cache_limit_bytes", "gauge",
+		      "Bytes of verified large-object data that may be kept locked in memory.",
+		      bs.vcache_limit);
+		one_u(&b, "elliptics_verified_cache_bytes", "gauge",
+		      "Bytes of verified large-object data locked in memory now.", bs.vcache_bytes);
+		one_u(&b, "elliptics_verified_cache_hit_bytes_total", "counter",
+		      "Bytes read out of the verified cache without hashing them again.",
+		      bs.vcache_hit_bytes);
+		one_u(&b, "elliptics_verified_cache_dropped_total", "counter",
+		      "Cached objects dropped because their data file changed.", bs.vcache_dropped);
+		one_u(&b, "elliptics_verified_cache_evicted_total", "counter",
+		      "Cached objects evicted to make room.", bs.vcache_evicted);
 	}
 
 	size_t rn, ru, rd, rl;

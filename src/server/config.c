@@ -47,6 +47,7 @@ static const struct opt opts[] = {
 	{"advertise", O_STR, "HOST:PORT", "address other nodes and clients use for this node (default: --listen)", OFF(advertise), LEN(advertise), 0, 0},
 	{"heartbeat-ms", O_INT, "MS", "interval of heartbeats to every peer (default 1000)", OFF(heartbeat_ms), 0, 50, 60000},
 	{"handoff-s", O_INT, "S", "after an ownership change, look for moved objects at their old node this long (default 300)", OFF(handoff_s), 0, 0, 86400},
+	{"verified-cache", O_SIZE, "BYTES", "large objects' data, once its checksums are verified, is kept locked in memory up to this many bytes (least recently read goes first), so that reads of hot objects skip hashing; any change to a data file drops its part (default 1/16 of RAM, at most 4G; 0 = off; needs CAP_IPC_LOCK or as much RLIMIT_MEMLOCK)", OFF(verified_cache), 0, 0, (long)(1ull << 50)},
 	{"move-rate", O_SIZE, "BYTES", "bytes per second the node may send when moving data (default 64M; 0 = unlimited)", OFF(move_rate), 0, 0, (long)(1ull << 40)},
 	{"fail-after-ms", O_INT, "MS", "a peer silent this long is marked down (default 3000)", OFF(fail_after_ms), 0, 100, 600000},
 	{"idle-timeout-s", O_INT, "S", "close a connection with no request and no reply pending for this long (default 600; 0 = never)", OFF(idle_timeout_s), 0, 0, 100000000},
@@ -73,6 +74,17 @@ static const struct opt opts[] = {
 	{"help", O_HELP, NULL, "this text", 0, 0, 0, 0},
 };
 
+/* 1/16 of physical memory, at most 4 GiB: room for the hot large objects of a
+ * node without taking memory a busy node needs for anything else. */
+static uint64_t dnet_default_verified_cache(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
+	if (pages <= 0 || psize <= 0)
+		return 0;
+	uint64_t v = (uint64_t)pages * (uint64_t)psize / 16;
+	return v < (4ull << 30) ? v : 4ull << 30;
+}
+
 void dnet_config_defaults(struct dnet_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
@@ -94,6 +106,7 @@ void dnet_config_defaults(struct dnet_config *cfg)
 	cfg->fail_after_ms = 3000;
 	cfg->handoff_s = 300;
 	cfg->move_rate = 64u << 20;
+	cfg->verified_cache = dnet_default_verified_cache();
 	cfg->copies = 1;
 	cfg->tombstone_grace_s = 86400;
 	cfg->recover_interval_s = 300;

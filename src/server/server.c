@@ -121,6 +121,7 @@ int dnet_server_start(struct dnet_server *s)
 	bcfg.path = bpath;
 	bcfg.fsync = s->cfg.fsync;
 	bcfg.batch_max_delay_us = s->cfg.batch_delay_us;
+	bcfg.verified_cache = s->cfg.verified_cache;
 	int err = s->bops->open(&bcfg, &s->backend);
 	if (err) {
 		dnet_log_error("cannot open %s backend in %s: %s", s->bops->name, bpath,

@@ -55,6 +55,7 @@ struct dnet_config {
 	int fail_after_ms;
 	int handoff_s;        /* how long older rings are consulted for moved objects */
 	uint64_t move_rate;   /* bytes/s the mover may send (0 = unlimited) */
+	uint64_t verified_cache; /* bytes of verified large-object data kept locked (0 = off) */
 	int copies;           /* copies per object (transformation functions) */
 	int tombstone_grace_s;
 	int recover_interval_s; /* copies > 1: anti-entropy pass at least this often */

@@ -28,6 +28,10 @@ struct dnet_backend_config {
 	uint32_t batch_max_delay_us; /* group commit: extra wait for company before a sync (default 0) */
 	uint32_t batch_max_ops;      /* group commit: sync early after this many writes (default 1024) */
 	uint64_t upload_timeout_s;   /* abandoned chunked uploads are removed after this (default 3600) */
+	/* Bytes of large objects' verified data kept locked in memory, so that reads
+	 * of hot objects skip hashing (vcache.h); 0 = off. Engines that verify
+	 * otherwise ignore it. */
+	uint64_t verified_cache;
 };
 
 struct dnet_backend; /* engine-private state */
@@ -101,6 +105,9 @@ struct dnet_backend_stat {
 	uint64_t corrupt;     /* checksum mismatches detected */
 	uint64_t write_groups;   /* groups of held writes appended together (flush) */
 	uint64_t grouped_writes; /* writes in those groups */
+	/* the verified-data cache (all 0 without one) */
+	uint64_t vcache_limit, vcache_bytes, vcache_entries, vcache_hit_bytes;
+	uint64_t vcache_dropped, vcache_evicted;
 };
 
 /* Called by iterate() once per live object; return non-zero to stop early

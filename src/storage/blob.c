@@ -85,6 +85,7 @@
 #include "backend.h"
 #include "fault.h"
 #include "blob.h"
+#include "vcache.h"
 
 #define BL_ENGINE_MAGIC 0x424c4f42u /* marks a blob engine handle for blob.h calls */
 #define BL_MAGIC_OBJ 0x43524244u    /* "DBRC" */
@@ -472,6 +473,7 @@ struct dnet_backend {
 	_Atomic uint64_t objects, bytes, syncs, synced_writes, corrupt, table_fallbacks;
 	_Atomic uint64_t write_groups, grouped_writes; /* held small writes, appended together */
 	struct dnet_bad_ring bad; /* found corrupt while sent: by ID and location */
+	struct dnet_vcache *vc;	  /* verified data of large records (NULL: off) */
 	_Atomic uint64_t compactions, reclaimed;
 	_Atomic uint64_t marked, punched, punch_deferred, inplace_dels, active_seals;
 	uint64_t open_us, recovered, scanned, torn;
@@ -600,6 +602,7 @@ static void blob_put(struct dnet_backend *b, struct blob *B)
 	pthread_mutex_lock(&b->llock);
 	__atomic_store_n(&b->slots[B->slot], NULL, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&b->llock);
+	dnet_vcache_drop_owner(b->vc, B);
 	if (B->fd >= 0)
 		close(B->fd);
 	blob_free(B);
@@ -922,6 +925,7 @@ static void dead_push(struct dnet_backend *b, struct bl_dead *d, struct blob *sy
 {
 	if (!d)
 		return;
+	dnet_vcache_drop(b->vc, d->B, d->off); /* its bytes are no longer read */
 	uint64_t ps, pl;
 	if (b->punch_mode == DNET_BLOB_PUNCH_OFF || !punch_range(d, &ps, &pl)) {
 		/* Nothing to punch (less than one whole block of data: small objects):
@@ -2356,6 +2360,7 @@ static void bl_write(struct dnet_backend *b, const struct dnet_write_req *req,
 struct bl_ver {
 	struct dnet_read_verify v;
 	struct dnet_backend *b;
+	struct dnet_vpin *pin;	 /* the record in the verified cache, or NULL */
 	uint32_t num;		 /* blob number, for reports */
 	uint64_t loc;		 /* of the record, for the list of bad ones */
 	uint64_t off;		 /* record offset */
@@ -2439,7 +2444,24 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 	/* 0: mh[] holds this step's digests; 1: no mapping here, pread each block */
 	const uint64_t mn = (me < x->size ? me : x->size) - ms;
 	int by_pread;
-	if (ver_map(x, fd) == 0) {
+	const uint8_t *pm = NULL; /* the step locked in the verified cache */
+	if (x->pin) {
+		int cv = dnet_vpin_covered(x->pin, fd, x->next, step);
+		if (cv > 0) { /* verified before, locked since, the file unchanged */
+			x->next += step;
+			*end = x->next > x->last ? dend : data + x->next * BL_BLOCK;
+			return 0;
+		}
+		if (cv < 0) {
+			dnet_vpin_put(x->pin);
+			x->pin = NULL;
+		} else {
+			pm = dnet_vpin_claim(x->pin, x->next, step);
+		}
+	}
+	if (pm) {
+		by_pread = dnet_hash_blocks_in(pm, mn, BL_BLOCK, mh);
+	} else if (ver_map(x, fd) == 0) {
 		by_pread = dnet_hash_blocks_in(x->map + ms, mn, BL_BLOCK, mh);
 		/* Hashed pages leave our page tables every BL_ZAP_EVERY bytes, so a
 		 * large read does not count the object in the process's RSS (and one
@@ -2452,8 +2474,11 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 	} else {
 		by_pread = dnet_hash_blocks_mapped(fd, data + ms, mn, BL_BLOCK, mh);
 	}
-	if (by_pread < 0)
+	if (by_pread < 0) {
+		if (pm)
+			dnet_vpin_done(x->pin, x->next, step, 0);
 		return by_pread;
+	}
 	const uint64_t first = x->next;
 	if (by_pread && !x->buf && !(x->buf = malloc(BL_BLOCK)))
 		return DNET_ENOMEM;
@@ -2484,6 +2509,8 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 		else if ((size_t)r != n || XXH3_64bits(x->buf, n) != want)
 			err = DNET_ECORRUPT;
 	}
+	if (pm)
+		dnet_vpin_done(x->pin, first, step, !err);
 	if (err == DNET_ECORRUPT) {
 		/* the data, or only its table? the whole checksum decides */
 		err = verify_whole(fd, x->off, x->size, x->csum);
@@ -2508,6 +2535,7 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 static void ver_free(struct dnet_read_verify *v)
 {
 	struct bl_ver *x = (struct bl_ver *)v;
+	dnet_vpin_put(x->pin);
 	if (x->mbase)
 		munmap(x->mbase, x->mlen);
 	free(x->buf);
@@ -2624,6 +2652,8 @@ static int bl_read(struct dnet_backend *b, const uint8_t *id, uint64_t offset, u
 		memcpy(x->csum, h.csum, 16);
 		x->next = offset / BL_BLOCK;
 		x->last = (offset + len - 1) / BL_BLOCK;
+		/* under our reference to B: its entries are dropped before it is freed */
+		x->pin = dnet_vpin_get(b->vc, B, off, fd, off + BL_RHDR, h.size, BL_BLOCK);
 		res->fd = fd;
 		res->file_offset = off + BL_RHDR + offset;
 		res->len = len;
@@ -2878,6 +2908,14 @@ static int bl_stat(struct dnet_backend *b, struct dnet_backend_stat *st)
 	st->write_groups = atomic_load(&b->write_groups);
 	st->grouped_writes = atomic_load(&b->grouped_writes);
 	st->corrupt = atomic_load(&b->corrupt);
+	struct dnet_vcache_stat vs;
+	dnet_vcache_stat(b->vc, &vs);
+	st->vcache_limit = vs.limit;
+	st->vcache_bytes = vs.bytes;
+	st->vcache_entries = vs.entries;
+	st->vcache_hit_bytes = vs.hit_bytes;
+	st->vcache_dropped = vs.dropped;
+	st->vcache_evicted = vs.evicted;
 	return 0;
 }
 
@@ -3973,6 +4011,7 @@ static void *maint(void *arg)
 
 static void bl_free(struct dnet_backend *b)
 {
+	dnet_vcache_free(b->vc); /* readers still sending hold their entries */
 	if (b->blobs || b->slots) {
 		struct blob *B = b->blobs;
 		while (B) {
@@ -4084,7 +4123,8 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 		goto out_free;
 	}
 	if (!(b->slots = calloc(BL_MAX_SLOTS, sizeof(*b->slots))) ||
-	    posix_memalign((void **)&b->sh, 64, BL_SHARDS * sizeof(*b->sh)))
+	    posix_memalign((void **)&b->sh, 64, BL_SHARDS * sizeof(*b->sh)) ||
+	    (cfg->verified_cache && !(b->vc = dnet_vcache_new(cfg->verified_cache, b->path))))
 		goto out_free;
 	memset(b->sh, 0, BL_SHARDS * sizeof(*b->sh));
 	for (uint32_t k = 0; k < BL_SHARDS; k++) {

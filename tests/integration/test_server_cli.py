@@ -8,7 +8,7 @@ import pytest
 from conftest import ELLIPTICSD, free_port, port_accepts, wait_for
 
 FLAGS = ["--listen", "--data", "--backend", "--fsync", "--io-threads", "--net-threads",
-         "--max-payload", "--max-conns", "--log-level", "--config"]
+         "--max-payload", "--max-conns", "--log-level", "--config", "--verified-cache"]
 
 
 def run_server(args, timeout=30):
@@ -32,6 +32,8 @@ def test_help_lists_every_flag():
     ["--io-threads", "lots"],
     ["--listen", "not-an-address:xx"],
     ["--max-payload", "-1"],
+    ["--verified-cache", "lots"],
+    ["--verified-cache", "-1"],
     ["--log-level", "chatty"],
 ])
 def test_bad_arguments(tmp_path, args):
@@ -53,6 +55,7 @@ def test_listening_log_line(node):
     ["--log-level", "debug"],
     ["--log-level", "error"],
     ["--max-conns", "64"],
+    ["--verified-cache", "64M"],
 ])
 def test_flags_accepted(node_factory, extra):
     node = node_factory(*extra)

@@ -1781,6 +1781,137 @@ static void test_block_table(void **state)
 	(void)state;
 }
 
+/* ---- the verified-data cache ------------------------------------------------------ */
+
+static struct dnet_backend_stat bestat(struct dnet_backend *b)
+{
+	struct dnet_backend_stat st;
+	assert_int_equal(ops->stat(b, &st), 0);
+	return st;
+}
+
+/* Reads id whole until a read finds its data already verified (the cache takes a
+ * record only once its file has not changed for 50 ms): waits for that
+ * condition, for up to 10 s. Every read must return want. */
+static void read_until_cached(struct dnet_backend *b, const uint8_t *id, const uint8_t *want,
+			      uint64_t size)
+{
+	uint64_t t0 = dnet_now_mono_ns();
+	for (;;) {
+		uint64_t hits = bestat(b).vcache_hit_bytes;
+		bt_expect_range(b, id, want, 0, size);
+		if (bestat(b).vcache_hit_bytes - hits == size)
+			return;
+		assert_true(dnet_now_mono_ns() - t0 < 10000000000ull);
+		usleep(10000);
+	}
+}
+
+/* Verified data of large records is kept locked and read again without hashing:
+ * ranged and deferred reads are served from it; a byte changed in the file
+ * through the page cache is still found (the change drops the file's entries);
+ * the budget evicts the least recently read; an overwrite drops the old record's
+ * entry; a deferred read still held when the engine closes is safe to free. */
+static void test_verified_cache(void **state)
+{
+	(void)state;
+	char dir[300], blob[400];
+	dir_for(dir, sizeof(dir), "vcache");
+	struct dnet_backend_config cfg;
+	struct dnet_backend *b = NULL;
+	dnet_backend_config_defaults(&cfg);
+	cfg.path = dir;
+	cfg.verified_cache = 8u << 20;
+	assert_int_equal(ops->open(&cfg, &b), 0);
+	const uint64_t A = (3u << 20) + 12345, B = 6u << 20;
+	uint8_t *a = malloc(A), *bb = malloc(B), ida[DNET_ID_SIZE], idb[DNET_ID_SIZE];
+	fill(a, A, 91);
+	fill(bb, B, 92);
+	mkid(ida, 91);
+	mkid(idb, 92);
+	assert_int_equal(put(b, 91, a, A), 0);
+	assert_int_equal(put(b, 92, bb, B), 0);
+	struct dnet_backend_stat st = bestat(b);
+	assert_int_equal(st.vcache_limit, 8u << 20);
+	assert_int_equal(st.vcache_bytes, 0);
+
+	read_until_cached(b, ida, a, A);
+	st = bestat(b);
+	assert_int_equal(st.vcache_bytes, A);
+	assert_int_equal(st.vcache_entries, 1);
+	/* ranges, unaligned, from the cache */
+	uint64_t hits = st.vcache_hit_bytes;
+	bt_expect_range(b, ida, a, BT_BLOCK - 3, 6);
+	bt_expect_range(b, ida, a, A - 7, 7);
+	bt_expect_range(b, ida, a, 17 * BT_BLOCK + 1, 2 * BT_BLOCK);
+	assert_true(bestat(b).vcache_hit_bytes > hits);
+	/* a deferred read: every step is a hit */
+	struct dnet_read_res res;
+	hits = bestat(b).vcache_hit_bytes;
+	assert_int_equal(ops->read(b, ida, 0, 0, DNET_READ_DEFER_VERIFY, &res), 0);
+	assert_non_null(res.verify);
+	uint64_t at = res.file_offset, end = 0;
+	while (at < res.file_offset + res.len) {
+		assert_int_equal(res.verify->check(res.verify, res.fd, at, &end), 0);
+		assert_true(end > at);
+		at = end;
+	}
+	res.verify->free(res.verify);
+	close(res.fd);
+	assert_int_equal(bestat(b).vcache_hit_bytes - hits, A);
+
+	/* B does not fit beside A in 8 MiB: A, read least recently, goes */
+	read_until_cached(b, idb, bb, B);
+	st = bestat(b);
+	assert_int_equal(st.vcache_bytes, B);
+	assert_int_equal(st.vcache_entries, 1);
+	assert_int_equal(st.vcache_evicted, 1);
+
+	/* a byte of B changed through the page cache (its pages are locked, so this is
+	 * the only way they can change): found, never served */
+	last_blob(dir, blob, sizeof(blob));
+	flip_in_file(blob, bb + 4 * BT_BLOCK + 100, 64);
+	uint8_t *got;
+	uint64_t len;
+	assert_int_equal(rd(b, idb, 0, 0, 0, &got, &len, NULL), DNET_ECORRUPT);
+	st = bestat(b);
+	assert_int_equal(st.vcache_dropped, 1);
+	assert_int_equal(st.vcache_bytes, 0);
+	assert_int_equal(st.vcache_entries, 0);
+	assert_int_equal(rd(b, idb, 4 * BT_BLOCK, 10, 0, &got, &len, NULL), DNET_ECORRUPT);
+	/* A, in the same (changed) file, is verified again before it is cached again */
+	read_until_cached(b, ida, a, A);
+
+	/* an overwrite drops the old record's entry; the new one is cached anew */
+	fill(a, A, 93);
+	assert_int_equal(put(b, 91, a, A), 0);
+	assert_int_equal(bestat(b).vcache_entries, 0);
+	read_until_cached(b, ida, a, A);
+	assert_int_equal(bestat(b).vcache_entries, 1);
+
+	/* a deferred read outlives the engine: its entry is put back after close */
+	assert_int_equal(ops->read(b, ida, 0, 0, DNET_READ_DEFER_VERIFY, &res), 0);
+	assert_non_null(res.verify);
+	assert_int_equal(res.verify->check(res.verify, res.fd, res.file_offset, &end), 0);
+	ops->close(b);
+	res.verify->free(res.verify);
+	close(res.fd);
+
+	/* off: nothing is cached, reads are verified as before */
+	cfg.verified_cache = 0;
+	assert_int_equal(ops->open(&cfg, &b), 0);
+	for (int k = 0; k < 3; k++)
+		bt_expect_range(b, ida, a, 0, A);
+	st = bestat(b);
+	assert_int_equal(st.vcache_limit, 0);
+	assert_int_equal(st.vcache_hit_bytes, 0);
+	assert_int_equal(rd(b, idb, 0, 0, 0, &got, &len, NULL), DNET_ECORRUPT);
+	ops->close(b);
+	free(a);
+	free(bb);
+	st_rm_rf(dir);
+}
+
 int main(void)
 {
 	snprintf(root, sizeof(root), "/tmp/test_blob_XXXXXX");
@@ -1796,6 +1927,7 @@ int main(void)
 	}
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sizes),
+	    cmocka_unit_test(test_verified_cache),
 	    cmocka_unit_test(test_ranges),
 	    cmocka_unit_test(test_update),
 	    cmocka_unit_test(test_upload),
