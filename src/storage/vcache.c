@@ -10,7 +10,10 @@
  * large read), so contention is not a concern. Reference counts: the table holds
  * one on each entry it lists, each reader one; the cache itself is held by the
  * engine and by every entry not yet destroyed, so a reader that outlives the
- * engine (a reply still draining after close) puts its entry back safely. */
+ * engine (a reply still draining after close) puts its entry back safely.
+ *
+ * (AddressSanitizer's mlock() does nothing: in that build the pages are not
+ * actually locked. The ctime check, which the tests exercise, works the same.) */
 #include "vcache.h"
 
 #include <errno.h>
@@ -18,8 +21,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -89,10 +95,38 @@ static uint64_t unit_bytes(const struct dnet_vpin *p, uint64_t u)
 	return p->len - s < p->unit ? p->len - s : p->unit;
 }
 
+/* CAP_IPC_LOCK in the effective set: RLIMIT_MEMLOCK does not apply to us. */
+static int may_lock_freely(void)
+{
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3];
+	memset(d, 0, sizeof(d));
+	if (syscall(SYS_capget, &h, d) != 0)
+		return 0;
+	return (int)((d[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32)) & 1);
+}
+
 struct dnet_vcache *dnet_vcache_new(uint64_t limit, const char *name)
 {
 	if (!limit)
 		return NULL;
+	struct rlimit rl;
+	if (!may_lock_freely() && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
+	    rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < limit) {
+		/* what we may lock, less a margin for page rounding */
+		uint64_t can = (uint64_t)rl.rlim_cur - (uint64_t)rl.rlim_cur / 8;
+		if (can < (1u << 20)) {
+			dnet_log_info("verified cache %s: off (RLIMIT_MEMLOCK is %llu bytes and no "
+				      "CAP_IPC_LOCK); large reads are hashed every time",
+				      name ? name : "", (unsigned long long)rl.rlim_cur);
+			return NULL;
+		}
+		dnet_log_info("verified cache %s: %llu bytes, not %llu: RLIMIT_MEMLOCK is %llu and "
+			      "no CAP_IPC_LOCK (LimitMEMLOCK= in systemd raises it)", name ? name : "",
+			      (unsigned long long)can, (unsigned long long)limit,
+			      (unsigned long long)rl.rlim_cur);
+		limit = can;
+	}
 	struct dnet_vcache *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
@@ -217,11 +251,11 @@ static int ts_eq(const struct timespec *a, const struct timespec *b)
 struct dnet_vpin *dnet_vpin_get(struct dnet_vcache *c, const void *owner, uint64_t key, int fd,
 				uint64_t off, uint64_t len, uint32_t unit)
 {
-	if (!c || !len || !unit || len > c->limit || !dnet_map_ready())
+	if (!c || !len || !unit || !dnet_map_ready())
 		return NULL;
 	pthread_mutex_lock(&c->lock);
 	struct dnet_vpin *p = c->closed || c->refused ? NULL : find_locked(c, owner, key);
-	int off_now = c->closed || c->refused;
+	int off_now = c->closed || c->refused || len > c->limit;
 	if (p) {
 		p->ref++;
 		lru_front(c, p);
@@ -394,6 +428,7 @@ const uint8_t *dnet_vpin_claim(struct dnet_vpin *p, uint64_t first, uint64_t n)
 	}
 	pthread_mutex_unlock(&c->lock);
 	destroy(gone);
+	gone = NULL;
 	if (!at)
 		return NULL;
 
@@ -409,14 +444,17 @@ const uint8_t *dnet_vpin_claim(struct dnet_vpin *p, uint64_t first, uint64_t n)
 	pthread_mutex_lock(&c->lock);
 	settle_locked(p, first, e, 0);
 	int refused_now = 0, shrunk = 0;
-	if (!c->refused && (e0 == EPERM || c->used == 0)) {
+	uint64_t used = c->used;
+	if (!c->refused && (e0 == EPERM || used == 0)) {
 		c->refused = refused_now = 1;
-	} else if (!c->refused && c->limit > c->used) {
-		c->limit = c->used; /* what the kernel lets us lock (RLIMIT_MEMLOCK) */
+	} else if (!c->refused && c->limit > used) {
+		c->limit = used; /* what the kernel let us lock (RLIMIT_MEMLOCK) */
 		shrunk = 1;
 	}
-	uint64_t used = c->used;
+	/* p, locked in part, goes: its room is for entries that fit whole */
+	unlink_locked(p, &gone);
 	pthread_mutex_unlock(&c->lock);
+	destroy(gone);
 	if (refused_now)
 		dnet_log_warn("verified cache %s: cannot lock memory (%s); large reads are hashed "
 			      "every time. Raise RLIMIT_MEMLOCK (LimitMEMLOCK= in systemd) or set "
