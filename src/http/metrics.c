@@ -173,6 +173,8 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 		      bs.vcache_limit);
 		one_u(&b, "elliptics_verified_cache_bytes", "gauge",
 		      "Bytes of verified large-object data locked in memory now.", bs.vcache_bytes);
+		one_u(&b, "elliptics_verified_cache_objects", "gauge",
+		      "Objects with verified data locked in memory now.", bs.vcache_entries);
 		one_u(&b, "elliptics_verified_cache_hit_bytes_total", "counter",
 		      "Bytes read out of the verified cache without hashing them again.",
 		      bs.vcache_hit_bytes);
