@@ -47,7 +47,7 @@ static const struct opt opts[] = {
 	{"advertise", O_STR, "HOST:PORT", "address other nodes and clients use for this node (default: --listen)", OFF(advertise), LEN(advertise), 0, 0},
 	{"heartbeat-ms", O_INT, "MS", "interval of heartbeats to every peer (default 1000)", OFF(heartbeat_ms), 0, 50, 60000},
 	{"handoff-s", O_INT, "S", "after an ownership change, look for moved objects at their old node this long (default 300)", OFF(handoff_s), 0, 0, 86400},
-	{"verified-cache", O_SIZE, "BYTES", "large objects' data, once its checksums are verified, is kept locked in memory up to this many bytes (least recently read goes first), so that reads of hot objects skip hashing; any change to a data file drops its part (default 1/16 of RAM, at most 4G; 0 = off; needs CAP_IPC_LOCK or as much RLIMIT_MEMLOCK)", OFF(verified_cache), 0, 0, (long)(1ull << 50)},
+	{"verified-cache", O_SIZE, "BYTES", "large objects' data, once its checksums are verified, is kept locked in memory up to this many bytes (least recently read goes first), so that reads of hot objects skip hashing; any change to a data file drops its part (default 1/16 of RAM or of the cgroup's memory.max, at most 4G; 0 = off; needs CAP_IPC_LOCK or as much RLIMIT_MEMLOCK)", OFF(verified_cache), 0, 0, (long)(1ull << 50)},
 	{"move-rate", O_SIZE, "BYTES", "bytes per second the node may send when moving data (default 64M; 0 = unlimited)", OFF(move_rate), 0, 0, (long)(1ull << 40)},
 	{"fail-after-ms", O_INT, "MS", "a peer silent this long is marked down (default 3000)", OFF(fail_after_ms), 0, 100, 600000},
 	{"idle-timeout-s", O_INT, "S", "close a connection with no request and no reply pending for this long (default 600; 0 = never)", OFF(idle_timeout_s), 0, 0, 100000000},
@@ -74,14 +74,51 @@ static const struct opt opts[] = {
 	{"help", O_HELP, NULL, "this text", 0, 0, 0, 0},
 };
 
-/* 1/16 of physical memory, at most 4 GiB: room for the hot large objects of a
- * node without taking memory a busy node needs for anything else. */
+/* The memory limit of our cgroup, or 0 if none or unknown: v2's memory.max, or
+ * v1's memory.limit_in_bytes (a huge number when unlimited). */
+static uint64_t cgroup_memory_max(void)
+{
+	char line[512], v1[600] = "", v2[600] = "";
+	FILE *f = fopen("/proc/self/cgroup", "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = 0;
+		const char *p = strchr(line, ':'), *q = p ? strchr(p + 1, ':') : NULL;
+		if (!q)
+			continue;
+		const char *dir = strcmp(q + 1, "/") == 0 ? "" : q + 1;
+		if (strncmp(line, "0::", 3) == 0)
+			snprintf(v2, sizeof(v2), "/sys/fs/cgroup%s/memory.max", dir);
+		else if ((size_t)(q - p - 1) == 6 && strncmp(p + 1, "memory", 6) == 0)
+			snprintf(v1, sizeof(v1), "/sys/fs/cgroup/memory%s/memory.limit_in_bytes", dir);
+	}
+	fclose(f);
+	uint64_t v = 0;
+	for (int i = 0; i < 2 && !v; i++) {
+		const char *path = i == 0 ? v2 : v1;
+		if (path[0] && (f = fopen(path, "r"))) {
+			unsigned long long x;
+			if (fscanf(f, "%llu", &x) == 1) /* v2's "max" reads as nothing */
+				v = x;
+			fclose(f);
+		}
+	}
+	return v;
+}
+
+/* 1/16 of the memory we may use (physical, or our cgroup's limit if lower), at
+ * most 4 GiB: room for the hot large objects of a node without taking memory a
+ * busy node needs for anything else (locked pages cannot be reclaimed). */
 static uint64_t dnet_default_verified_cache(void)
 {
 	long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGESIZE);
 	if (pages <= 0 || psize <= 0)
 		return 0;
-	uint64_t v = (uint64_t)pages * (uint64_t)psize / 16;
+	uint64_t mem = (uint64_t)pages * (uint64_t)psize, cg = cgroup_memory_max();
+	if (cg && cg < mem)
+		mem = cg;
+	uint64_t v = mem / 16;
 	return v < (4ull << 30) ? v : 4ull << 30;
 }
 

@@ -2361,6 +2361,8 @@ struct bl_ver {
 	struct dnet_read_verify v;
 	struct dnet_backend *b;
 	struct dnet_vpin *pin;	 /* the record in the verified cache, or NULL */
+	int pin_gone;		 /* ...which was dropped: held (its locked pages with
+				  * it) until the read is done, but not used */
 	uint32_t num;		 /* blob number, for reports */
 	uint64_t loc;		 /* of the record, for the list of bad ones */
 	uint64_t off;		 /* record offset */
@@ -2445,19 +2447,17 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 	const uint64_t mn = (me < x->size ? me : x->size) - ms;
 	int by_pread;
 	const uint8_t *pm = NULL; /* the step locked in the verified cache */
-	if (x->pin) {
+	if (x->pin && !x->pin_gone) {
 		int cv = dnet_vpin_covered(x->pin, fd, x->next, step);
 		if (cv > 0) { /* verified before, locked since, the file unchanged */
 			x->next += step;
 			*end = x->next > x->last ? dend : data + x->next * BL_BLOCK;
 			return 0;
 		}
-		if (cv < 0) {
-			dnet_vpin_put(x->pin);
-			x->pin = NULL;
-		} else {
+		if (cv < 0)
+			x->pin_gone = 1;
+		else
 			pm = dnet_vpin_claim(x->pin, x->next, step);
-		}
 	}
 	if (pm) {
 		by_pread = dnet_hash_blocks_in(pm, mn, BL_BLOCK, mh);
@@ -2480,8 +2480,11 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 		return by_pread;
 	}
 	const uint64_t first = x->next;
-	if (by_pread && !x->buf && !(x->buf = malloc(BL_BLOCK)))
+	if (by_pread && !x->buf && !(x->buf = malloc(BL_BLOCK))) {
+		if (pm)
+			dnet_vpin_done(x->pin, first, step, 0);
 		return DNET_ENOMEM;
+	}
 	for (uint32_t k = 0; k < BL_VER_STEP && x->next <= x->last && !err; k++, x->next++) {
 		if (x->next < x->tw0 || x->next >= x->tw0 + x->tn) {
 			uint64_t n = btab_n(x->size) - x->next;
@@ -4123,8 +4126,7 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 		goto out_free;
 	}
 	if (!(b->slots = calloc(BL_MAX_SLOTS, sizeof(*b->slots))) ||
-	    posix_memalign((void **)&b->sh, 64, BL_SHARDS * sizeof(*b->sh)) ||
-	    (cfg->verified_cache && !(b->vc = dnet_vcache_new(cfg->verified_cache, b->path))))
+	    posix_memalign((void **)&b->sh, 64, BL_SHARDS * sizeof(*b->sh)))
 		goto out_free;
 	memset(b->sh, 0, BL_SHARDS * sizeof(*b->sh));
 	for (uint32_t k = 0; k < BL_SHARDS; k++) {
@@ -4138,6 +4140,8 @@ static int bl_open(const struct dnet_backend_config *cfg, struct dnet_backend **
 		dnet_log_error("blob backend: cannot create %s: %s", b->path, strerror(errno));
 		goto out_free;
 	}
+	/* NULL when off, or when it cannot work here (logged): reads then hash */
+	b->vc = dnet_vcache_new(cfg->verified_cache, b->path);
 	if ((b->dirfd = open(b->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 ||
 	    (b->lockfd = openat(b->dirfd, "LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0644)) < 0) {
 		err = bl_errno();

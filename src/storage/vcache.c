@@ -1,31 +1,36 @@
 /* vcache.c - the verified-data cache (see vcache.h).
  *
- * An entry maps one record's data (MAP_SHARED, read-only) and keeps two bitmaps
- * over its units: `set` (verified and locked) and `busy` (claimed by a reader that
- * is locking and hashing them). Locked memory is only ever released by unmapping
- * a whole entry: a unit's first and last pages may be shared with its neighbours,
- * so unlocking one unit could unlock a page another one relies on.
+ * An entry maps one record's data (MAP_SHARED, read-only) and keeps how many of
+ * its units, from the first on, are verified and locked (`prefix`). One reader at
+ * a time extends the prefix (`claiming`): it locks the next units, hashes them in
+ * the mapping and reports. Locked memory is only released by unmapping a whole
+ * entry. Keeping to a prefix bounds an entry to two kernel mappings (mlock splits
+ * a mapping where the locked part ends), so the process stays far from
+ * vm.max_map_count with VC_MAX_ENTRIES entries.
  *
  * Everything is under one mutex, taken once per verification step (1 MiB of a
- * large read), so contention is not a concern. Reference counts: the table holds
- * one on each entry it lists, each reader one; the cache itself is held by the
- * engine and by every entry not yet destroyed, so a reader that outlives the
- * engine (a reply still draining after close) puts its entry back safely.
+ * large read); logging, fstat and munmap happen outside it. Reference counts: the
+ * table holds one on each entry it lists, each reader one; the cache itself is
+ * held by the engine and by every entry not yet destroyed, so a reader that
+ * outlives the engine (a reply still draining after close) puts its entry back
+ * safely. Only idle entries (no reader) are evicted: one in use would free
+ * nothing until its reader is done.
  *
  * (AddressSanitizer's mlock() does nothing: in that build the pages are not
  * actually locked. The ctime check, which the tests exercise, works the same.) */
 #include "vcache.h"
 
 #include <errno.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/capability.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,9 +39,12 @@
 #include "backend.h"
 
 #define VC_BUCKETS 4096u
+#define VC_MAX_ENTRIES 4096u
 /* An entry is made only when its file has not changed for this long: a write in
  * the same timestamp tick as the recorded change time would not move it. */
 #define VC_SETTLE_NS (50ull * 1000 * 1000)
+#define VC_SETTLE_COARSE_NS (2500ull * 1000 * 1000) /* whole-second timestamps */
+#define VC_WARN_EVERY_NS (60ull * 1000 * 1000 * 1000)
 
 struct dnet_vpin {
 	struct dnet_vcache *c;
@@ -46,24 +54,25 @@ struct dnet_vpin {
 	struct dnet_vpin *lprev, *lnext; /* LRU list, most recent first */
 	struct dnet_vpin *dnext;	 /* to destroy, after the lock is dropped */
 	int ref;
-	int dead; /* no longer listed: trusted by nobody */
+	int dead;     /* no longer listed: trusted by nobody */
+	int claiming; /* a reader is extending the prefix: [prefix, cend) */
+	unsigned reads;
 	struct timespec ctime;
 	void *mbase;
 	size_t mlen;
 	const uint8_t *data;
-	uint64_t len, nunits;
+	uint64_t off, len, nunits, prefix, cend;
 	uint32_t unit;
-	uint64_t bytes; /* accounted in c->used */
-	uint64_t *set, *busy;
+	uint64_t bytes; /* accounted in c->used: the prefix and a claim */
 };
 
 struct dnet_vcache {
 	pthread_mutex_t lock;
 	uint64_t limit, used;
 	int refs; /* the engine's, and one per entry not yet destroyed */
-	int closed, refused;
+	int closed, refused, privileged;
 	struct dnet_vpin *lru_head, *lru_tail;
-	uint64_t entries, hit_bytes, dropped, evicted;
+	uint64_t entries, hit_bytes, dropped, evicted, warned_ns;
 	char name[96];
 	struct dnet_vpin *tab[VC_BUCKETS];
 };
@@ -74,25 +83,11 @@ static uint32_t bucket(const void *owner, uint64_t key)
 	return (uint32_t)((h ^ (h >> 29)) % VC_BUCKETS);
 }
 
-static int bit(const uint64_t *m, uint64_t u)
+/* Bytes of units [a, b) of p. */
+static uint64_t span(const struct dnet_vpin *p, uint64_t a, uint64_t b)
 {
-	return (int)((m[u / 64] >> (u % 64)) & 1);
-}
-
-static void bit_set(uint64_t *m, uint64_t u)
-{
-	m[u / 64] |= 1ull << (u % 64);
-}
-
-static void bit_clear(uint64_t *m, uint64_t u)
-{
-	m[u / 64] &= ~(1ull << (u % 64));
-}
-
-static uint64_t unit_bytes(const struct dnet_vpin *p, uint64_t u)
-{
-	uint64_t s = u * p->unit;
-	return p->len - s < p->unit ? p->len - s : p->unit;
+	uint64_t e = b * p->unit < p->len ? b * p->unit : p->len;
+	return e - a * p->unit;
 }
 
 /* CAP_IPC_LOCK in the effective set: RLIMIT_MEMLOCK does not apply to us. */
@@ -106,23 +101,47 @@ static int may_lock_freely(void)
 	return (int)((d[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32)) & 1);
 }
 
-struct dnet_vcache *dnet_vcache_new(uint64_t limit, const char *name)
+/* Filesystems whose page cache can be refilled from elsewhere without the
+ * locked pages' owner knowing (network, FUSE, cluster filesystems). */
+static int remote_fs(long type)
+{
+	static const long magic[] = {
+	    0x6969,	 /* NFS */	   0x517B,	/* SMB */     (long)0xFE534D42, /* SMB2 */
+	    (long)0xFF534D42, /* CIFS */ 0x65735546, /* FUSE */ 0x00C36400, /* Ceph */
+	    0x01021997, /* 9p */	   0x5346414F, /* AFS */ 0x73757245, /* Coda */
+	    0x7461636F, /* OCFS2 */	   0x01161970, /* GFS2 */
+	};
+	for (size_t i = 0; i < sizeof(magic) / sizeof(magic[0]); i++)
+		if (type == magic[i])
+			return 1;
+	return 0;
+}
+
+struct dnet_vcache *dnet_vcache_new(uint64_t limit, const char *path)
 {
 	if (!limit)
 		return NULL;
+	const char *name = path ? path : "";
+	struct statfs sf;
+	if (path && statfs(path, &sf) == 0 && remote_fs((long)sf.f_type)) {
+		dnet_log_info("verified cache %s: off (a network or FUSE filesystem: its pages can "
+			      "change behind a lock); large reads are hashed every time", name);
+		return NULL;
+	}
+	const int privileged = may_lock_freely();
 	struct rlimit rl;
-	if (!may_lock_freely() && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
-	    rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < limit) {
+	if (!privileged && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < limit) {
 		/* what we may lock, less a margin for page rounding */
 		uint64_t can = (uint64_t)rl.rlim_cur - (uint64_t)rl.rlim_cur / 8;
 		if (can < (1u << 20)) {
 			dnet_log_info("verified cache %s: off (RLIMIT_MEMLOCK is %llu bytes and no "
 				      "CAP_IPC_LOCK); large reads are hashed every time",
-				      name ? name : "", (unsigned long long)rl.rlim_cur);
+				      name, (unsigned long long)rl.rlim_cur);
 			return NULL;
 		}
 		dnet_log_info("verified cache %s: %llu bytes, not %llu: RLIMIT_MEMLOCK is %llu and "
-			      "no CAP_IPC_LOCK (LimitMEMLOCK= in systemd raises it)", name ? name : "",
+			      "no CAP_IPC_LOCK (LimitMEMLOCK= in systemd raises it)", name,
 			      (unsigned long long)can, (unsigned long long)limit,
 			      (unsigned long long)rl.rlim_cur);
 		limit = can;
@@ -133,7 +152,8 @@ struct dnet_vcache *dnet_vcache_new(uint64_t limit, const char *name)
 	pthread_mutex_init(&c->lock, NULL);
 	c->limit = limit;
 	c->refs = 1;
-	snprintf(c->name, sizeof(c->name), "%s", name ? name : "");
+	c->privileged = privileged;
+	snprintf(c->name, sizeof(c->name), "%s", name);
 	return c;
 }
 
@@ -154,9 +174,7 @@ static void destroy(struct dnet_vpin *p)
 	while (p) {
 		struct dnet_vpin *n = p->dnext;
 		struct dnet_vcache *c = p->c;
-		if (p->mbase)
-			munmap(p->mbase, p->mlen); /* unlocks its pages */
-		free(p->set);
+		munmap(p->mbase, p->mlen); /* unlocks its pages */
 		free(p);
 		cache_unref(c);
 		p = n;
@@ -221,6 +239,38 @@ static void unlink_locked(struct dnet_vpin *p, struct dnet_vpin **gone)
 	unref_locked(p, gone);
 }
 
+/* Evicts idle entries (held by the table only), least recently used first and
+ * never `keep`, so that `need` more bytes fit in the budget and, with `slot`, one
+ * more entry fits in the table. All or nothing: 1 if it made the room. */
+static int make_room_locked(struct dnet_vcache *c, const struct dnet_vpin *keep, uint64_t need,
+			    int slot, struct dnet_vpin **gone)
+{
+	uint64_t freed = 0, n = 0;
+	struct dnet_vpin *v = c->lru_tail, *upto = NULL;
+	while (c->used - freed + need > c->limit || (slot && c->entries - n >= VC_MAX_ENTRIES)) {
+		while (v && (v == keep || v->ref > 1))
+			v = v->lprev;
+		if (!v)
+			return 0;
+		freed += v->bytes;
+		n++;
+		upto = v;
+		v = v->lprev;
+	}
+	for (v = c->lru_tail; upto;) {
+		struct dnet_vpin *prev = v->lprev;
+		if (v != keep && v->ref == 1) {
+			c->evicted++;
+			int last = v == upto;
+			unlink_locked(v, gone);
+			if (last)
+				break;
+		}
+		v = prev;
+	}
+	return 1;
+}
+
 static struct dnet_vpin *find_locked(struct dnet_vcache *c, const void *owner, uint64_t key)
 {
 	for (struct dnet_vpin *p = c->tab[bucket(owner, key)]; p; p = p->hnext)
@@ -248,19 +298,39 @@ static int ts_eq(const struct timespec *a, const struct timespec *b)
 	return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
 }
 
+/* The listed entry for (owner, key) describing this record, with a reference
+ * and a read counted; a stale one (another record at the key) goes. */
+static struct dnet_vpin *take_locked(struct dnet_vcache *c, const void *owner, uint64_t key,
+				     uint64_t off, uint64_t len, uint32_t unit,
+				     struct dnet_vpin **gone)
+{
+	struct dnet_vpin *p = find_locked(c, owner, key);
+	if (p && (p->off != off || p->len != len || p->unit != unit)) {
+		unlink_locked(p, gone);
+		p = NULL;
+	}
+	if (p) {
+		p->ref++;
+		if (p->reads < 1000000)
+			p->reads++;
+		lru_front(c, p);
+	}
+	return p;
+}
+
 struct dnet_vpin *dnet_vpin_get(struct dnet_vcache *c, const void *owner, uint64_t key, int fd,
 				uint64_t off, uint64_t len, uint32_t unit)
 {
 	if (!c || !len || !unit || !dnet_map_ready())
 		return NULL;
+	struct dnet_vpin *gone = NULL, *p = NULL;
 	pthread_mutex_lock(&c->lock);
-	struct dnet_vpin *p = c->closed || c->refused ? NULL : find_locked(c, owner, key);
 	int off_now = c->closed || c->refused || len > c->limit;
-	if (p) {
-		p->ref++;
-		lru_front(c, p);
-	}
+	if (!off_now)
+		p = take_locked(c, owner, key, off, len, unit, &gone);
 	pthread_mutex_unlock(&c->lock);
+	destroy(gone);
+	gone = NULL;
 	if (p || off_now)
 		return p;
 
@@ -268,23 +338,15 @@ struct dnet_vpin *dnet_vpin_get(struct dnet_vcache *c, const void *owner, uint64
 	if (fstat(fd, &sb) < 0 || off + len > (uint64_t)sb.st_size)
 		return NULL;
 	uint64_t ct = (uint64_t)sb.st_ctim.tv_sec * 1000000000ull + (uint64_t)sb.st_ctim.tv_nsec;
-	uint64_t now = dnet_now_real_ns();
-	if (now < ct + VC_SETTLE_NS)
-		return NULL; /* written just now: a later read will cache it */
+	uint64_t settle = sb.st_ctim.tv_nsec == 0 ? VC_SETTLE_COARSE_NS : VC_SETTLE_NS;
+	if (dnet_now_real_ns() < ct + settle)
+		return NULL; /* changed just now: a later read will cache it */
 	const uint64_t pg = (uint64_t)sysconf(_SC_PAGESIZE), moff = off & ~(pg - 1);
-	if (off + len - moff > (uint64_t)SIZE_MAX / 2)
+	if (off + len - moff > (uint64_t)SIZE_MAX / 2 || !(p = calloc(1, sizeof(*p))))
 		return NULL;
-	p = calloc(1, sizeof(*p));
-	uint64_t nunits = (len + unit - 1) / unit, words = (nunits + 63) / 64;
-	if (!p || !(p->set = calloc(2 * words, sizeof(uint64_t)))) {
-		free(p);
-		return NULL;
-	}
-	p->busy = p->set + words;
 	p->mlen = (size_t)(off + len - moff);
 	p->mbase = mmap(NULL, p->mlen, PROT_READ, MAP_SHARED, fd, (off_t)moff);
 	if (p->mbase == MAP_FAILED) {
-		free(p->set);
 		free(p);
 		return NULL;
 	}
@@ -293,19 +355,17 @@ struct dnet_vpin *dnet_vpin_get(struct dnet_vcache *c, const void *owner, uint64
 	p->key = key;
 	p->ctime = sb.st_ctim;
 	p->data = (const uint8_t *)p->mbase + (off - moff);
+	p->off = off;
 	p->len = len;
 	p->unit = unit;
-	p->nunits = nunits;
+	p->nunits = (len + unit - 1) / unit;
 
-	struct dnet_vpin *gone = NULL, *q;
+	struct dnet_vpin *q = NULL;
 	pthread_mutex_lock(&c->lock);
-	if (c->closed || c->refused) {
-		q = NULL;
-	} else if ((q = find_locked(c, owner, key))) { /* another reader made it first */
-		q->ref++;
-		lru_front(c, q);
-	} else {
+	if (!c->closed && !c->refused && !(q = take_locked(c, owner, key, off, len, unit, &gone)) &&
+	    make_room_locked(c, NULL, 0, 1, &gone)) {
 		p->ref = 2; /* the table's and the caller's */
+		p->reads = 1;
 		c->refs++;
 		uint32_t h = bucket(owner, key);
 		p->hnext = c->tab[h];
@@ -317,9 +377,8 @@ struct dnet_vpin *dnet_vpin_get(struct dnet_vcache *c, const void *owner, uint64
 	}
 	pthread_mutex_unlock(&c->lock);
 	destroy(gone);
-	if (p) {
+	if (p) { /* another reader made it first, or no room */
 		munmap(p->mbase, p->mlen);
-		free(p->set);
 		free(p);
 	}
 	return q;
@@ -338,11 +397,13 @@ void dnet_vpin_put(struct dnet_vpin *p)
 
 int dnet_vpin_covered(struct dnet_vpin *p, int fd, uint64_t first, uint64_t n)
 {
+	if (!n || first >= p->nunits || n > p->nunits - first)
+		return 0;
 	struct dnet_vcache *c = p->c;
 	struct stat sb;
 	int changed = fstat(fd, &sb) < 0 || !ts_eq(&sb.st_ctim, &p->ctime);
 	struct dnet_vpin *gone = NULL;
-	int r = 1, dropped = 0;
+	int r, dropped = 0;
 	pthread_mutex_lock(&c->lock);
 	if (changed && !p->dead) {
 		c->dropped++;
@@ -351,18 +412,12 @@ int dnet_vpin_covered(struct dnet_vpin *p, int fd, uint64_t first, uint64_t n)
 	}
 	if (p->dead) {
 		r = -1;
+	} else if (first + n <= p->prefix) {
+		r = 1;
+		c->hit_bytes += span(p, first, first + n);
+		lru_front(c, p);
 	} else {
-		uint64_t e = first + n < p->nunits ? first + n : p->nunits, bytes = 0;
-		for (uint64_t u = first; u < e && r; u++) {
-			if (!bit(p->set, u))
-				r = 0;
-			else
-				bytes += unit_bytes(p, u);
-		}
-		if (r) {
-			c->hit_bytes += bytes;
-			lru_front(c, p);
-		}
+		r = 0;
 	}
 	pthread_mutex_unlock(&c->lock);
 	destroy(gone);
@@ -372,86 +427,58 @@ int dnet_vpin_covered(struct dnet_vpin *p, int fd, uint64_t first, uint64_t n)
 	return r;
 }
 
-/* Returns the claim on units [first, e) that are busy (lock held): their bytes
- * leave the budget, or become verified (ok). */
-static void settle_locked(struct dnet_vpin *p, uint64_t first, uint64_t e, int ok)
-{
-	for (uint64_t u = first; u < e; u++) {
-		if (!bit(p->busy, u))
-			continue;
-		bit_clear(p->busy, u);
-		if (ok) {
-			bit_set(p->set, u);
-		} else {
-			uint64_t b = unit_bytes(p, u);
-			p->bytes -= b;
-			p->c->used -= b;
-		}
-	}
-}
-
 const uint8_t *dnet_vpin_claim(struct dnet_vpin *p, uint64_t first, uint64_t n)
 {
 	struct dnet_vcache *c = p->c;
-	if (first >= p->nunits || !n)
+	if (!n || first >= p->nunits)
 		return NULL;
-	const uint64_t e = first + n < p->nunits ? first + n : p->nunits;
+	const uint64_t e = n < p->nunits - first ? first + n : p->nunits;
 	struct dnet_vpin *gone = NULL;
-	const uint8_t *at = NULL;
+	uint64_t from = 0, need = 0;
 	pthread_mutex_lock(&c->lock);
-	uint64_t need = 0;
-	int free_run = !p->dead && !c->refused;
-	for (uint64_t u = first; u < e && free_run; u++) {
-		if (bit(p->busy, u))
-			free_run = 0; /* another reader is on them: it will cache them */
-		else if (!bit(p->set, u))
-			need += unit_bytes(p, u);
+	int ok = !p->dead && !c->refused && !p->claiming && p->reads >= 2 && first <= p->prefix &&
+		 e > p->prefix;
+	if (ok) {
+		from = p->prefix;
+		need = span(p, from, e);
+		ok = make_room_locked(c, p, need, 0, &gone);
 	}
-	if (free_run) {
-		/* make room: least recently used entries first, never p itself */
-		for (struct dnet_vpin *v = c->lru_tail; v && c->used + need > c->limit;) {
-			struct dnet_vpin *prev = v->lprev;
-			if (v != p) {
-				c->evicted++;
-				unlink_locked(v, &gone);
-			}
-			v = prev;
-		}
-		if (c->used + need <= c->limit) {
-			for (uint64_t u = first; u < e; u++)
-				if (!bit(p->set, u))
-					bit_set(p->busy, u);
-			c->used += need;
-			p->bytes += need;
-			at = p->data + first * p->unit;
-		}
+	if (ok) {
+		p->claiming = 1;
+		p->cend = e;
+		c->used += need;
+		p->bytes += need;
 	}
 	pthread_mutex_unlock(&c->lock);
 	destroy(gone);
 	gone = NULL;
-	if (!at)
+	if (!ok)
 		return NULL;
 
 	const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-	uintptr_t lo = (uintptr_t)at & ~(pg - 1);
-	uintptr_t hi = ((uintptr_t)(p->data + (e * p->unit < p->len ? e * p->unit : p->len)) + pg - 1) &
-		       ~(pg - 1);
+	uintptr_t lo = (uintptr_t)(p->data + from * p->unit) & ~(pg - 1);
+	uintptr_t hi = ((uintptr_t)(p->data + from * p->unit + need) + pg - 1) & ~(pg - 1);
 	if (mlock((void *)lo, hi - lo) == 0)
-		return at;
-	/* Whatever got locked stays so until the entry is unmapped (unlocking part
-	 * of a unit could unlock a neighbour's page): at most this claim's bytes. */
+		return p->data + first * p->unit;
+
+	/* Whatever got locked stays so until the entry is unmapped: it goes now. */
 	int e0 = errno;
+	const uint64_t now = dnet_now_mono_ns();
 	pthread_mutex_lock(&c->lock);
-	settle_locked(p, first, e, 0);
-	int refused_now = 0, shrunk = 0;
+	p->claiming = 0;
+	p->bytes -= need;
+	c->used -= need;
+	int refused_now = 0, shrunk = 0, warn = 0;
 	uint64_t used = c->used;
-	if (!c->refused && (e0 == EPERM || used == 0)) {
+	if (!c->refused && (e0 == EPERM || (!c->privileged && used == 0))) {
 		c->refused = refused_now = 1;
-	} else if (!c->refused && c->limit > used) {
-		c->limit = used; /* what the kernel let us lock (RLIMIT_MEMLOCK) */
+	} else if (!c->refused && !c->privileged && c->limit > used) {
+		c->limit = used; /* what RLIMIT_MEMLOCK let us lock */
 		shrunk = 1;
+	} else if (c->privileged && now - c->warned_ns >= VC_WARN_EVERY_NS) {
+		c->warned_ns = now; /* out of memory or mappings: try again later */
+		warn = 1;
 	}
-	/* p, locked in part, goes: its room is for entries that fit whole */
 	unlink_locked(p, &gone);
 	pthread_mutex_unlock(&c->lock);
 	destroy(gone);
@@ -463,18 +490,31 @@ const uint8_t *dnet_vpin_claim(struct dnet_vpin *p, uint64_t first, uint64_t n)
 		dnet_log_warn("verified cache %s: the kernel refused to lock more than %llu bytes "
 			      "(%s): the cache is limited to that; raise RLIMIT_MEMLOCK for more",
 			      c->name, (unsigned long long)used, strerror(e0));
+	if (warn)
+		dnet_log_warn("verified cache %s: locking %llu bytes failed (%s) with %llu locked; "
+			      "that object is hashed on every read for now", c->name,
+			      (unsigned long long)need, strerror(e0), (unsigned long long)used);
 	return NULL;
 }
 
 void dnet_vpin_done(struct dnet_vpin *p, uint64_t first, uint64_t n, int ok)
 {
+	(void)first;
+	(void)n;
 	struct dnet_vcache *c = p->c;
-	const uint64_t e = first + n < p->nunits ? first + n : p->nunits;
 	struct dnet_vpin *gone = NULL;
 	pthread_mutex_lock(&c->lock);
-	settle_locked(p, first, e, ok);
-	if (!ok)
-		unlink_locked(p, &gone);
+	if (p->claiming) {
+		p->claiming = 0;
+		if (ok) {
+			p->prefix = p->cend;
+		} else { /* the claimed bytes leave the budget; the entry goes */
+			uint64_t b = span(p, p->prefix, p->cend);
+			p->bytes -= b;
+			c->used -= b;
+			unlink_locked(p, &gone);
+		}
+	}
 	pthread_mutex_unlock(&c->lock);
 	destroy(gone);
 }

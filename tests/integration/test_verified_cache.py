@@ -97,7 +97,7 @@ def test_the_cache_keeps_to_its_budget(node_factory):
     assert int(st["verified_cache_evicted"]) == 1
     assert int(st["verified_cache_bytes"]) == len(two)
     assert int(st["verified_cache_objects"]) == 1
-    get_ok(node, "one", one)  # verified again (hashed), and cached again: 'two' goes
+    get_ok(node, "one", one)  # hashed again: its entry went, a new one waits for a second read
     assert node.istat("verified_cache_bytes") <= 8 * MiB
 
 
