@@ -70,7 +70,9 @@ def test_a_change_to_a_cached_object_is_found(node, where):
         assert len(r.out) < size, "attempt %d: the whole corrupted object went out" % attempt
     st = node.stat()
     assert int(st["verified_cache_dropped"]) >= 1
-    assert int(st["verified_cache_objects"]) == 0
+    # Nothing of it stays locked. (The second read may have made a new entry if
+    # 50 ms passed since the flip, but an entry locks nothing before its second
+    # read, and then its check fails and it goes.)
     assert int(st["verified_cache_bytes"]) == 0
     assert node.cli("get", "bystander").out == b"fine"
     # an overwrite repairs it, and the new record is cached again
