@@ -925,7 +925,8 @@ static void dead_push(struct dnet_backend *b, struct bl_dead *d, struct blob *sy
 {
 	if (!d)
 		return;
-	dnet_vcache_drop(b->vc, d->B, d->off); /* its bytes are no longer read */
+	if (b->vc && d->reserved > BL_SMALL) /* only records with a block table are cached */
+		dnet_vcache_drop(b->vc, d->B, d->off); /* its bytes are no longer read */
 	uint64_t ps, pl;
 	if (b->punch_mode == DNET_BLOB_PUNCH_OFF || !punch_range(d, &ps, &pl)) {
 		/* Nothing to punch (less than one whole block of data: small objects):
