@@ -35,10 +35,7 @@ static void start_once(void)
 	started = 1;
 	dnet_log_level = DNET_LOG_ERROR;
 	dnet_config_defaults(&srv.cfg);
-	char tmpl[] = "/tmp/elliptics-fuzz-http.XXXXXX";
-	if (!mkdtemp(tmpl))
-		abort();
-	snprintf(srv.cfg.data, sizeof(srv.cfg.data), "%s", tmpl);
+	snprintf(srv.cfg.data, sizeof(srv.cfg.data), "%s", fz_scratch_dir("elliptics-fuzz-http"));
 	snprintf(srv.cfg.listen, sizeof(srv.cfg.listen), "127.0.0.1:0");
 	snprintf(srv.cfg.http, sizeof(srv.cfg.http), "127.0.0.1:0");
 	snprintf(srv.cfg.backend, sizeof(srv.cfg.backend), "mem");

@@ -11,13 +11,41 @@
 #define DNET_FUZZ_TALK_H
 
 #include <errno.h>
+#include <ftw.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include "common/util.h"
+
+/* The in-process server's data directory, removed with what the server wrote
+ * into it when the run ends (one per run was left behind in /tmp). */
+static char fz_scratch[64];
+
+static inline int fz_rm_cb(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
+static inline void fz_scratch_remove(void)
+{
+	nftw(fz_scratch, fz_rm_cb, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+static inline const char *fz_scratch_dir(const char *name)
+{
+	snprintf(fz_scratch, sizeof(fz_scratch), "/tmp/%s.XXXXXX", name);
+	if (!mkdtemp(fz_scratch))
+		abort();
+	atexit(fz_scratch_remove);
+	return fz_scratch;
+}
 
 #define FZ_HANG_NS (20ull * 1000000000ull) /* a loaded machine with ASan: 40 ms inputs took 5 s */
 
