@@ -170,18 +170,18 @@ char *dnet_http_metrics(struct dnet_server *s, size_t *len)
 		      "Checksum mismatches detected on reads.", bs.corrupt);
 		one_u(&b, "elliptics_verified_cache_limit_bytes", "gauge",
 		      "Bytes of verified large-object data that may be kept locked in memory.",
-		      bs.vcache_limit);
+		      bs.vcache.limit);
 		one_u(&b, "elliptics_verified_cache_bytes", "gauge",
-		      "Bytes of verified large-object data locked in memory now.", bs.vcache_bytes);
+		      "Bytes of verified large-object data locked in memory now.", bs.vcache.bytes);
 		one_u(&b, "elliptics_verified_cache_objects", "gauge",
-		      "Objects with verified data locked in memory now.", bs.vcache_entries);
+		      "Objects with verified data locked in memory now.", bs.vcache.entries);
 		one_u(&b, "elliptics_verified_cache_hit_bytes_total", "counter",
 		      "Bytes read out of the verified cache without hashing them again.",
-		      bs.vcache_hit_bytes);
+		      bs.vcache.hit_bytes);
 		one_u(&b, "elliptics_verified_cache_dropped_total", "counter",
-		      "Cached objects dropped because their data file changed.", bs.vcache_dropped);
+		      "Cached objects dropped because their data file changed.", bs.vcache.dropped);
 		one_u(&b, "elliptics_verified_cache_evicted_total", "counter",
-		      "Cached objects evicted to make room.", bs.vcache_evicted);
+		      "Cached objects evicted to make room.", bs.vcache.evicted);
 	}
 
 	size_t rn, ru, rd, rl;

@@ -183,12 +183,12 @@ char *dnet_stats_text(struct dnet_server *s, size_t *len)
 		dnet_hbuf_add(&b, "corrupt_objects %llu\n", (unsigned long long)bs.corrupt);
 		dnet_hbuf_add(&b, "write_groups %llu\n", (unsigned long long)bs.write_groups);
 		dnet_hbuf_add(&b, "grouped_writes %llu\n", (unsigned long long)bs.grouped_writes);
-		dnet_hbuf_add(&b, "verified_cache_limit %llu\n", (unsigned long long)bs.vcache_limit);
-		dnet_hbuf_add(&b, "verified_cache_bytes %llu\n", (unsigned long long)bs.vcache_bytes);
-		dnet_hbuf_add(&b, "verified_cache_objects %llu\n", (unsigned long long)bs.vcache_entries);
-		dnet_hbuf_add(&b, "verified_cache_hit_bytes %llu\n", (unsigned long long)bs.vcache_hit_bytes);
-		dnet_hbuf_add(&b, "verified_cache_dropped %llu\n", (unsigned long long)bs.vcache_dropped);
-		dnet_hbuf_add(&b, "verified_cache_evicted %llu\n", (unsigned long long)bs.vcache_evicted);
+		dnet_hbuf_add(&b, "verified_cache_limit %llu\n", (unsigned long long)bs.vcache.limit);
+		dnet_hbuf_add(&b, "verified_cache_bytes %llu\n", (unsigned long long)bs.vcache.bytes);
+		dnet_hbuf_add(&b, "verified_cache_objects %llu\n", (unsigned long long)bs.vcache.entries);
+		dnet_hbuf_add(&b, "verified_cache_hit_bytes %llu\n", (unsigned long long)bs.vcache.hit_bytes);
+		dnet_hbuf_add(&b, "verified_cache_dropped %llu\n", (unsigned long long)bs.vcache.dropped);
+		dnet_hbuf_add(&b, "verified_cache_evicted %llu\n", (unsigned long long)bs.vcache.evicted);
 	}
 	if (b.p)
 		*len = b.len;

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "../common/proto.h"
+#include "vcache.h"
 
 enum dnet_fsync_policy {
 	DNET_FSYNC_NEVER = 0,  /* leave it to the kernel; acked writes survive a process crash */
@@ -105,9 +106,7 @@ struct dnet_backend_stat {
 	uint64_t corrupt;     /* checksum mismatches detected */
 	uint64_t write_groups;   /* groups of held writes appended together (flush) */
 	uint64_t grouped_writes; /* writes in those groups */
-	/* the verified-data cache (all 0 without one) */
-	uint64_t vcache_limit, vcache_bytes, vcache_entries, vcache_hit_bytes;
-	uint64_t vcache_dropped, vcache_evicted;
+	struct dnet_vcache_stat vcache; /* the verified-data cache (all 0 without one) */
 };
 
 /* Called by iterate() once per live object; return non-zero to stop early

@@ -2477,13 +2477,13 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 	}
 	if (by_pread < 0) {
 		if (pm)
-			dnet_vpin_done(x->pin, x->next, step, 0);
+			dnet_vpin_done(x->pin, 0);
 		return by_pread;
 	}
 	const uint64_t first = x->next;
 	if (by_pread && !x->buf && !(x->buf = malloc(BL_BLOCK))) {
 		if (pm)
-			dnet_vpin_done(x->pin, first, step, 0);
+			dnet_vpin_done(x->pin, 0);
 		return DNET_ENOMEM;
 	}
 	for (uint32_t k = 0; k < BL_VER_STEP && x->next <= x->last && !err; k++, x->next++) {
@@ -2514,7 +2514,7 @@ static int ver_check(struct dnet_read_verify *v, int fd, uint64_t from, uint64_t
 			err = DNET_ECORRUPT;
 	}
 	if (pm)
-		dnet_vpin_done(x->pin, first, step, !err);
+		dnet_vpin_done(x->pin, !err);
 	if (err == DNET_ECORRUPT) {
 		/* the data, or only its table? the whole checksum decides */
 		err = verify_whole(fd, x->off, x->size, x->csum);
@@ -2912,14 +2912,7 @@ static int bl_stat(struct dnet_backend *b, struct dnet_backend_stat *st)
 	st->write_groups = atomic_load(&b->write_groups);
 	st->grouped_writes = atomic_load(&b->grouped_writes);
 	st->corrupt = atomic_load(&b->corrupt);
-	struct dnet_vcache_stat vs;
-	dnet_vcache_stat(b->vc, &vs);
-	st->vcache_limit = vs.limit;
-	st->vcache_bytes = vs.bytes;
-	st->vcache_entries = vs.entries;
-	st->vcache_hit_bytes = vs.hit_bytes;
-	st->vcache_dropped = vs.dropped;
-	st->vcache_evicted = vs.evicted;
+	dnet_vcache_stat(b->vc, &st->vcache);
 	return 0;
 }
 

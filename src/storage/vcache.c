@@ -497,10 +497,8 @@ const uint8_t *dnet_vpin_claim(struct dnet_vpin *p, uint64_t first, uint64_t n)
 	return NULL;
 }
 
-void dnet_vpin_done(struct dnet_vpin *p, uint64_t first, uint64_t n, int ok)
+void dnet_vpin_done(struct dnet_vpin *p, int ok)
 {
-	(void)first;
-	(void)n;
 	struct dnet_vcache *c = p->c;
 	struct dnet_vpin *gone = NULL;
 	pthread_mutex_lock(&c->lock);

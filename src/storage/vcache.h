@@ -58,8 +58,9 @@ int dnet_vpin_covered(struct dnet_vpin *p, int fd, uint64_t first, uint64_t n);
  * NULL: not now (not admitted yet, another reader is extending it, no room,
  * locking refused); verify the usual way. */
 const uint8_t *dnet_vpin_claim(struct dnet_vpin *p, uint64_t first, uint64_t n);
-/* ok: the claimed units matched their checksums; else the entry is dropped. */
-void dnet_vpin_done(struct dnet_vpin *p, uint64_t first, uint64_t n, int ok);
+/* Ends the claim. ok: the claimed units matched their checksums (they join the
+ * prefix); else the entry is dropped. */
+void dnet_vpin_done(struct dnet_vpin *p, int ok);
 
 /* The record was superseded or removed: its entry goes. */
 void dnet_vcache_drop(struct dnet_vcache *c, const void *owner, uint64_t key);

@@ -1798,9 +1798,9 @@ static void read_until_cached(struct dnet_backend *b, const uint8_t *id, const u
 {
 	uint64_t t0 = dnet_now_mono_ns();
 	for (;;) {
-		uint64_t hits = bestat(b).vcache_hit_bytes;
+		uint64_t hits = bestat(b).vcache.hit_bytes;
 		bt_expect_range(b, id, want, 0, size);
-		if (bestat(b).vcache_hit_bytes - hits == size)
+		if (bestat(b).vcache.hit_bytes - hits == size)
 			return;
 		assert_true(dnet_now_mono_ns() - t0 < 10000000000ull);
 		usleep(10000);
@@ -1832,22 +1832,22 @@ static void test_verified_cache(void **state)
 	assert_int_equal(put(b, 91, a, A), 0);
 	assert_int_equal(put(b, 92, bb, B), 0);
 	struct dnet_backend_stat st = bestat(b);
-	assert_int_equal(st.vcache_limit, 8u << 20);
-	assert_int_equal(st.vcache_bytes, 0);
+	assert_int_equal(st.vcache.limit, 8u << 20);
+	assert_int_equal(st.vcache.bytes, 0);
 
 	read_until_cached(b, ida, a, A);
 	st = bestat(b);
-	assert_int_equal(st.vcache_bytes, A);
-	assert_int_equal(st.vcache_entries, 1);
+	assert_int_equal(st.vcache.bytes, A);
+	assert_int_equal(st.vcache.entries, 1);
 	/* ranges, unaligned, from the cache */
-	uint64_t hits = st.vcache_hit_bytes;
+	uint64_t hits = st.vcache.hit_bytes;
 	bt_expect_range(b, ida, a, BT_BLOCK - 3, 6);
 	bt_expect_range(b, ida, a, A - 7, 7);
 	bt_expect_range(b, ida, a, 17 * BT_BLOCK + 1, 2 * BT_BLOCK);
-	assert_true(bestat(b).vcache_hit_bytes > hits);
+	assert_true(bestat(b).vcache.hit_bytes > hits);
 	/* a deferred read: every step is a hit */
 	struct dnet_read_res res;
-	hits = bestat(b).vcache_hit_bytes;
+	hits = bestat(b).vcache.hit_bytes;
 	assert_int_equal(ops->read(b, ida, 0, 0, DNET_READ_DEFER_VERIFY, &res), 0);
 	assert_non_null(res.verify);
 	uint64_t at = res.file_offset, end = 0;
@@ -1858,14 +1858,14 @@ static void test_verified_cache(void **state)
 	}
 	res.verify->free(res.verify);
 	close(res.fd);
-	assert_int_equal(bestat(b).vcache_hit_bytes - hits, A);
+	assert_int_equal(bestat(b).vcache.hit_bytes - hits, A);
 
 	/* B does not fit beside A in 8 MiB: A, read least recently, goes */
 	read_until_cached(b, idb, bb, B);
 	st = bestat(b);
-	assert_int_equal(st.vcache_bytes, B);
-	assert_int_equal(st.vcache_entries, 1);
-	assert_int_equal(st.vcache_evicted, 1);
+	assert_int_equal(st.vcache.bytes, B);
+	assert_int_equal(st.vcache.entries, 1);
+	assert_int_equal(st.vcache.evicted, 1);
 
 	/* a byte of B changed through the page cache (its pages are locked, so this is
 	 * the only way they can change): found, never served */
@@ -1875,9 +1875,9 @@ static void test_verified_cache(void **state)
 	uint64_t len;
 	assert_int_equal(rd(b, idb, 0, 0, 0, &got, &len, NULL), DNET_ECORRUPT);
 	st = bestat(b);
-	assert_int_equal(st.vcache_dropped, 1);
-	assert_int_equal(st.vcache_bytes, 0);
-	assert_int_equal(st.vcache_entries, 0);
+	assert_int_equal(st.vcache.dropped, 1);
+	assert_int_equal(st.vcache.bytes, 0);
+	assert_int_equal(st.vcache.entries, 0);
 	assert_int_equal(rd(b, idb, 4 * BT_BLOCK, 10, 0, &got, &len, NULL), DNET_ECORRUPT);
 	/* A, in the same (changed) file, is verified again before it is cached again */
 	read_until_cached(b, ida, a, A);
@@ -1885,14 +1885,14 @@ static void test_verified_cache(void **state)
 	/* an overwrite drops the old record's entry; the new one is cached anew
 	 * (B may have a new, empty entry by now: its read above came more than
 	 * 50 ms after the change, or not) */
-	uint64_t entries = bestat(b).vcache_entries;
+	uint64_t entries = bestat(b).vcache.entries;
 	fill(a, A, 93);
 	assert_int_equal(put(b, 91, a, A), 0);
-	assert_int_equal(bestat(b).vcache_entries, entries - 1);
+	assert_int_equal(bestat(b).vcache.entries, entries - 1);
 	read_until_cached(b, ida, a, A);
 	st = bestat(b);
-	assert_int_equal(st.vcache_entries, entries);
-	assert_int_equal(st.vcache_bytes, A);
+	assert_int_equal(st.vcache.entries, entries);
+	assert_int_equal(st.vcache.bytes, A);
 
 	/* a deferred read outlives the engine: its entry is put back after close */
 	assert_int_equal(ops->read(b, ida, 0, 0, DNET_READ_DEFER_VERIFY, &res), 0);
@@ -1908,8 +1908,8 @@ static void test_verified_cache(void **state)
 	for (int k = 0; k < 3; k++)
 		bt_expect_range(b, ida, a, 0, A);
 	st = bestat(b);
-	assert_int_equal(st.vcache_limit, 0);
-	assert_int_equal(st.vcache_hit_bytes, 0);
+	assert_int_equal(st.vcache.limit, 0);
+	assert_int_equal(st.vcache.hit_bytes, 0);
 	assert_int_equal(rd(b, idb, 0, 0, 0, &got, &len, NULL), DNET_ECORRUPT);
 	ops->close(b);
 	free(a);

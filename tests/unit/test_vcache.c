@@ -102,7 +102,7 @@ static void test_claim_and_cover(void **state)
 	/* another reader: not while the prefix is being extended */
 	assert_null(dnet_vpin_claim(q, 8, 16));
 	assert_int_equal(dnet_vpin_covered(q, fd, 0, 1), 0); /* claimed is not verified */
-	dnet_vpin_done(p, 0, 16, 1);
+	dnet_vpin_done(p, 1);
 	assert_int_equal(dnet_vpin_covered(q, fd, 0, 16), 1);
 	assert_int_equal(dnet_vpin_covered(q, fd, 8, 16), 0);
 	/* only the prefix grows: a claim past it is refused, one straddling it locks
@@ -112,14 +112,14 @@ static void test_claim_and_cover(void **state)
 	assert_non_null(m);
 	assert_null(dnet_vpin_claim(p, 24, 1)); /* busy */
 	assert_memory_equal(m, want + OFF + 8 * UNIT, 16 * UNIT);
-	dnet_vpin_done(q, 8, 16, 1);
+	dnet_vpin_done(q, 1);
 	assert_int_equal(dnet_vpin_covered(q, fd, 8, 16), 1);
 	/* to the end, the short last unit among them */
 	for (uint64_t u = 24; u < 49; u += 16) {
 		uint64_t n = 49 - u < 16 ? 49 - u : 16;
 		m = dnet_vpin_claim(p, u, n);
 		assert_non_null(m);
-		dnet_vpin_done(p, u, n, 1);
+		dnet_vpin_done(p, 1);
 	}
 	assert_int_equal(dnet_vpin_covered(p, fd, 40, 9), 1);
 	assert_memory_equal(m, want + OFF + 40 * UNIT, len - 40 * UNIT);
@@ -148,7 +148,7 @@ static void test_claim_and_cover(void **state)
 	p = get_admitted(c, &root, 8, fd, OFF, len);
 	assert_non_null(p);
 	assert_non_null(dnet_vpin_claim(p, 0, 16));
-	dnet_vpin_done(p, 0, 16, 0);
+	dnet_vpin_done(p, 0);
 	assert_int_equal(dnet_vpin_covered(p, fd, 0, 16), -1);
 	assert_int_equal(vstat(c).entries, 0);
 	dnet_vpin_put(p);
@@ -157,7 +157,7 @@ static void test_claim_and_cover(void **state)
 	p = get_admitted(c, &root, 9, fd, OFF, len);
 	assert_non_null(p);
 	assert_non_null(dnet_vpin_claim(p, 0, 16));
-	dnet_vpin_done(p, 0, 16, 1);
+	dnet_vpin_done(p, 1);
 	assert_int_equal(dnet_vpin_covered(p, fd, 0, 16), 1);
 	uint8_t x = 0x5a;
 	assert_int_equal(pwrite(fd, &x, 1, (off_t)(OFF + 5)), 1);
@@ -172,7 +172,7 @@ static void test_claim_and_cover(void **state)
 	assert_non_null(p);
 	assert_non_null(dnet_vpin_claim(p, 0, 16));
 	dnet_vcache_free(c);
-	dnet_vpin_done(p, 0, 16, 1);
+	dnet_vpin_done(p, 1);
 	assert_int_equal(dnet_vpin_covered(p, fd, 0, 16), -1);
 	dnet_vpin_put(p);
 	close(fd);
@@ -197,9 +197,9 @@ static void test_eviction(void **state)
 	assert_non_null(b);
 	assert_null(dnet_vpin_get(c, &root, 3, fc, 0, 4 * MiB, UNIT)); /* larger than the cache */
 	assert_non_null(dnet_vpin_claim(a, 0, 32));
-	dnet_vpin_done(a, 0, 32, 1);
+	dnet_vpin_done(a, 1);
 	assert_non_null(dnet_vpin_claim(b, 0, 16));
-	dnet_vpin_done(b, 0, 16, 1);
+	dnet_vpin_done(b, 1);
 	assert_int_equal(vstat(c).bytes, 3 * MiB);
 	/* a is held by its reader: no room for b's second MiB, and a stays */
 	assert_null(dnet_vpin_claim(b, 16, 16));
@@ -209,7 +209,7 @@ static void test_eviction(void **state)
 	assert_int_equal(dnet_vpin_covered(a, fa, 0, 32), 1);
 	dnet_vpin_put(a); /* idle now: it goes for b */
 	assert_non_null(dnet_vpin_claim(b, 16, 16));
-	dnet_vpin_done(b, 16, 16, 1);
+	dnet_vpin_done(b, 1);
 	st = vstat(c);
 	assert_int_equal(st.evicted, 1);
 	assert_int_equal(st.entries, 1);
@@ -261,7 +261,7 @@ static int unprivileged_child(void)
 	struct dnet_vpin *a = get_admitted(c, &root, 1, fa, 0, MiB);
 	if (!a || !dnet_vpin_claim(a, 0, 16))
 		return 14;
-	dnet_vpin_done(a, 0, 16, 1);
+	dnet_vpin_done(a, 1);
 	/* the rlimit lowered to what is locked: the next lock fails; the cache keeps
 	 * to what it has, and the entry that failed goes */
 	rl.rlim_cur = rl.rlim_max = MiB;
